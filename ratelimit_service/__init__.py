@@ -1,0 +1,1 @@
+"""The Envoy global rate-limit sidecar: token buckets shared through Redis."""

@@ -1,0 +1,71 @@
+"""Config reload on SIGHUP (wired in `server.serve_until_signalled`) and on file change.
+
+File change is detected by polling `stat()` of each watched path (size, mtime, inode):
+no extra dependency, and it follows the symlink swaps Kubernetes uses for ConfigMaps.
+The reload callback must load, validate and swap the whole config, or keep the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def fingerprint(paths: Iterable[Path]) -> Fingerprint:
+    out = []
+    for path in paths:
+        targets = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for target in targets:
+            try:
+                st = os.stat(target)
+            except OSError:
+                out.append((str(target), -1, -1, -1))
+                continue
+            out.append((str(target), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+class FileWatcher:
+    """Calls `on_change` when any watched file (or file under a watched dir) changes."""
+
+    def __init__(
+        self,
+        paths: Callable[[], Iterable[Path]],
+        on_change: Callable[[], Awaitable[None]],
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self._paths = paths
+        self._on_change = on_change
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        last = fingerprint(self._paths())
+        while True:
+            await asyncio.sleep(self._interval)
+            current = fingerprint(self._paths())
+            if current != last:
+                last = current
+                try:
+                    await self._on_change()
+                except Exception:
+                    log.exception("reload after file change failed")

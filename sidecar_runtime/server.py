@@ -1,0 +1,135 @@
+"""The grpc.aio server both sidecars run: TLS/mTLS, grpc.health.v1, reflection, limits,
+keepalive enforcement and graceful shutdown.
+
+A sidecar hands in its services as `ServiceBinding`s; this module knows nothing of Envoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sidecar_runtime.settings import ServerSettings
+from sidecar_runtime.tls import server_credentials
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service: its full name (for health and reflection) and how to add it."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+def grpc_options(settings: ServerSettings, *, reuse_port: bool) -> list[tuple[str, Any]]:
+    ka = settings.keepalive
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # grpc enables SO_REUSEPORT by default on Linux, which would let a second copy bind
+        # the same port silently; only worker groups opt in.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(ka.min_ping_interval_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", ka.max_ping_strikes),
+        ("grpc.keepalive_permit_without_calls", 1 if ka.permit_without_calls else 0),
+    ]
+    if ka.max_connection_age_seconds is not None:
+        options.append(("grpc.max_connection_age_ms", int(ka.max_connection_age_seconds * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(settings.grace_period_seconds * 1000)))
+    if ka.max_connection_idle_seconds is not None:
+        options.append(("grpc.max_connection_idle_ms", int(ka.max_connection_idle_seconds * 1000)))
+    return options
+
+
+class SidecarServer:
+    """A started-once, stopped-once grpc.aio server with health and reflection."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        services: Sequence[ServiceBinding],
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.health = health.aio.HealthServicer()
+        self._service_names = [s.name for s in services]
+        self._server = grpc.aio.server(options=grpc_options(settings, reuse_port=reuse_port))
+        for binding in services:
+            binding.register(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if settings.reflection:
+            names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            reflection.enable_server_reflection(names, self._server)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and start; returns the bound port (useful with `listen: 127.0.0.1:0`)."""
+        creds = server_credentials(self.settings.tls)
+        if creds is None:
+            self.port = self._server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = self._server.add_secure_port(self.settings.listen, creds)
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.settings.listen}")
+        await self._server.start()
+        await self.set_serving(True)
+        return self.port
+
+    async def set_serving(self, serving: bool, service: str | None = None) -> None:
+        """Set one service's health, or (service=None) the server's and every service's."""
+        status = SERVING if serving else NOT_SERVING
+        names = [service] if service is not None else ["", *self._service_names]
+        for name in names:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight calls finish within `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.grace_period_seconds if grace is None else grace)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_until_signalled(
+    server: SidecarServer,
+    *,
+    on_reload: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then drain; SIGHUP calls `on_reload`."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    reload_tasks: set[asyncio.Task[None]] = set()
+    if on_reload is not None:
+        reload_cb = on_reload
+
+        def _hup() -> None:
+            task = loop.create_task(reload_cb())
+            reload_tasks.add(task)
+            task.add_done_callback(reload_tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, _hup)
+    try:
+        await stop.wait()
+        log.info("shutting down", extra={"fields": {"grace_s": server.settings.grace_period_seconds}})
+        await server.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
