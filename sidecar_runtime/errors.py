@@ -1,7 +1,7 @@
 """Errors shared by both sidecars.
 
-    ConfigError       bad configuration: names the file, the key path and the reason.
-                      The process refuses to start (exit code 2); a reload keeps the old config.
+ConfigError       bad configuration: names the file, the key path and the reason.
+                  The process refuses to start (exit code 2); a reload keeps the old config.
 """
 
 from __future__ import annotations

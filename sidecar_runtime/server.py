@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +43,18 @@ def grpc_options(settings: ServerSettings, *, reuse_port: bool) -> list[tuple[st
         # grpc enables SO_REUSEPORT by default on Linux, which would let a second copy bind
         # the same port silently; only worker groups opt in.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(ka.min_ping_interval_seconds * 1000)),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            int(ka.min_ping_interval_seconds * 1000),
+        ),
         ("grpc.http2.max_ping_strikes", ka.max_ping_strikes),
         ("grpc.keepalive_permit_without_calls", 1 if ka.permit_without_calls else 0),
     ]
     if ka.max_connection_age_seconds is not None:
         options.append(("grpc.max_connection_age_ms", int(ka.max_connection_age_seconds * 1000)))
-        options.append(("grpc.max_connection_age_grace_ms", int(settings.grace_period_seconds * 1000)))
+        options.append(
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_period_seconds * 1000))
+        )
     if ka.max_connection_idle_seconds is not None:
         options.append(("grpc.max_connection_idle_ms", int(ka.max_connection_idle_seconds * 1000)))
     return options
@@ -109,7 +114,7 @@ class SidecarServer:
 async def serve_until_signalled(
     server: SidecarServer,
     *,
-    on_reload: Callable[[], Awaitable[None]] | None = None,
+    on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain; SIGHUP calls `on_reload`."""
     loop = asyncio.get_running_loop()
@@ -128,7 +133,9 @@ async def serve_until_signalled(
         loop.add_signal_handler(signal.SIGHUP, _hup)
     try:
         await stop.wait()
-        log.info("shutting down", extra={"fields": {"grace_s": server.settings.grace_period_seconds}})
+        log.info(
+            "shutting down", extra={"fields": {"grace_s": server.settings.grace_period_seconds}}
+        )
         await server.stop()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -11,7 +11,8 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
     """None means plaintext; `mtls` requires and verifies a client certificate."""
     if tls.mode == "plaintext":
         return None
-    assert tls.cert_file is not None and tls.key_file is not None  # checked by the model
+    assert tls.cert_file is not None
+    assert tls.key_file is not None
     chain = tls.cert_file.read_bytes()
     key = tls.key_file.read_bytes()
     if tls.mode == "tls":

@@ -40,7 +40,10 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         env = {**os.environ, WORKER_ENV: str(index)}
         self._children[index] = subprocess.Popen(self._argv, env=env)  # noqa: S603
-        log.info("worker started", extra={"fields": {"worker": index, "child_pid": self._children[index].pid}})
+        log.info(
+            "worker started",
+            extra={"fields": {"worker": index, "child_pid": self._children[index].pid}},
+        )
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -70,7 +73,10 @@ class Supervisor:
     def _restart(self, index: int, code: int) -> None:
         attempt = self._restarts.get(index, 0)
         delay = _RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)]
-        log.error("worker exited; restarting", extra={"fields": {"worker": index, "code": code, "in_s": delay}})
+        log.error(
+            "worker exited; restarting",
+            extra={"fields": {"worker": index, "code": code, "in_s": delay}},
+        )
         self._restarts[index] = attempt + 1
         time.sleep(delay)
         if not self._stopping:

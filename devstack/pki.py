@@ -1,0 +1,171 @@
+"""Dev PKI: a CA, Envoy's listener certificate, the sidecars' server certificate and Envoy's
+client certificate for mTLS to the sidecars. Made at run time, never committed.
+
+Files (ARCHITECTURE.md section 4): ca.pem (+ ca-key.pem), envoy.pem/envoy-key.pem,
+sidecar.pem/sidecar-key.pem, client.pem/client-key.pem. Private keys are written 0600.
+Idempotent: existing, still-valid files are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_VALID_DAYS = 365
+_SANS = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Pki:
+    root: Path
+
+    def _p(self, name: str) -> Path:
+        return self.root / name
+
+    ca = property(lambda self: self._p("ca.pem"))
+    envoy_cert = property(lambda self: self._p("envoy.pem"))
+    envoy_key = property(lambda self: self._p("envoy-key.pem"))
+    sidecar_cert = property(lambda self: self._p("sidecar.pem"))
+    sidecar_key = property(lambda self: self._p("sidecar-key.pem"))
+    client_cert = property(lambda self: self._p("client.pem"))
+    client_key = property(lambda self: self._p("client-key.pem"))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+def _issue(
+    *,
+    common_name: str,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    usage: x509.ObjectIdentifier,
+    sans: tuple[str, ...],
+    uri: str | None = None,
+) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    names = list(_san(sans))
+    if uri:
+        names.append(x509.UniformResourceIdentifier(uri))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeguard dev CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _still_valid(pki: Pki) -> bool:
+    files = [
+        pki.ca,
+        pki.envoy_cert,
+        pki.envoy_key,
+        pki.sidecar_cert,
+        pki.sidecar_key,
+        pki.client_cert,
+        pki.client_key,
+    ]
+    if not all(f.is_file() for f in files):
+        return False
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
+    for cert_file in (pki.ca, pki.envoy_cert, pki.sidecar_cert, pki.client_cert):
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        if cert.not_valid_after_utc < soon:
+            return False
+    return True
+
+
+def ensure_pki(root: Path) -> Pki:
+    """Create the dev PKI under `root` unless a complete, unexpired one is already there."""
+    pki = Pki(root)
+    if _still_valid(pki):
+        return pki
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    ca_cert, ca_key = _make_ca()
+    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(root / "ca-key.pem", _key_pem(ca_key))
+    server = ExtendedKeyUsageOID.SERVER_AUTH
+    client = ExtendedKeyUsageOID.CLIENT_AUTH
+    for cert_path, key_path, cn, usage, uri in (
+        (pki.envoy_cert, pki.envoy_key, "localhost", server, None),
+        (pki.sidecar_cert, pki.sidecar_key, "edgeguard-sidecar", server, None),
+        (pki.client_cert, pki.client_key, "envoy", client, "spiffe://edgeguard.dev/envoy"),
+    ):
+        cert_pem, key_pem = _issue(
+            common_name=cn, ca_cert=ca_cert, ca_key=ca_key, usage=usage, sans=_SANS, uri=uri
+        )
+        cert_path.write_bytes(cert_pem)
+        _write_private(key_path, key_pem)
+    return pki
