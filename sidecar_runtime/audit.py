@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,12 @@ SENSITIVE_HEADERS = frozenset(
 def redact(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of `headers` with credential-bearing values replaced."""
     return {k: ("[redacted]" if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+
+
+def iso_time(ts: float) -> str:
+    """RFC 3339 UTC with milliseconds."""
+    millis = int(ts * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{millis:03d}Z"
 
 
 class AuditSink:
@@ -71,7 +78,12 @@ class AuditSink:
         stream = self._stream = self._stream or self._open()
         lines = []
         while self._pending:
-            lines.append(json.dumps(self._pending.popleft(), separators=(",", ":"), default=str))
+            record = self._pending.popleft()
+            ts = record.get("ts")
+            if isinstance(ts, float):
+                # Callers pass time.time(); formatting happens here, off the hot path.
+                record["ts"] = iso_time(ts)
+            lines.append(json.dumps(record, separators=(",", ":"), default=str))
         stream.write("\n".join(lines) + "\n")
         stream.flush()
         self.written += len(lines)

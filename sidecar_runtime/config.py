@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from sidecar_runtime.errors import ConfigError
 
@@ -94,7 +94,8 @@ def validate_model(model: type[ModelT], data: Any, path: str | Path) -> ModelT:
     if data is None:
         data = {}
     try:
-        return model.model_validate(data)
+        # Models resolve relative file paths against the config file's directory.
+        return model.model_validate(data, context={"base_dir": Path(path).parent})
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
@@ -113,6 +114,14 @@ def _reason(err: Any) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return msg
+
+
+def resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A relative path resolved against the directory of the file being validated."""
+    if value is None or value.is_absolute():
+        return value
+    base = (info.context or {}).get("base_dir")
+    return Path(base) / value if base is not None else value
 
 
 def load_model(model: type[ModelT], path: str | Path) -> ModelT:

@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any
+
+from sidecar_runtime.audit import iso_time
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +23,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": _iso(record.created),
+            "ts": iso_time(record.created),
             "level": record.levelname.lower(),
             "service": self._service,
             "pid": self._pid,
@@ -36,10 +37,6 @@ class JsonFormatter(logging.Formatter):
             out["exc_type"] = record.exc_info[0].__name__
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, separators=(",", ":"))
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

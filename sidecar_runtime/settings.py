@@ -5,18 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sidecar_runtime.config import Frozen
+from sidecar_runtime.config import Frozen, resolve_path
 
 
 class TlsSettings(Frozen):
-    """`plaintext` for a loopback sidecar, `tls`, or `mtls` (client certificate required)."""
+    """`plaintext` for a loopback sidecar, `tls`, or `mtls` (client certificate required).
+
+    Relative file paths are resolved against the config file's directory.
+    """
 
     mode: Literal["plaintext", "tls", "mtls"] = "plaintext"
     cert_file: Path | None = None
     key_file: Path | None = None
     ca_file: Path | None = None
+
+    _relative_to_config = field_validator("cert_file", "key_file", "ca_file")(resolve_path)
 
     @model_validator(mode="after")
     def _files_for_mode(self) -> TlsSettings:

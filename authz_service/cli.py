@@ -1,0 +1,189 @@
+"""`authz-service serve | check-config | explain`.
+
+    serve --config FILE           run the sidecar (workers, reload on SIGHUP and file change)
+    check-config FILE             validate a config without serving; exit 2 with file/key/reason
+    explain --config FILE ...     decide one request offline and print why
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from authz_service.engine import Engine, EngineHolder, compile_engine, load_engine
+from authz_service.policy import RequestFacts
+from authz_service.servicer import SERVICE_NAME, AuthorizationServicer
+from authz_service.settings import load_settings
+from sidecar_runtime.audit import AuditSink
+from sidecar_runtime.clock import SystemClock
+from sidecar_runtime.errors import ConfigError
+from sidecar_runtime.logs import configure_logging
+from sidecar_runtime.reload import FileWatcher
+from sidecar_runtime.server import ServiceBinding, SidecarServer, serve_until_signalled
+from sidecar_runtime.workers import run_workers, worker_index
+
+log = logging.getLogger("authz_service")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authz-service", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the ext_authz gRPC sidecar")
+    serve.add_argument("--config", required=True, type=Path)
+    serve.add_argument("--log-level", default="INFO")
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("config", type=Path)
+    explain = sub.add_parser("explain", help="decide one request offline and say why")
+    explain.add_argument("--config", required=True, type=Path)
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--path", required=True)
+    explain.add_argument("--host", default="localhost")
+    explain.add_argument("--token", help="a JWT (sent as Authorization: Bearer)")
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="NAME: VALUE", help="repeatable"
+    )
+    explain.add_argument("--client-address", default="127.0.0.1")
+    explain.add_argument("--peer-principal", default="")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "explain":
+            return asyncio.run(_explain(args))
+        settings = load_settings(args.config)  # refuse to start on a bad config, before workers
+        configure_logging("authz", args.log_level)
+        if settings.server.workers > 1 and worker_index() is None:
+            return run_workers(settings.server.workers)
+        asyncio.run(_serve(args.config, reuse_port=settings.server.workers > 1))
+        return 0
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _check_config(path: Path) -> int:
+    settings = load_settings(path)
+    compile_engine(settings, path, clock=SystemClock())
+    print(
+        f"{path}: OK ({len(settings.issuers)} issuer(s), {len(settings.routes)} route(s))"
+    )
+    return 0
+
+
+async def _serve(path: Path, *, reuse_port: bool) -> None:
+    clock = SystemClock()
+    engine = await load_engine(path, clock=clock)
+    settings = engine.settings
+    audit = (
+        AuditSink(settings.audit.target, max_backlog=settings.audit.max_backlog)
+        if settings.audit.enabled
+        else None
+    )
+    holder = EngineHolder(engine, clock=clock)
+    servicer = AuthorizationServicer(holder, audit)
+    from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+    binding = ServiceBinding(
+        SERVICE_NAME,
+        lambda server: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server),
+    )
+    server = SidecarServer(settings.server, [binding], reuse_port=reuse_port)
+    port = await server.start()
+    log.info("authz-service serving", extra={"fields": {"listen": settings.server.listen, "port": port}})
+    watcher = None
+    if settings.reload.watch:
+        watcher = FileWatcher(
+            lambda: _watched_files(holder.current), holder.reload,
+            interval=settings.reload.interval_seconds,
+        )
+        watcher.start()
+    try:
+        await serve_until_signalled(server, on_reload=holder.reload)
+    finally:
+        if watcher is not None:
+            await watcher.stop()
+        await holder.current.close()
+        if audit is not None:
+            audit.close()
+
+
+def _watched_files(engine: Engine) -> list[Path]:
+    files = [engine.source]
+    for issuer in engine.settings.issuers:
+        if issuer.jwks_file is not None:
+            jwks = issuer.jwks_file
+            files.append(jwks if jwks.is_absolute() else engine.source.parent / jwks)
+    return files
+
+
+async def _explain(args: argparse.Namespace) -> int:
+    engine = await load_engine(args.config, clock=SystemClock())
+    try:
+        headers: dict[str, str] = {}
+        authorization: list[str] = []
+        for raw in args.header:
+            name, _, value = raw.partition(":")
+            if name.strip().lower() == "authorization":
+                authorization.append(value.strip())
+            else:
+                headers[name.strip().lower()] = value.strip()
+        if args.token:
+            authorization.append(f"Bearer {args.token}")
+        cookie = headers.pop("cookie", "")
+        facts = RequestFacts(
+            method=args.method.upper(), raw_path=args.path, host=args.host, headers=headers,
+            client_address=args.client_address, peer_principal=args.peer_principal,
+            request_id="explain",
+        )
+        decision = await engine.authorizer.decide(
+            facts, authorization=tuple(authorization), cookie=cookie
+        )
+        print(json.dumps(_explanation(engine, facts, decision), indent=2))
+        return 0 if decision.allowed else 1
+    finally:
+        await engine.close()
+
+
+def _explanation(engine: Engine, facts: RequestFacts, decision: Any) -> dict[str, Any]:
+    match = None
+    try:
+        match = engine.authorizer.policy.match(facts)
+    except Exception as exc:  # the decision already says 400; show why
+        match_info: dict[str, Any] = {"error": str(exc)}
+    else:
+        match_info = (
+            {"rule": match.rule.name, "params": dict(match.params)} if match else {"rule": None}
+        )
+    principal = decision.principal
+    return {
+        "decision": "allow" if decision.allowed else "deny",
+        "status": decision.status,
+        "reason": decision.reason,
+        "error": decision.error or None,
+        "detail": decision.detail or None,
+        "match": match_info,
+        "required_scopes": list(decision.required_scopes) or None,
+        "principal": None
+        if principal is None
+        else {
+            "subject": principal.subject,
+            "issuer": principal.issuer,
+            "scopes": sorted(principal.scopes),
+            "roles": sorted(principal.roles),
+            "client_id": principal.client_id,
+        },
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The one module that touches Envoy's ext_authz types (xds-protos).
+
+`read_check_request` turns a `CheckRequest` into plain values; `ResponseBuilder` turns a
+`Decision` into a `CheckResponse`. Denials carry the RFC 6750 challenge and a JSON body
+with only the public error code and the request id; allows inject identity headers
+(overwriting and removing any client-sent copies) and identity dynamic metadata, which
+Envoy publishes under the `envoy.filters.http.ext_authz` namespace for the rate limiter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from authz_service.decision import Decision
+from authz_service.policy import RequestFacts
+from authz_service.principal import Principal
+from authz_service.settings import IdentitySettings
+
+# Never handed to CEL conditions or the audit log.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+_UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
+_PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+_UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckInputs:
+    facts: RequestFacts
+    authorization: tuple[str, ...]
+    cookie: str
+
+
+def read_check_request(request: external_auth_pb2.CheckRequest) -> CheckInputs:
+    """Plain values out of a CheckRequest, with credential headers set aside."""
+    attrs = request.attributes
+    http = attrs.request.http
+    authorization: tuple[str, ...]
+    if http.header_map.headers:
+        # encode_raw_headers: repeated headers arrive as separate entries; keep them apart.
+        headers: dict[str, str] = {}
+        auth_values = []
+        for hv in http.header_map.headers:
+            name = hv.key.lower()
+            value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+            if name == "authorization":
+                auth_values.append(value)
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        authorization = tuple(auth_values)
+    else:
+        headers = dict(http.headers)
+        auth = headers.get("authorization")
+        authorization = () if auth is None else (auth,)
+    cookie = headers.get("cookie", "")
+    for name in CREDENTIAL_HEADERS:
+        headers.pop(name, None)
+    facts = RequestFacts(
+        method=http.method,
+        raw_path=http.path,
+        host=http.host,
+        headers=headers,
+        client_address=attrs.source.address.socket_address.address,
+        peer_principal=attrs.source.principal,
+        request_id=http.id or headers.get("x-request-id", ""),
+    )
+    return CheckInputs(facts, authorization, cookie)
+
+
+def header_safe(value: str) -> str:
+    """Percent-encode anything outside printable ASCII so no claim can forge header syntax."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dot path in the claims, or None."""
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+class ResponseBuilder:
+    """Builds CheckResponses for one identity config; built once per config load."""
+
+    def __init__(self, identity: IdentitySettings) -> None:
+        self._identity = identity
+        self._names = identity.headers
+        realm = f'Bearer realm="{identity.realm}"'
+        self._challenge_plain = realm
+        self._challenge_invalid = (
+            f'{realm}, error="invalid_token", error_description="The access token is invalid"'
+        )
+        self._challenge_request = f'{realm}, error="invalid_request"'
+
+    def build(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+        if decision.allowed:
+            return self._allow(decision)
+        return self._deny(decision, request_id)
+
+    def _allow(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+        principal = decision.principal
+        ok = external_auth_pb2.OkHttpResponse()
+        values = self._identity_values(principal)
+        for name in self._names.all():
+            value = values.get(name)
+            if value:
+                ok.headers.append(
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key=name, value=header_safe(value)),
+                        append_action=_OVERWRITE,
+                    )
+                )
+            else:
+                ok.headers_to_remove.append(name)
+        response = external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)
+        response.dynamic_metadata.CopyFrom(self._metadata(decision))
+        return response
+
+    def _identity_values(self, principal: Principal | None) -> dict[str, str]:
+        if principal is None:
+            return {}
+        n = self._names
+        return {
+            n.subject: principal.subject,
+            n.issuer: principal.issuer,
+            n.scopes: " ".join(sorted(principal.scopes)),
+            n.roles: ",".join(sorted(principal.roles)),
+            n.client_id: principal.client_id or "",
+        }
+
+    def _metadata(self, decision: Decision) -> struct_pb2.Struct:
+        meta: dict[str, str] = {"rule": decision.rule}
+        p = decision.principal
+        if p is not None:
+            meta["subject"] = p.subject
+            meta["issuer"] = p.issuer
+            for key, value in (
+                ("client_id", p.client_id),
+                ("tenant", claim_at(p.claims, self._identity.tenant_claim)),
+                ("plan", claim_at(p.claims, self._identity.plan_claim)),
+            ):
+                if isinstance(value, str) and value:
+                    meta[key] = value
+        out = struct_pb2.Struct()
+        out.update(meta)
+        return out
+
+    def _deny(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+        denied = external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            body=json.dumps({"error": decision.error, "request_id": request_id}),
+        )
+        headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+        challenge = self._challenge(decision)
+        if challenge:
+            headers.append(("www-authenticate", challenge))
+        for key, value in headers:
+            denied.headers.append(
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
+                )
+            )
+        if decision.status == 401:
+            grpc_status = _UNAUTHENTICATED
+        elif decision.status >= 500:
+            grpc_status = _UNAVAILABLE
+        else:
+            grpc_status = _PERMISSION_DENIED
+        response = external_auth_pb2.CheckResponse(status=grpc_status, denied_response=denied)
+        if decision.rule:
+            response.dynamic_metadata.update({"rule": decision.rule})
+        return response
+
+    def _challenge(self, decision: Decision) -> str:
+        if decision.status == 401:
+            return self._challenge_invalid if decision.error == "invalid_token" else self._challenge_plain
+        if decision.error == "insufficient_scope":
+            # RFC 6749 scope tokens exclude `"` and `\`; escape them anyway so config can't
+            # break the quoting.
+            scope = header_safe(" ".join(decision.required_scopes))
+            scope = scope.replace('"', "%22").replace("\\", "%5C")
+            return f'{self._challenge_plain}, error="insufficient_scope", scope="{scope}"'
+        if decision.status == 400:
+            return self._challenge_request
+        return ""

@@ -1,0 +1,111 @@
+"""The authz sidecar's config file: one YAML document, validated once into frozen models.
+
+    server:      the shared gRPC server section (listen, tls/mtls, workers, reflection, ...)
+    issuers:     trusted token issuers (see authz_service.tokens.settings.IssuerSettings)
+    limits:      token size caps, checked before any crypto
+    identity:    header names and metadata claims emitted on allow
+    credentials: cookie names that count as a second credential
+    audit:       where decision lines go
+    reload:      file watching
+    routes:      the policy (see authz_service.policy)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from authz_service.policy import PolicySettings, RouteSettings
+from authz_service.tokens.settings import IssuerSettings, TokenLimits
+from sidecar_runtime.config import Frozen, load_model
+from sidecar_runtime.settings import ServerSettings
+
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class IdentityHeaders(Frozen):
+    """Request headers injected upstream on allow (and removed when the client sent them)."""
+
+    subject: str = "x-auth-subject"
+    issuer: str = "x-auth-issuer"
+    scopes: str = "x-auth-scopes"
+    roles: str = "x-auth-roles"
+    client_id: str = "x-auth-client-id"
+
+    @model_validator(mode="after")
+    def _valid_names(self) -> IdentityHeaders:
+        names = [self.subject, self.issuer, self.scopes, self.roles, self.client_id]
+        for name in names:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a lowercase header name")
+            if name in ("authorization", "host", "cookie") or name.startswith(("x-envoy-", ":")):
+                raise ValueError(f"{name!r} cannot be used as an identity header")
+        if len(set(names)) != len(names):
+            raise ValueError("identity header names must differ")
+        return self
+
+    def all(self) -> tuple[str, ...]:
+        return (self.subject, self.issuer, self.scopes, self.roles, self.client_id)
+
+
+class IdentitySettings(Frozen):
+    headers: IdentityHeaders = IdentityHeaders()
+    # Dot paths of the claims that become the `tenant` and `plan` dynamic-metadata keys.
+    tenant_claim: str = "tenant"
+    plan_claim: str = "plan"
+    realm: str = "edgeguard"
+
+    @field_validator("realm")
+    @classmethod
+    def _quotable_realm(cls, v: str) -> str:
+        if not v or any(c in v for c in '"\\\r\n') or not v.isprintable():
+            raise ValueError("realm must be printable and contain no quote or backslash")
+        return v
+
+
+class CredentialSettings(Frozen):
+    # A cookie of one of these names next to an Authorization header is ambiguous (400).
+    cookie_names: frozenset[str] = frozenset({"access_token"})
+
+
+class AuditSettings(Frozen):
+    enabled: bool = True
+    target: str = "stdout"  # stdout, stderr or a file path
+    max_backlog: int = Field(default=100_000, ge=100)
+
+
+class ReloadSettings(Frozen):
+    watch: bool = True
+    interval_seconds: float = Field(default=1.0, ge=0.1, le=3600)
+
+
+class AuthzSettings(Frozen):
+    server: ServerSettings = ServerSettings(listen="127.0.0.1:9001")
+    issuers: list[IssuerSettings] = Field(default_factory=list)
+    limits: TokenLimits = TokenLimits()
+    verified_token_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    identity: IdentitySettings = IdentitySettings()
+    credentials: CredentialSettings = CredentialSettings()
+    audit: AuditSettings = AuditSettings()
+    reload: ReloadSettings = ReloadSettings()
+    routes: list[RouteSettings] = Field(min_length=1)
+
+    @field_validator("issuers")
+    @classmethod
+    def _unique_issuers(cls, v: list[IssuerSettings]) -> list[IssuerSettings]:
+        seen: set[str] = set()
+        for item in v:
+            if item.issuer in seen:
+                raise ValueError(f"issuer {item.issuer!r} is configured twice")
+            seen.add(item.issuer)
+        return v
+
+    def policy(self) -> PolicySettings:
+        return PolicySettings(routes=self.routes)
+
+
+def load_settings(path: str | Path) -> AuthzSettings:
+    """Read and validate the config file; raises ConfigError(file, key, reason)."""
+    return load_model(AuthzSettings, path)

@@ -1,0 +1,79 @@
+"""One bad config file per error class: each must name the file, the key and the reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from authz_service.cli import main
+from authz_service.engine import compile_engine
+from authz_service.settings import load_settings
+from sidecar_runtime.clock import SystemClock
+from sidecar_runtime.errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bad_configs"
+
+CASES = {
+    "yaml_syntax.yaml": ("line 4, column 4", "invalid YAML"),
+    "duplicate_key.yaml": ("line 8, column 1", "duplicate key 'audit'"),
+    "unknown_top_key.yaml": ("rutes", "unknown key"),
+    "missing_routes.yaml": ("routes", "Field required"),
+    "empty_routes.yaml": ("routes", "at least 1 item"),
+    "duplicate_issuer.yaml": ("issuers", "issuer 'https://idp.example' is configured twice"),
+    "bad_identity_header.yaml": ("identity.headers", "'X Auth Subject' is not a lowercase header name"),
+    "bad_listen.yaml": ("server", "listen '9001' must be HOST:PORT"),
+    "mtls_without_ca.yaml": ("server.tls", "ca_file is required when mode is mtls"),
+    "hs256_algorithm.yaml": ("issuers[0].algorithms[0]", "Input should be"),
+    "no_key_source.yaml": ("issuers[0]", "exactly one of jwks_file, jwks_url, discovery"),
+    "negative_leeway.yaml": ("issuers[0].leeway_seconds", "greater than or equal to 0"),
+    "bad_condition.yaml": ("routes[1].conditions[0]", "Syntax error"),
+    "bad_template.yaml": ("routes[0].path", "duplicate"),
+}
+
+
+def _load(path: Path) -> None:
+    compile_engine(load_settings(path), path, clock=SystemClock())
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(CASES.items()))
+def test_bad_config_names_file_key_and_reason(
+    tmp_path: Path, name: str, expected: tuple[str, str]
+) -> None:
+    path = tmp_path / name
+    shutil.copy(FIXTURES / name, path)
+    with pytest.raises(ConfigError) as err:
+        _load(path)
+    key, reason = expected
+    assert err.value.file == str(path)
+    assert err.value.key.startswith(key), err.value
+    assert reason in err.value.reason, err.value
+
+
+def test_every_fixture_has_a_case() -> None:
+    assert sorted(p.name for p in FIXTURES.glob("*.yaml")) == sorted(CASES)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_check_config_cli_exits_2_with_location(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad_listen.yaml"
+    shutil.copy(FIXTURES / "bad_listen.yaml", path)
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: server: listen '9001' must be HOST:PORT" in err
+
+
+def test_serve_refuses_to_start_on_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "unknown_top_key.yaml"
+    shutil.copy(FIXTURES / "unknown_top_key.yaml", path)
+    assert main(["serve", "--config", str(path)]) == 2
+    assert f"{path}: rutes: unknown key" in capsys.readouterr().err

@@ -1,0 +1,283 @@
+"""The real servicer in a grpc.aio server on a free port, called with xds-protos stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
+
+from devstack.pki import Pki
+from tests.authz_service.conftest import ISSUER, Mint, RunningAuthz
+from tests.support.grpc_clients import channel
+from tests.support.grpcurl import grpcurl
+
+pytestmark = pytest.mark.grpc
+
+
+def check_request(
+    path: str,
+    *,
+    method: str = "GET",
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw_headers: list[tuple[str, str]] | None = None,
+    request_id: str = "req-1",
+) -> external_auth_pb2.CheckRequest:
+    http = attribute_context_pb2.AttributeContext.HttpRequest(
+        id=request_id, method=method, path=path, host="api.test"
+    )
+    all_headers = {"x-request-id": request_id, **(headers or {})}
+    if token is not None:
+        all_headers["authorization"] = f"Bearer {token}"
+    if raw_headers is not None:
+        for key, value in [*all_headers.items(), *raw_headers]:
+            http.header_map.headers.append(base_pb2.HeaderValue(key=key, raw_value=value.encode()))
+    else:
+        http.headers.update(all_headers)
+    req = external_auth_pb2.CheckRequest()
+    req.attributes.request.http.CopyFrom(http)
+    req.attributes.source.address.socket_address.address = "192.0.2.10"
+    return req
+
+
+async def check(address: str, req: external_auth_pb2.CheckRequest, pki: Pki | None = None) -> Any:
+    async with channel(address, pki) as ch:
+        return await external_auth_pb2_grpc.AuthorizationStub(ch).Check(req, timeout=5)
+
+
+def denied(resp: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
+    assert resp.WhichOneof("http_response") == "denied_response"
+    d = resp.denied_response
+    headers = {h.header.key: h.header.value for h in d.headers}
+    return d.status.code, headers, json.loads(d.body)
+
+
+def allowed(resp: Any) -> tuple[dict[str, str], list[str], dict[str, Any]]:
+    assert resp.status.code == code_pb2.OK
+    ok = resp.ok_response
+    headers = {h.header.key: h.header.value for h in ok.headers}
+    meta = dict(resp.dynamic_metadata.items())
+    return headers, list(ok.headers_to_remove), meta
+
+
+@pytest.mark.parametrize("alg", ["RS256", "EdDSA", "Ed25519"])
+async def test_owner_is_allowed_with_identity_headers_and_metadata(
+    authz: RunningAuthz, mint: Mint, alg: str
+) -> None:
+    token = mint("alice", alg=alg, scope="users:read", extra={"tenant": "t1", "plan": "gold"})
+    resp = await check(authz.address, check_request("/api/v1/users/alice", token=token))
+    headers, removed, meta = allowed(resp)
+    assert headers["x-auth-subject"] == "alice"
+    assert headers["x-auth-issuer"] == ISSUER
+    assert headers["x-auth-scopes"] == "users:read"
+    # Headers with no value are removed, so a client-sent copy cannot reach the upstream.
+    assert "x-auth-roles" in removed
+    assert "x-auth-client-id" in removed
+    assert meta == {
+        "rule": "get-user", "subject": "alice", "issuer": ISSUER, "tenant": "t1", "plan": "gold"
+    }
+
+
+async def test_no_token_is_401_with_plain_challenge(authz: RunningAuthz) -> None:
+    resp = await check(authz.address, check_request("/api/v1/users/alice", request_id="r-42"))
+    status, headers, body = denied(resp)
+    assert status == 401
+    assert resp.status.code == code_pb2.UNAUTHENTICATED
+    assert headers["www-authenticate"] == 'Bearer realm="edgeguard"'
+    assert headers["content-type"] == "application/json"
+    assert body == {"error": "unauthorized", "request_id": "r-42"}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["expired", "wrong_audience", "wrong_issuer", "tampered", "garbage"],
+)
+async def test_invalid_tokens_all_get_one_generic_401(
+    authz: RunningAuthz, mint: Mint, variant: str
+) -> None:
+    token = {
+        "expired": lambda: mint(scope="users:read", ttl=-3600),
+        "wrong_audience": lambda: mint(scope="users:read", audience="api://other"),
+        "wrong_issuer": lambda: mint(scope="users:read", issuer="https://evil.test"),
+        "tampered": lambda: _tamper(mint(scope="users:read")),
+        "garbage": lambda: "not-a-jwt",
+    }[variant]()
+    resp = await check(authz.address, check_request("/api/v1/users/alice", token=token))
+    status, headers, body = denied(resp)
+    assert status == 401
+    assert headers["www-authenticate"] == (
+        'Bearer realm="edgeguard", error="invalid_token", '
+        'error_description="The access token is invalid"'
+    )
+    assert body == {"error": "invalid_token", "request_id": "req-1"}
+
+
+def _tamper(token: str) -> str:
+    header, payload, sig = token.split(".")
+    return f"{header}.{payload[:-2]}{'A' if payload[-2] != 'A' else 'B'}{payload[-1]}.{sig}"
+
+
+async def test_missing_scope_is_403_insufficient_scope(authz: RunningAuthz, mint: Mint) -> None:
+    token = mint("alice", scope="profile")
+    status, headers, body = denied(
+        await check(authz.address, check_request("/api/v1/users/alice", token=token))
+    )
+    assert status == 403
+    assert headers["www-authenticate"] == (
+        'Bearer realm="edgeguard", error="insufficient_scope", scope="users:read"'
+    )
+    assert body["error"] == "insufficient_scope"
+
+
+async def test_idor_is_denied_and_admin_is_allowed(authz: RunningAuthz, mint: Mint) -> None:
+    alice = mint("alice", scope="users:read")
+    status, headers, _ = denied(
+        await check(authz.address, check_request("/api/v1/users/bob", token=alice))
+    )
+    assert status == 403
+    assert "www-authenticate" not in headers
+    admin = mint("root", scope="users:read", roles=["admin"])
+    headers, _, _ = allowed(
+        await check(authz.address, check_request("/api/v1/users/bob", token=admin))
+    )
+    assert headers["x-auth-roles"] == "admin"
+
+
+async def test_unmatched_route_is_403_even_without_token(authz: RunningAuthz) -> None:
+    status, _, body = denied(await check(authz.address, check_request("/internal/debug")))
+    assert (status, body["error"]) == (403, "forbidden")
+
+
+async def test_public_route_needs_no_token_and_strips_identity_headers(
+    authz: RunningAuthz,
+) -> None:
+    resp = await check(
+        authz.address,
+        check_request("/api/v1/public/ping", headers={"x-auth-subject": "spoofed"}),
+    )
+    headers, removed, meta = allowed(resp)
+    assert headers == {}
+    assert {"x-auth-subject", "x-auth-roles", "x-auth-scopes", "x-auth-issuer"} <= set(removed)
+    assert meta == {"rule": "ping"}
+
+
+async def test_two_authorization_headers_are_400(authz: RunningAuthz, mint: Mint) -> None:
+    token = mint(scope="users:read")
+    req = check_request(
+        "/api/v1/users/alice", token=token, raw_headers=[("authorization", f"Bearer {token}")]
+    )
+    status, _, body = denied(await check(authz.address, req))
+    assert (status, body["error"]) == (400, "invalid_request")
+
+
+async def test_undecodable_path_is_400(authz: RunningAuthz, mint: Mint) -> None:
+    token = mint(scope="users:read")
+    req = check_request("/api/v1/users/%2e%2e%2fadmin", token=token)
+    status, _, _ = denied(await check(authz.address, req))
+    assert status == 400
+
+
+async def test_unexpected_error_denies_with_503(
+    authz: RunningAuthz, mint: Mint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def boom(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(authz.holder.current.authorizer, "decide", boom)
+    status, _, body = denied(
+        await check(authz.address, check_request("/api/v1/public/ping"))
+    )
+    assert (status, body["error"]) == (503, "temporarily_unavailable")
+
+
+async def test_audit_lines_carry_the_decision_and_never_the_token(
+    authz: RunningAuthz, mint: Mint
+) -> None:
+    token = mint("alice", scope="users:read")
+    await check(authz.address, check_request("/api/v1/users/alice?x=1", token=token))
+    await check(authz.address, check_request("/api/v1/users/bob", token=token, request_id="r-2"))
+    assert authz.audit is not None
+    authz.audit.flush()
+    text = authz.config.with_name("audit.log").read_text()
+    assert token not in text
+    assert token.split(".")[2] not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(x["decision"], x["status"], x["rule"]) for x in lines] == [
+        ("allow", 200, "get-user"),
+        ("deny", 403, "get-user"),
+    ]
+    first = lines[0]
+    assert first["path"] == "/api/v1/users/alice"  # no query string
+    assert first["subject"] == "alice"
+    assert first["client_address"] == "192.0.2.10"
+    assert {"ts", "request_id", "reason", "issuer", "method", "latency_ms", "v"} <= set(first)
+
+
+async def test_mtls_client_without_certificate_is_refused(
+    authz_mtls: RunningAuthz, pki: Pki, mint: Mint
+) -> None:
+    token = mint("alice", scope="users:read")
+    resp = await check(
+        authz_mtls.address, check_request("/api/v1/users/alice", token=token), pki
+    )
+    allowed(resp)
+    async with channel(authz_mtls.address, pki, client_cert=False) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+                check_request("/api/v1/users/alice", token=token), timeout=5
+            )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_grpcurl_lists_and_calls_check_and_health(
+    authz_mtls: RunningAuthz, pki: Pki
+) -> None:
+    address = authz_mtls.address
+    listed = await asyncio.to_thread(grpcurl, address, "list", pki=pki)
+    assert listed.returncode == 0, listed.stderr
+    assert "envoy.service.auth.v3.Authorization" in listed.stdout.split()
+    data = {
+        "attributes": {
+            "request": {"http": {"method": "GET", "path": "/api/v1/users/alice", "id": "g-1"}}
+        }
+    }
+    called = await asyncio.to_thread(
+        grpcurl, address, "envoy.service.auth.v3.Authorization/Check", pki=pki, data=data
+    )
+    assert called.returncode == 0, called.stderr
+    out = json.loads(called.stdout)
+    assert out["deniedResponse"]["status"]["code"] == "Unauthorized"
+    health = await asyncio.to_thread(
+        grpcurl, address, "grpc.health.v1.Health/Check", pki=pki,
+        data={"service": "envoy.service.auth.v3.Authorization"},
+    )
+    assert health.returncode == 0, health.stderr
+    assert '"SERVING"' in health.stdout
+
+
+async def test_reload_swaps_policy_and_keeps_old_on_bad_config(
+    authz: RunningAuthz, mint: Mint
+) -> None:
+    token = mint("alice", scope="users:read")
+    stats = check_request("/api/v1/admin/stats", token=token)
+    assert denied(await check(authz.address, stats))[0] == 403
+    original = authz.config.read_text()
+    opened = original.replace("        roles: [admin]\n", "        scopes: [users:read]\n")
+    authz.config.write_text(opened)
+    assert await authz.holder.reload() is True
+    allowed(await check(authz.address, stats))
+    authz.config.write_text(original + "      - name: broken\n        path: /x/{\n")
+    assert await authz.holder.reload() is False
+    assert authz.holder.reload_failures == 1
+    allowed(await check(authz.address, stats))  # still the last good policy
+
+
+async def test_config_path_is_recorded(authz: RunningAuthz) -> None:
+    assert authz.holder.current.source == Path(authz.config)
