@@ -85,4 +85,5 @@ class Supervisor:
 
 def run_workers(count: int, argv: Sequence[str] | None = None) -> int:
     """Supervise `count` copies of this process's own command line."""
-    return Supervisor(argv or [sys.executable, *sys.argv], count).run()
+    # orig_argv keeps `-m package` when started that way; argv[0] would be a file path.
+    return Supervisor(argv or [sys.executable, *sys.orig_argv[1:]], count).run()

@@ -253,7 +253,8 @@ async def test_grpcurl_lists_and_calls_check_and_health(
     )
     assert called.returncode == 0, called.stderr
     out = json.loads(called.stdout)
-    assert out["deniedResponse"]["status"]["code"] == "Unauthorized"
+    # grpcurl 1.8.6 prints the original proto field names.
+    assert out["denied_response"]["status"]["code"] == "Unauthorized"
     health = await asyncio.to_thread(
         grpcurl, address, "grpc.health.v1.Health/Check", pki=pki,
         data={"service": "envoy.service.auth.v3.Authorization"},
@@ -269,7 +270,7 @@ async def test_reload_swaps_policy_and_keeps_old_on_bad_config(
     stats = check_request("/api/v1/admin/stats", token=token)
     assert denied(await check(authz.address, stats))[0] == 403
     original = authz.config.read_text()
-    opened = original.replace("        roles: [admin]\n", "        scopes: [users:read]\n")
+    opened = original.replace("    roles: [admin]\n", "    scopes: [users:read]\n")
     authz.config.write_text(opened)
     assert await authz.holder.reload() is True
     allowed(await check(authz.address, stats))

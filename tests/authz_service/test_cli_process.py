@@ -1,0 +1,73 @@
+"""The sidecar as users run it: a process, signals, workers, reload."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.authz_service.conftest import write_config
+from tests.support.grpcurl import grpcurl
+from tests.support.processes import children_of, free_port, running, wait_until
+
+pytestmark = [pytest.mark.grpc, pytest.mark.slow]
+
+
+def _serving(address: str) -> bool:
+    out = grpcurl(address, "grpc.health.v1.Health/Check")
+    return out.returncode == 0 and '"SERVING"' in out.stdout
+
+
+def _check(address: str, path: str) -> str:
+    data = {"attributes": {"request": {"http": {"method": "GET", "path": path, "id": "p"}}}}
+    out = grpcurl(address, "envoy.service.auth.v3.Authorization/Check", data=data)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_serve_reload_on_sighup_and_graceful_stop(config_dir: Path) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    config = write_config(config_dir, server={"listen": address})
+    with running(
+        ["authz_service", "serve", "--config", str(config)], log=config_dir / "out.log"
+    ) as proc:
+        assert wait_until(lambda: _serving(address)), (config_dir / "out.log").read_text()
+        assert "ok_response" in _check(address, "/api/v1/public/ping")
+        config.write_text(config.read_text().replace("public: true", "roles: [admin]"))
+        proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "Forbidden" in _check(address, "/api/v1/public/ping") or
+                          "Unauthorized" in _check(address, "/api/v1/public/ping"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    log = (config_dir / "out.log").read_text()
+    assert '"msg":"config reloaded"' in log
+    assert '"msg":"shutting down"' in log
+
+
+def test_file_change_reloads_without_a_signal(config_dir: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    config = write_config(config_dir, server={"listen": address})
+    config.write_text(config.read_text().replace("  watch: false", "  watch: true\n  interval_seconds: 0.2"))
+    with running(["authz_service", "serve", "--config", str(config)], log=config_dir / "o.log"):
+        assert wait_until(lambda: _serving(address))
+        assert "ok_response" in _check(address, "/api/v1/public/ping")
+        time.sleep(0.05)
+        config.write_text(config.read_text().replace("public: true", "roles: [admin]"))
+        assert wait_until(lambda: "ok_response" not in _check(address, "/api/v1/public/ping"))
+
+
+def test_two_workers_share_one_port_and_stop_together(config_dir: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    config = write_config(config_dir, server={"listen": address, "workers": 2})
+    with running(
+        ["authz_service", "serve", "--config", str(config)], log=config_dir / "w.log"
+    ) as proc:
+        assert wait_until(lambda: len(children_of(proc.pid)) == 2)
+        assert wait_until(lambda: _serving(address))
+        workers = children_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
