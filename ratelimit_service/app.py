@@ -1,0 +1,182 @@
+"""Wiring: settings -> store, service, gRPC server, health probe and rule reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ratelimit_service.config import load_rules
+from ratelimit_service.decision_log import DecisionLog
+from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
+from ratelimit_service.redis_store import RedisStore
+from ratelimit_service.rules import RuleSet
+from ratelimit_service.service import HealthCallback, Policy, RateLimitService
+from ratelimit_service.servicer import binding
+from ratelimit_service.settings import ServiceSettings, StoreSettings
+from ratelimit_service.store import BucketStore, MemoryStore
+from sidecar_runtime.clock import Clock, SystemClock
+from sidecar_runtime.errors import ConfigError
+from sidecar_runtime.reload import FileWatcher
+from sidecar_runtime.server import SidecarServer, serve_until_signalled
+
+log = logging.getLogger(__name__)
+
+
+def build_store(settings: StoreSettings, clock: Clock) -> BucketStore:
+    if settings.type == "memory":
+        log.warning(
+            "memory store: limits are per process, not shared between replicas or workers",
+            extra={"fields": {"event": "memory_store"}},
+        )
+        return MemoryStore(clock)
+    return RedisStore.from_settings(settings)
+
+
+def build_service(
+    settings: ServiceSettings,
+    rules: RuleSet,
+    store: BucketStore,
+    *,
+    clock: Clock,
+    on_health: HealthCallback | None = None,
+) -> RateLimitService:
+    call_timeout = settings.store.timeouts.call_ms / 1000
+    policy = Policy(
+        failure_mode=settings.failure_mode,
+        key_prefix=settings.key_prefix,
+        call_timeout_s=call_timeout,
+        probe_timeout_s=max(0.25, call_timeout),
+        max_in_flight=settings.max_in_flight,
+    )
+    breaker_settings = settings.circuit_breaker
+    breaker = CircuitBreaker(
+        failure_threshold=breaker_settings.failure_threshold,
+        open_seconds=breaker_settings.open_seconds,
+        clock=clock,
+    )
+    cache_settings = settings.empty_bucket_cache
+    cache = (
+        EmptyBucketCache(max_entries=cache_settings.max_entries, clock=clock)
+        if cache_settings.enabled
+        else None
+    )
+    decisions = DecisionLog.from_env(
+        lines_per_second=settings.log.max_lines_per_second,
+        clock=clock,
+        hash_key_env=settings.log.hash_key_env,
+    )
+    return RateLimitService(
+        rules,
+        store,
+        clock=clock,
+        policy=policy,
+        breaker=breaker,
+        decisions=decisions,
+        cache=cache,
+        on_health=on_health,
+    )
+
+
+class App:
+    """One running sidecar process (or worker)."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        clock: Clock | None = None,
+        store: BucketStore | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.settings = settings
+        clock = clock or SystemClock()
+        rules = load_rules(settings.rules)
+        self.store = store or build_store(settings.store, clock)
+        self.service = build_service(
+            settings, rules, self.store, clock=clock, on_health=self._health
+        )
+        self.server = SidecarServer(settings.server, [binding(self.service)], reuse_port=reuse_port)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: FileWatcher | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+    async def _health(self, serving: bool) -> None:
+        await self.server.set_serving(serving)
+
+    async def start(self) -> int:
+        """Bind and serve; returns the port. Health follows the store from the first probe."""
+        port = await self.server.start()
+        loop = asyncio.get_running_loop()
+        probe_every = self.settings.circuit_breaker.probe_interval_seconds
+        self._tasks.append(loop.create_task(self.service.watch_store(probe_every)))
+        if self.settings.reload.watch:
+            self._watcher = FileWatcher(
+                lambda: [self.settings.rules],
+                self.reload,
+                interval=self.settings.reload.interval_seconds,
+            )
+            self._watcher.start()
+        log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "event": "serving",
+                    "port": port,
+                    "listen": self.settings.server.listen,
+                    "store": self.store.name,
+                    "domains": sorted(self.service.rules.domains),
+                }
+            },
+        )
+        return port
+
+    async def reload(self) -> None:
+        """Load the rules again and swap them in whole; keep the old ones if the new are bad."""
+        try:
+            rules = await asyncio.to_thread(load_rules, self.settings.rules)
+        except ConfigError as exc:
+            log.error(
+                "rules not reloaded; keeping the previous ones",
+                extra={
+                    "fields": {
+                        "event": "reload_failed",
+                        "file": exc.file,
+                        "key": exc.key,
+                        "reason": exc.reason,
+                    }
+                },
+            )
+            self.reloads_failed += 1
+            return
+        self.service.swap_rules(rules)
+        self.reloads_ok += 1
+        log.info(
+            "rules reloaded",
+            extra={"fields": {"event": "reloaded", "domains": sorted(rules.domains)}},
+        )
+
+    async def close(self, *, stop_server: bool = True) -> None:
+        """Stop everything this app started."""
+        if self._watcher is not None:
+            await self._watcher.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if stop_server:
+            await self.server.stop(0)
+        await self.store.close()
+
+
+async def serve(settings: ServiceSettings, *, reuse_port: bool = False) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP (and file changes) reload the rules."""
+    app = App(settings, reuse_port=reuse_port)
+    await app.start()
+    try:
+        await serve_until_signalled(app.server, on_reload=app.reload)
+    finally:
+        await app.close(stop_server=False)  # serve_until_signalled drained it
+    return 0

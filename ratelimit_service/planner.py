@@ -1,0 +1,108 @@
+"""From a request to the bucket checks it needs, pure.
+
+Resolves each descriptor to its limits (rule tree, or the request's own override),
+applies `replaces` across the whole request as the reference does (a matched limit that
+names another in `replaces` switches that one off for this request), works out each
+descriptor's cost from `hits_addend`, and builds the bucket keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ratelimit_service.keys import bucket_key
+from ratelimit_service.rules import UNIT_SECONDS, Domain, Limit, Match, make_limit
+
+MAX_UINT32 = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A limit sent by Envoy in the descriptor itself (`RateLimitDescriptor.limit`)."""
+
+    requests_per_unit: int
+    unit: str  # "second" .. "year"
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorRequest:
+    entries: tuple[tuple[str, str], ...]
+    hits_addend: int | None = None  # None: not set (falls back to the request's)
+    override: Override | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    domain: str
+    descriptors: tuple[DescriptorRequest, ...]
+    hits_addend: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One bucket to consult for one descriptor."""
+
+    index: int  # of the descriptor in the request
+    limit: Limit
+    key: str
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    matches: tuple[Match | None, ...]  # per descriptor (None: no rule, or an override)
+    unlimited: tuple[bool, ...]  # per descriptor
+    checks: tuple[Check, ...]
+    replaced: tuple[Limit, ...]  # switched off by another limit's `replaces`
+
+
+def cost_of(request: Request, descriptor: DescriptorRequest) -> int:
+    """hits_addend rules: a per-descriptor value wins, explicit 0 included (check only);
+    otherwise the request's, where 0 (the proto default) means 1."""
+    if descriptor.hits_addend is not None:
+        return descriptor.hits_addend
+    return max(request.hits_addend, 1)
+
+
+def override_limit(domain: str, override: Override) -> Limit | None:
+    if override.unit not in UNIT_SECONDS:
+        return None
+    return make_limit(
+        rule_id=f"{domain}.override",
+        requests_per_unit=override.requests_per_unit,
+        unit=override.unit,
+        tag=f"override:{override.requests_per_unit}/{override.unit}",
+    )
+
+
+def plan(domain: Domain, request: Request, *, prefix: str, hash_tags: bool) -> Plan:
+    """The checks a request needs, before any store is asked."""
+    matches: list[Match | None] = []
+    found: list[tuple[int, tuple[tuple[str, str], ...], tuple[Limit, ...]]] = []
+    for index, descriptor in enumerate(request.descriptors):
+        match: Match | None = None
+        if descriptor.override is not None:
+            limit = override_limit(domain.name, descriptor.override)
+            limits: tuple[Limit, ...] = (limit,) if limit is not None else ()
+            entries = descriptor.entries
+        else:
+            match = domain.match(descriptor.entries)
+            limits = match.node.limits if match is not None else ()
+            entries = match.bucket_entries if match is not None else ()
+        matches.append(match)
+        found.append((index, entries, limits))
+    replacing = {name for _, _, limits in found for limit in limits for name in limit.replaces}
+    checks: list[Check] = []
+    replaced: list[Limit] = []
+    unlimited = [False] * len(request.descriptors)
+    for index, entries, limits in found:
+        cost = cost_of(request, request.descriptors[index])
+        for limit in limits:
+            if limit.name and limit.name in replacing:
+                replaced.append(limit)
+            elif limit.unlimited:
+                unlimited[index] = True
+            else:
+                key = bucket_key(prefix, domain.name, entries, limit.tag, hash_tag=hash_tags)
+                checks.append(Check(index, limit, key, cost))
+    return Plan(tuple(matches), tuple(unlimited), tuple(checks), tuple(replaced))

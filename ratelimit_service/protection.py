@@ -1,0 +1,116 @@
+"""What keeps Redis trouble and floods cheap: a circuit breaker and the empty-bucket cache.
+
+Both are pure state machines over an injected clock's monotonic time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from enum import Enum
+
+from sidecar_runtime.clock import Clock
+
+
+class BreakerState(Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Stops calling a failing store for a while, then lets one trial call through.
+
+    closed --(failure_threshold consecutive failures, or trip())--> open
+    open --(open_seconds elapsed; next allow() is the trial)--> half_open
+    half_open --success--> closed;  half_open --failure--> open
+    """
+
+    def __init__(self, *, failure_threshold: int, open_seconds: float, clock: Clock) -> None:
+        self._threshold = failure_threshold
+        self._open_seconds = open_seconds
+        self._clock = clock
+        self._failures = 0
+        self._opened_at = 0.0
+        self.state = BreakerState.CLOSED
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is BreakerState.CLOSED
+
+    def allow(self) -> bool:
+        """May a call go to the store now?"""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            if self._clock.monotonic() - self._opened_at >= self._open_seconds:
+                self.state = BreakerState.HALF_OPEN
+                return True
+            return False
+        return False  # half-open: the trial call is still out
+
+    def record_success(self) -> bool:
+        """Returns True when this success closes the breaker."""
+        self._failures = 0
+        if self.state is BreakerState.CLOSED:
+            return False
+        self.state = BreakerState.CLOSED
+        return True
+
+    def record_failure(self) -> bool:
+        """Returns True when this failure opens a closed breaker."""
+        self._failures += 1
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED and self._failures >= self._threshold
+        ):
+            return self.trip()
+        if self.state is BreakerState.OPEN:
+            self._opened_at = self._clock.monotonic()
+        return False
+
+    def trip(self) -> bool:
+        """Open now (e.g. a health probe failed). Returns True if it was closed."""
+        was_closed = self.state is BreakerState.CLOSED
+        self.state = BreakerState.OPEN
+        self._opened_at = self._clock.monotonic()
+        return was_closed
+
+
+class EmptyBucketCache:
+    """Buckets known to hold less than one token until a monotonic instant.
+
+    A request that needs such a bucket is OVER_LIMIT without asking the store: under a
+    flood, each hot key costs one store call per refill interval per process instead of
+    one per request. Only an empty verdict from the store itself ever enters the cache,
+    and other replicas can only drain a bucket further, so a cached answer is never more
+    permissive than the store's. Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, *, max_entries: int, clock: Clock) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def empty_for(self, key: str) -> float:
+        """Seconds the bucket stays empty, 0.0 if it is not known to be empty."""
+        until = self._until.get(key)
+        if until is None:
+            return 0.0
+        left = until - self._clock.monotonic()
+        if left <= 0:
+            del self._until[key]
+            return 0.0
+        return left
+
+    def mark(self, key: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        self._until[key] = self._clock.monotonic() + seconds
+        self._until.move_to_end(key)
+        while len(self._until) > self._max:
+            self._until.popitem(last=False)
+
+    def clear(self) -> None:
+        self._until.clear()

@@ -1,0 +1,246 @@
+"""The Redis bucket store: standalone, Sentinel or Cluster (redis.asyncio with hiredis).
+
+The only module that talks to Redis. Every call runs `gcra.lua`, loaded once per server
+with SCRIPT LOAD and then called by SHA (EVALSHA); a NOSCRIPT answer (a restarted or
+flushed server) reloads it once and retries.
+
+Standalone and Sentinel: one request's buckets are decided in one round trip, atomically.
+
+Cluster: buckets are grouped by the node that owns their slot; each node runs the script
+once for its group, all nodes in parallel. (Redis refuses declared keys of several slots in
+one call, so there the keys travel in ARGV; the script's `allow-cross-slot-keys` flag lets
+it touch any slot of its node, and a key the node does not own is an error, not a miss.)
+Each node is all-or-nothing for its own keys; when one node denies and another has already
+charged its buckets, the charge is refunded with a second call. Error bound: between the
+charge and the refund (one round trip) those buckets hold up to `cost` tokens too few, so
+concurrent requests on them may be denied that would have been admitted; the limiter
+never admits more than the limit. If the refund itself fails, those tokens stay spent
+until the bucket refills.
+
+Timeouts: a call cancelled by the service's per-call timeout may still have run on the
+server; its tokens are then spent although the request was answered by the failure mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from ratelimit_service.bucket import Outcome
+from ratelimit_service.errors import StoreError
+from ratelimit_service.settings import StoreSettings, host_port
+from ratelimit_service.store import Acquired, BucketCall, refund_outcome
+
+SCRIPT = resources.files("ratelimit_service").joinpath("gcra.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+_STANDALONE = "standalone"
+
+
+def _evalsha(mode: str, calls: Sequence[BucketCall], *, keys_in_argv: bool) -> list[Any]:
+    """The EVALSHA command for gcra.lua (see its header for the argument layout)."""
+    keys = [call.key for call in calls]
+    args: list[Any] = [mode, len(calls)]
+    for call in calls:
+        args += [call.spec.interval_us, call.spec.capacity, call.cost, 1 if call.enforce else 0]
+    if keys_in_argv:
+        return ["EVALSHA", SCRIPT_SHA, 0, *args, *keys]
+    return ["EVALSHA", SCRIPT_SHA, len(keys), *keys, *args]
+
+
+def _parse(reply: Sequence[int], count: int) -> tuple[bool, list[Outcome]]:
+    if len(reply) != 1 + 3 * count:
+        raise StoreError(f"unexpected script reply of {len(reply)} items for {count} keys")
+    outcomes = [
+        Outcome(reply[i] == 1, int(reply[i + 1]), int(reply[i + 2]))
+        for i in range(1, len(reply), 3)
+    ]
+    return reply[0] == 1, outcomes
+
+
+class RedisStore:
+    """Buckets in Redis, shared by every replica."""
+
+    def __init__(self, client: Redis | RedisCluster, *, name: str = "redis") -> None:
+        self._client = client
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self.name = name
+        self.hash_tags = self._cluster is not None
+        self._loaded: set[str] = set()
+        self._generation: dict[str, int] = {}
+        self._load_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> RedisStore:
+        """Build the client for the configured topology; nothing connects until first use."""
+        password = os.environ.get(settings.password_env) if settings.password_env else None
+        common: dict[str, Any] = {
+            "socket_timeout": settings.timeouts.call_ms / 1000 * 5,
+            "socket_connect_timeout": settings.timeouts.connect_ms / 1000,
+            # A retried take could charge twice; the service's failure mode handles errors.
+            "retry": Retry(NoBackoff(), 0),
+            "username": settings.username,
+            "password": password,
+        }
+        if settings.cluster is not None:
+            nodes = [ClusterNode(*host_port(a)) for a in settings.cluster.addresses]
+            client: Redis | RedisCluster = RedisCluster(
+                startup_nodes=nodes, max_connections=settings.max_connections, **common
+            )
+            return cls(client, name="redis-cluster")
+        if settings.sentinel is not None:
+            sentinel_password = (
+                os.environ.get(settings.sentinel.password_env)
+                if settings.sentinel.password_env
+                else None
+            )
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]  # untyped in redis-py
+                [host_port(a) for a in settings.sentinel.addresses],
+                sentinel_kwargs={
+                    "socket_timeout": common["socket_connect_timeout"],
+                    "password": sentinel_password,
+                },
+                **common,
+            )
+            master = sentinel.master_for(
+                settings.sentinel.master_name,
+                max_connections=settings.max_connections,
+                db=settings.db,
+            )
+            return cls(master, name="redis-sentinel")
+        assert settings.url is not None  # checked by the settings model
+        client = Redis.from_url(
+            settings.url, max_connections=settings.max_connections, db=settings.db, **common
+        )
+        return cls(client)
+
+    async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
+        try:
+            if self._cluster is None:
+                committed, outcomes = await self._take(None, calls)
+                return Acquired(committed, tuple(outcomes))
+            return await self._acquire_cluster(self._cluster, calls)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _acquire_cluster(
+        self, cluster: RedisCluster, calls: Sequence[BucketCall]
+    ) -> Acquired:
+        await cluster.initialize()
+        groups: dict[str, list[int]] = {}
+        nodes: dict[str, ClusterNode] = {}
+        for index, call in enumerate(calls):
+            node = cluster.get_node_from_key(call.key)
+            if node is None:
+                raise StoreError(f"no node serves the slot of {call.key!r}")
+            nodes[node.name] = node
+            groups.setdefault(node.name, []).append(index)
+        names = list(groups)
+        replies = await asyncio.gather(
+            *(self._take(nodes[n], [calls[i] for i in groups[n]]) for n in names),
+            return_exceptions=True,
+        )
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        failed: BaseException | None = None
+        charged: list[str] = []
+        for name, reply in zip(names, replies, strict=True):
+            if isinstance(reply, BaseException):
+                failed = failed or reply
+                continue
+            node_committed, node_outcomes = reply
+            if node_committed:
+                charged.append(name)
+            for index, outcome in zip(groups[name], node_outcomes, strict=True):
+                outcomes[index] = outcome
+        committed = failed is None and len(charged) == len(names)
+        if not committed and charged:
+            await self._refund(nodes, groups, charged, calls, outcomes)
+        if failed is not None:
+            raise failed
+        return Acquired(committed, tuple(o for o in outcomes if o is not None))
+
+    async def _refund(
+        self,
+        nodes: dict[str, ClusterNode],
+        groups: dict[str, list[int]],
+        charged: list[str],
+        calls: Sequence[BucketCall],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        jobs = []
+        for name in charged:
+            taken = [
+                i for i in groups[name] if calls[i].cost > 0 and (o := outcomes[i]) and o.allowed
+            ]
+            if taken:
+                jobs.append(self._run(nodes[name], [calls[i] for i in taken], "refund"))
+            for i in taken:
+                outcome = outcomes[i]
+                if outcome is not None:
+                    outcomes[i] = refund_outcome(outcome, calls[i])
+        # Best effort: a failed refund leaves tokens spent (the documented bound).
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    async def _take(
+        self, node: ClusterNode | None, calls: Sequence[BucketCall]
+    ) -> tuple[bool, list[Outcome]]:
+        reply = await self._run(node, calls, "take")
+        return _parse(reply, len(calls))
+
+    async def _run(self, node: ClusterNode | None, calls: Sequence[BucketCall], mode: str) -> Any:
+        name = node.name if node is not None else _STANDALONE
+        if name not in self._loaded:
+            await self._load(node, name, self._generation.get(name, 0))
+        generation = self._generation.get(name, 0)
+        command = _evalsha(mode, calls, keys_in_argv=node is not None)
+        try:
+            return await self._command(node, *command)
+        except NoScriptError:
+            await self._load(node, name, generation)
+            return await self._command(node, *command)
+
+    async def _load(self, node: ClusterNode | None, name: str, seen_generation: int) -> None:
+        """SCRIPT LOAD once per server: concurrent callers that hit NOSCRIPT together
+        (after a restart) share one load."""
+        lock = self._load_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if self._generation.get(name, 0) != seen_generation:
+                return  # someone else (re)loaded it meanwhile
+            sha = await self._command(node, "SCRIPT", "LOAD", SCRIPT)
+            if isinstance(sha, bytes):
+                sha = sha.decode()
+            if sha != SCRIPT_SHA:
+                raise StoreError(f"server returned script SHA {sha}, expected {SCRIPT_SHA}")
+            self._loaded.add(name)
+            self._generation[name] = self._generation.get(name, 0) + 1
+
+    async def _command(self, node: ClusterNode | None, *args: Any) -> Any:
+        if self._cluster is not None and node is not None:
+            return await self._cluster.execute_command(*args, target_nodes=node)
+        return await self._client.execute_command(*args)
+
+    async def ping(self) -> None:
+        try:
+            if self._cluster is not None:
+                await self._cluster.initialize()
+                await self._cluster.execute_command(
+                    "PING", target_nodes=self._cluster.get_primaries()
+                )
+            else:
+                await self._client.execute_command("PING")
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()

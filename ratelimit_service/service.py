@@ -1,0 +1,373 @@
+"""The decision: from a plain request to a plain answer.
+
+Per request: plan the bucket checks (rules, replaces, hits_addend, keys); answer what can
+be answered locally (rules that block everything, costs above the burst, buckets the
+empty-bucket cache knows are empty); otherwise ask the store once, all-or-nothing, under a
+per-call timeout, a circuit breaker and a cap on calls in flight. When the store fails,
+the configured failure mode answers, the failure is counted and logged, and once the
+breaker opens gRPC health reports NOT_SERVING until a probe or a call succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Literal
+
+from ratelimit_service.bucket import Outcome, retry_after_us
+from ratelimit_service.decision_log import DecisionLog
+from ratelimit_service.errors import StoreError
+from ratelimit_service.planner import MAX_UINT32, Check, Plan, Request, plan
+from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
+from ratelimit_service.rules import Limit, RuleSet
+from ratelimit_service.store import BucketCall, BucketStore
+from sidecar_runtime.clock import Clock
+
+log = logging.getLogger(__name__)
+
+HealthCallback = Callable[[bool], Awaitable[None]]
+FailureMode = Literal["fail_open", "fail_closed"]
+
+
+class Code(IntEnum):
+    """Same numbers as envoy.service.ratelimit.v3.RateLimitResponse.Code."""
+
+    OK = 1
+    OVER_LIMIT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One descriptor's answer: the limit closest to (or over) its edge."""
+
+    code: Code
+    limit: Limit | None = None
+    remaining: int = 0
+    reset_us: int = 0
+
+
+NO_LIMIT = Status(Code.OK)
+UNLIMITED = Status(Code.OK, None, MAX_UINT32, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    code: Code
+    statuses: tuple[Status, ...]
+    retry_after_s: int = 0  # set on OVER_LIMIT
+    rule: str = ""  # the denying rule, or the would-be denying one under shadow mode
+    reason: str = "ok"  # ok | over_limit | shadow_over_limit | store_failure
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    failure_mode: FailureMode = "fail_open"
+    key_prefix: str = "rl:"
+    call_timeout_s: float = 0.010
+    probe_timeout_s: float = 0.250
+    max_in_flight: int = 256
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    over_limit: int = 0
+    shadow_over_limit: int = 0
+    store_calls: int = 0
+    store_errors: int = 0
+    failure_mode_answers: int = 0
+    cache_hits: int = 0
+    short_circuited: int = 0
+    overloaded: int = 0
+    health_changes: int = 0
+
+
+@dataclass(slots=True)
+class _Result:
+    check: Check
+    outcome: Outcome
+    retry_us: float = 0.0
+
+    @property
+    def denied(self) -> bool:
+        return not self.outcome.allowed
+
+
+@dataclass
+class _Pending:
+    calls: list[BucketCall] = field(default_factory=list)
+    slot: dict[str, int] = field(default_factory=dict)  # bucket key -> index in calls
+    needs: list[tuple[int, int]] = field(default_factory=list)  # (result index, call index)
+
+
+class RateLimitService:
+    def __init__(
+        self,
+        rules: RuleSet,
+        store: BucketStore,
+        *,
+        clock: Clock,
+        policy: Policy,
+        breaker: CircuitBreaker,
+        decisions: DecisionLog,
+        cache: EmptyBucketCache | None = None,
+        on_health: HealthCallback | None = None,
+    ) -> None:
+        self._rules = rules
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._breaker = breaker
+        self._decisions = decisions
+        self._cache = cache
+        self._on_health = on_health
+        self._in_flight = 0
+        self.stats = Stats()
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @property
+    def store(self) -> BucketStore:
+        return self._store
+
+    @property
+    def healthy(self) -> bool:
+        return self._breaker.is_closed
+
+    def swap_rules(self, rules: RuleSet) -> None:
+        """Install a whole new rule set (reload); cached verdicts may no longer hold."""
+        self._rules = rules
+        if self._cache is not None:
+            self._cache.clear()
+
+    async def should_rate_limit(self, request: Request) -> Decision:
+        self.stats.requests += 1
+        domain = self._rules.domain(request.domain)
+        if domain is None:
+            return Decision(Code.OK, (NO_LIMIT,) * len(request.descriptors))
+        the_plan = plan(
+            domain, request, prefix=self._policy.key_prefix, hash_tags=self._store.hash_tags
+        )
+        if not the_plan.checks:
+            return self._decide(request, the_plan, [])
+        results: list[_Result | None] = [self._local(check) for check in the_plan.checks]
+        if any(r is not None and r.denied and not r.check.limit.shadow for r in results):
+            # All-or-nothing: nothing will be taken, so the store need not be asked.
+            known = [
+                r or _Result(c, Outcome(True, 0, 0))
+                for r, c in zip(results, the_plan.checks, strict=True)
+            ]
+            return self._decide(request, the_plan, known)
+        pending = _collect(the_plan.checks, results)
+        if pending.calls:
+            outcomes = await self._acquire(pending.calls)
+            if outcomes is None:
+                return self._failure_decision(request, the_plan)
+            for result_index, call_index in pending.needs:
+                results[result_index] = self._stored(
+                    the_plan.checks[result_index], outcomes[call_index]
+                )
+        return self._decide(request, the_plan, [r for r in results if r is not None])
+
+    def _local(self, check: Check) -> _Result | None:
+        limit = check.limit
+        window_us = limit.window_seconds * 1_000_000
+        if limit.blocks_all or check.cost > limit.burst:
+            return _Result(check, Outcome(False, 0, 0), float(window_us))
+        if self._cache is not None:
+            left = self._cache.empty_for(check.key)
+            if left > 0:
+                self.stats.cache_hits += 1
+                return _Result(check, Outcome(False, 0, math.ceil(left * 1e6)), left * 1e6)
+        return None
+
+    def _stored(self, check: Check, outcome: Outcome) -> _Result:
+        spec = check.limit.spec
+        if self._cache is not None:
+            wait_one = outcome.reset_us + spec.interval_us - spec.tau_us
+            if wait_one > 0:
+                self._cache.mark(check.key, wait_one / 1e6)
+        if outcome.allowed:
+            return _Result(check, outcome)
+        retry = retry_after_us(spec, reset_now_us=outcome.reset_us, need=max(check.cost, 1))
+        return _Result(check, outcome, retry)
+
+    async def _acquire(self, calls: Sequence[BucketCall]) -> Sequence[Outcome] | None:
+        """The store's outcomes, or None when the failure mode must answer."""
+        if self._in_flight >= self._policy.max_in_flight:
+            self.stats.overloaded += 1
+            self._failed_quietly("too many store calls in flight")
+            return None
+        if not self._breaker.allow():
+            self.stats.short_circuited += 1
+            self.stats.failure_mode_answers += 1
+            return None
+        self._in_flight += 1
+        self.stats.store_calls += 1
+        try:
+            async with asyncio.timeout(self._policy.call_timeout_s):
+                acquired = await self._store.acquire(calls)
+        except TimeoutError:
+            await self._store_failed("timeout")
+            return None
+        except StoreError as exc:
+            await self._store_failed(str(exc))
+            return None
+        finally:
+            self._in_flight -= 1
+        if self._breaker.record_success():
+            await self._health_changed(True)
+        return acquired.outcomes
+
+    def _failed_quietly(self, error: str) -> None:
+        self.stats.failure_mode_answers += 1
+        self._decisions.store_failure(
+            store=self._store.name, error=error, failure_mode=self._policy.failure_mode
+        )
+
+    async def _store_failed(self, error: str) -> None:
+        self.stats.store_errors += 1
+        self._failed_quietly(error)
+        if self._breaker.record_failure():
+            await self._health_changed(False)
+
+    async def _health_changed(self, serving: bool) -> None:
+        self.stats.health_changes += 1
+        log.warning(
+            "store reachable again" if serving else "store unreachable; circuit open",
+            extra={
+                "fields": {"event": "store_health", "serving": serving, "store": self._store.name}
+            },
+        )
+        if self._on_health is not None:
+            await self._on_health(serving)
+
+    async def probe(self) -> None:
+        """One health probe of the store; drives the breaker and gRPC health."""
+        try:
+            async with asyncio.timeout(self._policy.probe_timeout_s):
+                await self._store.ping()
+        except (StoreError, TimeoutError) as exc:
+            if self._breaker.trip():
+                self.stats.store_errors += 1
+                self._failed_quietly(f"probe: {exc or 'timeout'}")
+                await self._health_changed(False)
+            return
+        if self._breaker.record_success():
+            await self._health_changed(True)
+
+    async def watch_store(self, interval_s: float) -> None:
+        """Probe forever (run as a task): health follows the store even with no traffic."""
+        while True:
+            await self.probe()
+            await asyncio.sleep(interval_s)
+
+    def _failure_decision(self, request: Request, the_plan: Plan) -> Decision:
+        n = len(request.descriptors)
+        if self._policy.failure_mode == "fail_open":
+            statuses = tuple(UNLIMITED if the_plan.unlimited[i] else NO_LIMIT for i in range(n))
+            return Decision(Code.OK, statuses, reason="store_failure")
+        first: dict[int, Limit] = {}
+        for check in the_plan.checks:
+            first.setdefault(check.index, check.limit)
+        statuses = tuple(
+            Status(Code.OVER_LIMIT, first[i]) if i in first else NO_LIMIT for i in range(n)
+        )
+        return Decision(Code.OVER_LIMIT, statuses, retry_after_s=1, reason="store_failure")
+
+    def _decide(self, request: Request, the_plan: Plan, results: Sequence[_Result]) -> Decision:
+        by_descriptor: dict[int, list[_Result]] = {}
+        for result in results:
+            by_descriptor.setdefault(result.check.index, []).append(result)
+        statuses = []
+        for i in range(len(request.descriptors)):
+            mine = by_descriptor.get(i)
+            if mine is None:
+                statuses.append(UNLIMITED if the_plan.unlimited[i] else NO_LIMIT)
+            else:
+                statuses.append(_status(mine))
+        denied = [r for r in results if r.denied and not r.check.limit.shadow]
+        shadowed = [r for r in results if r.denied and r.check.limit.shadow]
+        for r in shadowed:
+            self._log_denial(request, r, shadow=True)
+        metadata = _metadata(the_plan, statuses)
+        if denied:
+            self.stats.over_limit += 1
+            retry = max(max(math.ceil(r.retry_us / 1e6) for r in denied), 1)
+            for r in denied[:1]:
+                self._log_denial(request, r, shadow=False, retry_after_s=retry)
+            return Decision(
+                Code.OVER_LIMIT,
+                tuple(statuses),
+                retry,
+                denied[0].check.limit.rule_id,
+                "over_limit",
+                metadata,
+            )
+        if shadowed:
+            self.stats.shadow_over_limit += 1
+            return Decision(
+                Code.OK,
+                tuple(statuses),
+                0,
+                shadowed[0].check.limit.rule_id,
+                "shadow_over_limit",
+                metadata,
+            )
+        return Decision(Code.OK, tuple(statuses), metadata=metadata)
+
+    def _log_denial(
+        self, request: Request, result: _Result, *, shadow: bool, retry_after_s: int = 0
+    ) -> None:
+        self._decisions.over_limit(
+            domain=request.domain,
+            entries=request.descriptors[result.check.index].entries,
+            rule=result.check.limit.rule_id,
+            shadow=shadow,
+            cost=result.check.cost,
+            retry_after_s=retry_after_s,
+        )
+
+
+def _collect(checks: Sequence[Check], results: Sequence[_Result | None]) -> _Pending:
+    """The store calls still needed; one call per distinct bucket, costs added up."""
+    pending = _Pending()
+    for index, (check, result) in enumerate(zip(checks, results, strict=True)):
+        if result is not None:
+            continue
+        slot = pending.slot.get(check.key)
+        if slot is None:
+            slot = pending.slot[check.key] = len(pending.calls)
+            pending.calls.append(
+                BucketCall(check.key, check.limit.spec, check.cost, not check.limit.shadow)
+            )
+        else:
+            prior = pending.calls[slot]
+            pending.calls[slot] = BucketCall(
+                prior.key, prior.spec, prior.cost + check.cost, prior.enforce
+            )
+        pending.needs.append((index, slot))
+    return pending
+
+
+def _status(results: Sequence[_Result]) -> Status:
+    for r in results:
+        if r.denied and not r.check.limit.shadow:
+            return Status(Code.OVER_LIMIT, r.check.limit, r.outcome.remaining, r.outcome.reset_us)
+    closest = min(results, key=lambda r: r.outcome.remaining)
+    return Status(Code.OK, closest.check.limit, closest.outcome.remaining, closest.outcome.reset_us)
+
+
+def _metadata(the_plan: Plan, statuses: Sequence[Status]) -> Mapping[str, Any] | None:
+    merged: dict[str, Any] = {}
+    for match, status in zip(the_plan.matches, statuses, strict=True):
+        if match is not None and match.node.metadata and status.code is Code.OK:
+            merged.update(match.node.metadata)
+    return merged or None

@@ -1,0 +1,128 @@
+"""The gRPC edge: envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit.
+
+The only module that touches Envoy's generated types (xds-protos): it turns the request
+into plain values, lets the service decide, and turns the decision into the response.
+
+Response contract (ARCHITECTURE.md 5b): `overall_code`; one status per request descriptor
+with `current_limit`, `limit_remaining` and `duration_until_reset` (the time until the
+bucket is full again) so Envoy can emit `x-ratelimit-*` headers; `retry-after` (seconds
+until the request could pass) in `response_headers_to_add` on OVER_LIMIT; and in
+`dynamic_metadata` (Envoy puts it under `envoy.filters.http.ratelimit`) the denying rule:
+`{"decision": "over_limit", "rule": "...", "domain": "..."}`; shadow-mode would-be
+denials and failure-mode answers are flagged the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from ratelimit_service.errors import InvalidRequestError
+from ratelimit_service.planner import MAX_UINT32, DescriptorRequest, Override, Request
+from ratelimit_service.rules import Limit
+from ratelimit_service.service import Code, Decision, RateLimitService
+from sidecar_runtime.server import ServiceBinding
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+
+# Bounds on what one request may carry (Envoy sends a handful of small descriptors).
+MAX_DESCRIPTORS = 64
+MAX_ENTRIES = 32
+MAX_TEXT_CHARS = 4096
+
+_Unit = rls_pb2.RateLimitResponse.RateLimit.Unit
+UNIT_BY_ENUM: Mapping[int, str] = {
+    number: name.lower() for name, number in _Unit.items() if name != "UNKNOWN"
+}
+ENUM_BY_UNIT: Mapping[str, int] = {name: value for value, name in UNIT_BY_ENUM.items()}
+
+
+def to_request(message: Any) -> Request:
+    """A plain Request from a RateLimitRequest; InvalidRequestError if it is malformed."""
+    if not message.domain:
+        raise InvalidRequestError("domain must not be empty")
+    if not message.descriptors:
+        raise InvalidRequestError("descriptors must not be empty")
+    if len(message.descriptors) > MAX_DESCRIPTORS:
+        raise InvalidRequestError(f"more than {MAX_DESCRIPTORS} descriptors")
+    descriptors = tuple(_descriptor(d) for d in message.descriptors)
+    return Request(message.domain, descriptors, int(message.hits_addend))
+
+
+def _descriptor(message: Any) -> DescriptorRequest:
+    if len(message.entries) > MAX_ENTRIES:
+        raise InvalidRequestError(f"a descriptor has more than {MAX_ENTRIES} entries")
+    entries = tuple((e.key, e.value) for e in message.entries)
+    for key, value in entries:
+        if len(key) > MAX_TEXT_CHARS or len(value) > MAX_TEXT_CHARS:
+            raise InvalidRequestError(
+                f"descriptor keys and values are limited to {MAX_TEXT_CHARS} characters"
+            )
+    hits = int(message.hits_addend.value) if message.HasField("hits_addend") else None
+    override = None
+    if message.HasField("limit"):
+        unit = UNIT_BY_ENUM.get(message.limit.unit, "")
+        override = Override(int(message.limit.requests_per_unit), unit)
+    return DescriptorRequest(entries, hits, override)
+
+
+def _set_limit(target: Any, limit: Limit) -> None:
+    target.name = limit.name
+    target.requests_per_unit = limit.requests_per_unit
+    target.unit = ENUM_BY_UNIT[limit.unit]
+
+
+def to_response(decision: Decision, domain: str) -> Any:
+    """A RateLimitResponse for a decision."""
+    response = rls_pb2.RateLimitResponse(overall_code=int(decision.code))
+    for status in decision.statuses:
+        out = response.statuses.add(
+            code=int(status.code), limit_remaining=min(status.remaining, MAX_UINT32)
+        )
+        if status.limit is not None:
+            _set_limit(out.current_limit, status.limit)
+        if status.reset_us > 0:
+            out.duration_until_reset.seconds = status.reset_us // 1_000_000
+            out.duration_until_reset.nanos = (status.reset_us % 1_000_000) * 1000
+    if decision.code is Code.OVER_LIMIT:
+        response.response_headers_to_add.add(key="retry-after", value=str(decision.retry_after_s))
+    if decision.reason != "ok" or decision.metadata:
+        fields: dict[str, Any] = {"decision": decision.reason, "domain": domain}
+        if decision.rule:
+            fields["rule"] = decision.rule
+        if decision.metadata:
+            fields["metadata"] = dict(decision.metadata)
+        response.dynamic_metadata.update(fields)
+    return response
+
+
+class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: RateLimitService) -> None:
+        self._service = service
+
+    async def ShouldRateLimit(  # noqa: N802 - the gRPC method name
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        try:
+            plain = to_request(request)
+        except InvalidRequestError as exc:
+            await context.abort(exc.grpc_status, str(exc))
+        decision = await self._service.should_rate_limit(plain)
+        return to_response(decision, plain.domain)
+
+
+def binding(service: RateLimitService) -> ServiceBinding:
+    """The ServiceBinding that registers the servicer with the shared SidecarServer."""
+    servicer = RateLimitServicer(service)
+    return ServiceBinding(
+        name=SERVICE_NAME,
+        register=lambda server: rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+            servicer, server
+        ),
+    )

@@ -1,0 +1,165 @@
+"""The service's own settings file (not the rule files), validated like every config.
+
+server:               sidecar_runtime's shared section (listen, tls, workers, ...);
+                      listen defaults to 127.0.0.1:9002
+rules: rules/         rule file or directory, relative to this file
+store:
+  type: redis         memory (default) | redis
+  url: redis://127.0.0.1:6390/0          standalone; or
+  sentinel: {master_name: mymaster, addresses: ["10.0.0.1:26379"]}; or
+  cluster: {addresses: ["10.0.0.1:7000", "10.0.0.2:7000"]}
+  username: null
+  password_env: null  name of an environment variable holding the password
+  timeouts: {call_ms: 10, connect_ms: 200}
+  max_connections: 256
+failure_mode: fail_open       fail_open | fail_closed (when the store fails)
+key_prefix: "rl:"
+max_in_flight: 256            store calls in flight; beyond, answer with the failure mode
+empty_bucket_cache: {enabled: true, max_entries: 100000}
+circuit_breaker: {failure_threshold: 5, open_seconds: 1.0, probe_interval_seconds: 1.0}
+log: {level: INFO, max_lines_per_second: 10, hash_key_env: null}
+reload: {watch: true, interval_seconds: 1.0}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from sidecar_runtime.config import Frozen, read_yaml, validate_model
+from sidecar_runtime.settings import ServerSettings
+
+DEFAULT_LISTEN = "127.0.0.1:9002"
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"address {address!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class TimeoutSettings(Frozen):
+    # Envoy's rate-limit filter gives up after 20 ms by default; answer well before.
+    call_ms: float = Field(default=10.0, gt=0, le=10_000)
+    connect_ms: float = Field(default=200.0, gt=0, le=30_000)
+
+
+class SentinelSettings(Frozen):
+    master_name: str = Field(min_length=1)
+    addresses: list[str] = Field(min_length=1)
+    password_env: str | None = None  # the sentinels' own password, if any
+
+    @model_validator(mode="after")
+    def _addresses(self) -> SentinelSettings:
+        for address in self.addresses:
+            _host_port(address)
+        return self
+
+
+class ClusterSettings(Frozen):
+    addresses: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> ClusterSettings:
+        for address in self.addresses:
+            _host_port(address)
+        return self
+
+
+class StoreSettings(Frozen):
+    type: Literal["memory", "redis"] = "memory"
+    url: str | None = None
+    sentinel: SentinelSettings | None = None
+    cluster: ClusterSettings | None = None
+    username: str | None = None
+    password_env: str | None = None
+    db: int = Field(default=0, ge=0)
+    timeouts: TimeoutSettings = TimeoutSettings()
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> StoreSettings:
+        chosen = [n for n in ("url", "sentinel", "cluster") if getattr(self, n) is not None]
+        if self.type == "memory" and chosen:
+            raise ValueError(f"{chosen[0]} is only for type: redis")
+        if self.type == "redis" and len(chosen) != 1:
+            raise ValueError("type redis needs exactly one of url, sentinel, cluster")
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        return self
+
+
+class CacheSettings(Frozen):
+    enabled: bool = True
+    max_entries: int = Field(default=100_000, ge=1, le=10_000_000)
+
+
+class BreakerSettings(Frozen):
+    failure_threshold: int = Field(default=5, ge=1, le=1000)
+    open_seconds: float = Field(default=1.0, gt=0, le=300)
+    probe_interval_seconds: float = Field(default=1.0, gt=0, le=300)
+
+
+class LogSettings(Frozen):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_lines_per_second: float = Field(default=10.0, gt=0, le=10_000)
+    # Descriptor values are logged as keyed hashes; with a shared key, hashes correlate
+    # across replicas. Without one, each process picks a random key.
+    hash_key_env: str | None = None
+
+
+class ReloadSettings(Frozen):
+    watch: bool = True
+    interval_seconds: float = Field(default=1.0, ge=0.05, le=3600)
+
+
+class ServiceSettings(Frozen):
+    server: ServerSettings = ServerSettings(listen=DEFAULT_LISTEN)
+    rules: Path
+    store: StoreSettings = StoreSettings()
+    failure_mode: Literal["fail_open", "fail_closed"] = "fail_open"
+    key_prefix: str = Field(default="rl:", max_length=64, pattern=r"^[^{}\s]*$")
+    max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    empty_bucket_cache: CacheSettings = CacheSettings()
+    circuit_breaker: BreakerSettings = BreakerSettings()
+    log: LogSettings = LogSettings()
+    reload: ReloadSettings = ReloadSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_listen(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("server"), dict):
+            data = {**data, "server": {"listen": DEFAULT_LISTEN, **data["server"]}}
+        return data
+
+
+def load_settings(path: Path, overrides: dict[str, Any] | None = None) -> ServiceSettings:
+    """Read the settings file, apply command-line overrides, validate, and anchor `rules`
+    to the file's directory."""
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if isinstance(data, dict):
+        data = _merge(data, overrides or {})
+    settings = validate_model(ServiceSettings, data, path)
+    if not settings.rules.is_absolute():
+        settings = settings.model_copy(update={"rules": (path.parent / settings.rules)})
+    return settings
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """Split a validated HOST:PORT."""
+    return _host_port(address)
