@@ -59,6 +59,7 @@ class _RefuseUnsafeRedirects(urllib.request.HTTPRedirectHandler):
         if new_scheme not in _ALLOWED_SCHEMES or (
             old_scheme == "https" and new_scheme != old_scheme
         ):
+            fp.close()
             raise FetchError(f"refused redirect from {old_scheme} to {new_scheme or 'no scheme'}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -94,8 +95,10 @@ class UrllibFetcher:
                 body = _read_capped(response, max_bytes, deadline)
                 return FetchResult(response.status, body, _lower(response.headers))
         except urllib.error.HTTPError as exc:
-            # A non-2xx status is an answer, not a transport failure; its body is not needed.
             exc.close()
+            if 300 <= exc.code < 400:  # urllib refused to follow it (e.g. to file://)
+                raise FetchError(f"refused redirect (HTTP {exc.code})") from None
+            # Any other status is an answer, not a transport failure; its body is not needed.
             return FetchResult(exc.code, b"", _lower(exc.headers))
         except FetchError:
             raise

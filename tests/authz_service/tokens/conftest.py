@@ -80,10 +80,11 @@ class Reply:
     delay: float = 0.0
 
     @classmethod
-    def json(cls, value: Any, **kw: Any) -> Reply:
-        return cls(
-            body=json.dumps(value).encode(), headers={"Content-Type": "application/json"}, **kw
-        )
+    def json(
+        cls, value: Any, *, headers: dict[str, str] | None = None, delay: float = 0.0
+    ) -> Reply:
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        return cls(body=json.dumps(value).encode(), headers=all_headers, delay=delay)
 
 
 class LocalIdp:
@@ -104,7 +105,7 @@ class LocalIdp:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
     def url(self, path: str) -> str:

@@ -119,4 +119,4 @@ def test_config_error_names_the_rule() -> None:
 def test_settings_are_frozen() -> None:
     s = make(jwks_url="https://x.test/j")
     with pytest.raises(ValidationError):
-        s.issuer = "other"  # type: ignore[misc]
+        s.issuer = "other"
