@@ -1,0 +1,166 @@
+"""The `routes:` section of the authz config, as validated pydantic models.
+
+Each check that concerns one value lives on that value, so pydantic locates the error
+precisely (`routes[3].methods[1]: method 'get' must be uppercase ...`). Checks across
+rules (unique names, conflicting match keys) and CEL compilation happen in
+`CompiledPolicy.compile`, which raises the same located `ConfigError`.
+
+Example rule:
+
+    - name: get-user
+      methods: [GET]                 # or ["*"]; HEAD does not imply GET
+      path: /api/v1/users/{user_id}
+      hosts: [api.example.com]       # optional; "*.example.com" for any subdomain
+      scopes: [users:read]           # all required
+      roles: [admin, support]        # any one suffices
+      conditions:                    # CEL, all must be true
+        - "params.user_id == token.sub || 'admin' in token.roles"
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, StrictBool, StrictStr, ValidationInfo, field_validator
+
+from authz_service.policy.template import TemplateError, parse_template
+from sidecar_runtime.config import Frozen
+
+ANY_METHOD = "*"
+MAX_CONDITION_CHARS = 4096
+
+_RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")
+_LABELS = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*"
+_EXACT_HOST = re.compile(rf"{_LABELS}|\[[0-9a-f:.]+\]")
+_WILDCARD_HOST = re.compile(rf"\*\.{_LABELS}")
+# OAuth scope tokens: NQCHAR without space (RFC 6749 §3.3).
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def _check_name(name: str) -> str:
+    if not _RULE_NAME.fullmatch(name):
+        raise ValueError(
+            "rule name must be 1-128 characters of letters, digits and ._:- "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _check_method(method: str) -> str:
+    if method == ANY_METHOD:
+        return method
+    if _METHOD.fullmatch(method.upper()) and method != method.upper():
+        raise ValueError(
+            f"method {method!r} must be uppercase (methods are case-sensitive, RFC 9110 §9.1)"
+        )
+    if not _METHOD.fullmatch(method):
+        raise ValueError(f"method {method!r} is not an HTTP method name")
+    return method
+
+
+def _check_path(path: str) -> str:
+    try:
+        parse_template(path)
+    except TemplateError as exc:
+        raise ValueError(f"invalid path template {path!r}: {exc}") from None
+    return path
+
+
+def _check_host(host: str) -> str:
+    lowered = host.lower()
+    if lowered.endswith("."):
+        lowered = lowered[:-1]
+    if _EXACT_HOST.fullmatch(lowered) or _WILDCARD_HOST.fullmatch(lowered):
+        return lowered
+    if ":" in lowered and not lowered.startswith("["):
+        raise ValueError(f"host {host!r} must not include a port (ports are ignored)")
+    raise ValueError(
+        f"host {host!r} must be a host name, a bracketed IPv6 address or '*.' followed by "
+        "a domain (omit `hosts` to match any host)"
+    )
+
+
+def _check_scope(scope: str) -> str:
+    if not _SCOPE.fullmatch(scope):
+        raise ValueError(f"scope {scope!r} must be a non-empty scope token without spaces")
+    return scope
+
+
+def _check_role(role: str) -> str:
+    if not role:
+        raise ValueError("role must not be empty")
+    return role
+
+
+def _check_condition(text: str) -> str:
+    if not text.strip():
+        raise ValueError("condition must not be empty")
+    if len(text) > MAX_CONDITION_CHARS:
+        raise ValueError(f"condition is longer than {MAX_CONDITION_CHARS} characters")
+    return text
+
+
+def _unique(values: tuple[str, ...], what: str) -> tuple[str, ...]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+RuleName = Annotated[StrictStr, AfterValidator(_check_name)]
+Method = Annotated[StrictStr, AfterValidator(_check_method)]
+PathTemplateText = Annotated[StrictStr, AfterValidator(_check_path)]
+Host = Annotated[StrictStr, AfterValidator(_check_host)]
+Scope = Annotated[StrictStr, AfterValidator(_check_scope)]
+Role = Annotated[StrictStr, AfterValidator(_check_role)]
+Condition = Annotated[StrictStr, AfterValidator(_check_condition)]
+
+
+class RouteSettings(Frozen):
+    """One rule of the allow-list."""
+
+    name: RuleName
+    methods: tuple[Method, ...]
+    path: PathTemplateText
+    hosts: tuple[Host, ...] | None = None
+    public: StrictBool = False
+    scopes: tuple[Scope, ...] = ()
+    roles: tuple[Role, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_consistent(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if not methods:
+            raise ValueError('list at least one method, or "*" for any')
+        if ANY_METHOD in methods and len(methods) > 1:
+            raise ValueError('"*" already matches every method; list it alone')
+        return _unique(methods, "method")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_unique(cls, hosts: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if hosts is None:
+            return None
+        if not hosts:
+            raise ValueError("hosts must not be empty (omit it to match any host)")
+        return _unique(hosts, "host")
+
+    @field_validator("scopes", "roles")
+    @classmethod
+    def _not_on_public(cls, values: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # A public rule is answered before any credential is looked at, so a scope or a
+        # role on it would be silently ignored: refuse the contradiction instead.
+        if values and info.data.get("public") is True:
+            raise ValueError(f"a public rule cannot require {info.field_name}")
+        return _unique(values, str(info.field_name)[:-1])
+
+
+class PolicySettings(Frozen):
+    """The `routes:` section: the allow-list of requests the authz sidecar may allow."""
+
+    routes: list[RouteSettings] = Field(default_factory=list)
