@@ -13,6 +13,9 @@ which the caller answers with 400. Refused:
     encoded_separator         %2F or %5C in the path: "/" or "\\" hidden in a segment
     control_char              a control character after decoding (%00, %0A, %7F, C1 ...)
     invalid_utf8              decoded bytes that are not UTF-8
+    path_parameter            ";" in the path, raw or %3B: servlet containers strip
+                              "matrix" parameters (`/admin;x/stats` is `/admin/stats` to
+                              them) while we would match the literal, a known bypass
     dot_segment               "." or ".." as a segment, raw or percent-encoded (RFC 3986
                               §5.2.4: an upstream may resolve them after we matched)
     empty_segment             "//" inside the path; Envoy's merge_slashes removes these,
@@ -64,6 +67,8 @@ def parse_target(raw: str) -> ParsedTarget:
         raise BadRequestPath("too_long")
     if not _clean_raw(raw) or "\\" in path:
         raise BadRequestPath("invalid_char")
+    if ";" in path:
+        raise BadRequestPath("path_parameter")
     if not path.startswith("/"):
         raise BadRequestPath("not_origin_form")
     query_values = parse_query(query) if sep else {}
@@ -107,6 +112,8 @@ def _decode_segment(part: str) -> str:
     # Raw "/" and "\\" were refused or split on already, so these came from %2F / %5C.
     if "/" in text or "\\" in text:
         raise BadRequestPath("encoded_separator")
+    if ";" in text:
+        raise BadRequestPath("path_parameter")
     return text
 
 
