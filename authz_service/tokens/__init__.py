@@ -1,13 +1,18 @@
-"""JWT (compact JWS) verification for the authz sidecar: RFC 7519, RFC 8725, RFC 9068.
-
-Public interface:
+"""JWT (compact JWS) verification for the authz sidecar: RFC 7515/7519, RFC 8725, RFC 9068.
 
     TokenVerifier(issuers, *, clock, limits, cache_size, key_sources, fetcher, config_dir)
-        .start() / .close() / .verify(token) -> Principal / .key_sources()
-    InvalidToken(reason)          the only exception verify() raises; REASONS lists the codes
-    IssuerSettings, JwksSettings, TokenLimits   config models
-    KeySource, Fetcher            ports (with StaticKeySource, FileKeySource, RemoteKeySource,
-                                  UrllibFetcher as adapters)
+        await .start() / await .close()
+        await .verify(token) -> Principal          raises InvalidToken, never anything else
+        .key_sources() -> Mapping[issuer, KeySource]
+        .reusable_key_sources(issuers, config_dir=) -> dict[issuer, KeySource]
+    InvalidToken(reason)          `reason` is one of REASONS (a `Reason` literal)
+    IssuerSettings, JwksSettings, TokenLimits          config models
+    KeySource  (StaticKeySource, FileKeySource, RemoteKeySource)   where keys come from
+    Fetcher    (UrllibFetcher)                                       how JWKS are fetched
+
+Module map: compact (caps and shape, no crypto) -> keys/algorithms (JWKS to key rings,
+alg-to-key binding) -> claims (RFC 7519 checks, Principal) -> cache -> verifier; sources,
+remote and fetch are the I/O edges; encoding and edwards are leaf helpers.
 """
 
 from authz_service.tokens.errors import REASONS, InvalidToken, Reason

@@ -61,7 +61,8 @@ class VerificationKey:
         """May this key verify a token signed with `spec`? (RFC 8725 §3.1)"""
         if self.kty != spec.kty or (spec.crv is not None and self.crv != spec.crv):
             return False
-        # RFC 7517 §4.4: a key's `alg` names the one algorithm it is meant for.
+        # RFC 7517 §4.4: a key's `alg` names the one algorithm it is meant for. Compared
+        # exactly: a key published as "EdDSA" does not verify a token labelled "Ed25519".
         return self.alg is None or self.alg == spec.name
 
 

@@ -72,10 +72,10 @@ class RemoteKeySource:
     async def start(self) -> None:
         """First fetch (failures logged, not raised) and the background refresh task."""
         self._users += 1
-        if self._background is not None:
-            return
-        await self.refresh()
-        self._background = asyncio.get_running_loop().create_task(self._run())
+        if self._background is None:
+            self._background = asyncio.get_running_loop().create_task(self._run())
+        if self._ring is None:
+            await self.refresh()  # joins the background task's first fetch: one request
 
     async def close(self) -> None:
         """Drop one user; the last one cancels the background task and any fetch."""
@@ -121,8 +121,8 @@ class RemoteKeySource:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._next_delay)
             await self.refresh()
+            await asyncio.sleep(self._next_delay)
 
     async def _load(self) -> bool:
         try:

@@ -29,7 +29,7 @@ QUIET = JwksSettings(
     min_ttl_seconds=0.05,
     retry_seconds=300,
     unknown_kid_cooldown_seconds=30,
-    fetch_timeout_seconds=0.3,
+    fetch_timeout_seconds=0.2,
 )
 
 
@@ -130,7 +130,7 @@ async def test_concurrent_waiters_share_one_fetch_in_flight(
     # With no cooldown at all, only merging keeps 50 simultaneous misses to one request.
     no_cooldown = QUIET.model_copy(update={"unknown_kid_cooldown_seconds": 0})
     v = await started(no_cooldown)
-    idp.set("/jwks", Reply.json(jwks(keys.rsa, keys.rsa_b), delay=0.2))
+    idp.set("/jwks", Reply.json(jwks(keys.rsa, keys.rsa_b), delay=0.1))
     tokens = [mint(keys.rsa_b, claims(jti=str(i))) for i in range(50)]
     principals = await asyncio.gather(*(v.verify(t) for t in tokens))
     assert {p.key_id for p in principals} == {"rsa-2"}
@@ -151,7 +151,7 @@ async def test_concurrent_waiters_share_one_fetch_in_flight(
         Reply.json({"keys": []}),
         Reply.json(["not", "a", "jwks"]),
         Reply(body=b'{"keys": [], "keys": []}'),  # duplicate member
-        Reply.json(jwks(), delay=1.0),  # slower than the 0.3 s fetch timeout
+        Reply.json(jwks(), delay=0.5),  # slower than the 0.2 s fetch timeout
         Reply(body=b"x" * 300_000),  # over max_bytes
     ],
     ids=["500", "404", "html", "truncated", "no-usable", "empty", "array", "dup", "slow", "huge"],
@@ -167,7 +167,7 @@ async def test_idp_failure_keeps_the_last_good_key_set(
 
     began = time.monotonic()
     assert await source.refresh() is False
-    assert time.monotonic() - began < 0.9  # the timeout, not the server, decided
+    assert time.monotonic() - began < 0.45  # the timeout, not the server, decided
     assert source.current() is good
     assert (await v.verify(mint(keys.rsa, claims(jti="fresh")))).key_id == "rsa-1"
     # The unknown-kid path hits the same broken IdP and still keeps the good set.
@@ -240,6 +240,24 @@ async def test_close_stops_the_background_task_only_for_the_last_user(
     await asyncio.sleep(0.3)  # three refresh periods: nothing more may arrive
     assert idp.hits["/jwks"] == stopped_at
     assert source.current() is not None  # the last keys stay readable
+
+
+async def test_concurrent_starts_share_the_first_fetch(
+    idp: LocalIdp, clock: ManualClock, keys: Keys
+) -> None:
+    idp.set("/jwks", Reply.json(jwks(keys.rsa), delay=0.1))
+    source = RemoteKeySource(
+        issuer=ISSUER,
+        settings=QUIET,
+        fetcher=UrllibFetcher(),
+        clock=clock,
+        jwks_url=idp.url("/jwks"),
+    )
+    await asyncio.gather(source.start(), source.start())
+    assert source.current() is not None
+    assert idp.hits["/jwks"] == 1
+    await source.close()
+    await source.close()
 
 
 # -- OIDC discovery --------------------------------------------------------------------------
@@ -321,11 +339,11 @@ async def test_fetcher_limits(idp: LocalIdp) -> None:
     idp.set("/big", Reply(body=b"x" * 101))
     with pytest.raises(FetchError, match="over 100 bytes"):
         await fetcher.fetch(idp.url("/big"), timeout_seconds=1, max_bytes=100)
-    idp.set("/slow", Reply(body=b"{}", delay=1.0))
+    idp.set("/slow", Reply(body=b"{}", delay=0.5))
     began = time.monotonic()
     with pytest.raises(FetchError, match=r"timed out|within"):
         await fetcher.fetch(idp.url("/slow"), timeout_seconds=0.2, max_bytes=100)
-    assert time.monotonic() - began < 0.8
+    assert time.monotonic() - began < 0.45
     with pytest.raises(FetchError, match="only http"):
         await fetcher.fetch("file:///etc/passwd", timeout_seconds=1, max_bytes=100)
     idp.set("/err", Reply(status=500, headers={"Cache-Control": "no-store"}))
