@@ -27,6 +27,7 @@ class AlgorithmSpec:
     kty: str  # RFC 7517 key type: RSA, EC or OKP
     crv: str | None  # required curve; None for RSA
     model: JWSAlgModel
+    key_algs: frozenset[str]  # JWK `alg` values a key may carry to be used for this alg
 
 
 # RFC 7518 §3.3-3.5 (RS*, ES*, PS*), RFC 8037 §3.1 (EdDSA), RFC 9864 §2.2 (Ed25519).
@@ -46,6 +47,16 @@ _KEY_REQUIREMENTS: dict[str, tuple[str, str | None]] = {
 }
 
 
+# RFC 9864 §2.2: "Ed25519" is the fully-specified name of EdDSA over Ed25519, the very same
+# computation the polymorphic "EdDSA" performs with an Ed25519 key. So a key published with
+# either name serves tokens labelled with either (the curve is checked separately). Every
+# other alg must match a key's `alg` exactly: RS256 and PS256 are different algorithms.
+_SAME_ALGORITHM = {
+    "EdDSA": frozenset({"EdDSA", "Ed25519"}),
+    "Ed25519": frozenset({"EdDSA", "Ed25519"}),
+}
+
+
 def _build() -> MappingProxyType[str, AlgorithmSpec]:
     names = get_args(JwsAlgorithm)
     assert set(names) == set(_KEY_REQUIREMENTS), "settings and algorithm table disagree"
@@ -57,7 +68,8 @@ def _build() -> MappingProxyType[str, AlgorithmSpec]:
         warnings.simplefilter("ignore", SecurityWarning)
         for name in names:
             kty, crv = _KEY_REQUIREMENTS[name]
-            specs[name] = AlgorithmSpec(name, kty, crv, registry.get_alg(name))
+            key_algs = _SAME_ALGORITHM.get(name, frozenset({name}))
+            specs[name] = AlgorithmSpec(name, kty, crv, registry.get_alg(name), key_algs)
     return MappingProxyType(specs)
 
 

@@ -61,9 +61,9 @@ class VerificationKey:
         """May this key verify a token signed with `spec`? (RFC 8725 §3.1)"""
         if self.kty != spec.kty or (spec.crv is not None and self.crv != spec.crv):
             return False
-        # RFC 7517 §4.4: a key's `alg` names the one algorithm it is meant for. Compared
-        # exactly: a key published as "EdDSA" does not verify a token labelled "Ed25519".
-        return self.alg is None or self.alg == spec.name
+        # RFC 7517 §4.4: a key's `alg` names the one algorithm it is meant for ("EdDSA" and
+        # "Ed25519" are one algorithm on an Ed25519 key, see algorithms._SAME_ALGORITHM).
+        return self.alg is None or self.alg in spec.key_algs
 
 
 class KeyRing:

@@ -200,9 +200,21 @@ async def test_es256_token_against_a_p384_key(clock: ManualClock, keys: Keys) ->
 async def test_key_alg_member_must_agree_with_the_token_alg(clock: ManualClock, keys: Keys) -> None:
     v = make_verifier(clock, StaticKeySource(ring_of(keys.rsa)))  # key says alg RS256
     assert await reason_of(v, mint(keys.rsa, claims(), alg="PS256")) == "alg_key_mismatch"
-    ed_only_new_name = make_verifier(clock, StaticKeySource(ring_of(keys.ed_new_name)))
-    token = mint(keys.ed_new_name, claims(), alg="EdDSA")
-    assert await reason_of(ed_only_new_name, token) == "alg_key_mismatch"
+    ec_es384 = make_verifier(clock, StaticKeySource(ring_of(keys.ec384.public(crv="P-384"))))
+    assert await reason_of(ec_es384, mint(keys.ec384, claims(), alg="ES256")) == "alg_key_mismatch"
+
+
+async def test_eddsa_and_ed25519_names_are_one_algorithm(clock: ManualClock, keys: Keys) -> None:
+    # RFC 9864: a key published as "EdDSA" verifies "Ed25519" tokens and vice versa.
+    old_name = make_verifier(clock, StaticKeySource(ring_of(keys.ed)))  # key alg EdDSA
+    assert (await old_name.verify(mint(keys.ed, claims(), alg="Ed25519"))).algorithm == "Ed25519"
+    new_name = make_verifier(clock, StaticKeySource(ring_of(keys.ed_new_name)))  # key alg Ed25519
+    assert (await new_name.verify(mint(keys.ed_new_name, claims(), alg="EdDSA"))).algorithm == (
+        "EdDSA"
+    )
+    # The issuer's allow-list still decides which names are accepted.
+    strict = make_verifier(clock, StaticKeySource(ring_of(keys.ed)), issuer(algorithms=["Ed25519"]))
+    assert await reason_of(strict, mint(keys.ed, claims(), alg="EdDSA")) == "alg_not_allowed"
 
 
 async def test_embedded_jwk_and_key_urls_are_never_used(
