@@ -31,7 +31,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from ratelimit_service.rules import (
     UNIT_SECONDS,
@@ -73,6 +81,16 @@ class RateLimitModel(Frozen):
     unit_multiplier: StrictInt | None = Field(default=None, ge=1, le=MAX_UINT32)
     burst: StrictInt | None = Field(default=None, ge=1, le=MAX_UINT32)
 
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, unit: str | None) -> str | None:
+        # The reference upper-cases the unit before looking it up: `Second` is fine.
+        if unit is not None and unit.lower() not in UNIT_SECONDS:
+            raise ValueError(
+                f"invalid rate limit unit {unit!r} (one of: {', '.join(UNIT_SECONDS)})"
+            )
+        return unit.lower() if unit is not None else None
+
     @model_validator(mode="after")
     def _consistent(self) -> RateLimitModel:
         if self.unlimited:
@@ -84,9 +102,8 @@ class RateLimitModel(Frozen):
             if extra:
                 raise ValueError(f"should not specify {', '.join(extra)} when unlimited")
         else:
-            if self.unit is None or self.unit.lower() not in UNIT_SECONDS:
-                allowed = ", ".join(UNIT_SECONDS)
-                raise ValueError(f"invalid rate limit unit {self.unit!r} (one of: {allowed})")
+            if self.unit is None:
+                raise ValueError("unit is required unless unlimited is true")
             if self.requests_per_unit is None:
                 raise ValueError("requests_per_unit is required (0 blocks every request)")
             if self.burst is not None and self.requests_per_unit == 0:
@@ -236,7 +253,7 @@ def _compile_limits(model: DescriptorModel, domain: str, path: str) -> tuple[Lim
     seen_tags: dict[str, int] = {}
     for index, rl in enumerate(configured):
         rule_id = rl.name or f"{domain}.{path}" + (f"[{index}]" if len(configured) > 1 else "")
-        unit = (rl.unit or "second").lower()
+        unit = rl.unit or "second"
         multiplier = rl.unit_multiplier or 1
         base_tag = "unlimited" if rl.unlimited else f"{multiplier}{unit}"
         ordinal = seen_tags.get(base_tag, 0)

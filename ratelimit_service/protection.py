@@ -88,26 +88,30 @@ class EmptyBucketCache:
     def __init__(self, *, max_entries: int, clock: Clock) -> None:
         self._max = max_entries
         self._clock = clock
-        self._until: OrderedDict[str, float] = OrderedDict()
+        # key -> (monotonic time of the next whole token, of a full bucket)
+        self._until: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._until)
 
-    def empty_for(self, key: str) -> float:
-        """Seconds the bucket stays empty, 0.0 if it is not known to be empty."""
-        until = self._until.get(key)
-        if until is None:
-            return 0.0
-        left = until - self._clock.monotonic()
-        if left <= 0:
+    def empty_for(self, key: str) -> tuple[float, float]:
+        """Seconds until the bucket has a token and until it is full; (0, 0) if the bucket
+        is not known to be empty."""
+        entry = self._until.get(key)
+        if entry is None:
+            return 0.0, 0.0
+        now = self._clock.monotonic()
+        if entry[0] <= now:
             del self._until[key]
-            return 0.0
-        return left
+            return 0.0, 0.0
+        return entry[0] - now, entry[1] - now
 
-    def mark(self, key: str, seconds: float) -> None:
-        if seconds <= 0:
+    def mark(self, key: str, *, token_in: float, full_in: float) -> None:
+        """Remember that `key` has no whole token for `token_in` seconds."""
+        if token_in <= 0:
             return
-        self._until[key] = self._clock.monotonic() + seconds
+        now = self._clock.monotonic()
+        self._until[key] = (now + token_in, now + max(full_in, token_in))
         self._until.move_to_end(key)
         while len(self._until) > self._max:
             self._until.popitem(last=False)

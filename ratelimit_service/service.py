@@ -182,18 +182,20 @@ class RateLimitService:
         if limit.blocks_all or check.cost > limit.burst:
             return _Result(check, Outcome(False, 0, 0), float(window_us))
         if self._cache is not None:
-            left = self._cache.empty_for(check.key)
-            if left > 0:
+            token_in, full_in = self._cache.empty_for(check.key)
+            if token_in > 0:
                 self.stats.cache_hits += 1
-                return _Result(check, Outcome(False, 0, math.ceil(left * 1e6)), left * 1e6)
+                reset = math.ceil(full_in * 1e6)
+                retry = retry_after_us(limit.spec, reset_now_us=reset, need=max(check.cost, 1))
+                return _Result(check, Outcome(False, 0, reset), retry)
         return None
 
     def _stored(self, check: Check, outcome: Outcome) -> _Result:
         spec = check.limit.spec
         if self._cache is not None:
-            wait_one = outcome.reset_us + spec.interval_us - spec.tau_us
-            if wait_one > 0:
-                self._cache.mark(check.key, wait_one / 1e6)
+            token_in = outcome.reset_us + spec.interval_us - spec.tau_us
+            if token_in > 0:
+                self._cache.mark(check.key, token_in=token_in / 1e6, full_in=outcome.reset_us / 1e6)
         if outcome.allowed:
             return _Result(check, outcome)
         retry = retry_after_us(spec, reset_now_us=outcome.reset_us, need=max(check.cost, 1))

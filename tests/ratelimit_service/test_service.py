@@ -1,0 +1,322 @@
+"""The decision logic over the memory store and doubles of a failing or slow store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from ratelimit_service.config import load_rule_file
+from ratelimit_service.decision_log import DecisionLog
+from ratelimit_service.errors import StoreError
+from ratelimit_service.planner import DescriptorRequest, Request
+from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
+from ratelimit_service.rules import RuleSet
+from ratelimit_service.service import Code, Decision, FailureMode, Policy, RateLimitService
+from ratelimit_service.store import Acquired, BucketCall, BucketStore, MemoryStore
+from sidecar_runtime.clock import ManualClock
+
+RULES = """
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: {name: per-address, unit: second, requests_per_unit: 20, burst: 40}
+  - key: subject
+    rate_limits:
+      - {name: subject-rate, unit: second, requests_per_unit: 10, burst: 20}
+      - {name: subject-daily, unit: day, requests_per_unit: 25}
+  - key: trial
+    shadow_mode: true
+    rate_limit: {name: trial, unit: second, requests_per_unit: 1}
+  - key: blocked
+    rate_limit: {name: blocked, unit: minute, requests_per_unit: 0}
+  - key: internal
+    rate_limit: {unlimited: true}
+  - key: tier
+    value: gold
+    metadata: {tier: gold}
+    rate_limit: {unit: second, requests_per_unit: 100}
+"""
+
+
+class CountingStore:
+    """Wraps a store and counts the calls that reach it."""
+
+    def __init__(self, inner: BucketStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.hash_tags = inner.hash_tags
+        self.calls = 0
+
+    async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
+        self.calls += 1
+        return await self.inner.acquire(calls)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class BrokenStore:
+    """A store that fails, or hangs, until told to work (through a memory store)."""
+
+    name = "broken"
+    hash_tags = False
+
+    def __init__(self, clock: ManualClock, *, hang: bool = False) -> None:
+        self.memory = MemoryStore(clock)
+        self.working = False
+        self.hang = hang
+
+    async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
+        await self.ping()
+        return await self.memory.acquire(calls)
+
+    async def ping(self) -> None:
+        if self.working:
+            return
+        if self.hang:
+            await asyncio.sleep(3600)
+        raise StoreError("ConnectionError: connection refused")
+
+    async def close(self) -> None:
+        return None
+
+
+class Harness:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        store: BucketStore | None = None,
+        clock: ManualClock | None = None,
+        failure_mode: FailureMode = "fail_open",
+        cache: bool = True,
+        max_in_flight: int = 256,
+    ) -> None:
+        path = tmp_path / "edge.yaml"
+        path.write_text(RULES)
+        self.clock = clock or ManualClock()
+        self.store = store if store is not None else CountingStore(MemoryStore(self.clock))
+        self.health: list[bool] = []
+        self.decisions = DecisionLog(lines_per_second=1000, clock=self.clock, hash_key=b"k")
+        self.service = RateLimitService(
+            RuleSet({"edge": load_rule_file(path)}),
+            self.store,
+            clock=self.clock,
+            policy=Policy(
+                failure_mode=failure_mode, call_timeout_s=0.05, max_in_flight=max_in_flight
+            ),
+            breaker=CircuitBreaker(failure_threshold=2, open_seconds=1.0, clock=self.clock),
+            decisions=self.decisions,
+            cache=EmptyBucketCache(max_entries=100, clock=self.clock) if cache else None,
+            on_health=self._health,
+        )
+
+    async def _health(self, serving: bool) -> None:
+        self.health.append(serving)
+
+    async def ask(self, *descriptors: tuple[tuple[str, str], ...], hits: int = 0) -> Decision:
+        request = Request("edge", tuple(DescriptorRequest(d) for d in descriptors), hits)
+        return await self.service.should_rate_limit(request)
+
+    async def admitted(self, count: int, *descriptors: tuple[tuple[str, str], ...]) -> int:
+        results = [await self.ask(*descriptors) for _ in range(count)]
+        return sum(r.code is Code.OK for r in results)
+
+
+ADDRESS = (("remote_address", "192.0.2.1"),)
+SUBJECT = (("subject", "alice"),)
+
+
+async def test_burst_then_over_limit_with_statuses(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    first = await h.ask(ADDRESS)
+    assert first.code is Code.OK
+    (status,) = first.statuses
+    assert status.limit is not None
+    assert status.limit.name == "per-address"
+    assert (status.remaining, status.reset_us) == (39, 50_000)
+    assert await h.admitted(39, ADDRESS) == 39
+    denied = await h.ask(ADDRESS)
+    assert denied.code is Code.OVER_LIMIT
+    assert denied.rule == "per-address"
+    assert denied.retry_after_s == 1  # 50 ms rounds up to a whole second
+    assert denied.statuses[0].code is Code.OVER_LIMIT
+    assert denied.statuses[0].reset_us == 2_000_000
+    h.clock.advance(0.05)
+    assert (await h.ask(ADDRESS)).code is Code.OK
+
+
+async def test_all_or_nothing_across_descriptors(tmp_path: Path) -> None:
+    h = Harness(tmp_path, cache=False)  # so that the store itself decides
+    assert await h.admitted(20, SUBJECT) == 20  # subject-rate empty
+    denied = await h.ask(ADDRESS, SUBJECT)
+    assert denied.code is Code.OVER_LIMIT
+    assert denied.rule == "subject-rate"
+    assert [s.code for s in denied.statuses] == [Code.OK, Code.OVER_LIMIT]
+    assert denied.statuses[0].remaining == 40  # nothing was taken from the address
+    assert await h.admitted(40, ADDRESS) == 40
+
+
+async def test_several_limits_on_one_descriptor(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    admitted = 0
+    for _ in range(10):
+        admitted += await h.admitted(30, SUBJECT)
+        h.clock.advance(10)  # the per-second bucket refills; the daily one does not
+    assert admitted == 25
+    denied = await h.ask(SUBJECT)
+    assert denied.rule == "subject-daily"
+    assert denied.retry_after_s == 3456 - 100  # a token of 25/day every 3456 s; 100 s passed
+
+
+async def test_shadow_mode_answers_ok_and_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(tmp_path)
+    trial = (("trial", "t"),)
+    assert (await h.ask(trial)).code is Code.OK
+    with caplog.at_level(logging.INFO, logger="ratelimit_service.decisions"):
+        would = await h.ask(trial)
+    assert would.code is Code.OK
+    assert (would.reason, would.rule) == ("shadow_over_limit", "trial")
+    assert h.service.stats.shadow_over_limit == 1
+    (line,) = [r for r in caplog.records if r.getMessage() == "shadow_over_limit"]
+    assert line.fields["descriptor"] == {"trial": h.decisions.pseudonym("t")}  # type: ignore[attr-defined]
+
+
+async def test_shadow_denial_does_not_veto_other_descriptors(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    trial = (("trial", "t"),)
+    await h.ask(trial)
+    mixed = await h.ask(trial, ADDRESS)
+    assert mixed.code is Code.OK
+    assert mixed.statuses[1].remaining == 39  # the address was charged
+
+
+async def test_rules_without_store_calls(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert isinstance(h.store, CountingStore)
+    blocked = await h.ask((("blocked", "x"),))
+    assert (blocked.code, blocked.rule, blocked.retry_after_s) == (Code.OVER_LIMIT, "blocked", 60)
+    unlimited = await h.ask((("internal", "x"),))
+    assert unlimited.code is Code.OK
+    assert unlimited.statuses[0].remaining == 2**32 - 1
+    nothing = await h.ask((("unknown", "x"),))
+    assert nothing.statuses[0].limit is None
+    other = await h.service.should_rate_limit(
+        Request("no-such-domain", (DescriptorRequest(ADDRESS),))
+    )
+    assert other.code is Code.OK
+    assert h.store.calls == 0
+
+
+async def test_a_blocked_descriptor_stops_the_request_without_charging(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    denied = await h.ask(ADDRESS, (("blocked", "x"),))
+    assert denied.code is Code.OVER_LIMIT
+    assert (await h.ask(ADDRESS)).statuses[0].remaining == 39
+
+
+async def test_hits_addend_costs(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert (await h.ask(ADDRESS, hits=41)).code is Code.OVER_LIMIT  # above the burst
+    assert (await h.ask(ADDRESS, hits=40)).code is Code.OK
+    assert (await h.ask(ADDRESS)).code is Code.OVER_LIMIT
+    check = Request("edge", (DescriptorRequest(SUBJECT, hits_addend=0),))
+    for _ in range(5):
+        assert (await h.service.should_rate_limit(check)).code is Code.OK
+    assert (await h.ask(SUBJECT)).statuses[0].remaining == 19  # checks consumed nothing
+
+
+async def test_the_empty_bucket_cache_spares_the_store(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert isinstance(h.store, CountingStore)
+    assert await h.admitted(40, ADDRESS) == 40
+    calls = h.store.calls
+    assert await h.admitted(100, ADDRESS) == 0
+    assert h.store.calls == calls  # the 40th answer said: empty until +50 ms
+    assert h.service.stats.cache_hits == 100
+    h.clock.advance(0.05)
+    assert await h.admitted(2, ADDRESS) == 1
+    assert h.store.calls == calls + 1
+
+
+async def test_fail_open_then_health_then_recovery(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = BrokenStore(clock)
+    h = Harness(tmp_path, store=store, clock=clock)
+    answer = await h.ask(ADDRESS)
+    assert (answer.code, answer.reason) == (Code.OK, "store_failure")
+    assert h.health == []
+    await h.ask(ADDRESS)
+    assert h.health == [False]  # two failures open the breaker
+    assert (await h.ask(ADDRESS)).code is Code.OK
+    assert h.service.stats.short_circuited == 1
+    store.working = True
+    await h.service.probe()
+    assert h.health == [False, True]
+    assert (await h.ask(ADDRESS)).reason == "ok"
+
+
+async def test_fail_closed(tmp_path: Path) -> None:
+    h = Harness(tmp_path, store=BrokenStore(ManualClock()), failure_mode="fail_closed")
+    answer = await h.ask(ADDRESS, (("internal", "x"),))
+    assert (answer.code, answer.reason, answer.retry_after_s) == (
+        Code.OVER_LIMIT,
+        "store_failure",
+        1,
+    )
+    assert [s.code for s in answer.statuses] == [Code.OVER_LIMIT, Code.OK]
+
+
+async def test_a_hung_store_is_answered_within_the_timeout(tmp_path: Path) -> None:
+    h = Harness(tmp_path, store=BrokenStore(ManualClock(), hang=True))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await h.ask(ADDRESS)
+    assert loop.time() - started < 1.0
+    assert answer.reason == "store_failure"
+    assert h.service.stats.store_errors == 1
+
+
+async def test_the_breaker_half_opens_after_its_cooldown(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = BrokenStore(clock)
+    h = Harness(tmp_path, store=store, clock=clock)
+    await h.ask(ADDRESS)
+    await h.ask(ADDRESS)
+    assert h.health == [False]
+    store.working = True
+    assert (await h.ask(ADDRESS)).reason == "store_failure"  # still open
+    clock.advance(1.0)
+    assert (await h.ask(ADDRESS)).reason == "ok"  # the trial call succeeds
+    assert h.health == [False, True]
+
+
+async def test_calls_in_flight_are_capped(tmp_path: Path) -> None:
+    h = Harness(tmp_path, store=BrokenStore(ManualClock(), hang=True), max_in_flight=2)
+    answers = await asyncio.gather(*(h.ask(ADDRESS) for _ in range(5)))
+    assert all(a.reason == "store_failure" for a in answers)
+    assert h.service.stats.overloaded >= 1
+
+
+async def test_metadata_of_passed_descriptors(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    answer = await h.ask((("tier", "gold"),))
+    assert answer.metadata == {"tier": "gold"}
+
+
+async def test_swapping_rules_clears_the_cache(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.admitted(41, ADDRESS)
+    relaxed = tmp_path / "relaxed.yaml"
+    relaxed.write_text(RULES.replace("burst: 40", "burst: 45"))
+    h.service.swap_rules(RuleSet({"edge": load_rule_file(relaxed)}))
+    assert await h.admitted(10, ADDRESS) == 5  # the same bucket, now larger
