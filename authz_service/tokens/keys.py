@@ -69,18 +69,18 @@ class VerificationKey:
 class KeyRing:
     """An immutable set of verification keys with the lookups the verifier needs."""
 
-    __slots__ = ("_by_kid", "_fitting", "identities", "keys")
+    __slots__ = ("_candidates", "_kids", "identities", "keys")
 
     def __init__(self, keys: Iterable[VerificationKey]) -> None:
         self.keys = tuple(keys)
-        by_kid: dict[str, list[VerificationKey]] = {}
-        for key in self.keys:
-            if key.kid is not None:
-                by_kid.setdefault(key.kid, []).append(key)
-        self._by_kid = {kid: tuple(found) for kid, found in by_kid.items()}
-        self._fitting = {
-            name: tuple(k for k in self.keys if k.fits(spec)) for name, spec in ALGORITHMS.items()
-        }
+        self._kids = frozenset(k.kid for k in self.keys if k.kid is not None)
+        # Every (kid or None, alg) answer is computed once here, not per token.
+        self._candidates: dict[tuple[str | None, str], tuple[VerificationKey, ...]] = {}
+        for name, spec in ALGORITHMS.items():
+            fitting = [k for k in self.keys if k.fits(spec)]
+            self._candidates[(None, name)] = tuple(fitting)
+            for kid in self._kids:
+                self._candidates[(kid, name)] = tuple(k for k in fitting if k.kid == kid)
         self.identities = frozenset(k.identity for k in self.keys)
 
     def __len__(self) -> int:
@@ -88,16 +88,11 @@ class KeyRing:
 
     def has_kid(self, kid: str) -> bool:
         """Is there any key with this `kid`?"""
-        return kid in self._by_kid
+        return kid in self._kids
 
     def candidates(self, alg: str, kid: str | None) -> tuple[VerificationKey, ...]:
         """Keys that may verify `alg`: the `kid`'s own keys if one is named, else all that fit."""
-        if kid is None:
-            return self._fitting.get(alg, ())
-        spec = ALGORITHMS.get(alg)
-        if spec is None:
-            return ()
-        return tuple(k for k in self._by_kid.get(kid, ()) if k.fits(spec))
+        return self._candidates.get((kid, alg), ())
 
 
 def load_key_ring(document: Any, *, origin: str) -> KeyRing:

@@ -79,7 +79,7 @@ class RemoteKeySource:
 
     async def close(self) -> None:
         """Drop one user; the last one cancels the background task and any fetch."""
-        self._users -= 1
+        self._users = max(self._users - 1, 0)
         if self._users > 0:
             return
         for task in (self._background, self._inflight):
