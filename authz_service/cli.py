@@ -1,8 +1,8 @@
 """`authz-service serve | check-config | explain`.
 
-    serve --config FILE           run the sidecar (workers, reload on SIGHUP and file change)
-    check-config FILE             validate a config without serving; exit 2 with file/key/reason
-    explain --config FILE ...     decide one request offline and print why
+serve --config FILE           run the sidecar (workers, reload on SIGHUP and file change)
+check-config FILE             validate a config without serving; exit 2 with file/key/reason
+explain --config FILE ...     decide one request offline and print why
 """
 
 from __future__ import annotations
@@ -74,9 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(path: Path) -> int:
     settings = load_settings(path)
     compile_engine(settings, path, clock=SystemClock())
-    print(
-        f"{path}: OK ({len(settings.issuers)} issuer(s), {len(settings.routes)} route(s))"
-    )
+    print(f"{path}: OK ({len(settings.issuers)} issuer(s), {len(settings.routes)} route(s))")
     return 0
 
 
@@ -99,11 +97,14 @@ async def _serve(path: Path, *, reuse_port: bool) -> None:
     )
     server = SidecarServer(settings.server, [binding], reuse_port=reuse_port)
     port = await server.start()
-    log.info("authz-service serving", extra={"fields": {"listen": settings.server.listen, "port": port}})
+    log.info(
+        "authz-service serving", extra={"fields": {"listen": settings.server.listen, "port": port}}
+    )
     watcher = None
     if settings.reload.watch:
         watcher = FileWatcher(
-            lambda: _watched_files(holder.current), holder.reload,
+            lambda: _watched_files(holder.current),
+            holder.reload,
             interval=settings.reload.interval_seconds,
         )
         watcher.start()
@@ -141,8 +142,12 @@ async def _explain(args: argparse.Namespace) -> int:
             authorization.append(f"Bearer {args.token}")
         cookie = headers.pop("cookie", "")
         facts = RequestFacts(
-            method=args.method.upper(), raw_path=args.path, host=args.host, headers=headers,
-            client_address=args.client_address, peer_principal=args.peer_principal,
+            method=args.method.upper(),
+            raw_path=args.path,
+            host=args.host,
+            headers=headers,
+            client_address=args.client_address,
+            peer_principal=args.peer_principal,
             request_id="explain",
         )
         decision = await engine.authorizer.decide(

@@ -39,15 +39,13 @@ def compile_engine(
     """Compile `settings` (raises ConfigError). Key sources of unchanged issuers are reused
     from `previous`, so a policy edit does not refetch every JWKS."""
     policy = CompiledPolicy.compile(settings.policy(), source=str(source))
-    reused = {}
-    if previous is not None:
-        old = {i.issuer: i for i in previous.settings.issuers}
-        sources = previous.authorizer.verifier.key_sources()
-        reused = {
-            i.issuer: sources[i.issuer]
-            for i in settings.issuers
-            if old.get(i.issuer) == i and i.issuer in sources
-        }
+    reused = (
+        previous.authorizer.verifier.reusable_key_sources(
+            settings.issuers, config_dir=source.parent
+        )
+        if previous is not None
+        else {}
+    )
     verifier = TokenVerifier(
         settings.issuers,
         clock=clock,
@@ -90,5 +88,8 @@ class EngineHolder:
         self.current = new
         self.reloads += 1
         await old.close()
-        log.info("config reloaded", extra={"fields": {"file": str(old.source), "routes": len(new.settings.routes)}})
+        log.info(
+            "config reloaded",
+            extra={"fields": {"file": str(old.source), "routes": len(new.settings.routes)}},
+        )
         return True

@@ -163,7 +163,7 @@ class ResponseBuilder:
 
     def _deny(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
         denied = external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=decision.status),
             body=json.dumps({"error": decision.error, "request_id": request_id}),
         )
         headers = [("content-type", "application/json"), ("cache-control", "no-store")]
@@ -189,7 +189,11 @@ class ResponseBuilder:
 
     def _challenge(self, decision: Decision) -> str:
         if decision.status == 401:
-            return self._challenge_invalid if decision.error == "invalid_token" else self._challenge_plain
+            return (
+                self._challenge_invalid
+                if decision.error == "invalid_token"
+                else self._challenge_plain
+            )
         if decision.error == "insufficient_scope":
             # RFC 6749 scope tokens exclude `"` and `\`; escape them anyway so config can't
             # break the quoting.

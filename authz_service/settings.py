@@ -1,13 +1,13 @@
 """The authz sidecar's config file: one YAML document, validated once into frozen models.
 
-    server:      the shared gRPC server section (listen, tls/mtls, workers, reflection, ...)
-    issuers:     trusted token issuers (see authz_service.tokens.settings.IssuerSettings)
-    limits:      token size caps, checked before any crypto
-    identity:    header names and metadata claims emitted on allow
-    credentials: cookie names that count as a second credential
-    audit:       where decision lines go
-    reload:      file watching
-    routes:      the policy (see authz_service.policy)
+server:      the shared gRPC server section (listen, tls/mtls, workers, reflection, ...)
+issuers:     trusted token issuers (see authz_service.tokens.settings.IssuerSettings)
+limits:      token size caps, checked before any crypto
+identity:    header names and metadata claims emitted on allow
+credentials: cookie names that count as a second credential
+audit:       where decision lines go
+reload:      file watching
+routes:      the policy (see authz_service.policy)
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class IdpServer:
         }
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 body = routes.get(self.path.partition("?")[0])
                 if body is None:
                     self.send_error(HTTPStatus.NOT_FOUND)
@@ -53,7 +53,7 @@ class IdpServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return  # quiet: the stack prints its own summary
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)

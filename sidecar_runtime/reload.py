@@ -39,7 +39,7 @@ class FileWatcher:
     def __init__(
         self,
         paths: Callable[[], Iterable[Path]],
-        on_change: Callable[[], Awaitable[None]],
+        on_change: Callable[[], Awaitable[object]],
         *,
         interval: float = 1.0,
     ) -> None:

@@ -114,14 +114,14 @@ class SidecarServer:
 async def serve_until_signalled(
     server: SidecarServer,
     *,
-    on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    on_reload: Callable[[], Coroutine[Any, Any, object]] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain; SIGHUP calls `on_reload`."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    reload_tasks: set[asyncio.Task[None]] = set()
+    reload_tasks: set[asyncio.Task[object]] = set()
     if on_reload is not None:
         reload_cb = on_reload
 

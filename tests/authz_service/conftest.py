@@ -137,7 +137,9 @@ async def stop_authz(running: RunningAuthz) -> None:
 @pytest.fixture
 async def authz(config_dir: Path) -> AsyncIterator[RunningAuthz]:
     audit_file = config_dir / "audit.log"
-    running = await start_authz(write_config(config_dir, audit_file=audit_file), audit_file=audit_file)
+    running = await start_authz(
+        write_config(config_dir, audit_file=audit_file), audit_file=audit_file
+    )
     yield running
     await stop_authz(running)
 

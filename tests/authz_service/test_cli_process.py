@@ -38,8 +38,12 @@ def test_serve_reload_on_sighup_and_graceful_stop(config_dir: Path) -> None:
         assert "ok_response" in _check(address, "/api/v1/public/ping")
         config.write_text(config.read_text().replace("public: true", "roles: [admin]"))
         proc.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: "Forbidden" in _check(address, "/api/v1/public/ping") or
-                          "Unauthorized" in _check(address, "/api/v1/public/ping"))
+        assert wait_until(
+            lambda: (
+                "Forbidden" in _check(address, "/api/v1/public/ping")
+                or "Unauthorized" in _check(address, "/api/v1/public/ping")
+            )
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     log = (config_dir / "out.log").read_text()
@@ -50,7 +54,9 @@ def test_serve_reload_on_sighup_and_graceful_stop(config_dir: Path) -> None:
 def test_file_change_reloads_without_a_signal(config_dir: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     config = write_config(config_dir, server={"listen": address})
-    config.write_text(config.read_text().replace("  watch: false", "  watch: true\n  interval_seconds: 0.2"))
+    config.write_text(
+        config.read_text().replace("  watch: false", "  watch: true\n  interval_seconds: 0.2")
+    )
     with running(["authz_service", "serve", "--config", str(config)], log=config_dir / "o.log"):
         assert wait_until(lambda: _serving(address))
         assert "ok_response" in _check(address, "/api/v1/public/ping")

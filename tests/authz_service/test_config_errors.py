@@ -22,7 +22,10 @@ CASES = {
     "missing_routes.yaml": ("routes", "Field required"),
     "empty_routes.yaml": ("routes", "at least 1 item"),
     "duplicate_issuer.yaml": ("issuers", "issuer 'https://idp.example' is configured twice"),
-    "bad_identity_header.yaml": ("identity.headers", "'X Auth Subject' is not a lowercase header name"),
+    "bad_identity_header.yaml": (
+        "identity.headers",
+        "'X Auth Subject' is not a lowercase header name",
+    ),
     "bad_listen.yaml": ("server", "listen '9001' must be HOST:PORT"),
     "mtls_without_ca.yaml": ("server.tls", "ca_file is required when mode is mtls"),
     "hs256_algorithm.yaml": ("issuers[0].algorithms[0]", "Input should be"),

@@ -56,11 +56,20 @@ def test_explain_missing_scope_and_no_token(
     config = write_config(config_dir)
     token = mint("alice", scope="profile")
     _, out = _explain(
-        capsys, "--config", str(config), "--method", "put", "--path", "/api/v1/users/alice",
-        "--header", f"Authorization: Bearer {token}",
+        capsys,
+        "--config",
+        str(config),
+        "--method",
+        "put",
+        "--path",
+        "/api/v1/users/alice",
+        "--header",
+        f"Authorization: Bearer {token}",
     )
     assert (out["status"], out["reason"], out["required_scopes"]) == (
-        403, "insufficient_scope", ["users:write"]
+        403,
+        "insufficient_scope",
+        ["users:write"],
     )
     _, out = _explain(capsys, "--config", str(config), "--path", "/api/v1/users/alice")
     assert (out["status"], out["reason"]) == (401, "no_credentials")

@@ -81,7 +81,11 @@ async def test_owner_is_allowed_with_identity_headers_and_metadata(
     assert "x-auth-roles" in removed
     assert "x-auth-client-id" in removed
     assert meta == {
-        "rule": "get-user", "subject": "alice", "issuer": ISSUER, "tenant": "t1", "plan": "gold"
+        "rule": "get-user",
+        "subject": "alice",
+        "issuer": ISSUER,
+        "tenant": "t1",
+        "plan": "gold",
     }
 
 
@@ -191,9 +195,7 @@ async def test_unexpected_error_denies_with_503(
         raise RuntimeError("bug")
 
     monkeypatch.setattr(authz.holder.current.authorizer, "decide", boom)
-    status, _, body = denied(
-        await check(authz.address, check_request("/api/v1/public/ping"))
-    )
+    status, _, body = denied(await check(authz.address, check_request("/api/v1/public/ping")))
     assert (status, body["error"]) == (503, "temporarily_unavailable")
 
 
@@ -224,9 +226,7 @@ async def test_mtls_client_without_certificate_is_refused(
     authz_mtls: RunningAuthz, pki: Pki, mint: Mint
 ) -> None:
     token = mint("alice", scope="users:read")
-    resp = await check(
-        authz_mtls.address, check_request("/api/v1/users/alice", token=token), pki
-    )
+    resp = await check(authz_mtls.address, check_request("/api/v1/users/alice", token=token), pki)
     allowed(resp)
     async with channel(authz_mtls.address, pki, client_cert=False) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -236,9 +236,7 @@ async def test_mtls_client_without_certificate_is_refused(
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_grpcurl_lists_and_calls_check_and_health(
-    authz_mtls: RunningAuthz, pki: Pki
-) -> None:
+async def test_grpcurl_lists_and_calls_check_and_health(authz_mtls: RunningAuthz, pki: Pki) -> None:
     address = authz_mtls.address
     listed = await asyncio.to_thread(grpcurl, address, "list", pki=pki)
     assert listed.returncode == 0, listed.stderr
@@ -256,7 +254,10 @@ async def test_grpcurl_lists_and_calls_check_and_health(
     # grpcurl 1.8.6 prints the original proto field names.
     assert out["denied_response"]["status"]["code"] == "Unauthorized"
     health = await asyncio.to_thread(
-        grpcurl, address, "grpc.health.v1.Health/Check", pki=pki,
+        grpcurl,
+        address,
+        "grpc.health.v1.Health/Check",
+        pki=pki,
         data={"service": "envoy.service.auth.v3.Authorization"},
     )
     assert health.returncode == 0, health.stderr

@@ -51,7 +51,7 @@ def running(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `python -m <args>`; on exit send SIGTERM, then SIGKILL after 10 s."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
