@@ -80,3 +80,14 @@ def test_serve_refuses_to_start_on_bad_config(
     shutil.copy(FIXTURES / "unknown_top_key.yaml", path)
     assert main(["serve", "--config", str(path)]) == 2
     assert f"{path}: rutes: unknown key" in capsys.readouterr().err
+
+
+def test_demo_config_is_valid_once_the_dev_pki_exists(tmp_path: Path) -> None:
+    from devstack.pki import ensure_pki
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "config" / "authz").mkdir(parents=True)
+    config = tmp_path / "config" / "authz" / "demo.yaml"
+    shutil.copy(repo / "config" / "authz" / "demo.yaml", config)
+    ensure_pki(tmp_path / ".dev" / "pki")
+    _load(config)

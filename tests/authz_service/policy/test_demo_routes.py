@@ -1,4 +1,4 @@
-"""config/authz/demo-policy-routes.yaml gives the decisions of ARCHITECTURE.md section 4."""
+"""The routes of config/authz/demo.yaml give the decisions of ARCHITECTURE.md section 4."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 
 from authz_service.policy import CompiledPolicy, PolicySettings, evaluate
 from authz_service.principal import Principal
-from sidecar_runtime.config import load_model
+from sidecar_runtime.config import read_yaml, validate_model
 from tests.authz_service.policy.helpers import facts, principal
 
-DEMO = Path(__file__).resolve().parents[3] / "config" / "authz" / "demo-policy-routes.yaml"
+DEMO = Path(__file__).resolve().parents[3] / "config" / "authz" / "demo.yaml"
 
 ALICE_READ = principal("alice", scopes=("users:read",))
 ALICE_WRITE = principal("alice", scopes=("users:write",))
@@ -21,7 +21,10 @@ ADMIN = principal("root", scopes=("users:read", "users:write"), roles=("admin",)
 
 @pytest.fixture(scope="module")
 def demo() -> CompiledPolicy:
-    return CompiledPolicy.compile(load_model(PolicySettings, DEMO), source=str(DEMO))
+    routes = read_yaml(DEMO)["routes"]
+    return CompiledPolicy.compile(
+        validate_model(PolicySettings, {"routes": routes}, DEMO), source=str(DEMO)
+    )
 
 
 @pytest.mark.parametrize(
