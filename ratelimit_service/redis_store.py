@@ -72,8 +72,11 @@ def _parse(reply: Sequence[int], count: int) -> tuple[bool, list[Outcome]]:
 class RedisStore:
     """Buckets in Redis, shared by every replica."""
 
-    def __init__(self, client: Redis | RedisCluster, *, name: str = "redis") -> None:
+    def __init__(
+        self, client: Redis | RedisCluster, *, name: str = "redis", sentinel: Sentinel | None = None
+    ) -> None:
         self._client = client
+        self._sentinel = sentinel
         self._cluster = client if isinstance(client, RedisCluster) else None
         self.name = name
         self.hash_tags = self._cluster is not None
@@ -118,7 +121,7 @@ class RedisStore:
                 max_connections=settings.max_connections,
                 db=settings.db,
             )
-            return cls(master, name="redis-sentinel")
+            return cls(master, name="redis-sentinel", sentinel=sentinel)
         assert settings.url is not None  # checked by the settings model
         client = Redis.from_url(
             settings.url, max_connections=settings.max_connections, db=settings.db, **common
@@ -244,3 +247,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()

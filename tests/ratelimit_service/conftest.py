@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -37,6 +37,24 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_sentinel(
+    tmp_path_factory: pytest.TempPathFactory, shared_redis: RedisServer
+) -> Iterator[RedisSentinel]:
+    """A Sentinel watching the session's redis-server as master `mymaster`."""
+    sentinel = RedisSentinel.start(tmp_path_factory.mktemp("sentinel"), shared_redis)
+    try:
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture
+def redis_sentinel(shared_sentinel: RedisSentinel, redis_server: RedisServer) -> RedisSentinel:
+    """The Sentinel, with its master (the session's redis-server) emptied."""
+    return shared_sentinel
 
 
 @pytest.fixture(scope="session")

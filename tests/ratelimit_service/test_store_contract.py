@@ -1,4 +1,5 @@
-"""One contract, three stores: memory, a real redis-server, a real 3-master Redis Cluster.
+"""One contract, every store: memory, a real redis-server (directly and found through a
+real Sentinel), and a real 3-master Redis Cluster.
 
 Limits here refill slowly (per hour), so the few milliseconds a test takes against a real
 server never add a token and every store must give exactly the same decisions.
@@ -18,7 +19,7 @@ from ratelimit_service.redis_store import RedisStore
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall, BucketStore, MemoryStore
 from sidecar_runtime.clock import ManualClock
-from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer
 
 HOURLY = BucketSpec(interval_us=3_600_000_000 / 5, capacity=5)  # 5 per hour, burst 5
 
@@ -51,8 +52,13 @@ def _memory() -> StoreUnderTest:
     return StoreUnderTest(store, ttl)
 
 
-def _redis(server: RedisServer) -> StoreUnderTest:
-    store = RedisStore.from_settings(StoreSettings(type="redis", url=server.url))
+def _redis(server: RedisServer, sentinel: RedisSentinel | None = None) -> StoreUnderTest:
+    if sentinel is None:
+        settings = StoreSettings(type="redis", url=server.url)
+    else:
+        found = {"master_name": sentinel.master_name, "addresses": [sentinel.address]}
+        settings = StoreSettings(type="redis", sentinel=found)
+    store = RedisStore.from_settings(settings)
     client = server.client()
 
     def ttl(key: str) -> int:
@@ -104,6 +110,7 @@ def _cluster(cluster: RedisCluster) -> StoreUnderTest:
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("sentinel", marks=pytest.mark.redis),
         pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
     ]
 )
@@ -112,6 +119,9 @@ async def sut(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]:
         under_test = _memory()
     elif request.param == "redis":
         under_test = _redis(request.getfixturevalue("redis_server"))
+    elif request.param == "sentinel":
+        sentinel = request.getfixturevalue("redis_sentinel")
+        under_test = _redis(request.getfixturevalue("redis_server"), sentinel)
     else:
         under_test = _cluster(request.getfixturevalue("redis_cluster"))
     try:

@@ -9,6 +9,9 @@
     cluster.addresses                             # ["127.0.0.1:PORT", ...]
     cluster.stop()
 
+    sentinel = RedisSentinel.start(tmp_path, server, master_name="mymaster")
+    sentinel.address                              # 127.0.0.1:PORT of the sentinel
+
 Every process is started with `--save "" --appendonly no`, bound to 127.0.0.1, in its own
 directory under the given tmp dir, and stopped by its pid (SIGTERM, then SIGKILL).
 """
@@ -50,13 +53,21 @@ class RedisServer:
     directory: Path
     port: int
     extra_args: tuple[str, ...] = ()
+    config_text: str | None = None  # written to a config file given first (sentinel mode)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, tmp: Path, *, port: int | None = None, args: Sequence[str] = ()) -> RedisServer:
+    def start(
+        cls,
+        tmp: Path,
+        *,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        config_text: str | None = None,
+    ) -> RedisServer:
         """Start on `port` (or a free one, retried on a race) and wait until it answers."""
         for attempt in range(3):
-            server = cls(Path(tmp), port or free_port(), tuple(args))
+            server = cls(Path(tmp), port or free_port(), tuple(args), config_text)
             try:
                 server._launch()
                 return server
@@ -89,8 +100,14 @@ class RedisServer:
     def _launch(self) -> None:
         workdir = self.directory / f"redis-{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
+        config: list[str] = []
+        if self.config_text is not None:
+            config_file = workdir / "redis.conf"
+            config_file.write_text(self.config_text)
+            config = [str(config_file)]
         cmd = [
             REDIS_SERVER,
+            *config,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -138,6 +155,13 @@ class RedisServer:
         """Start again on the same port (the data is gone: no persistence)."""
         self.stop()
         self._launch()
+
+    @property
+    def bus_port(self) -> int | None:
+        """The cluster bus port, for a cluster node."""
+        if "--cluster-port" not in self.extra_args:
+            return None
+        return int(self.extra_args[self.extra_args.index("--cluster-port") + 1])
 
     def pause(self) -> None:
         """Freeze the process (SIGSTOP): connections stay open but nothing answers."""
@@ -206,21 +230,25 @@ class RedisCluster:
 
     def _form(self) -> None:
         per = CLUSTER_SLOTS // len(self.nodes)
-        first = self.nodes[0].client()
-        try:
-            for index, node in enumerate(self.nodes):
-                low = index * per
-                high = CLUSTER_SLOTS - 1 if index == len(self.nodes) - 1 else low + per - 1
-                client = node.client()
-                try:
-                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
-                finally:
-                    client.close()
-                if index:
-                    bus = node.extra_args[node.extra_args.index("--cluster-port") + 1]
-                    first.execute_command("CLUSTER", "MEET", node.host, node.port, bus)
-        finally:
-            first.close()
+        for index, node in enumerate(self.nodes):
+            low = index * per
+            high = CLUSTER_SLOTS - 1 if index == len(self.nodes) - 1 else low + per - 1
+            client = node.client()
+            try:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+            finally:
+                client.close()
+        # Every node meets every other: a full mesh at once instead of waiting for gossip.
+        for node in self.nodes:
+            client = node.client()
+            try:
+                for other in self.nodes:
+                    if other is not node:
+                        client.execute_command(
+                            "CLUSTER", "MEET", other.host, other.port, other.bus_port
+                        )
+            finally:
+                client.close()
         self._wait_converged()
 
     def _wait_converged(self) -> None:
@@ -251,3 +279,28 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+@dataclass
+class RedisSentinel:
+    """One Sentinel watching one master (quorum 1): enough to test Sentinel discovery."""
+
+    server: RedisServer
+    master_name: str
+
+    @classmethod
+    def start(
+        cls, tmp: Path, master: RedisServer, *, master_name: str = "mymaster"
+    ) -> RedisSentinel:
+        config = (
+            f"sentinel monitor {master_name} {master.host} {master.port} 1\n"
+            f"sentinel down-after-milliseconds {master_name} 1000\n"
+        )
+        return cls(RedisServer.start(tmp, args=("--sentinel",), config_text=config), master_name)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -1,0 +1,195 @@
+"""The real servicer in an in-process grpc.aio server, called with the xds-protos stubs,
+over plaintext and mTLS, and with the real grpcurl."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import wrappers_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.pki import Pki
+from ratelimit_service.app import App
+from ratelimit_service.servicer import SERVICE_NAME
+from ratelimit_service.settings import ServiceSettings
+from tests.support.grpc_clients import channel
+from tests.support.grpcurl import grpcurl
+
+pytestmark = pytest.mark.grpc
+
+RULES = """
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: {name: per-client-address, unit: second, requests_per_unit: 20, burst: 40}
+  - key: subject
+    rate_limit: {name: per-subject, unit: second, requests_per_unit: 10, burst: 20}
+"""
+
+Response = rls_pb2.RateLimitResponse
+
+
+def make_settings(tmp_path: Path, pki: Pki | None = None) -> ServiceSettings:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    tls: dict[str, Any] = {"mode": "plaintext"}
+    if pki is not None:
+        tls = {
+            "mode": "mtls",
+            "cert_file": str(pki.sidecar_cert),
+            "key_file": str(pki.sidecar_key),
+            "ca_file": str(pki.ca),
+        }
+    return ServiceSettings.model_validate(
+        {
+            "server": {"listen": "127.0.0.1:0", "tls": tls},
+            "rules": str(rules),
+            "store": {"type": "memory"},
+            "reload": {"watch": False},
+        }
+    )
+
+
+@pytest.fixture
+async def plaintext_app(tmp_path: Path) -> AsyncIterator[tuple[App, str]]:
+    app = App(make_settings(tmp_path))
+    port = await app.start()
+    try:
+        yield app, f"127.0.0.1:{port}"
+    finally:
+        await app.close()
+
+
+def rl_request(domain: str = "edge", hits: int = 0, **entries: str) -> Any:
+    descriptor = ratelimit_pb2.RateLimitDescriptor(
+        entries=[
+            ratelimit_pb2.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries.items()
+        ]
+    )
+    return rls_pb2.RateLimitRequest(domain=domain, descriptors=[descriptor], hits_addend=hits)
+
+
+async def test_over_limit_response_over_plaintext(plaintext_app: tuple[App, str]) -> None:
+    _, address = plaintext_app
+    async with channel(address) as ch:
+        stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+        first = await stub.ShouldRateLimit(rl_request(remote_address="192.0.2.7"), timeout=5)
+        assert first.overall_code == Response.OK
+        (status,) = first.statuses
+        assert status.current_limit.name == "per-client-address"
+        assert status.current_limit.requests_per_unit == 20
+        assert status.current_limit.unit == Response.RateLimit.SECOND
+        assert status.limit_remaining == 39
+        assert status.duration_until_reset.ToMicroseconds() == 50_000
+        assert not first.response_headers_to_add
+        for _ in range(39):
+            await stub.ShouldRateLimit(rl_request(remote_address="192.0.2.7"), timeout=5)
+        denied = await stub.ShouldRateLimit(rl_request(remote_address="192.0.2.7"), timeout=5)
+    assert denied.overall_code == Response.OVER_LIMIT
+    assert denied.statuses[0].code == Response.OVER_LIMIT
+    assert denied.statuses[0].limit_remaining == 0
+    assert {h.key: h.value for h in denied.response_headers_to_add} == {"retry-after": "1"}
+    metadata = dict(denied.dynamic_metadata)
+    assert metadata == {"decision": "over_limit", "domain": "edge", "rule": "per-client-address"}
+
+
+async def test_per_descriptor_hits_addend_zero_is_a_check(plaintext_app: tuple[App, str]) -> None:
+    _, address = plaintext_app
+    request = rl_request(subject="alice")
+    request.descriptors[0].hits_addend.CopyFrom(wrappers_pb2.UInt64Value(value=0))
+    async with channel(address) as ch:
+        stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+        for _ in range(3):
+            checked = await stub.ShouldRateLimit(request, timeout=5)
+            assert checked.statuses[0].limit_remaining == 20
+        spent = await stub.ShouldRateLimit(rl_request(hits=20, subject="alice"), timeout=5)
+        assert spent.overall_code == Response.OK
+        assert (await stub.ShouldRateLimit(request, timeout=5)).overall_code == Response.OVER_LIMIT
+
+
+async def test_malformed_requests_are_invalid_argument(plaintext_app: tuple[App, str]) -> None:
+    _, address = plaintext_app
+    async with channel(address) as ch:
+        stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ShouldRateLimit(rl_request(domain="", subject="x"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="edge"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ShouldRateLimit(rl_request(subject="x" * 5000), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_mtls_requires_the_client_certificate(tmp_path: Path, pki: Pki) -> None:
+    app = App(make_settings(tmp_path, pki))
+    port = await app.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        async with channel(address, pki) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+            answer = await stub.ShouldRateLimit(rl_request(subject="bob"), timeout=5)
+            assert answer.overall_code == Response.OK
+            assert answer.statuses[0].limit_remaining == 19
+        async with channel(address, pki, client_cert=False) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ShouldRateLimit(rl_request(subject="bob"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        async with channel(address) as ch:  # plaintext against the TLS port
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.ShouldRateLimit(rl_request(subject="bob"), timeout=5)
+    finally:
+        await app.close()
+
+
+async def test_health_reports_the_service(plaintext_app: tuple[App, str]) -> None:
+    _, address = plaintext_app
+    async with channel(address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for name in ("", SERVICE_NAME):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_grpcurl_lists_calls_and_checks_health_over_mtls(tmp_path: Path, pki: Pki) -> None:
+    app = App(make_settings(tmp_path, pki))
+    port = await app.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        listed = await asyncio.to_thread(grpcurl, address, "list", pki=pki)
+        assert listed.returncode == 0, listed.stderr
+        assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(listed.stdout.split())
+        body = {
+            "domain": "edge",
+            "hits_addend": 40,
+            "descriptors": [{"entries": [{"key": "remote_address", "value": "198.51.100.1"}]}],
+        }
+        called = await asyncio.to_thread(
+            grpcurl, address, f"{SERVICE_NAME}/ShouldRateLimit", pki=pki, data=body
+        )
+        assert called.returncode == 0, called.stderr
+        reply = json.loads(called.stdout)
+        assert reply["overall_code"] == "OK"  # grpcurl prints the proto field names
+        assert reply["statuses"][0]["current_limit"]["requests_per_unit"] == 20
+        again = await asyncio.to_thread(
+            grpcurl, address, f"{SERVICE_NAME}/ShouldRateLimit", pki=pki, data=body
+        )
+        assert json.loads(again.stdout)["overall_code"] == "OVER_LIMIT"
+        checked = await asyncio.to_thread(
+            grpcurl, address, "grpc.health.v1.Health/Check", pki=pki, data={"service": SERVICE_NAME}
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert json.loads(checked.stdout) == {"status": "SERVING"}
+    finally:
+        await app.close()
