@@ -80,11 +80,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     settings = load_settings(args.settings, _overrides(args))
+    load_rules(settings.rules)  # refuse to start on bad rules, before anything else
     configure_logging("ratelimit_service", settings.log.level)
     workers = settings.server.workers
     if workers > 1 and worker_index() is None:
         return run_workers(workers, [sys.executable, "-m", "ratelimit_service", *argv])
-    load_rules(settings.rules)  # refuse to start on bad rules, before binding anything
     from ratelimit_service.app import serve  # grpc and redis only for `serve`
 
     return asyncio.run(serve(settings, reuse_port=workers > 1))

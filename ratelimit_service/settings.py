@@ -1,8 +1,10 @@
 """The service's own settings file (not the rule files), validated like every config.
 
+Relative paths (rules, TLS files) are resolved against the settings file's directory.
+
 server:               sidecar_runtime's shared section (listen, tls, workers, ...);
                       listen defaults to 127.0.0.1:9002
-rules: rules/         rule file or directory, relative to this file
+rules: rules/         rule file or directory
 store:
   type: redis         memory (default) | redis
   url: redis://127.0.0.1:6390/0          standalone; or
@@ -26,9 +28,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sidecar_runtime.config import Frozen, read_yaml, validate_model
+from sidecar_runtime.config import Frozen, read_yaml, resolve_path, validate_model
 from sidecar_runtime.settings import ServerSettings
 
 DEFAULT_LISTEN = "127.0.0.1:9002"
@@ -128,6 +130,8 @@ class ServiceSettings(Frozen):
     log: LogSettings = LogSettings()
     reload: ReloadSettings = ReloadSettings()
 
+    _rules_relative_to_file = field_validator("rules")(resolve_path)
+
     @model_validator(mode="before")
     @classmethod
     def _default_listen(cls, data: Any) -> Any:
@@ -137,17 +141,14 @@ class ServiceSettings(Frozen):
 
 
 def load_settings(path: Path, overrides: dict[str, Any] | None = None) -> ServiceSettings:
-    """Read the settings file, apply command-line overrides, validate, and anchor `rules`
-    to the file's directory."""
+    """Read the settings file, apply command-line overrides and validate. Relative paths
+    (rules, TLS files) are resolved against the file's directory."""
     data = read_yaml(path)
     if data is None:
         data = {}
     if isinstance(data, dict):
         data = _merge(data, overrides or {})
-    settings = validate_model(ServiceSettings, data, path)
-    if not settings.rules.is_absolute():
-        settings = settings.model_copy(update={"rules": (path.parent / settings.rules)})
-    return settings
+    return validate_model(ServiceSettings, data, path)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
