@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 # Floors of token counts get this much slack so that 2.9999999999 (a rounding artefact of a
 # non-integral interval) reads as 3. Decisions never use it: only the reported remainder.
@@ -96,13 +97,23 @@ def evaluate(spec: BucketSpec, state: BucketState, *, cost: int, now_us: float) 
     return Verdict(True, BucketState(new_tat, clock), remaining, reset, remaining_now, reset_now)
 
 
-def must_commit(verdicts: Sequence[Verdict], enforce: Sequence[bool]) -> bool:
+class Enforced(Protocol):
+    @property
+    def enforce(self) -> bool:
+        """False for a shadow-mode bucket."""
+        ...
+
+
+def must_commit(verdicts: Sequence[Verdict], calls: Sequence[Enforced]) -> bool:
     """All-or-nothing: commit only if every enforced bucket admits the request.
 
     A shadow-mode bucket that denies does not stop the others (it would only have been
     logged); it is simply not written.
     """
-    return all(v.allowed or not e for v, e in zip(verdicts, enforce, strict=True))
+    for verdict, call in zip(verdicts, calls, strict=True):
+        if not verdict.allowed and call.enforce:
+            return False
+    return True
 
 
 def report(verdict: Verdict, *, committed: bool) -> Outcome:

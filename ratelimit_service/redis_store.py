@@ -80,6 +80,7 @@ class RedisStore:
         self._cluster = client if isinstance(client, RedisCluster) else None
         self.name = name
         self.hash_tags = self._cluster is not None
+        self.remote = True
         self._loaded: set[str] = set()
         self._generation: dict[str, int] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -203,8 +204,7 @@ class RedisStore:
 
     async def _run(self, node: ClusterNode | None, calls: Sequence[BucketCall], mode: str) -> Any:
         name = node.name if node is not None else _STANDALONE
-        if name not in self._loaded:
-            await self._load(node, name, self._generation.get(name, 0))
+        await self._ensure_loaded(node)
         generation = self._generation.get(name, 0)
         command = _evalsha(mode, calls, keys_in_argv=node is not None)
         try:
@@ -234,16 +234,25 @@ class RedisStore:
         return await self._client.execute_command(*args)
 
     async def ping(self) -> None:
+        """Reachable, and ready: the script is loaded on every primary (so the first real
+        call after a start or a Redis restart does not pay for SCRIPT LOAD)."""
         try:
-            if self._cluster is not None:
-                await self._cluster.initialize()
-                await self._cluster.execute_command(
-                    "PING", target_nodes=self._cluster.get_primaries()
-                )
-            else:
+            if self._cluster is None:
                 await self._client.execute_command("PING")
+                await self._ensure_loaded(None)
+                return
+            await self._cluster.initialize()
+            primaries = self._cluster.get_primaries()
+            await self._cluster.execute_command("PING", target_nodes=primaries)
+            for node in primaries:
+                await self._ensure_loaded(node)
         except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _ensure_loaded(self, node: ClusterNode | None) -> None:
+        name = node.name if node is not None else _STANDALONE
+        if name not in self._loaded:
+            await self._load(node, name, self._generation.get(name, 0))
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -13,6 +13,7 @@ the bucket of the pattern.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ UNIT_SECONDS: Mapping[str, int] = {
 
 MatchKind = Literal["exact", "wildcard", "key"]
 
+# The spec of limits that never reach a bucket (unlimited, or 0 per unit).
+NO_BUCKET = BucketSpec(interval_us=1.0, capacity=0)
+
 
 @dataclass(frozen=True, slots=True)
 class Limit:
@@ -49,6 +53,8 @@ class Limit:
     unlimited: bool = False
     replaces: frozenset[str] = frozenset()
     tag: str = ""  # distinguishes the buckets of several limits on one node
+    # Precomputed for the hot path; a placeholder for limits that never reach a bucket.
+    spec: BucketSpec = NO_BUCKET
 
     @property
     def blocks_all(self) -> bool:
@@ -58,11 +64,6 @@ class Limit:
     @property
     def window_seconds(self) -> int:
         return UNIT_SECONDS[self.unit] * self.unit_multiplier
-
-    @property
-    def spec(self) -> BucketSpec:
-        interval = self.window_seconds * 1_000_000 / self.requests_per_unit
-        return BucketSpec(interval_us=interval, capacity=self.burst)
 
 
 def make_limit(
@@ -79,18 +80,23 @@ def make_limit(
     tag: str = "",
 ) -> Limit:
     """A Limit with the burst defaulted to `requests_per_unit` (a classic token bucket)."""
-    return Limit(
+    capacity = requests_per_unit if burst is None else burst
+    limit = Limit(
         rule_id=rule_id,
         name=name,
         requests_per_unit=requests_per_unit,
         unit=unit,
         unit_multiplier=unit_multiplier,
-        burst=requests_per_unit if burst is None else burst,
+        burst=capacity,
         shadow=shadow,
         unlimited=unlimited,
         replaces=replaces,
         tag=tag or f"{unit_multiplier}{unit}",
     )
+    if unlimited or requests_per_unit == 0:
+        return limit
+    interval = limit.window_seconds * 1_000_000 / requests_per_unit
+    return dataclasses.replace(limit, spec=BucketSpec(interval_us=interval, capacity=capacity))
 
 
 class Pattern:

@@ -214,7 +214,10 @@ class RateLimitService:
         self._in_flight += 1
         self.stats.store_calls += 1
         try:
-            async with asyncio.timeout(self._policy.call_timeout_s):
+            if self._store.remote:
+                async with asyncio.timeout(self._policy.call_timeout_s):
+                    acquired = await self._store.acquire(calls)
+            else:  # in-process: cannot hang, and a timer per call costs ~10 us
                 acquired = await self._store.acquire(calls)
         except TimeoutError:
             await self._store_failed("timeout")

@@ -44,6 +44,7 @@ class BucketStore(Protocol):
 
     name: str
     hash_tags: bool  # whether bucket keys should carry a cluster hash tag
+    remote: bool  # whether calls can hang (then the service bounds them with a timeout)
 
     async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
         """Apply the calls all-or-nothing; raises StoreError when the store fails."""
@@ -65,6 +66,7 @@ class MemoryStore:
 
     name = "memory"
     hash_tags = False
+    remote = False
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
@@ -84,7 +86,7 @@ class MemoryStore:
             evaluate(c.spec, buckets.get(c.key, EMPTY_STATE), cost=c.cost, now_us=now)
             for c in calls
         ]
-        committed = must_commit(verdicts, [c.enforce for c in calls])
+        committed = must_commit(verdicts, calls)
         if committed:
             for call, verdict in zip(calls, verdicts, strict=True):
                 if verdict.new_state is not None:

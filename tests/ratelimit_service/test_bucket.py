@@ -16,6 +16,7 @@ from ratelimit_service.bucket import (
     retry_after_us,
     ttl_ms,
 )
+from ratelimit_service.store import BucketCall
 from sidecar_runtime.clock import ManualClock
 
 
@@ -149,8 +150,10 @@ def test_must_commit_ignores_shadow_denials() -> None:
     spec = BucketSpec(interval_us=1_000, capacity=1)
     ok = evaluate(spec, EMPTY_STATE, cost=1, now_us=0)
     no = evaluate(spec, EMPTY_STATE, cost=2, now_us=0)
-    assert must_commit([ok, no], [True, False])
-    assert not must_commit([ok, no], [True, True])
+    shadow = BucketCall("k", spec, 2, enforce=False)
+    enforced = BucketCall("k", spec, 2, enforce=True)
+    assert must_commit([ok, no], [enforced, shadow])
+    assert not must_commit([ok, no], [enforced, enforced])
 
 
 def test_report_shows_the_bucket_as_it_is_when_not_committed() -> None:

@@ -49,6 +49,7 @@ class CountingStore:
         self.inner = inner
         self.name = inner.name
         self.hash_tags = inner.hash_tags
+        self.remote = inner.remote
         self.calls = 0
 
     async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
@@ -67,6 +68,7 @@ class BrokenStore:
 
     name = "broken"
     hash_tags = False
+    remote = True
 
     def __init__(self, clock: ManualClock, *, hang: bool = False) -> None:
         self.memory = MemoryStore(clock)
