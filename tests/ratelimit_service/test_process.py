@@ -14,8 +14,14 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ratelimit_service.cli import main
-from tests.ratelimit_service.service_process import ServiceProcess, serving, write_settings
+from tests.ratelimit_service.service_process import (
+    ServiceProcess,
+    serving,
+    start_service,
+    write_settings,
+)
 from tests.support.grpc_clients import channel
+from tests.support.redis_servers import RedisServer, free_port
 
 pytestmark = [pytest.mark.grpc, pytest.mark.slow]
 
@@ -94,3 +100,30 @@ async def test_file_change_reloads_by_itself(tmp_path: Path) -> None:
         (rules_dir / "other.yaml").write_text("domain: edge\n")  # a second `edge`: refused
         await asyncio.to_thread(service.wait_for, "reload_failed")
         assert await limit_name(service) == "changed"
+
+
+@pytest.mark.redis
+async def test_workers_share_one_port_and_one_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_named("shared"))
+    port = free_port()
+    settings = write_settings(
+        tmp_path / "service.yaml",
+        rules,
+        server={"listen": f"127.0.0.1:{port}", "workers": 2},
+        store={"type": "redis", "url": redis_server.url, "timeouts": {"call_ms": 1000}},
+        reload={"watch": False},
+    )
+    supervisor = start_service(["serve", "--settings", str(settings)], tmp_path / "service.log")
+    try:
+        supervisor.wait_for("serving", count=2)  # one line per worker
+        supervisor.port = port
+        names = [await limit_name(supervisor) for _ in range(20)]
+        assert set(names) == {"shared"}
+    finally:
+        assert supervisor.stop() == 0
+    pids = {line["pid"] for line in supervisor.lines() if line.get("event") == "serving"}
+    assert len(pids) == 2
+    assert redis_server.command_calls("evalsha") == 20  # both workers used the one Redis
