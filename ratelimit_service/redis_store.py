@@ -89,6 +89,8 @@ class RedisStore:
     def from_settings(cls, settings: StoreSettings) -> RedisStore:
         """Build the client for the configured topology; nothing connects until first use."""
         password = os.environ.get(settings.password_env) if settings.password_env else None
+        # Headroom over the calls the service lets through, for health probes and loads.
+        pool_size = settings.max_connections + 4
         common: dict[str, Any] = {
             # Every call is already bounded by the service's asyncio timeout (a cancelled
             # call drops its connection); a socket timeout on top costs ~40 us CPU per call.
@@ -102,7 +104,7 @@ class RedisStore:
         if settings.cluster is not None:
             nodes = [ClusterNode(*host_port(a)) for a in settings.cluster.addresses]
             client: Redis | RedisCluster = RedisCluster(
-                startup_nodes=nodes, max_connections=settings.max_connections, **common
+                startup_nodes=nodes, max_connections=pool_size, **common
             )
             return cls(client, name="redis-cluster")
         if settings.sentinel is not None:
@@ -121,14 +123,12 @@ class RedisStore:
             )
             master = sentinel.master_for(
                 settings.sentinel.master_name,
-                max_connections=settings.max_connections,
+                max_connections=pool_size,
                 db=settings.db,
             )
             return cls(master, name="redis-sentinel", sentinel=sentinel)
         assert settings.url is not None  # checked by the settings model
-        client = Redis.from_url(
-            settings.url, max_connections=settings.max_connections, db=settings.db, **common
-        )
+        client = Redis.from_url(settings.url, max_connections=pool_size, db=settings.db, **common)
         return cls(client)
 
     async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
