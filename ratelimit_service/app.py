@@ -8,10 +8,11 @@ import logging
 
 from ratelimit_service.config import load_rules
 from ratelimit_service.decision_log import DecisionLog
+from ratelimit_service.guard import HealthCallback, StoreGuard
 from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
 from ratelimit_service.redis_store import RedisStore
 from ratelimit_service.rules import RuleSet
-from ratelimit_service.service import HealthCallback, Policy, RateLimitService
+from ratelimit_service.service import RateLimitService
 from ratelimit_service.servicer import binding
 from ratelimit_service.settings import ServiceSettings, StoreSettings
 from ratelimit_service.store import BucketStore, MemoryStore
@@ -41,40 +42,37 @@ def build_service(
     clock: Clock,
     on_health: HealthCallback | None = None,
 ) -> RateLimitService:
-    call_timeout = settings.store.timeouts.call_ms / 1000
-    policy = Policy(
-        failure_mode=settings.failure_mode,
-        key_prefix=settings.key_prefix,
-        call_timeout_s=call_timeout,
-        probe_timeout_s=max(0.25, call_timeout),
-        max_in_flight=settings.max_in_flight,
-    )
-    breaker_settings = settings.circuit_breaker
-    breaker = CircuitBreaker(
-        failure_threshold=breaker_settings.failure_threshold,
-        open_seconds=breaker_settings.open_seconds,
-        clock=clock,
-    )
-    cache_settings = settings.empty_bucket_cache
-    cache = (
-        EmptyBucketCache(max_entries=cache_settings.max_entries, clock=clock)
-        if cache_settings.enabled
-        else None
-    )
     decisions = DecisionLog.from_env(
         lines_per_second=settings.log.max_lines_per_second,
         clock=clock,
         hash_key_env=settings.log.hash_key_env,
     )
+    call_timeout = settings.store.timeouts.call_ms / 1000
+    breaker = settings.circuit_breaker
+    guard = StoreGuard(
+        store,
+        breaker=CircuitBreaker(
+            failure_threshold=breaker.failure_threshold,
+            open_seconds=breaker.open_seconds,
+            clock=clock,
+        ),
+        decisions=decisions,
+        failure_mode=settings.failure_mode,
+        call_timeout_s=call_timeout,
+        probe_timeout_s=max(0.25, call_timeout),
+        max_in_flight=settings.max_in_flight,
+        on_health=on_health,
+    )
+    cache = settings.empty_bucket_cache
     return RateLimitService(
         rules,
-        store,
-        clock=clock,
-        policy=policy,
-        breaker=breaker,
+        guard,
         decisions=decisions,
-        cache=cache,
-        on_health=on_health,
+        failure_mode=settings.failure_mode,
+        key_prefix=settings.key_prefix,
+        cache=EmptyBucketCache(max_entries=cache.max_entries, clock=clock)
+        if cache.enabled
+        else None,
     )
 
 
@@ -110,7 +108,7 @@ class App:
         port = await self.server.start()
         loop = asyncio.get_running_loop()
         probe_every = self.settings.circuit_breaker.probe_interval_seconds
-        self._tasks.append(loop.create_task(self.service.watch_store(probe_every)))
+        self._tasks.append(loop.create_task(self.service.guard.watch(probe_every)))
         if self.settings.reload.watch:
             self._watcher = FileWatcher(
                 lambda: [self.settings.rules],

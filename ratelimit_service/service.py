@@ -2,34 +2,28 @@
 
 Per request: plan the bucket checks (rules, replaces, hits_addend, keys); answer what can
 be answered locally (rules that block everything, costs above the burst, buckets the
-empty-bucket cache knows are empty); otherwise ask the store once, all-or-nothing, under a
-per-call timeout, a circuit breaker and a cap on calls in flight. When the store fails,
-the configured failure mode answers, the failure is counted and logged, and once the
-breaker opens gRPC health reports NOT_SERVING until a probe or a call succeeds again.
+empty-bucket cache knows are empty); otherwise ask the store once, all-or-nothing, through
+the guard (timeout, breaker, cap on calls in flight). When the guard has no answer, the
+configured failure mode answers. Then one status per descriptor, the overall code, the
+retry-after, the denying rule, and a (rate-limited) log line for denials.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
 
 from ratelimit_service.bucket import Outcome, retry_after_us
 from ratelimit_service.decision_log import DecisionLog
-from ratelimit_service.errors import StoreError
+from ratelimit_service.guard import StoreGuard
 from ratelimit_service.planner import MAX_UINT32, Check, Plan, Request, plan
-from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
+from ratelimit_service.protection import EmptyBucketCache
 from ratelimit_service.rules import Limit, RuleSet
-from ratelimit_service.store import BucketCall, BucketStore
-from sidecar_runtime.clock import Clock
+from ratelimit_service.store import BucketCall
 
-log = logging.getLogger(__name__)
-
-HealthCallback = Callable[[bool], Awaitable[None]]
 FailureMode = Literal["fail_open", "fail_closed"]
 
 
@@ -64,27 +58,12 @@ class Decision:
     metadata: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
-    failure_mode: FailureMode = "fail_open"
-    key_prefix: str = "rl:"
-    call_timeout_s: float = 0.010
-    probe_timeout_s: float = 0.250
-    max_in_flight: int = 256
-
-
 @dataclass
 class Stats:
     requests: int = 0
     over_limit: int = 0
     shadow_over_limit: int = 0
-    store_calls: int = 0
-    store_errors: int = 0
-    failure_mode_answers: int = 0
     cache_hits: int = 0
-    short_circuited: int = 0
-    overloaded: int = 0
-    health_changes: int = 0
 
 
 @dataclass(slots=True)
@@ -109,24 +88,20 @@ class RateLimitService:
     def __init__(
         self,
         rules: RuleSet,
-        store: BucketStore,
+        guard: StoreGuard,
         *,
-        clock: Clock,
-        policy: Policy,
-        breaker: CircuitBreaker,
         decisions: DecisionLog,
+        failure_mode: FailureMode = "fail_open",
+        key_prefix: str = "rl:",
         cache: EmptyBucketCache | None = None,
-        on_health: HealthCallback | None = None,
     ) -> None:
         self._rules = rules
-        self._store = store
-        self._clock = clock
-        self._policy = policy
-        self._breaker = breaker
+        self.guard = guard
         self._decisions = decisions
+        self._failure_mode = failure_mode
+        self._key_prefix = key_prefix
         self._cache = cache
-        self._on_health = on_health
-        self._in_flight = 0
+        self._hash_tags = guard.store.hash_tags
         self.stats = Stats()
 
     @property
@@ -134,12 +109,8 @@ class RateLimitService:
         return self._rules
 
     @property
-    def store(self) -> BucketStore:
-        return self._store
-
-    @property
     def healthy(self) -> bool:
-        return self._breaker.is_closed
+        return self.guard.healthy
 
     def swap_rules(self, rules: RuleSet) -> None:
         """Install a whole new rule set (reload); cached verdicts may no longer hold."""
@@ -152,9 +123,7 @@ class RateLimitService:
         domain = self._rules.domain(request.domain)
         if domain is None:
             return Decision(Code.OK, (NO_LIMIT,) * len(request.descriptors))
-        the_plan = plan(
-            domain, request, prefix=self._policy.key_prefix, hash_tags=self._store.hash_tags
-        )
+        the_plan = plan(domain, request, prefix=self._key_prefix, hash_tags=self._hash_tags)
         if not the_plan.checks:
             return self._decide(request, the_plan, [])
         results: list[_Result | None] = [self._local(check) for check in the_plan.checks]
@@ -167,7 +136,7 @@ class RateLimitService:
             return self._decide(request, the_plan, known)
         pending = _collect(the_plan.checks, results)
         if pending.calls:
-            outcomes = await self._acquire(pending.calls)
+            outcomes = await self.guard.acquire(pending.calls)
             if outcomes is None:
                 return self._failure_decision(request, the_plan)
             for result_index, call_index in pending.needs:
@@ -201,82 +170,9 @@ class RateLimitService:
         retry = retry_after_us(spec, reset_now_us=outcome.reset_us, need=max(check.cost, 1))
         return _Result(check, outcome, retry)
 
-    async def _acquire(self, calls: Sequence[BucketCall]) -> Sequence[Outcome] | None:
-        """The store's outcomes, or None when the failure mode must answer."""
-        if self._in_flight >= self._policy.max_in_flight:
-            self.stats.overloaded += 1
-            self._failed_quietly("too many store calls in flight")
-            return None
-        if not self._breaker.allow():
-            self.stats.short_circuited += 1
-            self.stats.failure_mode_answers += 1
-            return None
-        self._in_flight += 1
-        self.stats.store_calls += 1
-        try:
-            if self._store.remote:
-                async with asyncio.timeout(self._policy.call_timeout_s):
-                    acquired = await self._store.acquire(calls)
-            else:  # in-process: cannot hang, and a timer per call costs ~10 us
-                acquired = await self._store.acquire(calls)
-        except TimeoutError:
-            await self._store_failed("timeout")
-            return None
-        except StoreError as exc:
-            await self._store_failed(str(exc))
-            return None
-        finally:
-            self._in_flight -= 1
-        if self._breaker.record_success():
-            await self._health_changed(True)
-        return acquired.outcomes
-
-    def _failed_quietly(self, error: str) -> None:
-        self.stats.failure_mode_answers += 1
-        self._decisions.store_failure(
-            store=self._store.name, error=error, failure_mode=self._policy.failure_mode
-        )
-
-    async def _store_failed(self, error: str) -> None:
-        self.stats.store_errors += 1
-        self._failed_quietly(error)
-        if self._breaker.record_failure():
-            await self._health_changed(False)
-
-    async def _health_changed(self, serving: bool) -> None:
-        self.stats.health_changes += 1
-        log.warning(
-            "store reachable again" if serving else "store unreachable; circuit open",
-            extra={
-                "fields": {"event": "store_health", "serving": serving, "store": self._store.name}
-            },
-        )
-        if self._on_health is not None:
-            await self._on_health(serving)
-
-    async def probe(self) -> None:
-        """One health probe of the store; drives the breaker and gRPC health."""
-        try:
-            async with asyncio.timeout(self._policy.probe_timeout_s):
-                await self._store.ping()
-        except (StoreError, TimeoutError) as exc:
-            if self._breaker.trip():
-                self.stats.store_errors += 1
-                self._failed_quietly(f"probe: {exc or 'timeout'}")
-                await self._health_changed(False)
-            return
-        if self._breaker.record_success():
-            await self._health_changed(True)
-
-    async def watch_store(self, interval_s: float) -> None:
-        """Probe forever (run as a task): health follows the store even with no traffic."""
-        while True:
-            await self.probe()
-            await asyncio.sleep(interval_s)
-
     def _failure_decision(self, request: Request, the_plan: Plan) -> Decision:
         n = len(request.descriptors)
-        if self._policy.failure_mode == "fail_open":
+        if self._failure_mode == "fail_open":
             statuses = tuple(UNLIMITED if the_plan.unlimited[i] else NO_LIMIT for i in range(n))
             return Decision(Code.OK, statuses, reason="store_failure")
         first: dict[int, Limit] = {}

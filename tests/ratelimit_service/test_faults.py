@@ -121,7 +121,7 @@ async def test_redis_stopped_then_restarted(
         return await client.health() == NOT_SERVING
 
     await eventually(not_serving)
-    assert app.service.stats.store_errors >= 1
+    assert app.service.guard.stats.store_errors >= 1
     own_redis.restart()  # same port, empty data, no script loaded
 
     async def serving() -> bool:

@@ -12,10 +12,11 @@ import pytest
 from ratelimit_service.config import load_rule_file
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
+from ratelimit_service.guard import StoreGuard
 from ratelimit_service.planner import DescriptorRequest, Request
 from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
 from ratelimit_service.rules import RuleSet
-from ratelimit_service.service import Code, Decision, FailureMode, Policy, RateLimitService
+from ratelimit_service.service import Code, Decision, FailureMode, RateLimitService
 from ratelimit_service.store import Acquired, BucketCall, BucketStore, MemoryStore
 from sidecar_runtime.clock import ManualClock
 
@@ -107,17 +108,22 @@ class Harness:
         self.store = store if store is not None else CountingStore(MemoryStore(self.clock))
         self.health: list[bool] = []
         self.decisions = DecisionLog(lines_per_second=1000, clock=self.clock, hash_key=b"k")
-        self.service = RateLimitService(
-            RuleSet({"edge": load_rule_file(path)}),
+        self.guard = StoreGuard(
             self.store,
-            clock=self.clock,
-            policy=Policy(
-                failure_mode=failure_mode, call_timeout_s=0.05, max_in_flight=max_in_flight
-            ),
             breaker=CircuitBreaker(failure_threshold=2, open_seconds=1.0, clock=self.clock),
             decisions=self.decisions,
-            cache=EmptyBucketCache(max_entries=100, clock=self.clock) if cache else None,
+            failure_mode=failure_mode,
+            call_timeout_s=0.05,
+            probe_timeout_s=0.05,
+            max_in_flight=max_in_flight,
             on_health=self._health,
+        )
+        self.service = RateLimitService(
+            RuleSet({"edge": load_rule_file(path)}),
+            self.guard,
+            decisions=self.decisions,
+            failure_mode=failure_mode,
+            cache=EmptyBucketCache(max_entries=100, clock=self.clock) if cache else None,
         )
 
     async def _health(self, serving: bool) -> None:
@@ -260,9 +266,9 @@ async def test_fail_open_then_health_then_recovery(tmp_path: Path) -> None:
     await h.ask(ADDRESS)
     assert h.health == [False]  # two failures open the breaker
     assert (await h.ask(ADDRESS)).code is Code.OK
-    assert h.service.stats.short_circuited == 1
+    assert h.guard.stats.short_circuited == 1
     store.working = True
-    await h.service.probe()
+    await h.guard.probe()
     assert h.health == [False, True]
     assert (await h.ask(ADDRESS)).reason == "ok"
 
@@ -285,7 +291,7 @@ async def test_a_hung_store_is_answered_within_the_timeout(tmp_path: Path) -> No
     answer = await h.ask(ADDRESS)
     assert loop.time() - started < 1.0
     assert answer.reason == "store_failure"
-    assert h.service.stats.store_errors == 1
+    assert h.guard.stats.store_errors == 1
 
 
 async def test_the_breaker_half_opens_after_its_cooldown(tmp_path: Path) -> None:
@@ -306,7 +312,7 @@ async def test_calls_in_flight_are_capped(tmp_path: Path) -> None:
     h = Harness(tmp_path, store=BrokenStore(ManualClock(), hang=True), max_in_flight=2)
     answers = await asyncio.gather(*(h.ask(ADDRESS) for _ in range(5)))
     assert all(a.reason == "store_failure" for a in answers)
-    assert h.service.stats.overloaded >= 1
+    assert h.guard.stats.overloaded >= 1
 
 
 async def test_metadata_of_passed_descriptors(tmp_path: Path) -> None:

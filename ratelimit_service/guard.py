@@ -1,0 +1,138 @@
+"""The store behind its protections: per-call timeout, a cap on calls in flight, a circuit
+breaker, and health that follows the store.
+
+A call that cannot be made, or fails, or takes longer than the timeout, returns None: the
+service then answers with its failure mode. The guard counts and logs every such answer
+(rate-limited), opens the breaker after repeated failures (gRPC health NOT_SERVING), and a
+probe or a successful call closes it again (SERVING), with no restart. Never a queue: when
+`max_in_flight` calls are out, the next one is answered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from ratelimit_service.bucket import Outcome
+from ratelimit_service.decision_log import DecisionLog
+from ratelimit_service.errors import StoreError
+from ratelimit_service.protection import CircuitBreaker
+from ratelimit_service.store import BucketCall, BucketStore
+
+log = logging.getLogger(__name__)
+
+HealthCallback = Callable[[bool], Awaitable[None]]
+
+
+@dataclass
+class GuardStats:
+    store_calls: int = 0
+    store_errors: int = 0
+    failure_mode_answers: int = 0
+    short_circuited: int = 0
+    overloaded: int = 0
+    health_changes: int = 0
+
+
+class StoreGuard:
+    def __init__(
+        self,
+        store: BucketStore,
+        *,
+        breaker: CircuitBreaker,
+        decisions: DecisionLog,
+        failure_mode: str,
+        call_timeout_s: float,
+        probe_timeout_s: float,
+        max_in_flight: int,
+        on_health: HealthCallback | None = None,
+    ) -> None:
+        self.store = store
+        self._breaker = breaker
+        self._decisions = decisions
+        self._failure_mode = failure_mode
+        self._call_timeout_s = call_timeout_s
+        self._probe_timeout_s = probe_timeout_s
+        self._max_in_flight = max_in_flight
+        self._on_health = on_health
+        self._in_flight = 0
+        self.stats = GuardStats()
+
+    @property
+    def healthy(self) -> bool:
+        return self._breaker.is_closed
+
+    async def acquire(self, calls: Sequence[BucketCall]) -> Sequence[Outcome] | None:
+        """The store's outcomes, or None when the failure mode must answer."""
+        if self._in_flight >= self._max_in_flight:
+            self.stats.overloaded += 1
+            self._answered_by_failure_mode("too many store calls in flight")
+            return None
+        if not self._breaker.allow():
+            self.stats.short_circuited += 1
+            self.stats.failure_mode_answers += 1
+            return None
+        self._in_flight += 1
+        self.stats.store_calls += 1
+        try:
+            if self.store.remote:
+                async with asyncio.timeout(self._call_timeout_s):
+                    acquired = await self.store.acquire(calls)
+            else:  # in-process: cannot hang, and a timer per call costs ~10 us
+                acquired = await self.store.acquire(calls)
+        except TimeoutError:
+            await self._failed("timeout")
+            return None
+        except StoreError as exc:
+            await self._failed(str(exc))
+            return None
+        finally:
+            self._in_flight -= 1
+        if self._breaker.record_success():
+            await self._health_changed(True)
+        return acquired.outcomes
+
+    async def probe(self) -> None:
+        """One health probe of the store; drives the breaker and gRPC health."""
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                await self.store.ping()
+        except (StoreError, TimeoutError) as exc:
+            if self._breaker.trip():
+                self.stats.store_errors += 1
+                self._answered_by_failure_mode(f"probe: {exc or 'timeout'}")
+                await self._health_changed(False)
+            return
+        if self._breaker.record_success():
+            await self._health_changed(True)
+
+    async def watch(self, interval_s: float) -> None:
+        """Probe forever (run as a task): health follows the store even with no traffic."""
+        while True:
+            await self.probe()
+            await asyncio.sleep(interval_s)
+
+    def _answered_by_failure_mode(self, error: str) -> None:
+        self.stats.failure_mode_answers += 1
+        self._decisions.store_failure(
+            store=self.store.name, error=error, failure_mode=self._failure_mode
+        )
+
+    async def _failed(self, error: str) -> None:
+        self.stats.store_errors += 1
+        self._answered_by_failure_mode(error)
+        if self._breaker.record_failure():
+            await self._health_changed(False)
+
+    async def _health_changed(self, serving: bool) -> None:
+        self.stats.health_changes += 1
+        log.warning(
+            "store reachable again" if serving else "store unreachable; circuit open",
+            extra={
+                "fields": {"event": "store_health", "serving": serving, "store": self.store.name}
+            },
+        )
+        if self._on_health is not None:
+            await self._on_health(serving)
