@@ -10,11 +10,11 @@ server never hands out private material.
 from __future__ import annotations
 
 import json
-import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from devstack.http_thread import BackgroundHttpServer
 from devstack.idp_keys import IdpKeys
 
 
@@ -29,8 +29,8 @@ def discovery_document(issuer: str) -> dict[str, Any]:
     }
 
 
-class IdpServer:
-    """A tiny threaded HTTP server; `start()` returns the bound port."""
+class IdpServer(BackgroundHttpServer):
+    """The IdP's two documents on a background thread; `start()` returns the bound port."""
 
     def __init__(self, keys: IdpKeys, *, issuer: str, host: str = "127.0.0.1", port: int = 8082):
         self._keys = keys
@@ -56,14 +56,4 @@ class IdpServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return  # quiet: the stack prints its own summary
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def start(self) -> int:
-        self._thread.start()
-        return self.port
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(Handler, host=host, port=port)
