@@ -73,7 +73,9 @@ def read_check_request(request: external_auth_pb2.CheckRequest) -> CheckInputs:
         headers=headers,
         client_address=attrs.source.address.socket_address.address,
         peer_principal=attrs.source.principal,
-        request_id=http.id or headers.get("x-request-id", ""),
+        # x-request-id is what Envoy's access log and the upstream see; http.id is only
+        # Envoy's internal stream id, the fallback when the header is absent.
+        request_id=headers.get("x-request-id") or http.id,
     )
     return CheckInputs(facts, authorization, cookie)
 

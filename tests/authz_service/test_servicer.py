@@ -31,7 +31,10 @@ def check_request(
     request_id: str = "req-1",
 ) -> external_auth_pb2.CheckRequest:
     http = attribute_context_pb2.AttributeContext.HttpRequest(
-        id=request_id, method=method, path=path, host="api.test"
+        id="4242",
+        method=method,
+        path=path,
+        host="api.test",  # Envoy stream id, not x-request-id
     )
     all_headers = {"x-request-id": request_id, **(headers or {})}
     if token is not None:
