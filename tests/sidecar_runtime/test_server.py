@@ -101,3 +101,19 @@ def test_grpc_options_carry_limits_and_keepalive() -> None:
     assert opts["grpc.max_receive_message_length"] == 65536
     assert opts["grpc.so_reuseport"] == 1
     assert opts["grpc.http2.min_recv_ping_interval_without_data_ms"] == 10_000
+
+
+async def test_healthcheck_cli_over_mtls_and_plaintext(pki: Pki) -> None:
+    from sidecar_runtime.healthcheck import check
+
+    server = SidecarServer(_settings(pki), [])
+    port = await server.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        kw = {"ca": pki.ca, "cert": pki.client_cert, "key": pki.client_key}
+        assert await asyncio.to_thread(check, address, **kw) is True
+        assert await asyncio.to_thread(check, address) is False  # plaintext to a TLS port
+        await server.set_serving(False)
+        assert await asyncio.to_thread(check, address, **kw) is False
+    finally:
+        await server.stop(0)
