@@ -20,12 +20,14 @@ from authz_service.engine import Engine, EngineHolder, compile_engine, load_engi
 from authz_service.policy import RequestFacts
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer
 from authz_service.settings import load_settings
+from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
 from sidecar_runtime.errors import ConfigError
 from sidecar_runtime.logs import configure_logging
 from sidecar_runtime.reload import FileWatcher
 from sidecar_runtime.server import ServiceBinding, SidecarServer, serve_until_signalled
+from sidecar_runtime.telemetry import setup_telemetry
 from sidecar_runtime.workers import run_workers, worker_index
 
 log = logging.getLogger("authz_service")
@@ -80,15 +82,21 @@ def _check_config(path: Path) -> int:
 
 async def _serve(path: Path, *, reuse_port: bool) -> None:
     clock = SystemClock()
-    engine = await load_engine(path, clock=clock)
+    settings = load_settings(path)
+    telemetry = AuthzTelemetry(
+        setup_telemetry("authz", settings.telemetry, worker=worker_index() or 0),
+        settings.telemetry,
+    )
+    engine = await load_engine(path, clock=clock, telemetry=telemetry)
     settings = engine.settings
     audit = (
         AuditSink(settings.audit.target, max_backlog=settings.audit.max_backlog)
         if settings.audit.enabled
         else None
     )
-    holder = EngineHolder(engine, clock=clock)
-    servicer = AuthorizationServicer(holder, audit)
+    holder = EngineHolder(engine, clock=clock, telemetry=telemetry)
+    telemetry.attach(holder)
+    servicer = AuthorizationServicer(holder, audit, telemetry)
     from envoy.service.auth.v3 import external_auth_pb2_grpc
 
     binding = ServiceBinding(
@@ -116,6 +124,7 @@ async def _serve(path: Path, *, reuse_port: bool) -> None:
         await holder.current.close()
         if audit is not None:
             audit.close()
+        telemetry.telemetry.shutdown()
 
 
 def _watched_files(engine: Engine) -> list[Path]:

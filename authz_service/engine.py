@@ -15,7 +15,8 @@ from authz_service.decision import Authorizer
 from authz_service.envoy_adapter import ResponseBuilder
 from authz_service.policy import CompiledPolicy
 from authz_service.settings import AuthzSettings, load_settings
-from authz_service.tokens import TokenVerifier
+from authz_service.telemetry import AuthzTelemetry
+from authz_service.tokens import TokenVerifier, UrllibFetcher
 from sidecar_runtime.clock import Clock
 from sidecar_runtime.errors import ConfigError
 
@@ -34,7 +35,12 @@ class Engine:
 
 
 def compile_engine(
-    settings: AuthzSettings, source: Path, *, clock: Clock, previous: Engine | None = None
+    settings: AuthzSettings,
+    source: Path,
+    *,
+    clock: Clock,
+    previous: Engine | None = None,
+    telemetry: AuthzTelemetry | None = None,
 ) -> Engine:
     """Compile `settings` (raises ConfigError). Key sources of unchanged issuers are reused
     from `previous`, so a policy edit does not refetch every JWKS."""
@@ -53,14 +59,23 @@ def compile_engine(
         cache_size=settings.verified_token_cache_size,
         key_sources=reused or None,
         config_dir=source.parent,
+        stats=telemetry.verifier_stats if telemetry else None,
+        fetcher_for=telemetry.fetcher_for(UrllibFetcher()) if telemetry else None,
     )
     authorizer = Authorizer(policy, verifier, cookie_names=settings.credentials.cookie_names)
     return Engine(source, settings, authorizer, ResponseBuilder(settings.identity))
 
 
-async def load_engine(path: Path, *, clock: Clock, previous: Engine | None = None) -> Engine:
+async def load_engine(
+    path: Path,
+    *,
+    clock: Clock,
+    previous: Engine | None = None,
+    telemetry: AuthzTelemetry | None = None,
+) -> Engine:
     """Load, validate, compile and start an Engine from a config file."""
-    engine = compile_engine(load_settings(path), path, clock=clock, previous=previous)
+    settings = load_settings(path)
+    engine = compile_engine(settings, path, clock=clock, previous=previous, telemetry=telemetry)
     await engine.authorizer.verifier.start()
     return engine
 
@@ -68,16 +83,21 @@ async def load_engine(path: Path, *, clock: Clock, previous: Engine | None = Non
 class EngineHolder:
     """The current Engine; `reload()` swaps it atomically or keeps it."""
 
-    def __init__(self, engine: Engine, *, clock: Clock) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock, telemetry: AuthzTelemetry | None = None
+    ) -> None:
         self.current = engine
         self._clock = clock
+        self._telemetry = telemetry
         self.reloads = 0
         self.reload_failures = 0
 
     async def reload(self) -> bool:
         old = self.current
         try:
-            new = await load_engine(old.source, clock=self._clock, previous=old)
+            new = await load_engine(
+                old.source, clock=self._clock, previous=old, telemetry=self._telemetry
+            )
         except ConfigError as exc:
             self.reload_failures += 1
             log.error(

@@ -5,6 +5,8 @@
 with only the public error code and the request id; allows inject identity headers
 (overwriting and removing any client-sent copies) and identity dynamic metadata, which
 Envoy publishes under the `envoy.filters.http.ext_authz` namespace for the rate limiter.
+Every answer carries the decision id (header `x-decision-id` and metadata `decision_id`),
+so Envoy's access log, the audit line and the trace can be joined on it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class ResponseBuilder:
     def __init__(self, identity: IdentitySettings) -> None:
         self._identity = identity
         self._names = identity.headers
+        self._decision_header = identity.decision_id_header
         realm = f'Bearer realm="{identity.realm}"'
         self._challenge_plain = realm
         self._challenge_invalid = (
@@ -110,14 +113,22 @@ class ResponseBuilder:
         )
         self._challenge_request = f'{realm}, error="invalid_request"'
 
-    def build(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+    def build(
+        self, decision: Decision, request_id: str, decision_id: str
+    ) -> external_auth_pb2.CheckResponse:
         if decision.allowed:
-            return self._allow(decision)
-        return self._deny(decision, request_id)
+            return self._allow(decision, decision_id)
+        return self._deny(decision, request_id, decision_id)
 
-    def _allow(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+    def _allow(self, decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
         principal = decision.principal
         ok = external_auth_pb2.OkHttpResponse()
+        ok.headers.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=self._decision_header, value=decision_id),
+                append_action=_OVERWRITE,
+            )
+        )
         values = self._identity_values(principal)
         for name in self._names.all():
             value = values.get(name)
@@ -131,7 +142,7 @@ class ResponseBuilder:
             else:
                 ok.headers_to_remove.append(name)
         response = external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)
-        response.dynamic_metadata.CopyFrom(self._metadata(decision))
+        response.dynamic_metadata.CopyFrom(self._metadata(decision, decision_id))
         return response
 
     def _identity_values(self, principal: Principal | None) -> dict[str, str]:
@@ -146,8 +157,8 @@ class ResponseBuilder:
             n.client_id: principal.client_id or "",
         }
 
-    def _metadata(self, decision: Decision) -> struct_pb2.Struct:
-        meta: dict[str, str] = {"rule": decision.rule}
+    def _metadata(self, decision: Decision, decision_id: str) -> struct_pb2.Struct:
+        meta: dict[str, str] = {"rule": decision.rule, "decision_id": decision_id}
         p = decision.principal
         if p is not None:
             meta["subject"] = p.subject
@@ -163,12 +174,18 @@ class ResponseBuilder:
         out.update(meta)
         return out
 
-    def _deny(self, decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+    def _deny(
+        self, decision: Decision, request_id: str, decision_id: str
+    ) -> external_auth_pb2.CheckResponse:
         denied = external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=decision.status),
             body=json.dumps({"error": decision.error, "request_id": request_id}),
         )
-        headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+        headers = [
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+            (self._decision_header, decision_id),
+        ]
         challenge = self._challenge(decision)
         if challenge:
             headers.append(("www-authenticate", challenge))
@@ -185,8 +202,10 @@ class ResponseBuilder:
         else:
             grpc_status = _PERMISSION_DENIED
         response = external_auth_pb2.CheckResponse(status=grpc_status, denied_response=denied)
+        meta = {"decision_id": decision_id}
         if decision.rule:
-            response.dynamic_metadata.update({"rule": decision.rule})
+            meta["rule"] = decision.rule
+        response.dynamic_metadata.update(meta)
         return response
 
     def _challenge(self, decision: Decision) -> str:

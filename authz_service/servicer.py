@@ -2,73 +2,142 @@
 
 Reads the current Engine once per call (so a reload never mixes two configs in one
 decision), decides, answers, and queues one audit line. Any unexpected error denies with
-503: the sidecar never fails open.
+503: the sidecar never fails open. Each decision gets a decision id, returned to Envoy
+(header and dynamic metadata) and written in the audit line and the span, so one grep
+joins Envoy's access log, the audit log and the trace.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from opentelemetry.trace import SpanKind
 
 from authz_service.decision import INTERNAL_ERROR, Decision
 from authz_service.engine import EngineHolder
 from authz_service.envoy_adapter import read_check_request
 from authz_service.policy import RequestFacts
+from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
+from sidecar_runtime.ids import DecisionIds
+from sidecar_runtime.telemetry import DISABLED, TelemetrySettings, parent_context, parse_traceparent
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+AUDIT_SCHEMA_VERSION = 1
 _MAX_AUDIT_PATH = 1024
+_TRACE_KEYS = ("traceparent", "tracestate")
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, holder: EngineHolder, audit: AuditSink | None) -> None:
+    def __init__(
+        self,
+        holder: EngineHolder,
+        audit: AuditSink | None,
+        telemetry: AuthzTelemetry | None = None,
+    ) -> None:
         self._holder = holder
         self._audit = audit
+        self._t = telemetry or AuthzTelemetry(DISABLED, TelemetrySettings())
+        self._ids = DecisionIds()
 
     async def Check(  # noqa: N802 - the gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
         engine = self._holder.current
+        decision_id = self._ids.next()
         facts: RequestFacts | None = None
+        trace_id: str | None = None
         try:
             inputs = read_check_request(request)
             facts = inputs.facts
-            decision = await engine.authorizer.decide(
-                facts, authorization=inputs.authorization, cookie=inputs.cookie
-            )
+            carrier = _trace_carrier(context, facts.headers)
+            if self._t.tracing:
+                with self._t.tracer.start_as_current_span(
+                    "authz.Check", context=parent_context(carrier), kind=SpanKind.SERVER
+                ) as span:
+                    decision = await engine.authorizer.decide(
+                        facts, authorization=inputs.authorization, cookie=inputs.cookie
+                    )
+                    span.set_attributes(span_attributes(decision, decision_id, facts.method))
+                    trace_id = f"{span.get_span_context().trace_id:032x}"
+            else:
+                decision = await engine.authorizer.decide(
+                    facts, authorization=inputs.authorization, cookie=inputs.cookie
+                )
+                parsed = parse_traceparent(carrier.get("traceparent"))
+                trace_id = parsed[0] if parsed else None
         except Exception:
             log.exception("check failed; denying")
             decision = INTERNAL_ERROR
         request_id = facts.request_id if facts is not None else ""
-        response = engine.responses.build(decision, request_id)
+        response = engine.responses.build(decision, request_id, decision_id)
+        elapsed = time.perf_counter() - started
+        self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
         if self._audit is not None:
-            self._audit.emit(audit_record(decision, facts, time.perf_counter() - started))
+            self._audit.emit(audit_record(decision, facts, elapsed, decision_id, trace_id))
         return response
 
 
-def audit_record(decision: Decision, facts: RequestFacts | None, elapsed: float) -> dict[str, Any]:
-    """One decision line (schema version 1). No token, key or credential header, ever."""
+def _trace_carrier(context: Any, headers: Mapping[str, str]) -> Mapping[str, str]:
+    """W3C trace context: Envoy's ext_authz call (gRPC metadata) first, else the request's."""
+    found: dict[str, str] = {}
+    metadata = context.invocation_metadata() if context is not None else None
+    for item in metadata or ():
+        if item[0] in _TRACE_KEYS:
+            found[item[0]] = item[1]
+    if "traceparent" in found:
+        return found
+    return {k: headers[k] for k in _TRACE_KEYS if k in headers}
+
+
+def span_attributes(decision: Decision, decision_id: str, method: str) -> dict[str, Any]:
+    """Span attributes: the decision and why; never a token, a subject or a path."""
+    principal = decision.principal
+    attributes: dict[str, Any] = {
+        "authz.decision": "allow" if decision.allowed else "deny",
+        "authz.reason": decision.reason,
+        "authz.rule": decision.rule,
+        "authz.decision_id": decision_id,
+        "http.request.method": method,
+        "http.response.status_code": decision.status,
+    }
+    if principal is not None:
+        attributes["authz.issuer"] = principal.issuer
+    return attributes
+
+
+def audit_record(
+    decision: Decision,
+    facts: RequestFacts | None,
+    elapsed: float,
+    decision_id: str = "",
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    """One decision line (docs/audit-schema.md). No token, key or credential header, ever."""
     principal = decision.principal
     return {
-        "v": 1,
+        "v": AUDIT_SCHEMA_VERSION,
         "ts": time.time(),
         "service": "authz",
+        "decision_id": decision_id,
         "request_id": facts.request_id if facts else "",
+        "trace_id": trace_id,
         "decision": "allow" if decision.allowed else "deny",
-        "status": decision.status,
         "reason": decision.reason,
         "rule": decision.rule,
+        "latency_ms": round(elapsed * 1000, 3),
+        "status": decision.status,
         "subject": principal.subject if principal else None,
         "issuer": principal.issuer if principal else None,
         "method": facts.method if facts else "",
         "path": facts.raw_path.partition("?")[0][:_MAX_AUDIT_PATH] if facts else "",
         "client_address": facts.client_address if facts else "",
         "detail": decision.detail or None,
-        "latency_ms": round(elapsed * 1000, 3),
     }

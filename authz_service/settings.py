@@ -21,6 +21,7 @@ from authz_service.policy import PolicySettings, RouteSettings
 from authz_service.tokens.settings import IssuerSettings, TokenLimits
 from sidecar_runtime.config import Frozen, load_model
 from sidecar_runtime.settings import ServerSettings
+from sidecar_runtime.telemetry import TelemetrySettings
 
 _HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -56,6 +57,15 @@ class IdentitySettings(Frozen):
     tenant_claim: str = "tenant"
     plan_claim: str = "plan"
     realm: str = "edgeguard"
+    # Sent upstream on allow and to the client on deny; also in metadata and audit lines.
+    decision_id_header: str = "x-decision-id"
+
+    @field_validator("decision_id_header")
+    @classmethod
+    def _decision_header_name(cls, v: str) -> str:
+        if not _HEADER_NAME.match(v) or v.startswith("x-envoy-"):
+            raise ValueError(f"{v!r} is not a usable lowercase header name")
+        return v
 
     @field_validator("realm")
     @classmethod
@@ -90,6 +100,7 @@ class AuthzSettings(Frozen):
     credentials: CredentialSettings = CredentialSettings()
     audit: AuditSettings = AuditSettings()
     reload: ReloadSettings = ReloadSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     routes: list[RouteSettings] = Field(min_length=1)
 
     @field_validator("issuers")

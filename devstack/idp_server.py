@@ -32,13 +32,16 @@ def discovery_document(issuer: str) -> dict[str, Any]:
 class IdpServer(BackgroundHttpServer):
     """The IdP's two documents on a background thread; `start()` returns the bound port."""
 
-    def __init__(self, keys: IdpKeys, *, issuer: str, host: str = "127.0.0.1", port: int = 8082):
-        self._keys = keys
-        self.issuer = issuer
-        routes = {
-            "/.well-known/openid-configuration": json.dumps(discovery_document(issuer)).encode(),
-            "/jwks.json": json.dumps(keys.public_jwks()).encode(),
-        }
+    def __init__(
+        self,
+        keys: IdpKeys,
+        *,
+        issuer: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8082,
+    ) -> None:
+        """`issuer=None` means `http://HOST:PORT` of the bound socket (handy with port 0)."""
+        routes: dict[str, bytes] = {}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -57,3 +60,8 @@ class IdpServer(BackgroundHttpServer):
                 return  # quiet: the stack prints its own summary
 
         super().__init__(Handler, host=host, port=port)
+        self.issuer = issuer or f"http://{host}:{self.port}"
+        routes["/.well-known/openid-configuration"] = json.dumps(
+            discovery_document(self.issuer)
+        ).encode()
+        routes["/jwks.json"] = json.dumps(keys.public_jwks()).encode()

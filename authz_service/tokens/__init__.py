@@ -21,7 +21,7 @@ from authz_service.tokens.keys import KeyRing, VerificationKey, load_key_ring
 from authz_service.tokens.remote import RemoteKeySource
 from authz_service.tokens.settings import IssuerSettings, JwksSettings, TokenLimits
 from authz_service.tokens.sources import FileKeySource, KeySource, StaticKeySource
-from authz_service.tokens.verifier import TokenVerifier, build_key_source
+from authz_service.tokens.verifier import TokenVerifier, VerifierStats, build_key_source
 
 __all__ = [
     "REASONS",
@@ -41,6 +41,7 @@ __all__ = [
     "TokenVerifier",
     "UrllibFetcher",
     "VerificationKey",
+    "VerifierStats",
     "build_key_source",
     "load_key_ring",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -61,6 +61,17 @@ def _source_signature(settings: IssuerSettings, config_dir: Path | None) -> tupl
     return (settings.issuer, path, settings.jwks_url, settings.discovery, settings.jwks)
 
 
+@dataclass(slots=True)
+class VerifierStats:
+    """Plain counters a metrics layer can read; shared across reloads by the caller."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+FetcherFactory = Callable[[str], Fetcher]
+
+
 @dataclass(frozen=True, slots=True)
 class _Issuer:
     signature: tuple[Any, ...]
@@ -81,9 +92,14 @@ class TokenVerifier:
         cache_size: int = 10_000,
         key_sources: Mapping[str, KeySource] | None = None,
         fetcher: Fetcher | None = None,
+        fetcher_for: FetcherFactory | None = None,
         config_dir: Path | None = None,
+        stats: VerifierStats | None = None,
     ) -> None:
+        """`fetcher_for(issuer)` gives each issuer its own fetcher (e.g. instrumented per
+        issuer); otherwise all share `fetcher` (default: stdlib urllib)."""
         self._clock = clock
+        self.stats = stats or VerifierStats()
         self._limits = limits
         self._cache = VerifiedTokenCache(cache_size)
         self._config_dir = config_dir
@@ -94,8 +110,9 @@ class TokenVerifier:
         for settings in issuers:
             if settings.issuer in self._issuers:
                 raise ValueError(f"issuer {settings.issuer!r} is configured twice")
+            issuer_fetcher = fetcher_for(settings.issuer) if fetcher_for else shared_fetcher
             source = given.get(settings.issuer) or build_key_source(
-                settings, clock=clock, fetcher=shared_fetcher, config_dir=config_dir
+                settings, clock=clock, fetcher=issuer_fetcher, config_dir=config_dir
             )
             self._issuers[settings.issuer] = _Issuer(
                 signature=_source_signature(settings, config_dir),
@@ -184,12 +201,15 @@ class TokenVerifier:
             raise InvalidToken("oversized")  # before hashing it for the cache lookup
         cached = self._cache.get(token)
         if cached is None:
+            self.stats.cache_misses += 1
             return None
         now = self._clock.now()
         if cached.not_before <= now < cached.not_after:
             ring = self._issuers[cached.issuer].source.current()
             if ring is not None and cached.key_identity in ring.identities:
+                self.stats.cache_hits += 1
                 return cached.principal
+        self.stats.cache_misses += 1
         # Expired, not yet valid again (clock stepped back) or key gone: decide afresh.
         self._cache.discard(token)
         return None

@@ -83,6 +83,9 @@ async def test_owner_is_allowed_with_identity_headers_and_metadata(
     # Headers with no value are removed, so a client-sent copy cannot reach the upstream.
     assert "x-auth-roles" in removed
     assert "x-auth-client-id" in removed
+    decision_id = meta.pop("decision_id")
+    assert headers["x-decision-id"] == decision_id
+    assert len(decision_id) == 24
     assert meta == {
         "rule": "get-user",
         "subject": "alice",
@@ -170,9 +173,9 @@ async def test_public_route_needs_no_token_and_strips_identity_headers(
         check_request("/api/v1/public/ping", headers={"x-auth-subject": "spoofed"}),
     )
     headers, removed, meta = allowed(resp)
-    assert headers == {}
+    assert set(headers) == {"x-decision-id"}
     assert {"x-auth-subject", "x-auth-roles", "x-auth-scopes", "x-auth-issuer"} <= set(removed)
-    assert meta == {"rule": "ping"}
+    assert meta == {"rule": "ping", "decision_id": headers["x-decision-id"]}
 
 
 async def test_two_authorization_headers_are_400(authz: RunningAuthz, mint: Mint) -> None:

@@ -1,0 +1,137 @@
+"""The authz sidecar's spans and metrics (OpenTelemetry), kept out of the pure core.
+
+Metrics (names follow OTel conventions; Prometheus shows them with `_total` etc.):
+
+    authz.decisions              counter   {decision, reason}   one per Check
+    authz.check.duration         histogram seconds              Check latency
+    authz.token_cache.lookups    counter   {result: hit|miss}   verified-token cache
+    authz.jwks.fetches           counter   {issuer, outcome}    outcome: ok | error
+    authz.jwks.keys              gauge     {issuer}             usable keys held
+    authz.config.reloads         counter   {outcome}            ok | rejected
+
+Hot-path cost: the decision counter is a plain dict increment read by an observable
+callback at export time; only the latency histogram is recorded per call, and only when
+metrics are enabled. Spans are created only when tracing is enabled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from authz_service.tokens import Fetcher, FetchResult, VerifierStats
+from sidecar_runtime.telemetry import Telemetry, TelemetrySettings
+
+if TYPE_CHECKING:
+    from authz_service.engine import EngineHolder
+
+
+class AuthzTelemetry:
+    def __init__(self, telemetry: Telemetry, settings: TelemetrySettings) -> None:
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer
+        self.tracing = telemetry.tracing
+        self.metering = telemetry.metering
+        self.decisions: Counter[tuple[str, str]] = Counter()
+        self.verifier_stats = VerifierStats()
+        self.jwks_fetches: Counter[tuple[str, str]] = Counter()
+        self._holder: EngineHolder | None = None
+        meter = telemetry.meter
+        self.check_duration = meter.create_histogram(
+            "authz.check.duration",
+            unit="s",
+            description="Check latency inside the sidecar",
+            explicit_bucket_boundaries_advisory=list(settings.latency_buckets),
+        )
+        meter.create_observable_counter(
+            "authz.decisions", [self._observe_decisions], description="Check decisions"
+        )
+        meter.create_observable_counter(
+            "authz.token_cache.lookups",
+            [self._observe_cache],
+            description="verified-token cache lookups by result",
+        )
+        meter.create_observable_counter(
+            "authz.jwks.fetches", [self._observe_fetches], description="JWKS/discovery fetches"
+        )
+        meter.create_observable_gauge(
+            "authz.jwks.keys", [self._observe_keys], description="usable keys per issuer"
+        )
+        meter.create_observable_counter(
+            "authz.config.reloads", [self._observe_reloads], description="config reloads"
+        )
+
+    def attach(self, holder: EngineHolder) -> None:
+        self._holder = holder
+
+    def record(self, decision: str, reason: str, seconds: float) -> None:
+        self.decisions[(decision, reason)] += 1
+        if self.metering:
+            self.check_duration.record(seconds)
+
+    def fetcher_for(self, inner: Fetcher) -> Callable[[str], Fetcher]:
+        """A factory giving each issuer a fetcher that counts (and traces) its fetches."""
+        return lambda issuer: InstrumentedFetcher(inner, issuer=issuer, telemetry=self)
+
+    # -- observable callbacks (run at export time, off the hot path) -----------------
+    def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for (decision, reason), count in list(self.decisions.items()):
+            yield Observation(count, {"decision": decision, "reason": reason})
+
+    def _observe_cache(self, _options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.verifier_stats.cache_hits, {"result": "hit"})
+        yield Observation(self.verifier_stats.cache_misses, {"result": "miss"})
+
+    def _observe_fetches(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for (issuer, outcome), count in list(self.jwks_fetches.items()):
+            yield Observation(count, {"issuer": issuer, "outcome": outcome})
+
+    def _observe_keys(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._holder is None:
+            return
+        for issuer, source in self._holder.current.authorizer.verifier.key_sources().items():
+            ring = source.current()
+            yield Observation(0 if ring is None else len(ring), {"issuer": issuer})
+
+    def _observe_reloads(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._holder is None:
+            return
+        yield Observation(self._holder.reloads, {"outcome": "ok"})
+        yield Observation(self._holder.reload_failures, {"outcome": "rejected"})
+
+
+class InstrumentedFetcher:
+    """Wraps a Fetcher: one span per fetch (child of the Check that caused it, if any)
+    and a count per issuer and outcome. The URL is the IdP's, never a token."""
+
+    def __init__(self, inner: Fetcher, *, issuer: str, telemetry: AuthzTelemetry) -> None:
+        self._inner = inner
+        self._issuer = issuer
+        self._telemetry = telemetry
+
+    async def fetch(self, url: str, *, timeout_seconds: float, max_bytes: int) -> FetchResult:
+        t = self._telemetry
+        started = time.perf_counter()
+        with t.tracer.start_as_current_span(
+            "authz.jwks.fetch",
+            kind=SpanKind.CLIENT,
+            attributes={"authz.issuer": self._issuer, "url.full": url},
+        ) as span:
+            try:
+                result = await self._inner.fetch(
+                    url, timeout_seconds=timeout_seconds, max_bytes=max_bytes
+                )
+            except Exception as exc:
+                t.jwks_fetches[(self._issuer, "error")] += 1
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+            outcome = "ok" if result.status == 200 else "error"
+            t.jwks_fetches[(self._issuer, outcome)] += 1
+            span.set_attribute("http.response.status_code", result.status)
+            span.set_attribute("authz.fetch.seconds", round(time.perf_counter() - started, 6))
+            return result

@@ -1,0 +1,182 @@
+"""OpenTelemetry for both sidecars: traces, metrics, and W3C trace-context parsing.
+
+Configured by the standard `OTEL_*` environment variables:
+
+- traces are exported over OTLP when `opentelemetry-exporter-otlp` is installed and
+  `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, unless
+  `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`; the sampler, service name and
+  resource attributes come from `OTEL_TRACES_SAMPLER*`, `OTEL_SERVICE_NAME` and
+  `OTEL_RESOURCE_ATTRIBUTES` as usual;
+- metrics go to OTLP the same way (`OTEL_METRICS_EXPORTER`), and/or to a Prometheus scrape
+  endpoint when the sidecar's `telemetry.prometheus_listen` is set.
+
+With nothing configured, the tracer and meter are OpenTelemetry's no-op implementations:
+no spans are built and instruments cost a method call. Providers are per `Telemetry`
+object, not global, so tests can install in-memory exporters and readers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import Field
+
+from sidecar_runtime.config import Frozen
+
+log = logging.getLogger(__name__)
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_HEX = frozenset("0123456789abcdef")
+
+
+class TelemetrySettings(Frozen):
+    """The `telemetry:` section. Everything else comes from the OTEL_* variables."""
+
+    # HOST:PORT for a Prometheus scrape endpoint (/metrics); with `workers: N`, worker i
+    # listens on PORT + i.
+    prometheus_listen: str | None = None
+    # Latency histogram buckets, seconds (the sidecars answer in well under 10 ms).
+    latency_buckets: tuple[float, ...] = Field(
+        default=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+    )
+
+
+@dataclass
+class Telemetry:
+    tracer: trace.Tracer
+    meter: metrics.Meter
+    tracing: bool = False
+    metering: bool = False
+    _providers: list[Any] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        for provider in self._providers:
+            provider.shutdown()
+
+
+DISABLED = Telemetry(trace.NoOpTracer(), metrics.NoOpMeter("edgeguard"))
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "none")
+
+
+def _otlp_available() -> bool:
+    return importlib.util.find_spec("opentelemetry.exporter.otlp") is not None
+
+
+def _otlp_span_processor() -> SpanProcessor | None:
+    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return None
+    if not (
+        _env_on("OTEL_EXPORTER_OTLP_ENDPOINT") or _env_on("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return None
+    if not _otlp_available():
+        log.warning("OTEL endpoint set but opentelemetry-exporter-otlp is not installed")
+        return None
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return BatchSpanProcessor(OTLPSpanExporter())
+
+
+def _otlp_metric_reader() -> MetricReader | None:
+    if os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "none":
+        return None
+    if not (
+        _env_on("OTEL_EXPORTER_OTLP_ENDPOINT") or _env_on("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    ):
+        return None
+    if not _otlp_available():
+        return None
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    return PeriodicExportingMetricReader(OTLPMetricExporter())
+
+
+def _prometheus_reader(listen: str, worker: int) -> MetricReader:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port) + worker, addr=host or "127.0.0.1")
+    return PrometheusMetricReader()
+
+
+def setup_telemetry(
+    service: str,
+    settings: TelemetrySettings,
+    *,
+    worker: int = 0,
+    span_processors: Sequence[SpanProcessor] = (),
+    metric_readers: Sequence[MetricReader] = (),
+) -> Telemetry:
+    """Build this process's tracer and meter from the environment and `settings`.
+
+    Tests pass in-memory `span_processors` / `metric_readers`; production passes none and
+    gets OTLP and/or Prometheus when configured, or the no-op implementations.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return DISABLED
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    telemetry = Telemetry(trace.NoOpTracer(), metrics.NoOpMeter(service))
+    processors = [*span_processors]
+    if (otlp := _otlp_span_processor()) is not None:
+        processors.append(otlp)
+    if processors:
+        tracer_provider = TracerProvider(resource=resource)
+        for processor in processors:
+            tracer_provider.add_span_processor(processor)
+        telemetry.tracer = tracer_provider.get_tracer(service)
+        telemetry.tracing = True
+        telemetry._providers.append(tracer_provider)
+    readers = [*metric_readers]
+    if (otlp_reader := _otlp_metric_reader()) is not None:
+        readers.append(otlp_reader)
+    if settings.prometheus_listen:
+        readers.append(_prometheus_reader(settings.prometheus_listen, worker))
+    if readers:
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        telemetry.meter = meter_provider.get_meter(service)
+        telemetry.metering = True
+        telemetry._providers.append(meter_provider)
+    return telemetry
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """(trace_id, parent span id) from a W3C `traceparent`, or None when it is invalid.
+
+    Cheap enough for every request, so audit lines carry the trace id even when tracing
+    itself is off.
+    """
+    if not value or len(value) < 55:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) < 4 or (parts[0] == "00" and len(parts) != 4):
+        return None  # version 00 has exactly four fields; later versions may add more
+    version, trace_id, span_id, flags = parts[:4]
+    if len(version) != 2 or len(trace_id) != 32 or len(span_id) != 16 or len(flags) != 2:
+        return None
+    if version == "ff" or not _HEX.issuperset(version + trace_id + span_id + flags):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id
+
+
+def parent_context(carrier: Mapping[str, str]) -> Context:
+    """The W3C trace context in `carrier` (headers or gRPC metadata), as an OTel Context."""
+    return _PROPAGATOR.extract(carrier)
