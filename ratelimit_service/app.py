@@ -16,10 +16,14 @@ from ratelimit_service.service import RateLimitService
 from ratelimit_service.servicer import binding
 from ratelimit_service.settings import ServiceSettings, StoreSettings
 from ratelimit_service.store import BucketStore, MemoryStore
+from ratelimit_service.telemetry import RateLimitTelemetry
+from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import Clock, SystemClock
 from sidecar_runtime.errors import ConfigError
 from sidecar_runtime.reload import FileWatcher
 from sidecar_runtime.server import SidecarServer, serve_until_signalled
+from sidecar_runtime.telemetry import setup_telemetry
+from sidecar_runtime.workers import worker_index
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +45,14 @@ def build_service(
     *,
     clock: Clock,
     on_health: HealthCallback | None = None,
+    telemetry: RateLimitTelemetry | None = None,
+    sink: AuditSink | None = None,
 ) -> RateLimitService:
     decisions = DecisionLog.from_env(
         lines_per_second=settings.log.max_lines_per_second,
         clock=clock,
         hash_key_env=settings.log.hash_key_env,
+        sink=sink,
     )
     call_timeout = settings.store.timeouts.call_ms / 1000
     breaker = settings.circuit_breaker
@@ -62,6 +69,7 @@ def build_service(
         probe_timeout_s=max(0.25, call_timeout),
         max_in_flight=settings.max_in_flight,
         on_health=on_health,
+        telemetry=telemetry,
     )
     cache = settings.empty_bucket_cache
     return RateLimitService(
@@ -86,15 +94,28 @@ class App:
         clock: Clock | None = None,
         store: BucketStore | None = None,
         reuse_port: bool = False,
+        telemetry: RateLimitTelemetry | None = None,
+        decision_sink: AuditSink | None = None,
     ) -> None:
         self.settings = settings
         clock = clock or SystemClock()
         rules = load_rules(settings.rules)
         self.store = store or build_store(settings.store, clock)
+        self.telemetry = telemetry or RateLimitTelemetry()
+        self.decision_sink = decision_sink
         self.service = build_service(
-            settings, rules, self.store, clock=clock, on_health=self._health
+            settings,
+            rules,
+            self.store,
+            clock=clock,
+            on_health=self._health,
+            telemetry=self.telemetry,
+            sink=decision_sink,
         )
-        self.server = SidecarServer(settings.server, [binding(self.service)], reuse_port=reuse_port)
+        self.telemetry.attach(self)
+        self.server = SidecarServer(
+            settings.server, [binding(self.service, self.telemetry)], reuse_port=reuse_port
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: FileWatcher | None = None
         self.reloads_ok = 0
@@ -167,11 +188,19 @@ class App:
         if stop_server:
             await self.server.stop(0)
         await self.store.close()
+        if self.decision_sink is not None:
+            self.decision_sink.close()
+        self.telemetry.telemetry.shutdown()
 
 
 async def serve(settings: ServiceSettings, *, reuse_port: bool = False) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP (and file changes) reload the rules."""
-    app = App(settings, reuse_port=reuse_port)
+    telemetry = RateLimitTelemetry(
+        setup_telemetry("ratelimit", settings.telemetry, worker=worker_index() or 0),
+        settings.telemetry,
+    )
+    sink = AuditSink(settings.log.decisions_target)
+    app = App(settings, reuse_port=reuse_port, telemetry=telemetry, decision_sink=sink)
     await app.start()
     try:
         await serve_until_signalled(app.server, on_reload=app.reload)

@@ -1,4 +1,9 @@
-"""JSON log lines for OVER_LIMIT decisions and store failures, rate-limited.
+"""JSON lines for OVER_LIMIT decisions and store failures, rate-limited.
+
+Decision lines (over_limit, shadow_over_limit) follow the audit schema both sidecars share
+(docs/audit-schema.md) and go to the decision sink (stdout by default), carrying the
+decision id, request id and trace id of the call they belong to. Store failures are
+operational log lines on stderr.
 
 An attack must not be able to flood the log: lines are admitted by a token bucket (the
 same GCRA math as the limiter) and the number suppressed since the last line is carried in
@@ -14,34 +19,49 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from collections.abc import Sequence
 
 from ratelimit_service.bucket import EMPTY_STATE, BucketSpec, BucketState, evaluate
+from sidecar_runtime import correlation
+from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import Clock
 
 log = logging.getLogger("ratelimit_service.decisions")
 
+AUDIT_SCHEMA_VERSION = 1
+
 
 class DecisionLog:
     def __init__(
-        self, *, lines_per_second: float, clock: Clock, hash_key: bytes | None = None
+        self,
+        *,
+        lines_per_second: float,
+        clock: Clock,
+        hash_key: bytes | None = None,
+        sink: AuditSink | None = None,
     ) -> None:
         capacity = max(1, round(lines_per_second))
         self._spec = BucketSpec(interval_us=1_000_000 / lines_per_second, capacity=capacity)
         self._state: BucketState = EMPTY_STATE
         self._clock = clock
         self._key = hash_key or secrets.token_bytes(32)
+        self._sink = sink
         self.suppressed = 0
         self.written = 0
 
     @classmethod
     def from_env(
-        cls, *, lines_per_second: float, clock: Clock, hash_key_env: str | None
+        cls,
+        *,
+        lines_per_second: float,
+        clock: Clock,
+        hash_key_env: str | None,
+        sink: AuditSink | None = None,
     ) -> DecisionLog:
         raw = os.environ.get(hash_key_env) if hash_key_env else None
-        return cls(
-            lines_per_second=lines_per_second, clock=clock, hash_key=raw.encode() if raw else None
-        )
+        key = raw.encode() if raw else None
+        return cls(lines_per_second=lines_per_second, clock=clock, hash_key=key, sink=sink)
 
     def pseudonym(self, value: str) -> str:
         """A keyed hash standing in for a possibly personal value."""
@@ -74,18 +94,36 @@ class DecisionLog:
         cost: int,
         retry_after_s: int,
     ) -> None:
-        self._emit(
-            logging.INFO,
-            "shadow_over_limit" if shadow else "over_limit",
-            {
-                "event": "shadow_over_limit" if shadow else "over_limit",
-                "domain": domain,
-                "rule": rule,
-                "descriptor": {k: self.pseudonym(v) for k, v in entries},
-                "hits": cost,
-                "retry_after_s": retry_after_s,
-            },
-        )
+        if not self._admit():
+            return
+        ctx = correlation.current.get()
+        reason = "shadow_over_limit" if shadow else "over_limit"
+        record: dict[str, object] = {
+            "v": AUDIT_SCHEMA_VERSION,
+            "ts": time.time(),
+            "service": "ratelimit",
+            "decision_id": ctx.decision_id,
+            "request_id": ctx.request_id,
+            "trace_id": ctx.trace_id,
+            "decision": "allow" if shadow else "deny",
+            "reason": reason,
+            "rule": rule,
+            "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3)
+            if ctx.started
+            else None,
+            "domain": domain,
+            "descriptor": {k: self.pseudonym(v) for k, v in entries},
+            "hits": cost,
+            "retry_after_s": retry_after_s,
+        }
+        if self.suppressed:
+            record["suppressed"] = self.suppressed
+            self.suppressed = 0
+        self.written += 1
+        if self._sink is not None:
+            self._sink.emit(record)
+        else:
+            log.info(reason, extra={"fields": record})
 
     def store_failure(self, *, store: str, error: str, failure_mode: str) -> None:
         self._emit(

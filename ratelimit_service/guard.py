@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ratelimit_service.bucket import Outcome
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.protection import CircuitBreaker
-from ratelimit_service.store import BucketCall, BucketStore
+from ratelimit_service.store import Acquired, BucketCall, BucketStore
+from ratelimit_service.telemetry import RateLimitTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class StoreGuard:
         probe_timeout_s: float,
         max_in_flight: int,
         on_health: HealthCallback | None = None,
+        telemetry: RateLimitTelemetry | None = None,
     ) -> None:
         self.store = store
         self._breaker = breaker
@@ -59,6 +64,7 @@ class StoreGuard:
         self._on_health = on_health
         self._in_flight = 0
         self.stats = GuardStats()
+        self._telemetry = telemetry or RateLimitTelemetry()
 
     @property
     def healthy(self) -> bool:
@@ -76,23 +82,42 @@ class StoreGuard:
             return None
         self._in_flight += 1
         self.stats.store_calls += 1
+        started = time.perf_counter()
         try:
-            if self.store.remote:
-                async with asyncio.timeout(self._call_timeout_s):
-                    acquired = await self.store.acquire(calls)
-            else:  # in-process: cannot hang, and a timer per call costs ~10 us
-                acquired = await self.store.acquire(calls)
+            acquired = await self._call_store(calls)
         except TimeoutError:
+            self._telemetry.record_store_call(time.perf_counter() - started, ok=False)
             await self._failed("timeout")
             return None
         except StoreError as exc:
+            self._telemetry.record_store_call(time.perf_counter() - started, ok=False)
             await self._failed(str(exc))
             return None
         finally:
             self._in_flight -= 1
+        self._telemetry.record_store_call(time.perf_counter() - started, ok=True)
         if self._breaker.record_success():
             await self._health_changed(True)
         return acquired.outcomes
+
+    async def _call_store(self, calls: Sequence[BucketCall]) -> Acquired:
+        if not self.store.remote:  # in-process: cannot hang, and a timer per call costs ~10 us
+            return await self.store.acquire(calls)
+        t = self._telemetry
+        if not t.tracing:
+            async with asyncio.timeout(self._call_timeout_s):
+                return await self.store.acquire(calls)
+        with t.tracer.start_as_current_span(
+            "ratelimit.store.acquire",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system": self.store.name, "ratelimit.buckets": len(calls)},
+        ) as span:
+            try:
+                async with asyncio.timeout(self._call_timeout_s):
+                    return await self.store.acquire(calls)
+            except (TimeoutError, StoreError) as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
 
     async def probe(self) -> None:
         """One health probe of the store; drives the breaker and gRPC health."""

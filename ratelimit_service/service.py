@@ -11,6 +11,7 @@ retry-after, the denying rule, and a (rate-limited) log line for denials.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -64,6 +65,8 @@ class Stats:
     over_limit: int = 0
     shadow_over_limit: int = 0
     cache_hits: int = 0
+    over_limit_by_rule: Counter[str] = field(default_factory=Counter)
+    shadow_by_rule: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -197,10 +200,12 @@ class RateLimitService:
         denied = [r for r in results if r.denied and not r.check.limit.shadow]
         shadowed = [r for r in results if r.denied and r.check.limit.shadow]
         for r in shadowed:
+            self.stats.shadow_by_rule[r.check.limit.rule_id] += 1
             self._log_denial(request, r, shadow=True)
         metadata = _metadata(the_plan, statuses)
         if denied:
             self.stats.over_limit += 1
+            self.stats.over_limit_by_rule[denied[0].check.limit.rule_id] += 1
             retry = max(max(math.ceil(r.retry_us / 1e6) for r in denied), 1)
             for r in denied[:1]:
                 self._log_denial(request, r, shadow=False, retry_after_s=retry)

@@ -15,17 +15,24 @@ denials and failure-mode answers are flagged the same way.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from opentelemetry.trace import SpanKind
 
 from ratelimit_service.errors import InvalidRequestError
 from ratelimit_service.planner import MAX_UINT32, DescriptorRequest, Override, Request
 from ratelimit_service.rules import Limit
 from ratelimit_service.service import Code, Decision, RateLimitService
+from ratelimit_service.telemetry import RateLimitTelemetry
+from sidecar_runtime import correlation
+from sidecar_runtime.correlation import DecisionContext
+from sidecar_runtime.ids import DecisionIds
 from sidecar_runtime.server import ServiceBinding
+from sidecar_runtime.telemetry import parent_context, parse_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +85,7 @@ def _set_limit(target: Any, limit: Limit) -> None:
     target.unit = ENUM_BY_UNIT[limit.unit]
 
 
-def to_response(decision: Decision, domain: str) -> Any:
+def to_response(decision: Decision, domain: str, decision_id: str = "") -> Any:
     """A RateLimitResponse for a decision."""
     response = rls_pb2.RateLimitResponse(overall_code=int(decision.code))
     for status in decision.statuses:
@@ -94,6 +101,8 @@ def to_response(decision: Decision, domain: str) -> Any:
         response.response_headers_to_add.add(key="retry-after", value=str(decision.retry_after_s))
     if decision.reason != "ok" or decision.metadata:
         fields: dict[str, Any] = {"decision": decision.reason, "domain": domain}
+        if decision_id:
+            fields["decision_id"] = decision_id
         if decision.rule:
             fields["rule"] = decision.rule
         if decision.metadata:
@@ -103,23 +112,87 @@ def to_response(decision: Decision, domain: str) -> Any:
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-    def __init__(self, service: RateLimitService) -> None:
+    def __init__(
+        self, service: RateLimitService, telemetry: RateLimitTelemetry | None = None
+    ) -> None:
         self._service = service
+        self._t = telemetry or RateLimitTelemetry()
+        self._ids = DecisionIds()
 
     async def ShouldRateLimit(  # noqa: N802 - the gRPC method name
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
+        started = time.perf_counter()
         try:
             plain = to_request(request)
         except InvalidRequestError as exc:
             await context.abort(exc.grpc_status, str(exc))
-        decision = await self._service.should_rate_limit(plain)
-        return to_response(decision, plain.domain)
+        carrier = _metadata(context)
+        decision_id = self._ids.next()
+        trace_id: str | None
+        if self._t.tracing:
+            with self._t.tracer.start_as_current_span(
+                "ratelimit.ShouldRateLimit",
+                context=parent_context(carrier),
+                kind=SpanKind.SERVER,
+            ) as span:
+                trace_id = f"{span.get_span_context().trace_id:032x}"
+                decision = await self._decide(plain, carrier, decision_id, trace_id, started)
+                span.set_attributes(span_attributes(decision, plain, decision_id))
+        else:
+            parsed = parse_traceparent(carrier.get("traceparent"))
+            trace_id = parsed[0] if parsed else None
+            decision = await self._decide(plain, carrier, decision_id, trace_id, started)
+        response = to_response(decision, plain.domain, decision_id)
+        self._t.record(decision.code.name, decision.reason, time.perf_counter() - started)
+        return response
+
+    async def _decide(
+        self,
+        plain: Request,
+        carrier: Mapping[str, str],
+        decision_id: str,
+        trace_id: str | None,
+        started: float,
+    ) -> Decision:
+        ctx = DecisionContext(decision_id, carrier.get("x-request-id", ""), trace_id, started)
+        token = correlation.current.set(ctx)
+        try:
+            return await self._service.should_rate_limit(plain)
+        finally:
+            correlation.current.reset(token)
 
 
-def binding(service: RateLimitService) -> ServiceBinding:
+_CARRIED = ("traceparent", "tracestate", "x-request-id")
+
+
+def _metadata(context: Any) -> dict[str, str]:
+    """Trace context (and a request id, if Envoy sent one) from the call's metadata."""
+    found: dict[str, str] = {}
+    for item in context.invocation_metadata() or ():
+        if item[0] in _CARRIED:
+            found[item[0]] = item[1]
+    return found
+
+
+def span_attributes(decision: Decision, request: Request, decision_id: str) -> dict[str, Any]:
+    """The decision and the descriptor *keys*; values may be personal data, so never them."""
+    keys = sorted({key for d in request.descriptors for key, _ in d.entries})
+    return {
+        "ratelimit.code": decision.code.name,
+        "ratelimit.reason": decision.reason,
+        "ratelimit.rule": decision.rule,
+        "ratelimit.domain": request.domain,
+        "ratelimit.descriptor_keys": keys,
+        "ratelimit.decision_id": decision_id,
+    }
+
+
+def binding(
+    service: RateLimitService, telemetry: RateLimitTelemetry | None = None
+) -> ServiceBinding:
     """The ServiceBinding that registers the servicer with the shared SidecarServer."""
-    servicer = RateLimitServicer(service)
+    servicer = RateLimitServicer(service, telemetry)
     return ServiceBinding(
         name=SERVICE_NAME,
         register=lambda server: rls_pb2_grpc.add_RateLimitServiceServicer_to_server(

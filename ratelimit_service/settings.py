@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sidecar_runtime.config import Frozen, read_yaml, resolve_path, validate_model
 from sidecar_runtime.settings import ServerSettings
+from sidecar_runtime.telemetry import TelemetrySettings
 
 DEFAULT_LISTEN = "127.0.0.1:9002"
 
@@ -111,6 +112,8 @@ class LogSettings(Frozen):
     # Descriptor values are logged as keyed hashes; with a shared key, hashes correlate
     # across replicas. Without one, each process picks a random key.
     hash_key_env: str | None = None
+    # Where decision lines (audit schema, docs/audit-schema.md) go: stdout, stderr or a file.
+    decisions_target: str = "stdout"
 
 
 class ReloadSettings(Frozen):
@@ -129,6 +132,7 @@ class ServiceSettings(Frozen):
     circuit_breaker: BreakerSettings = BreakerSettings()
     log: LogSettings = LogSettings()
     reload: ReloadSettings = ReloadSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     _rules_relative_to_file = field_validator("rules")(resolve_path)
 

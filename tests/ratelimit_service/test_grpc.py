@@ -98,6 +98,7 @@ async def test_over_limit_response_over_plaintext(plaintext_app: tuple[App, str]
     assert denied.statuses[0].limit_remaining == 0
     assert {h.key: h.value for h in denied.response_headers_to_add} == {"retry-after": "1"}
     metadata = dict(denied.dynamic_metadata)
+    assert len(metadata.pop("decision_id")) == 24  # joins access log, decision line, trace
     assert metadata == {"decision": "over_limit", "domain": "edge", "rule": "per-client-address"}
 
 
