@@ -46,6 +46,7 @@ RATELIMIT_CLUSTER = "ratelimit"
 UPSTREAM_CLUSTER = "upstream"
 TRACING_CLUSTER = "otel_collector"
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"
 HEALTH_PATH = "/healthz"
 
 # ARCHITECTURE.md section 5: on every response, Envoy's own local replies included.
@@ -484,6 +485,11 @@ ACCESS_LOG_FORMAT: Config = {
     "user_agent": "%REQ(USER-AGENT):256%",
     "subject": f"%DYNAMIC_METADATA({EXT_AUTHZ_NAMESPACE}:subject):256%",
     "authz_rule": f"%DYNAMIC_METADATA({EXT_AUTHZ_NAMESPACE}:rule):128%",
+    # The ids that join this line to the sidecars' decision lines and to the trace.
+    "decision_id": f"%DYNAMIC_METADATA({EXT_AUTHZ_NAMESPACE}:decision_id):64%",
+    "ratelimit_decision_id": f"%DYNAMIC_METADATA({RATELIMIT_NAMESPACE}:decision_id):64%",
+    "ratelimit_rule": f"%DYNAMIC_METADATA({RATELIMIT_NAMESPACE}:rule):128%",
+    "trace_id": "%TRACE_ID%",
 }
 
 

