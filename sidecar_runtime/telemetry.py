@@ -61,10 +61,14 @@ class Telemetry:
     tracing: bool = False
     metering: bool = False
     _providers: list[Any] = field(default_factory=list)
+    _servers: list[Any] = field(default_factory=list)
 
     def shutdown(self) -> None:
         for provider in self._providers:
             provider.shutdown()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
 
 
 DISABLED = Telemetry(trace.NoOpTracer(), metrics.NoOpMeter("edgeguard"))
@@ -107,13 +111,13 @@ def _otlp_metric_reader() -> MetricReader | None:
     return PeriodicExportingMetricReader(OTLPMetricExporter())
 
 
-def _prometheus_reader(listen: str, worker: int) -> MetricReader:
+def _prometheus_reader(listen: str, worker: int) -> tuple[MetricReader, Any]:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port) + worker, addr=host or "127.0.0.1")
-    return PrometheusMetricReader()
+    server, _thread = start_http_server(int(port) + worker, addr=host or "127.0.0.1")
+    return PrometheusMetricReader(), server
 
 
 def setup_telemetry(
@@ -147,7 +151,9 @@ def setup_telemetry(
     if (otlp_reader := _otlp_metric_reader()) is not None:
         readers.append(otlp_reader)
     if settings.prometheus_listen:
-        readers.append(_prometheus_reader(settings.prometheus_listen, worker))
+        reader, http_server = _prometheus_reader(settings.prometheus_listen, worker)
+        readers.append(reader)
+        telemetry._servers.append(http_server)
     if readers:
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         telemetry.meter = meter_provider.get_meter(service)
