@@ -559,7 +559,24 @@ def _http_connection_manager(p: EnvoyParams) -> Config:
         # appended to, never believed (xff_num_trusted_hops 0), and no address is internal.
         "use_remote_address": True,
         "xff_num_trusted_hops": 0,
-        "internal_address_config": {"unix_sockets": False, "cidr_ranges": []},
+        # An empty cidr_ranges counts as "unset", and unset means loopback and RFC 1918
+        # clients are internal (Envoy keeps their x-request-id and x-envoy-* headers). One
+        # range no client can come from makes "nobody is internal" explicit.
+        "internal_address_config": {
+            "unix_sockets": False,
+            "cidr_ranges": [{"address_prefix": "255.255.255.255", "prefix_len": 32}],
+        },
+        # Before Envoy decides whether to keep a client's x-request-id at all: drop it, so
+        # the id in the access log, the decision lines and every denial body is Envoy's.
+        "early_header_mutation_extensions": [
+            {
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": _typed(
+                    "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    mutations=[{"remove": "x-request-id"}],
+                ),
+            }
+        ],
         "skip_xff_append": False,
         "forward_client_cert_details": "SANITIZE",
         # x-request-id is Envoy's own: a client-sent one is replaced, and echoed back so a

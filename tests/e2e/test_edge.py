@@ -441,20 +441,8 @@ def test_request_id_of_an_allowed_request_reaches_the_upstream(edge: Edge) -> No
     assert edge.access_log_entry(reply.request_id)["status"] == 200
 
 
-# Product bug (devstack/envoy_config.py, `_http_connection_manager`): the config means "no
-# address is internal" (`internal_address_config` with `cidr_ranges: []`), but an empty
-# repeated field is simply unset, and Envoy then still counts loopback (and private) peers
-# as internal. For an internal request Envoy keeps the client's x-request-id even with
-# `preserve_external_request_id: False`, so the "Envoy's own id" of section 5 / the config's
-# comment is client-chosen in the access log, the audit log and every denial body. When the
-# client also sends x-forwarded-for (two entries: not internal), the id is replaced.
-CLIENT_REQUEST_ID_BUG = (
-    "product bug: Envoy treats 127.0.0.1 as internal (empty internal_address_config."
-    "cidr_ranges is unset) and keeps a client-sent x-request-id"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CLIENT_REQUEST_ID_BUG)
+# A client's x-request-id never survives: Envoy's early header mutation drops it and no
+# client address is internal, so the id in logs and denial bodies is always Envoy's own.
 @pytest.mark.parametrize("path", ["/api/v1/public/ping", "/api/v1/users/bob"])
 def test_client_chosen_request_id_is_replaced_by_envoys_own(edge: Edge, path: str) -> None:
     chosen = _unique("client-chosen-id")

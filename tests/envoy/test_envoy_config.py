@@ -209,7 +209,14 @@ def test_connection_manager_is_hardened_for_the_edge(config: dict[str, Any]) -> 
     hcm = _hcm(config)
     assert hcm["use_remote_address"] is True
     assert hcm["xff_num_trusted_hops"] == 0
-    assert hcm["internal_address_config"] == {"unix_sockets": False, "cidr_ranges": []}
+    # An empty cidr_ranges would be "unset" (loopback and RFC 1918 internal); one
+    # impossible /32 means no client is internal.
+    assert hcm["internal_address_config"] == {
+        "unix_sockets": False,
+        "cidr_ranges": [{"address_prefix": "255.255.255.255", "prefix_len": 32}],
+    }
+    [early] = hcm["early_header_mutation_extensions"]
+    assert early["typed_config"]["mutations"] == [{"remove": "x-request-id"}]
     assert hcm["normalize_path"] is True
     assert hcm["merge_slashes"] is True
     assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
