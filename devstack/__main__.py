@@ -8,6 +8,7 @@ token          mint a dev access token, e.g.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -20,14 +21,16 @@ from devstack.http_thread import BackgroundHttpServer
 from devstack.idp_keys import ED25519_ALGS, ensure_idp_keys, mint_token
 from devstack.idp_server import IdpServer
 from devstack.pki import ensure_pki
-from devstack.stack import REPO, Ports, Stack, env_options
+from devstack.stack import REPO, Ports, Stack, StackOptions, env_options
 from devstack.upstream import DemoUpstream
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the whole stack in the foreground")
+    run = sub.add_parser("run", help="run the whole stack in the foreground")
+    run.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
+    run.add_argument("--port-offset", type=int, default=0, help="shift every port by N")
     init = sub.add_parser("init", help="make the dev PKI and IdP keys")
     init.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
     idp = sub.add_parser("idp", help="serve the dev IdP")
@@ -70,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_compose_files():
             print(f"wrote {path.relative_to(REPO)}")
         return 0
-    return _run()
+    return _run(env_options(dev_dir=args.dev_dir, port_offset=args.port_offset))
 
 
 def _serve_forever(server: BackgroundHttpServer) -> int:
@@ -102,8 +105,8 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run() -> int:
-    stack = Stack(env_options())
+def _run(options: StackOptions) -> int:
+    stack = Stack(options)
     stopping = threading.Event()
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:
@@ -111,7 +114,7 @@ def _run() -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    print("starting the stack (logs in .dev/logs/) ...", flush=True)
+    print(f"starting the stack (logs in {stack.log_dir}) ...", flush=True)
     try:
         stack.start()
     except (RuntimeError, TimeoutError) as exc:
@@ -132,17 +135,20 @@ def _run() -> int:
 
 def _banner(stack: Stack) -> str:
     p = stack.options.ports
+    dev = os.path.relpath(stack.options.dev_dir)
     tok = ".venv/bin/python -m devstack token"
+    if stack.options.dev_dir != REPO / ".dev" or p != Ports():
+        tok += f" --dev-dir {dev} --issuer {stack.issuer}"
     api = f"https://localhost:{p.envoy}/api/v1"
-    mtls = "-cacert $CA -cert .dev/pki/client.pem -key .dev/pki/client-key.pem"
+    mtls = f"-cacert $CA -cert {dev}/pki/client.pem -key {dev}/pki/client-key.pem"
     return f"""
 edgeguard is up: Envoy https://127.0.0.1:{p.envoy}   (store: {stack.store_note})
   authz_service :{p.authz}  ratelimit_service :{p.ratelimit}  demo API :{p.upstream}
-  dev IdP http://127.0.0.1:{p.idp}  admin http://127.0.0.1:{p.admin}  logs .dev/logs/
+  dev IdP http://127.0.0.1:{p.idp}  admin http://127.0.0.1:{p.admin}  logs {dev}/logs/
   Ctrl-C stops everything.
 
 Try:
-  CA=.dev/pki/ca.pem
+  CA={dev}/pki/ca.pem
   curl --cacert $CA {api}/public/ping
   curl --cacert $CA -i {api}/users/alice                        # 401
   TOKEN=$({tok} --sub alice --scope users:read --alg EdDSA)

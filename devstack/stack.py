@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO
 
@@ -267,6 +267,14 @@ def _terminate(name: str, proc: subprocess.Popen[bytes], grace: float = 10.0) ->
         proc.wait(timeout=5)
 
 
-def env_options() -> StackOptions:
-    """Options for `make run`: REDIS_URL honoured, everything else per ARCHITECTURE.md."""
-    return StackOptions(redis_url=os.environ.get("REDIS_URL") or None)
+def env_options(*, dev_dir: Path | None = None, port_offset: int = 0) -> StackOptions:
+    """Options for `make run`: REDIS_URL honoured, everything else per ARCHITECTURE.md.
+
+    `port_offset` shifts every port (a second stack beside the first, or a test)."""
+    ports = Ports(**{f.name: getattr(Ports(), f.name) + port_offset for f in fields(Ports)})
+    return StackOptions(
+        dev_dir=dev_dir or REPO / ".dev",
+        ports=ports,
+        redis_url=os.environ.get("REDIS_URL") or None,
+        base_id=port_offset,
+    )
