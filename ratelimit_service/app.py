@@ -126,7 +126,10 @@ class App:
 
     async def start(self) -> int:
         """Bind and serve; returns the port. Health follows the store from the first probe."""
-        port = await self.server.start()
+        port = await self.server.start(serving=False)
+        # Health says SERVING only once the store has answered (or at once for memory).
+        await self.service.guard.probe()
+        await self.server.set_serving(self.service.guard.healthy)
         loop = asyncio.get_running_loop()
         probe_every = self.settings.circuit_breaker.probe_interval_seconds
         self._tasks.append(loop.create_task(self.service.guard.watch(probe_every)))

@@ -82,8 +82,11 @@ class SidecarServer:
             reflection.enable_server_reflection(names, self._server)
         self.port = 0
 
-    async def start(self) -> int:
-        """Bind and start; returns the bound port (useful with `listen: 127.0.0.1:0`)."""
+    async def start(self, *, serving: bool = True) -> int:
+        """Bind and start; returns the bound port (useful with `listen: 127.0.0.1:0`).
+
+        `serving=False` starts with health NOT_SERVING, for a sidecar that must check a
+        dependency first (the rate limiter's Redis)."""
         creds = server_credentials(self.settings.tls)
         if creds is None:
             self.port = self._server.add_insecure_port(self.settings.listen)
@@ -92,7 +95,7 @@ class SidecarServer:
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.listen}")
         await self._server.start()
-        await self.set_serving(True)
+        await self.set_serving(serving)
         return self.port
 
     async def set_serving(self, serving: bool, service: str | None = None) -> None:
