@@ -194,3 +194,22 @@ async def test_grpcurl_lists_calls_and_checks_health_over_mtls(tmp_path: Path, p
         assert json.loads(checked.stdout) == {"status": "SERVING"}
     finally:
         await app.close()
+
+
+async def test_health_is_not_serving_from_the_start_when_redis_is_down(tmp_path: Path) -> None:
+    from tests.support.processes import free_port
+
+    base = make_settings(tmp_path).model_dump(mode="json")
+    settings = ServiceSettings.model_validate(
+        {**base, "store": {"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"}}
+    )
+    app = App(settings)
+    port = await app.start()
+    try:
+        async with channel(f"127.0.0.1:{port}") as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await app.close()

@@ -159,24 +159,3 @@ async def test_metrics_move_with_decisions(memory_app: Observed) -> None:
     assert circuit.value == 1
     reloads = {p.attributes["outcome"]: p.value for p in points["ratelimit.config.reloads"]}
     assert reloads == {"ok": 0, "rejected": 0}
-
-
-async def test_health_is_not_serving_from_the_start_when_redis_is_down(tmp_path: Path) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from tests.support.processes import free_port
-
-    base = make_settings(tmp_path).model_dump(mode="json")
-    settings = ServiceSettings.model_validate(
-        {**base, "store": {"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"}}
-    )
-    app = App(settings)
-    port = await app.start()
-    try:
-        async with channel(f"127.0.0.1:{port}") as ch:
-            reply = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5
-            )
-        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-    finally:
-        await app.close()
