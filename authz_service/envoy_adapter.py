@@ -35,6 +35,7 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK_STATUS = status_pb2.Status(code=code_pb2.OK)
 _UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+_MAX_TEMPLATES = 20_000  # bounded like the token cache; cleared whole when full
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
 
 
@@ -106,6 +107,7 @@ class ResponseBuilder:
         self._identity = identity
         self._names = identity.headers
         self._decision_header = identity.decision_id_header
+        self._allow_templates: dict[tuple[int, str], tuple[Principal | None, Any]] = {}
         realm = f'Bearer realm="{identity.realm}"'
         self._challenge_plain = realm
         self._challenge_invalid = (
@@ -121,28 +123,38 @@ class ResponseBuilder:
         return self._deny(decision, request_id, decision_id)
 
     def _allow(self, decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
-        principal = decision.principal
-        ok = external_auth_pb2.OkHttpResponse()
-        ok.headers.append(
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=self._decision_header, value=decision_id),
-                append_action=_OVERWRITE,
-            )
+        # Everything but the decision id depends only on (principal, rule), and the token
+        # cache hands back the same Principal object for the same token: build it once.
+        key = (id(decision.principal), decision.rule)
+        cached = self._allow_templates.get(key)
+        if cached is None or cached[0] is not decision.principal:
+            if len(self._allow_templates) >= _MAX_TEMPLATES:
+                self._allow_templates.clear()
+            cached = (decision.principal, self._allow_template(decision))
+            self._allow_templates[key] = cached
+        response = external_auth_pb2.CheckResponse()
+        response.CopyFrom(cached[1])
+        response.ok_response.headers.add(
+            header=base_pb2.HeaderValue(key=self._decision_header, value=decision_id),
+            append_action=_OVERWRITE,
         )
-        values = self._identity_values(principal)
+        response.dynamic_metadata.fields["decision_id"].string_value = decision_id
+        return response
+
+    def _allow_template(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+        ok = external_auth_pb2.OkHttpResponse()
+        values = self._identity_values(decision.principal)
         for name in self._names.all():
             value = values.get(name)
             if value:
-                ok.headers.append(
-                    base_pb2.HeaderValueOption(
-                        header=base_pb2.HeaderValue(key=name, value=header_safe(value)),
-                        append_action=_OVERWRITE,
-                    )
+                ok.headers.add(
+                    header=base_pb2.HeaderValue(key=name, value=header_safe(value)),
+                    append_action=_OVERWRITE,
                 )
             else:
                 ok.headers_to_remove.append(name)
         response = external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)
-        response.dynamic_metadata.CopyFrom(self._metadata(decision, decision_id))
+        response.dynamic_metadata.CopyFrom(self._metadata(decision))
         return response
 
     def _identity_values(self, principal: Principal | None) -> dict[str, str]:
@@ -157,8 +169,8 @@ class ResponseBuilder:
             n.client_id: principal.client_id or "",
         }
 
-    def _metadata(self, decision: Decision, decision_id: str) -> struct_pb2.Struct:
-        meta: dict[str, str] = {"rule": decision.rule, "decision_id": decision_id}
+    def _metadata(self, decision: Decision) -> struct_pb2.Struct:
+        meta: dict[str, str] = {"rule": decision.rule}
         p = decision.principal
         if p is not None:
             meta["subject"] = p.subject

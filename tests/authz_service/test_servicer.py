@@ -289,3 +289,24 @@ async def test_reload_swaps_policy_and_keeps_old_on_bad_config(
 
 async def test_config_path_is_recorded(authz: RunningAuthz) -> None:
     assert authz.holder.current.source == Path(authz.config)
+
+
+async def test_repeat_allows_reuse_the_identity_but_never_a_decision_id(
+    authz: RunningAuthz, mint: Mint
+) -> None:
+    token = mint("alice", scope="users:read")
+    first = await check(authz.address, check_request("/api/v1/users/alice", token=token))
+    second = await check(authz.address, check_request("/api/v1/users/alice", token=token))
+    ids = []
+    for resp in (first, second):
+        keys = [h.header.key for h in resp.ok_response.headers]
+        assert keys.count("x-decision-id") == 1
+        headers, _, meta = allowed(resp)
+        assert headers["x-decision-id"] == meta["decision_id"]
+        ids.append(meta["decision_id"])
+    assert ids[0] != ids[1]
+    first_headers, _, _ = allowed(first)
+    second_headers, _, _ = allowed(second)
+    first_headers.pop("x-decision-id")
+    second_headers.pop("x-decision-id")
+    assert first_headers == second_headers
