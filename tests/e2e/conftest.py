@@ -45,6 +45,7 @@ import redis
 from devstack.envoy_config import SECURITY_HEADERS
 from devstack.idp_keys import mint_token
 from devstack.stack import Ports, Stack, StackOptions
+from tests.support.https import Reply
 from tests.support.processes import free_port, wait_until
 
 AUDIENCE = "api://demo"
@@ -55,27 +56,6 @@ STACK_NAMES = ("redis", "ratelimit", "authz", "envoy")
 
 
 # --- responses and the HTTPS client -----------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        values = self.all(name)
-        return values[0] if values else None
-
-    def all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def request_id(self) -> str | None:
-        return self.header("x-request-id")
 
 
 class _Connection(http.client.HTTPSConnection):

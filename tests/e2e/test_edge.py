@@ -24,13 +24,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.conftest import (
     Edge,
-    Reply,
     assert_denial,
     assert_hardened,
     assert_no_tokens_logged,
     identity_at_upstream,
 )
 from tests.support.grpcurl import grpcurl
+from tests.support.https import Reply
 
 pytestmark = pytest.mark.e2e
 

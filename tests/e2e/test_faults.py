@@ -16,13 +16,13 @@ import pytest
 
 from tests.e2e.conftest import (
     Edge,
-    Reply,
     assert_hardened,
     assert_no_tokens_logged,
     identity_at_upstream,
     running_stack,
 )
 from tests.support.grpcurl import grpcurl
+from tests.support.https import Reply
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e

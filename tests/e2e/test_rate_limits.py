@@ -24,12 +24,12 @@ import pytest
 
 from tests.e2e.conftest import (
     Edge,
-    Reply,
     assert_denial,
     assert_hardened,
     assert_no_tokens_logged,
     identity_at_upstream,
 )
+from tests.support.https import Reply
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e

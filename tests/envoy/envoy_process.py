@@ -15,6 +15,7 @@ from pathlib import Path
 
 from devstack.envoy_config import RUN_FLAGS, EnvoyParams, local_profile, render
 from devstack.pki import Pki
+from tests.support.https import Reply
 from tests.support.processes import free_port, wait_until
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
@@ -45,20 +46,6 @@ def free_port_params(pki: Pki, **changes: object) -> EnvoyParams:
 
 
 @dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        values = self.all(name)
-        return values[0] if values else None
-
-    def all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-
-@dataclass
 class RunningEnvoy:
     params: EnvoyParams
     pki: Pki
@@ -71,7 +58,7 @@ class RunningEnvoy:
         *,
         method: str = "GET",
         headers: Sequence[tuple[str, str]] = (),
-    ) -> Response:
+    ) -> Reply:
         """One HTTPS/1.1 request to the listener; repeated header names are sent repeated."""
         context = ssl.create_default_context(cafile=str(self.pki.ca))
         conn = http.client.HTTPSConnection(
@@ -83,7 +70,7 @@ class RunningEnvoy:
                 conn.putheader(name, value)
             conn.endheaders()
             resp = conn.getresponse()
-            return Response(resp.status, resp.getheaders(), resp.read())
+            return Reply(resp.status, resp.getheaders(), resp.read())
         finally:
             conn.close()
 

@@ -22,8 +22,9 @@ import pytest
 
 from devstack.envoy_config import SECURITY_HEADERS
 from devstack.pki import Pki, ensure_pki
-from tests.envoy.envoy_process import Response, RunningEnvoy, free_port_params, running_envoy
+from tests.envoy.envoy_process import RunningEnvoy, free_port_params, running_envoy
 from tests.envoy.fakes import EchoUpstream, FakeAuthz, FakeRateLimit
+from tests.support.https import Reply
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +68,7 @@ def edge(stack: Stack) -> Stack:
     return stack
 
 
-def _assert_hardened(resp: Response) -> None:
+def _assert_hardened(resp: Reply) -> None:
     for name, value in SECURITY_HEADERS:
         assert resp.all(name) == [value], name
     assert resp.header("server") is None
@@ -206,7 +207,7 @@ def test_subject_over_limit_is_429_after_authz(edge: Stack) -> None:
     _assert_rate_limited(resp)
 
 
-def _assert_rate_limited(resp: Response) -> None:
+def _assert_rate_limited(resp: Reply) -> None:
     _assert_hardened(resp)
     assert resp.header("retry-after") == "1"
     assert resp.header("x-ratelimit-limit") is not None

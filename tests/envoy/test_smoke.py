@@ -9,12 +9,13 @@ import pytest
 
 from devstack.envoy_config import SECURITY_HEADERS
 from devstack.pki import Pki
-from tests.envoy.envoy_process import Response, free_port_params, running_envoy
+from tests.envoy.envoy_process import free_port_params, running_envoy
+from tests.support.https import Reply
 
 pytestmark = pytest.mark.e2e
 
 
-def _assert_hardened(resp: Response) -> None:
+def _assert_hardened(resp: Reply) -> None:
     for name, value in SECURITY_HEADERS:
         assert resp.all(name) == [value], name
     assert resp.header("server") is None
