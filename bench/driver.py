@@ -1,0 +1,134 @@
+"""A small grpc.aio client for what h2load cannot do: many distinct requests.
+
+h2load sends one body per process, so runs that need every request to differ (warming the
+verified-token cache with the whole 1,000-token pool; 100,000 distinct subjects for the
+Redis-memory and RSS measurements) use this driver instead. It is not used for any
+throughput or latency figure: its own ceiling (~3,000 calls/s on one core here, below the
+floor server's) would be measured instead of the sidecar's. Requests are pre-serialized
+and sent as bytes (no protobuf work on the client side); every answer is checked.
+
+Also `call_once`, the correctness check run against every configuration before load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+CHECK = "/envoy.service.auth.v3.Authorization/Check"
+SHOULD_RATE_LIMIT = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+
+
+@dataclass
+class DriveResult:
+    sent: int = 0
+    ok: int = 0
+    bad: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    first_problem: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def _channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+async def _drive(
+    address: str,
+    method: str,
+    bodies: Iterator[bytes],
+    check: Callable[[bytes], str | None],
+    concurrency: int,
+    channels: int,
+) -> DriveResult:
+    result = DriveResult()
+    chans = [_channel(address) for _ in range(channels)]
+    calls = [c.unary_unary(method) for c in chans]
+
+    async def worker(index: int) -> None:
+        call = calls[index % len(calls)]
+        for body in bodies:  # a shared iterator: each body is sent once
+            result.sent += 1
+            try:
+                answer = await call(body, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                result.errors += 1
+                result.first_problem = result.first_problem or f"{exc.code().name}: {exc.details()}"
+                continue
+            problem = check(answer)
+            if problem is None:
+                result.ok += 1
+            else:
+                result.bad += 1
+                result.first_problem = result.first_problem or problem
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    finally:
+        result.seconds = time.perf_counter() - started
+        for chan in chans:
+            await chan.close()
+    return result
+
+
+def drive(
+    address: str,
+    method: str,
+    bodies: Iterable[bytes],
+    check: Callable[[bytes], str | None],
+    *,
+    concurrency: int = 32,
+    channels: int = 2,
+) -> DriveResult:
+    """Send every body once (`concurrency` in flight); check every answer."""
+    return asyncio.run(
+        _drive(address, method, iter(bodies), check, concurrency=concurrency, channels=channels)
+    )
+
+
+def call_once(address: str, method: str, body: bytes, *, timeout: float = 10.0) -> bytes:
+    """One call with the sync API (the correctness check before each load)."""
+    with grpc.insecure_channel(address) as chan:
+        answer: bytes = chan.unary_unary(method)(body, timeout=timeout)
+        return answer
+
+
+# --- answer checks --------------------------------------------------------------------------
+
+
+def check_allowed(answer: bytes) -> str | None:
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    response = external_auth_pb2.CheckResponse.FromString(answer)
+    if response.status.code != 0 or not response.HasField("ok_response"):
+        denied = response.denied_response
+        return f"not allowed: grpc status {response.status.code}, http {denied.status.code}"
+    return None
+
+
+def check_any(answer: bytes) -> str | None:
+    return None
+
+
+def check_rate_ok(answer: bytes) -> str | None:
+    from envoy.service.ratelimit.v3 import rls_pb2
+
+    response = rls_pb2.RateLimitResponse.FromString(answer)
+    if response.overall_code != rls_pb2.RateLimitResponse.OK:
+        return f"overall_code {response.overall_code}"
+    if response.HasField("dynamic_metadata") and response.dynamic_metadata.fields:
+        decision = response.dynamic_metadata.fields.get("decision")
+        if decision is not None and decision.string_value != "ok":
+            return f"decision {decision.string_value}"  # e.g. a failure-mode answer
+    return None

@@ -1,0 +1,93 @@
+"""The floor: a sidecar whose Check returns OK at once, on the sidecars' own server.
+
+Same bootstrap as both sidecars (sidecar_runtime.server.SidecarServer: the same grpc.aio
+options, health, reflection, keepalive enforcement; sidecar_runtime.workers for
+`--workers N`), so the difference between this and a real sidecar is the work it does per
+call and nothing else.
+
+    python -m bench.floor --listen 127.0.0.1:PORT [--workers N]
+        [--mtls CERT KEY CA] [--subject NAME]
+
+`--mtls` serves like the deployed sidecars (client certificate required); `--subject`
+adds `{"subject": NAME}` to Check's dynamic metadata, so Envoy's stage-1 rate limit (keyed
+on it) makes its call too: the whole edge with sidecars that do no work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.rpc import code_pb2, status_pb2
+
+from sidecar_runtime.server import ServiceBinding, SidecarServer, serve_until_signalled
+from sidecar_runtime.settings import ServerSettings, TlsSettings
+from sidecar_runtime.workers import run_workers, worker_index
+
+AUTHZ = "envoy.service.auth.v3.Authorization"
+RATELIMIT = "envoy.service.ratelimit.v3.RateLimitService"
+_OK = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+_RL_OK = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
+
+
+class FloorAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, response: Any = _OK) -> None:
+        self._response = response
+
+    async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC name
+        return self._response
+
+
+class FloorRateLimit(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    async def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return _RL_OK
+
+
+async def _serve(
+    listen: str, *, reuse_port: bool, mtls: Sequence[str] | None, subject: str | None
+) -> None:
+    tls = TlsSettings()
+    if mtls:
+        cert, key, ca = mtls
+        tls = TlsSettings(mode="mtls", cert_file=cert, key_file=key, ca_file=ca)
+    settings = ServerSettings(listen=listen, tls=tls)
+    response = _OK
+    if subject:
+        response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+        response.dynamic_metadata.update({"subject": subject})
+    authz, ratelimit = FloorAuthz(response), FloorRateLimit()
+    bindings = [
+        ServiceBinding(
+            AUTHZ, lambda s: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, s)
+        ),
+        ServiceBinding(
+            RATELIMIT, lambda s: rls_pb2_grpc.add_RateLimitServiceServicer_to_server(ratelimit, s)
+        ),
+    ]
+    server = SidecarServer(settings, bindings, reuse_port=reuse_port)
+    await server.start()
+    await serve_until_signalled(server)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--mtls", nargs=3, metavar=("CERT", "KEY", "CA"))
+    parser.add_argument("--subject")
+    args = parser.parse_args(argv)
+    if args.workers > 1 and worker_index() is None:
+        return run_workers(args.workers)
+    asyncio.run(
+        _serve(args.listen, reuse_port=args.workers > 1, mtls=args.mtls, subject=args.subject)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

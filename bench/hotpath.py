@@ -1,0 +1,288 @@
+"""Hot-path stages timed in-process, without a profiler: where a request's microseconds go.
+
+The profile (bench.profiling) says which functions are hot; cProfile's per-call cost
+inflates them. These are the same stages called directly in a loop on the real compiled
+config (the section-1 authz config; the bench rate-limit rules), one at a time, and timed
+with `time.perf_counter` (best of 3 rounds of N calls): the microseconds a fix would save.
+Each stage is measured on its own, so they need not add up to a request exactly (the
+grpc.aio server's own per-call cost is the floor row of section 1).
+
+Everything here reads product internals read-only; a stage whose API changed is recorded
+as an error, not a failure of the bench.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import configs
+from bench.context import Ctx, stage
+from bench.messages import check_request, ratelimit_request
+from bench.sidecars import Material
+
+ROUNDS = 3
+
+
+def _time_sync(fn: Callable[[], object], n: int) -> float:
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - started) / n)
+    return best * 1e6
+
+
+async def _time_async(fn: Callable[[], Awaitable[object]], n: int) -> tuple[float, float]:
+    """(wall µs, CPU µs) per call."""
+    best_wall = best_cpu = float("inf")
+    for _ in range(ROUNDS):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            await fn()
+        best_wall = min(best_wall, (time.perf_counter() - wall) / n)
+        best_cpu = min(best_cpu, (time.process_time() - cpu) / n)
+    return best_wall * 1e6, best_cpu * 1e6
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def sync(self, label: str, fn: Callable[[], object], n: int) -> None:
+        try:
+            self.rows.append({"stage": label, "us": round(_time_sync(fn, n), 2)})
+        except Exception as exc:
+            self.rows.append({"stage": label, "error": f"{type(exc).__name__}: {exc}"})
+
+    async def aio(self, label: str, fn: Callable[[], Awaitable[object]], n: int) -> None:
+        try:
+            wall, cpu = await _time_async(fn, n)
+            self.rows.append({"stage": label, "us": round(wall, 2), "cpu_us": round(cpu, 2)})
+        except Exception as exc:
+            self.rows.append({"stage": label, "error": f"{type(exc).__name__}: {exc}"})
+
+    def remainder(self, label: str, whole: str, parts: list[str]) -> None:
+        by = {r["stage"]: r.get("us") for r in self.rows}
+        if by.get(whole) is None or any(by.get(p) is None for p in parts):
+            return
+        rest = by[whole] - sum(by[p] for p in parts)
+        self.rows.append({"stage": label, "us": round(rest, 2)})
+
+
+class _Context:
+    """Stands in for grpc's ServicerContext: no invocation metadata."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+async def authz_stages(ctx: Ctx, material: Material, n: int) -> list[dict[str, Any]]:
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    from authz_service.credentials import extract_bearer
+    from authz_service.engine import EngineHolder, load_engine
+    from authz_service.envoy_adapter import read_check_request
+    from authz_service.policy import evaluate
+    from authz_service.servicer import AuthorizationServicer, audit_record
+    from sidecar_runtime.clock import SystemClock
+
+    s = Stages()
+    cfg_dir = ctx.dir("configs", "hotpath")
+    engines = {}
+    for size in (10_000, 0):
+        data = configs.authz_config(
+            listen="127.0.0.1:1",
+            jwks_file=material.jwks_file,
+            audit_file=cfg_dir / "audit.jsonl",
+            cache_size=size,
+        )
+        path = configs.write_yaml(cfg_dir / f"authz-{size}.yaml", data)
+        engines[size] = await load_engine(path, clock=SystemClock())
+    engine = engines[10_000]
+    try:
+        token = material.pools["RS256"][0]
+        body = check_request(method="GET", path=f"/api/v1/users/{token.subject}", token=token.jwt)
+        request = external_auth_pb2.CheckRequest.FromString(body)
+        inputs = read_check_request(request)
+        facts = inputs.facts
+        authorizer = engine.authorizer
+        decision = await authorizer.decide(
+            facts, authorization=inputs.authorization, cookie=inputs.cookie
+        )
+        if not decision.allowed:
+            raise RuntimeError(f"hot path request not allowed: {decision.reason}")
+        principal = decision.principal
+        match = authorizer.policy.match(facts)
+        response = engine.responses.build(decision, facts.request_id, "d-1")
+
+        s.sync(
+            "CheckRequest.FromString (grpc deserializes)",
+            lambda: external_auth_pb2.CheckRequest.FromString(body),
+            n,
+        )
+        s.sync("read_check_request", lambda: read_check_request(request), n)
+        s.sync(
+            "extract_bearer",
+            lambda: extract_bearer(
+                inputs.authorization, raw_query="", cookie_header="", cookie_names=frozenset()
+            ),
+            n,
+        )
+        s.sync("policy.match (31 routes)", lambda: authorizer.policy.match(facts), n)
+        await s.aio("verifier.verify, cache hit", lambda: authorizer.verifier.verify(token.jwt), n)
+        s.sync(
+            "policy.evaluate (scope + CEL ownership)", lambda: evaluate(match, principal, facts), n
+        )
+        await s.aio(
+            "authorizer.decide (all of the above)",
+            lambda: authorizer.decide(
+                facts, authorization=inputs.authorization, cookie=inputs.cookie
+            ),
+            n,
+        )
+        s.sync(
+            "responses.build (allow)",
+            lambda: engine.responses.build(decision, facts.request_id, "d-1"),
+            n,
+        )
+        s.sync("CheckResponse.SerializeToString", response.SerializeToString, n)
+        record = audit_record(decision, facts, 0.001, "d-1", None)
+        s.sync("audit_record", lambda: audit_record(decision, facts, 0.001, "d-1", None), n)
+        s.sync(
+            "audit line json.dumps (writer thread)",
+            lambda: json.dumps(record, separators=(",", ":"), default=str),
+            n,
+        )
+        holder = EngineHolder(engine, clock=SystemClock())
+        servicer = AuthorizationServicer(holder, None)
+        fake = _Context()
+        await s.aio(
+            "servicer.Check, no audit (whole handler)", lambda: servicer.Check(request, fake), n
+        )
+        s.remainder(
+            "  of which the servicer's own code (whole handler minus the stages above)",
+            "servicer.Check, no audit (whole handler)",
+            [
+                "read_check_request",
+                "authorizer.decide (all of the above)",
+                "responses.build (allow)",
+                "audit_record",
+            ],
+        )
+        miss = engines[0].authorizer.verifier
+        for alg in ("RS256", "EdDSA"):
+            tok = material.pools[alg][1].jwt
+            await s.aio(
+                f"verifier.verify, no cache ({alg}: parse + signature + claims)",
+                lambda t=tok: miss.verify(t),
+                max(50, n // 10),
+            )
+    finally:
+        for e in engines.values():
+            await e.close()
+    return s.rows
+
+
+async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
+    from envoy.service.ratelimit.v3 import rls_pb2
+
+    from ratelimit_service.app import build_service
+    from ratelimit_service.config import load_rules
+    from ratelimit_service.planner import plan
+    from ratelimit_service.redis_store import RedisStore
+    from ratelimit_service.servicer import to_request, to_response
+    from ratelimit_service.settings import load_settings
+    from ratelimit_service.store import MemoryStore
+    from sidecar_runtime.clock import SystemClock
+
+    s = Stages()
+    assert ctx.redis is not None
+    cfg_dir = ctx.dir("configs", "hotpath-rl")
+    configs.write_yaml(cfg_dir / "rules" / "edge.yaml", configs.BENCH_RULES)
+    path = configs.write_yaml(
+        cfg_dir / "ratelimit.yaml",
+        configs.ratelimit_settings(
+            listen="127.0.0.1:1", rules_dir=cfg_dir / "rules", redis_url=ctx.redis.url
+        ),
+    )
+    settings = load_settings(Path(path))
+    rules = load_rules(settings.rules)
+    clock = SystemClock()
+    body = ratelimit_request([[("remote_address", "10.0.0.1")], [("subject", "u1")]])
+    message = rls_pb2.RateLimitRequest.FromString(body)
+    plain = to_request(message)
+    memory = build_service(settings, rules, MemoryStore(clock), clock=clock)
+    store = RedisStore.from_settings(settings.store)
+    redis_service = build_service(settings, rules, store, clock=clock)
+    try:
+        await store.ping()
+        decision = await memory.should_rate_limit(plain)
+        response = to_response(decision, plain.domain)
+        s.sync("RateLimitRequest.FromString", lambda: rls_pb2.RateLimitRequest.FromString(body), n)
+        s.sync("to_request", lambda: to_request(message), n)
+        domain = rules.domain(plain.domain)
+        s.sync(
+            "planner.plan (match 2 descriptors, build bucket keys)",
+            lambda: plan(domain, plain, prefix=settings.key_prefix, hash_tags=False),
+            n,
+        )
+        await s.aio("should_rate_limit, memory store", lambda: memory.should_rate_limit(plain), n)
+        await s.aio(
+            "should_rate_limit, Redis (1 EVALSHA round trip; cpu_us is the sidecar's CPU)",
+            lambda: redis_service.should_rate_limit(plain),
+            n,
+        )
+        await s.aio("RedisStore.ping (PING round trip via redis-py)", store.ping, n)
+        s.sync("to_response", lambda: to_response(decision, plain.domain), n)
+        s.sync("RateLimitResponse.SerializeToString", response.SerializeToString, n)
+        try:
+            import hiredis
+
+            args = (
+                "EVALSHA",
+                "0" * 40,
+                2,
+                "rl:a",
+                "rl:b",
+                "take",
+                2,
+                1,
+                1000000,
+                1,
+                1,
+                1,
+                1000000,
+                1,
+                1,
+            )
+            s.sync(
+                "hiredis.pack_command (EVALSHA, 2 buckets)", lambda: hiredis.pack_command(args), n
+            )
+            conn = store._client.connection_pool.make_connection()  # type: ignore[union-attr]
+            s.sync("redis-py Connection.pack_command (same)", lambda: conn.pack_command(*args), n)
+        except Exception as exc:
+            s.rows.append({"stage": "pack_command", "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        await store.close()
+    return s.rows
+
+
+def run_section(ctx: Ctx, material: Material) -> dict[str, Any]:
+    n = 300 if ctx.smoke else 3000
+    out: dict[str, Any] = {"calls_per_round": n, "rounds": ROUNDS}
+    with stage(ctx, "hot-path stages"):
+        try:
+            out["authz"] = asyncio.run(authz_stages(ctx, material, n))
+        except Exception as exc:
+            out["authz_error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            out["ratelimit"] = asyncio.run(ratelimit_stages(ctx, n))
+        except Exception as exc:
+            out["ratelimit_error"] = f"{type(exc).__name__}: {exc}"
+    return out
