@@ -51,6 +51,7 @@ class Row:
     store: str = "redis"  # ratelimit rows: redis | memory
     method: str = AUTHZ_PATH
     audit: bool = True  # authz rows
+    telemetry: bool = False  # traces (100% sampled) and metrics exported over OTLP
 
 
 def _all_rows(w: int) -> dict[str, Row]:
@@ -62,10 +63,14 @@ def _all_rows(w: int) -> dict[str, Row]:
         Row(f"check-pool-eddsa{sfx}", "Check, EdDSA token pool", "authz", w, "EdDSA"),
         Row(f"check-pool-rs256-noaudit{sfx}", "Check, RS256 token pool, audit off", "authz", w,
             "RS256", audit=False),
+        Row(f"check-pool-rs256-otel{sfx}", "Check, RS256 token pool, telemetry on", "authz",
+            w, "RS256", telemetry=True),
         Row(f"check-fresh-rs256{sfx}", "Check, fresh RS256 (no cache)", "authz", w, "RS256", 0),
         Row(f"check-fresh-eddsa{sfx}", "Check, fresh EdDSA (no cache)", "authz", w, "EdDSA", 0),
         Row(f"rl-redis{sfx}", "ShouldRateLimit, 2 descriptors, Redis", "ratelimit", w,
             store="redis", method=RL_PATH),
+        Row(f"rl-redis-otel{sfx}", "ShouldRateLimit, 2 descriptors, Redis, telemetry on",
+            "ratelimit", w, store="redis", method=RL_PATH, telemetry=True),
         Row(f"rl-memory{sfx}", "ShouldRateLimit, 2 descriptors, memory store", "ratelimit", w,
             store="memory", method=RL_PATH),
         Row(f"floor{sfx}-end", "floor: Check returns OK (again, last)", "floor", w),
@@ -77,11 +82,15 @@ def _all_rows(w: int) -> dict[str, Row]:
 # so drift during the section shows).
 FULL_PLAN = {
     1: ["floor", "floor-rl", "check-pool-rs256", "check-pool-eddsa", "check-pool-rs256-noaudit",
-        "check-fresh-rs256", "check-fresh-eddsa", "rl-redis", "rl-memory", "floor-end"],
+        "check-pool-rs256-otel", "check-fresh-rs256", "check-fresh-eddsa", "rl-redis",
+        "rl-redis-otel", "rl-memory", "floor-end"],
     2: ["floor", "check-pool-rs256", "check-pool-eddsa", "check-fresh-eddsa", "rl-redis",
         "rl-memory", "floor-end"],
 }  # fmt: skip
-SMOKE_PLAN = {1: ["floor", "check-pool-rs256", "check-fresh-eddsa", "rl-redis", "rl-memory"]}
+SMOKE_PLAN = {
+    1: ["floor", "check-pool-rs256", "check-pool-rs256-otel", "check-fresh-eddsa", "rl-redis",
+        "rl-memory"]
+}  # fmt: skip
 
 
 def rows(plan: dict[int, list[str]]) -> list[Row]:
@@ -196,11 +205,31 @@ def start_server(
     log = ctx.dir("logs") / f"{tag}.log"
     log.unlink(missing_ok=True)
     argv = [*prefix, *args] if prefix else args
-    proc = ctx.procs.python(row.name, argv, stdout=log)
+    env = _telemetry_env(ctx, row) if row.telemetry else None
+    if env is not None:
+        extra["otlp_endpoint"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    proc = ctx.procs.python(row.name, argv, stdout=log, env=env)
     if not wait_until(lambda: listening_sockets(port) >= row.workers, timeout=30):
         raise RuntimeError(f"{row.name}: not listening on {address}; see {log}")
     wait_until(lambda: port_open(port), timeout=5)
     return Server(proc.pid, address, shlex.join([sys.executable, *argv]), log, extra)
+
+
+def _telemetry_env(ctx: Ctx, row: Row) -> dict[str, str]:
+    """Start an OTLP sink for this row and point the sidecar's standard OTEL_* at it."""
+    port = free_port()
+    ctx.procs.python(
+        f"{row.name}-otlp-sink",
+        ["-m", "bench.otlp_sink", "--listen", f"127.0.0.1:{port}"],
+        stdout=ctx.dir("logs") / f"{row.name}-otlp-sink.log",
+    )
+    if not wait_until(lambda: port_open(port), timeout=15):
+        raise RuntimeError(f"{row.name}: the OTLP sink did not start")
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
 
 
 def verify(
