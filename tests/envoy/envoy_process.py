@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
-import signal
 import ssl
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 from devstack.envoy_config import RUN_FLAGS, EnvoyParams, local_profile, render
 from devstack.pki import Pki
 from tests.support.https import Reply
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import free_port, stop, wait_until
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 
@@ -114,10 +113,4 @@ def running_envoy(
                 raise RuntimeError(f"envoy did not start:\n{log.read_text(errors='replace')}")
             yield RunningEnvoy(params, pki, proc, log)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+            stop(proc)

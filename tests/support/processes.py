@@ -45,6 +45,18 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def stop(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+    """SIGTERM by pid, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 @contextlib.contextmanager
 def running(
     args: Sequence[str], *, log: Path, env: dict[str, str] | None = None
@@ -60,10 +72,4 @@ def running(
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+            stop(proc)
