@@ -19,7 +19,7 @@ from typing import Any
 from authz_service.engine import Engine, EngineHolder, compile_engine, load_engine
 from authz_service.policy import RequestFacts
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer
-from authz_service.settings import load_settings
+from authz_service.settings import AuthzSettings, load_settings
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("authz", args.log_level)
         if settings.server.workers > 1 and worker_index() is None:
             return run_workers(settings.server.workers)
-        asyncio.run(_serve(args.config, reuse_port=settings.server.workers > 1))
+        asyncio.run(_serve(args.config, settings, reuse_port=settings.server.workers > 1))
         return 0
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -80,15 +80,13 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-async def _serve(path: Path, *, reuse_port: bool) -> None:
+async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> None:
     clock = SystemClock()
-    settings = load_settings(path)
     telemetry = AuthzTelemetry(
         setup_telemetry("authz", settings.telemetry, worker=worker_index() or 0),
         settings.telemetry,
     )
-    engine = await load_engine(path, clock=clock, telemetry=telemetry)
-    settings = engine.settings
+    engine = await load_engine(path, clock=clock, telemetry=telemetry, settings=settings)
     audit = (
         AuditSink(settings.audit.target, max_backlog=settings.audit.max_backlog)
         if settings.audit.enabled

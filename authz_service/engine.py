@@ -72,9 +72,10 @@ async def load_engine(
     clock: Clock,
     previous: Engine | None = None,
     telemetry: AuthzTelemetry | None = None,
+    settings: AuthzSettings | None = None,
 ) -> Engine:
-    """Load, validate, compile and start an Engine from a config file."""
-    settings = load_settings(path)
+    """Load (unless `settings` were already read from `path`), compile and start an Engine."""
+    settings = settings or load_settings(path)
     engine = compile_engine(settings, path, clock=clock, previous=previous, telemetry=telemetry)
     await engine.authorizer.verifier.start()
     return engine
