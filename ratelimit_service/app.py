@@ -10,7 +10,7 @@ from ratelimit_service.config import load_rules
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.guard import HealthCallback, StoreGuard
 from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
-from ratelimit_service.redis_store import RedisStore
+from ratelimit_service.redis_store import open_redis_store
 from ratelimit_service.rules import RuleSet
 from ratelimit_service.service import RateLimitService
 from ratelimit_service.servicer import binding
@@ -35,7 +35,7 @@ def build_store(settings: StoreSettings, clock: Clock) -> BucketStore:
             extra={"fields": {"event": "memory_store"}},
         )
         return MemoryStore(clock)
-    return RedisStore.from_settings(settings)
+    return open_redis_store(settings)
 
 
 def build_service(

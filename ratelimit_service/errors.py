@@ -4,6 +4,8 @@
     RateLimitError                         base of the service's own errors
     ├── InvalidRequestError                a malformed ShouldRateLimit request (INVALID_ARGUMENT)
     └── StoreError                         the bucket store failed or is unreachable (UNAVAILABLE)
+        └── StoreReplyError                Redis answered a command with an error (NOSCRIPT,
+                                           WRONGPASS, NOAUTH, ...); the text is Redis's own
 
 A denial is a result (`Decision`), never an exception. Store errors never reach Envoy:
 the service answers them with the configured failure mode.
@@ -24,3 +26,13 @@ class InvalidRequestError(RateLimitError):
 
 class StoreError(RateLimitError):
     grpc_status = grpc.StatusCode.UNAVAILABLE
+
+
+class StoreReplyError(StoreError):
+    """An error reply from Redis; the message is the server's, e.g. `NOSCRIPT ...`."""
+
+    @property
+    def code(self) -> str:
+        """The error's first word (`NOSCRIPT`, `WRONGPASS`, `ERR`, ...)."""
+        text = str(self)
+        return text.split(" ", 1)[0] if text else ""

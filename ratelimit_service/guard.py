@@ -2,10 +2,15 @@
 breaker, and health that follows the store.
 
 A call that cannot be made, or fails, or takes longer than the timeout, returns None: the
-service then answers with its failure mode. The guard counts and logs every such answer
-(rate-limited), opens the breaker after repeated failures (gRPC health NOT_SERVING), and a
-probe or a successful call closes it again (SERVING), with no restart. Never a queue: when
-`max_in_flight` calls are out, the next one is answered at once.
+service then answers with its failure mode. A store with a deadline of its own
+(`DeadlineStore`: the pipelined Redis client) gets the timeout passed in, so a reply that
+arrived in time is used even when an overloaded event loop reads it late; other remote
+stores run under `asyncio.timeout`; the in-process memory store has no timer at all.
+
+The guard counts and logs every answer of the failure mode (rate-limited), opens the
+breaker after repeated failures (gRPC health NOT_SERVING), and a probe or a successful call
+closes it again (SERVING), with no restart. Never a queue: when `max_in_flight` calls are
+out, the next one is answered at once.
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
 
 from ratelimit_service.bucket import Outcome
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.protection import CircuitBreaker
-from ratelimit_service.store import Acquired, BucketCall, BucketStore
+from ratelimit_service.store import Acquired, BucketCall, BucketStore, DeadlineStore
 from ratelimit_service.telemetry import RateLimitTelemetry
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,7 @@ class StoreGuard:
         self._in_flight = 0
         self.stats = GuardStats()
         self._telemetry = telemetry or RateLimitTelemetry()
+        self._timed = store if isinstance(store, DeadlineStore) else None
 
     @property
     def healthy(self) -> bool:
@@ -100,21 +107,32 @@ class StoreGuard:
             await self._health_changed(True)
         return acquired.outcomes
 
-    async def _call_store(self, calls: Sequence[BucketCall]) -> Acquired:
-        if not self.store.remote:  # in-process: cannot hang, and a timer per call costs ~10 us
+    def _call_store(self, calls: Sequence[BucketCall]) -> Coroutine[Any, Any, Acquired]:
+        store = self.store
+        if not store.remote:  # in-process: cannot hang, and a timer per call costs ~10 us
+            return store.acquire(calls)
+        # A child span only under a recording parent: an unsampled call costs no span.
+        if self._telemetry.tracing and get_current_span().is_recording():
+            return self._traced(calls)
+        return self._bounded(calls)
+
+    def _bounded(self, calls: Sequence[BucketCall]) -> Coroutine[Any, Any, Acquired]:
+        if self._timed is not None:
+            return self._timed.acquire_within(calls, timeout_s=self._call_timeout_s)
+        return self._under_timeout(calls)
+
+    async def _under_timeout(self, calls: Sequence[BucketCall]) -> Acquired:
+        async with asyncio.timeout(self._call_timeout_s):
             return await self.store.acquire(calls)
-        t = self._telemetry
-        if not t.tracing:
-            async with asyncio.timeout(self._call_timeout_s):
-                return await self.store.acquire(calls)
-        with t.tracer.start_as_current_span(
+
+    async def _traced(self, calls: Sequence[BucketCall]) -> Acquired:
+        with self._telemetry.tracer.start_as_current_span(
             "ratelimit.store.acquire",
             kind=SpanKind.CLIENT,
             attributes={"db.system": self.store.name, "ratelimit.buckets": len(calls)},
         ) as span:
             try:
-                async with asyncio.timeout(self._call_timeout_s):
-                    return await self.store.acquire(calls)
+                return await self._bounded(calls)
             except (TimeoutError, StoreError) as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise

@@ -1,10 +1,16 @@
-"""The Redis bucket store: standalone, Sentinel or Cluster (redis.asyncio with hiredis).
+"""The Redis bucket stores: standalone, Sentinel or Cluster.
 
-The only module that talks to Redis. Every call runs `gcra.lua`, loaded once per server
-with SCRIPT LOAD and then called by SHA (EVALSHA); a NOSCRIPT answer (a restarted or
-flushed server) reloads it once and retries.
+With `redis_pipe` (the pipelined client), the only modules that talk to Redis. Every call
+runs `gcra.lua`, loaded once per server with SCRIPT LOAD and then called by SHA (EVALSHA);
+a NOSCRIPT answer (a restarted or flushed server) reloads it once and retries.
 
-Standalone and Sentinel: one request's buckets are decided in one round trip, atomically.
+Standalone (`url:`): `StandaloneRedisStore`, on the pipelined client (`redis_pipe`): a few
+long-lived connections shared by all calls, one EVALSHA round trip per request, and a
+deadline per call that a late reply does not turn into a discarded connection. A URL with
+query options (`?ssl_cert_reqs=...`) falls back to redis-py (`RedisStore`).
+
+Sentinel and Cluster: `RedisStore`, on redis.asyncio (with hiredis), which does the
+discovery. Sentinel: one request's buckets are decided in one round trip, atomically.
 
 Cluster: buckets are grouped by the node that owns their slot; each node runs the script
 once for its group, all nodes in parallel. (Redis refuses declared keys of several slots in
@@ -17,17 +23,15 @@ concurrent requests on them may be denied that would have been admitted; the lim
 never admits more than the limit. If the refund itself fails, those tokens stay spent
 until the bucket refills.
 
-Timeouts: a call cancelled by the service's per-call timeout may still have run on the
-server; its tokens are then spent although the request was answered by the failure mode.
+Timeouts: a call that timed out may still have run on the server; its tokens are then
+spent although the request was answered by the failure mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -38,39 +42,112 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ratelimit_service.bucket import Outcome
-from ratelimit_service.errors import StoreError
+from ratelimit_service.errors import StoreError, StoreReplyError
+from ratelimit_service.redis_pipe import RedisPipe, endpoint_from_url, pack
+from ratelimit_service.redis_script import (
+    SCRIPT,
+    SCRIPT_SHA,
+    check_loaded_sha,
+    evalsha_args,
+    parse_reply,
+)
 from ratelimit_service.settings import StoreSettings, host_port
-from ratelimit_service.store import Acquired, BucketCall, refund_outcome
+from ratelimit_service.store import Acquired, BucketCall, BucketStore, refund_outcome
 
-SCRIPT = resources.files("ratelimit_service").joinpath("gcra.lua").read_text(encoding="utf-8")
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+__all__ = ["SCRIPT", "SCRIPT_SHA", "RedisStore", "StandaloneRedisStore", "open_redis_store"]
 
 _STANDALONE = "standalone"
+_LOAD = pack("SCRIPT", "LOAD", SCRIPT)
+_PING = pack("PING")
 
 
-def _evalsha(mode: str, calls: Sequence[BucketCall], *, keys_in_argv: bool) -> list[Any]:
-    """The EVALSHA command for gcra.lua (see its header for the argument layout)."""
-    keys = [call.key for call in calls]
-    args: list[Any] = [mode, len(calls)]
-    for call in calls:
-        args += [call.spec.interval_us, call.spec.capacity, call.cost, 1 if call.enforce else 0]
-    if keys_in_argv:
-        return ["EVALSHA", SCRIPT_SHA, 0, *args, *keys]
-    return ["EVALSHA", SCRIPT_SHA, len(keys), *keys, *args]
+def open_redis_store(settings: StoreSettings) -> BucketStore:
+    """The store for the configured topology; nothing connects until first use."""
+    password = os.environ.get(settings.password_env) if settings.password_env else None
+    if settings.url is not None:
+        endpoint = endpoint_from_url(
+            settings.url, db=settings.db, username=settings.username, password=password
+        )
+        if endpoint is not None:
+            call_timeout_s = settings.timeouts.call_ms / 1000
+            pipe = RedisPipe(
+                endpoint,
+                connections=settings.pipelined_connections,
+                connect_timeout_s=settings.timeouts.connect_ms / 1000,
+                # Far beyond any call's deadline: only a hung server gets here.
+                stale_after_s=max(1.0, 50 * call_timeout_s),
+            )
+            return StandaloneRedisStore(pipe)
+    return RedisStore.from_settings(settings)
 
 
-def _parse(reply: Sequence[int], count: int) -> tuple[bool, list[Outcome]]:
-    if len(reply) != 1 + 3 * count:
-        raise StoreError(f"unexpected script reply of {len(reply)} items for {count} keys")
-    outcomes = [
-        Outcome(reply[i] == 1, int(reply[i + 1]), int(reply[i + 2]))
-        for i in range(1, len(reply), 3)
-    ]
-    return reply[0] == 1, outcomes
+class StandaloneRedisStore:
+    """Buckets in one standalone Redis, over the pipelined client."""
+
+    name = "redis"
+    hash_tags = False
+    remote = True
+
+    def __init__(self, pipe: RedisPipe) -> None:
+        self.pipe = pipe
+        self._loaded = False
+        self._generation = 0  # bumped by every SCRIPT LOAD
+        self._load_lock = asyncio.Lock()
+
+    async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
+        return await self.acquire_within(calls, timeout_s=None)
+
+    async def acquire_within(
+        self, calls: Sequence[BucketCall], *, timeout_s: float | None
+    ) -> Acquired:
+        """Like `acquire`; TimeoutError when no answer came within `timeout_s` of sending.
+        After a NOSCRIPT (once per Redis restart) the reload and the retry share one more
+        `timeout_s`."""
+        if not self._loaded:
+            await self._load(self._generation, timeout_s)
+        packed = pack(*evalsha_args("take", calls, keys_in_argv=False))
+        generation = self._generation
+        try:
+            reply = await self.pipe.execute(packed, timeout_s=timeout_s)
+        except StoreReplyError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+            reply = await self._reload_and_retry(packed, generation, timeout_s)
+        committed, outcomes = parse_reply(reply, len(calls))
+        return Acquired(committed, tuple(outcomes))
+
+    async def _reload_and_retry(
+        self, packed: bytes, generation: int, timeout_s: float | None
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._load(generation, timeout_s)
+        left = None if timeout_s is None else max(timeout_s - (loop.time() - started), 1e-3)
+        return await self.pipe.execute(packed, timeout_s=left)
+
+    async def _load(self, seen_generation: int, timeout_s: float | None) -> None:
+        """SCRIPT LOAD once: concurrent callers that hit NOSCRIPT together share one."""
+        async with self._load_lock:
+            if self._generation != seen_generation:
+                return  # someone else (re)loaded it meanwhile
+            check_loaded_sha(await self.pipe.execute(_LOAD, timeout_s=timeout_s))
+            self._loaded = True
+            self._generation += 1
+
+    async def ping(self) -> None:
+        """Every connection open (a burst on a cold pool must not wait for connects), the
+        server answering, and the script loaded."""
+        await self.pipe.open_all()
+        await self.pipe.execute(_PING)
+        if not self._loaded:
+            await self._load(self._generation, None)
+
+    async def close(self) -> None:
+        await self.pipe.close()
 
 
 class RedisStore:
-    """Buckets in Redis, shared by every replica."""
+    """Buckets in Redis through redis-py: Sentinel, Cluster, and URLs with query options."""
 
     def __init__(
         self, client: Redis | RedisCluster, *, name: str = "redis", sentinel: Sentinel | None = None
@@ -87,7 +164,8 @@ class RedisStore:
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> RedisStore:
-        """Build the client for the configured topology; nothing connects until first use."""
+        """redis-py's client for the configured topology (`open_redis_store` prefers the
+        pipelined client for standalone URLs); nothing connects until first use."""
         password = os.environ.get(settings.password_env) if settings.password_env else None
         # Headroom over the calls the service lets through, for health probes and loads.
         pool_size = settings.max_connections + 4
@@ -202,13 +280,13 @@ class RedisStore:
         self, node: ClusterNode | None, calls: Sequence[BucketCall]
     ) -> tuple[bool, list[Outcome]]:
         reply = await self._run(node, calls, "take")
-        return _parse(reply, len(calls))
+        return parse_reply(reply, len(calls))
 
     async def _run(self, node: ClusterNode | None, calls: Sequence[BucketCall], mode: str) -> Any:
         name = node.name if node is not None else _STANDALONE
         await self._ensure_loaded(node)
         generation = self._generation.get(name, 0)
-        command = _evalsha(mode, calls, keys_in_argv=node is not None)
+        command = evalsha_args(mode, calls, keys_in_argv=node is not None)
         try:
             return await self._command(node, *command)
         except NoScriptError:
@@ -222,11 +300,7 @@ class RedisStore:
         async with lock:
             if self._generation.get(name, 0) != seen_generation:
                 return  # someone else (re)loaded it meanwhile
-            sha = await self._command(node, "SCRIPT", "LOAD", SCRIPT)
-            if isinstance(sha, bytes):
-                sha = sha.decode()
-            if sha != SCRIPT_SHA:
-                raise StoreError(f"server returned script SHA {sha}, expected {SCRIPT_SHA}")
+            check_loaded_sha(await self._command(node, "SCRIPT", "LOAD", SCRIPT))
             self._loaded.add(name)
             self._generation[name] = self._generation.get(name, 0) + 1
 

@@ -13,7 +13,9 @@ store:
   username: null
   password_env: null  name of an environment variable holding the password
   timeouts: {call_ms: 10, connect_ms: 200}
-  max_connections: 256
+  pipelined_connections: 2   standalone url: connections of the pipelined client, each
+                             carrying any number of concurrent calls
+  max_connections: 256       Sentinel, Cluster: redis-py's pool (one call per connection)
 failure_mode: fail_open       fail_open | fail_closed (when the store fails)
 key_prefix: "rl:"
 max_in_flight: 256            store calls in flight; beyond, answer with the failure mode
@@ -81,6 +83,9 @@ class StoreSettings(Frozen):
     password_env: str | None = None
     db: int = Field(default=0, ge=0)
     timeouts: TimeoutSettings = TimeoutSettings()
+    # Standalone: calls pipeline on a few long-lived connections (redis_pipe); one is
+    # enough for throughput, a second keeps calls flowing while another reconnects.
+    pipelined_connections: int = Field(default=2, ge=1, le=64)
     max_connections: int = Field(default=256, ge=1, le=100_000)
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ratelimit_service.bucket import (
     EMPTY_STATE,
@@ -55,6 +55,22 @@ class BucketStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeadlineStore(Protocol):
+    """Optional ability of a remote store: it bounds a call by a deadline of its own.
+
+    The service's timeout then belongs to the store, which can tell a reply that arrived
+    in time but was read late (an overloaded event loop: still a valid answer) from one
+    that did not arrive; a timer around the whole coroutine cannot (docs/benchmarks.md, R3).
+    """
+
+    async def acquire_within(
+        self, calls: Sequence[BucketCall], *, timeout_s: float | None
+    ) -> Acquired:
+        """`acquire`, raising TimeoutError when no answer came within `timeout_s`."""
+        ...
 
 
 class MemoryStore:

@@ -22,6 +22,7 @@ from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings
 from tests.support.grpc_clients import channel
 from tests.support.grpcurl import grpcurl
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.grpc
 
@@ -211,5 +212,35 @@ async def test_health_is_not_serving_from_the_start_when_redis_is_down(tmp_path:
                 health_pb2.HealthCheckRequest(service=""), timeout=5
             )
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await app.close()
+
+
+@pytest.mark.redis
+async def test_one_evalsha_per_call_through_the_servicer(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    base = make_settings(tmp_path).model_dump(mode="json")
+    settings = ServiceSettings.model_validate(
+        {**base, "store": {"type": "redis", "url": redis_server.url}}
+    )
+    app = App(settings)
+    port = await app.start()  # the health probe opens the connections and loads the script
+    request = rl_request(remote_address="192.0.2.8")
+    request.descriptors.add().entries.add(key="subject", value="erin")
+    try:
+        loads = redis_server.command_calls("script|load")
+        async with channel(f"127.0.0.1:{port}") as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+            for _ in range(10):
+                reply = await stub.ShouldRateLimit(request, timeout=5)
+                assert reply.overall_code == Response.OK
+                assert [s.current_limit.name for s in reply.statuses] == [
+                    "per-client-address",
+                    "per-subject",
+                ]
+        assert redis_server.command_calls("evalsha") == 10  # both descriptors in one call
+        assert redis_server.command_calls("script|load") == loads == 1
+        assert redis_server.command_calls("eval") == 0
     finally:
         await app.close()

@@ -1,5 +1,6 @@
-"""One contract, every store: memory, a real redis-server (directly and found through a
-real Sentinel), and a real 3-master Redis Cluster.
+"""One contract, every store: memory, a real redis-server (through the pipelined client, as
+a `url:` gets it; through redis-py, as a URL with query options gets it; and found through
+a real Sentinel), and a real 3-master Redis Cluster.
 
 Limits here refill slowly (per hour), so the few milliseconds a test takes against a real
 server never add a token and every store must give exactly the same decisions.
@@ -15,7 +16,7 @@ import redis
 
 from ratelimit_service.bucket import BucketSpec, ttl_ms
 from ratelimit_service.keys import bucket_key
-from ratelimit_service.redis_store import RedisStore
+from ratelimit_service.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall, BucketStore, MemoryStore
 from sidecar_runtime.clock import ManualClock
@@ -52,13 +53,19 @@ def _memory() -> StoreUnderTest:
     return StoreUnderTest(store, ttl)
 
 
-def _redis(server: RedisServer, sentinel: RedisSentinel | None = None) -> StoreUnderTest:
-    if sentinel is None:
-        settings = StoreSettings(type="redis", url=server.url)
-    else:
+def _redis(
+    server: RedisServer, sentinel: RedisSentinel | None = None, *, redis_py: bool = False
+) -> StoreUnderTest:
+    store: BucketStore
+    if sentinel is not None:
         found = {"master_name": sentinel.master_name, "addresses": [sentinel.address]}
-        settings = StoreSettings(type="redis", sentinel=found)
-    store = RedisStore.from_settings(settings)
+        store = open_redis_store(StoreSettings(type="redis", sentinel=found))
+        assert isinstance(store, RedisStore)
+    elif redis_py:
+        store = RedisStore.from_settings(StoreSettings(type="redis", url=server.url))
+    else:
+        store = open_redis_store(StoreSettings(type="redis", url=server.url))
+        assert isinstance(store, StandaloneRedisStore)
     client = server.client()
 
     def ttl(key: str) -> int:
@@ -110,6 +117,7 @@ def _cluster(cluster: RedisCluster) -> StoreUnderTest:
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-py", marks=pytest.mark.redis),
         pytest.param("sentinel", marks=pytest.mark.redis),
         pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
     ]
@@ -119,6 +127,8 @@ async def sut(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]:
         under_test = _memory()
     elif request.param == "redis":
         under_test = _redis(request.getfixturevalue("redis_server"))
+    elif request.param == "redis-py":
+        under_test = _redis(request.getfixturevalue("redis_server"), redis_py=True)
     elif request.param == "sentinel":
         sentinel = request.getfixturevalue("redis_sentinel")
         under_test = _redis(request.getfixturevalue("redis_server"), sentinel)
@@ -199,7 +209,9 @@ async def test_remaining_and_reset_report_the_bucket(sut: StoreUnderTest) -> Non
 
 @pytest.mark.redis
 @pytest.mark.parametrize(
-    "sut", ["redis", pytest.param("cluster", marks=pytest.mark.cluster)], indirect=True
+    "sut",
+    ["redis", "redis-py", pytest.param("cluster", marks=pytest.mark.cluster)],
+    indirect=True,
 )
 async def test_the_script_is_loaded_once(sut: StoreUnderTest) -> None:
     assert sut.script_loads is not None

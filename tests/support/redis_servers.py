@@ -4,6 +4,7 @@
     server.url                                    # redis://127.0.0.1:PORT/0
     server.stop(); server.restart()               # same port, fresh (empty) data
     server.pause(); server.resume()               # SIGSTOP/SIGCONT: a hung server
+    RedisServer.start(tmp_path, password="s3cret") # --requirepass; client() logs in
 
     cluster = RedisCluster.start(tmp_path, masters=3)
     cluster.addresses                             # ["127.0.0.1:PORT", ...]
@@ -54,6 +55,7 @@ class RedisServer:
     port: int
     extra_args: tuple[str, ...] = ()
     config_text: str | None = None  # written to a config file given first (sentinel mode)
+    password: str | None = None  # --requirepass; the inspection client() logs in with it
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
@@ -64,10 +66,12 @@ class RedisServer:
         port: int | None = None,
         args: Sequence[str] = (),
         config_text: str | None = None,
+        password: str | None = None,
     ) -> RedisServer:
-        """Start on `port` (or a free one, retried on a race) and wait until it answers."""
+        """Start on `port` (or a free one, retried on a race) and wait until it answers.
+        With `password`, clients must AUTH (`--requirepass`)."""
         for attempt in range(3):
-            server = cls(Path(tmp), port or free_port(), tuple(args), config_text)
+            server = cls(Path(tmp), port or free_port(), tuple(args), config_text, password)
             try:
                 server._launch()
                 return server
@@ -95,7 +99,7 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client for test set-up and inspection."""
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=5)
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5)
 
     def _launch(self) -> None:
         workdir = self.directory / f"redis-{self.port}"
@@ -115,6 +119,7 @@ class RedisServer:
             "--dir", str(workdir),
             "--logfile", str(workdir / "redis.log"),
             "--daemonize", "no",
+            *(("--requirepass", self.password) if self.password else ()),
             *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
