@@ -3,15 +3,17 @@
 Resolves each descriptor to its limits (rule tree, or the request's own override),
 applies `replaces` across the whole request as the reference does (a matched limit that
 names another in `replaces` switches that one off for this request), works out each
-descriptor's cost from `hits_addend`, and builds the bucket keys.
+descriptor's cost from `hits_addend`, and builds the bucket keys. `Planner` caches the
+plans of requests that repeat (bounded, per rule set).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ratelimit_service.keys import bucket_key
-from ratelimit_service.rules import UNIT_SECONDS, Domain, Limit, Match, make_limit
+from ratelimit_service.rules import UNIT_SECONDS, Domain, Limit, Match, RuleSet, make_limit
 
 MAX_UINT32 = 2**32 - 1
 
@@ -106,3 +108,60 @@ def plan(domain: Domain, request: Request, *, prefix: str, hash_tags: bool) -> P
                 key = bucket_key(prefix, domain.name, entries, limit.tag, hash_tag=hash_tags)
                 checks.append(Check(index, limit, key, cost))
     return Plan(tuple(matches), tuple(unlimited), tuple(checks), tuple(replaced))
+
+
+# A cached plan is kept only for requests this small, so the cache's memory is bounded by
+# MAX_PLANS * MAX_CACHED_CHARS whatever clients send.
+MAX_PLANS = 4096
+MAX_CACHED_DESCRIPTORS = 8
+MAX_CACHED_CHARS = 1024
+
+
+class Planner:
+    """The rules of one configuration, planning requests, with recent plans cached.
+
+    Envoy sends the same descriptors call after call (one client address, one subject),
+    and planning (rule match, length-prefixed and hashed bucket keys) is the same work
+    each time. A plan depends only on the request and the rules, so it is cached in a
+    bounded LRU keyed by the request; a reload builds a new Planner, and with it an empty
+    cache. Requests too large to cache are planned every time.
+    """
+
+    def __init__(
+        self, rules: RuleSet, *, prefix: str, hash_tags: bool, max_plans: int = MAX_PLANS
+    ) -> None:
+        self.rules = rules
+        self._prefix = prefix
+        self._hash_tags = hash_tags
+        self._max_plans = max_plans
+        self._plans: OrderedDict[Request, Plan] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def plan(self, request: Request) -> Plan | None:
+        """The request's plan, or None when no rule file has its domain."""
+        plans = self._plans
+        cached = plans.get(request)
+        if cached is not None:
+            plans.move_to_end(request)
+            return cached
+        domain = self.rules.domain(request.domain)
+        if domain is None:
+            return None
+        fresh = plan(domain, request, prefix=self._prefix, hash_tags=self._hash_tags)
+        if _cacheable(request):
+            plans[request] = fresh
+            if len(plans) > self._max_plans:
+                plans.popitem(last=False)
+        return fresh
+
+
+def _cacheable(request: Request) -> bool:
+    if len(request.descriptors) > MAX_CACHED_DESCRIPTORS:
+        return False
+    chars = len(request.domain)
+    for descriptor in request.descriptors:
+        for key, value in descriptor.entries:
+            chars += len(key) + len(value)
+    return chars <= MAX_CACHED_CHARS

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from ratelimit_service.bucket import Outcome, retry_after_us
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.guard import StoreGuard
-from ratelimit_service.planner import MAX_UINT32, Check, Plan, Request, plan
+from ratelimit_service.planner import MAX_UINT32, Check, Plan, Planner, Request
 from ratelimit_service.protection import EmptyBucketCache
 from ratelimit_service.rules import Limit, RuleSet
 from ratelimit_service.store import BucketCall
@@ -98,35 +98,37 @@ class RateLimitService:
         key_prefix: str = "rl:",
         cache: EmptyBucketCache | None = None,
     ) -> None:
-        self._rules = rules
         self.guard = guard
         self._decisions = decisions
         self._failure_mode = failure_mode
         self._key_prefix = key_prefix
         self._cache = cache
-        self._hash_tags = guard.store.hash_tags
+        self._planner = self._planner_for(rules)
         self.stats = Stats()
+
+    def _planner_for(self, rules: RuleSet) -> Planner:
+        return Planner(rules, prefix=self._key_prefix, hash_tags=self.guard.store.hash_tags)
 
     @property
     def rules(self) -> RuleSet:
-        return self._rules
+        return self._planner.rules
 
     @property
     def healthy(self) -> bool:
         return self.guard.healthy
 
     def swap_rules(self, rules: RuleSet) -> None:
-        """Install a whole new rule set (reload); cached verdicts may no longer hold."""
-        self._rules = rules
+        """Install a whole new rule set (reload), with a planner of its own (an empty plan
+        cache); cached verdicts may no longer hold."""
+        self._planner = self._planner_for(rules)
         if self._cache is not None:
             self._cache.clear()
 
     async def should_rate_limit(self, request: Request) -> Decision:
         self.stats.requests += 1
-        domain = self._rules.domain(request.domain)
-        if domain is None:
+        the_plan = self._planner.plan(request)
+        if the_plan is None:  # no rules for the domain
             return Decision(Code.OK, (NO_LIMIT,) * len(request.descriptors))
-        the_plan = plan(domain, request, prefix=self._key_prefix, hash_tags=self._hash_tags)
         if not the_plan.checks:
             return self._decide(request, the_plan, [])
         results: list[_Result | None] = [self._local(check) for check in the_plan.checks]

@@ -328,3 +328,17 @@ async def test_swapping_rules_clears_the_cache(tmp_path: Path) -> None:
     relaxed.write_text(RULES.replace("burst: 40", "burst: 45"))
     h.service.swap_rules(RuleSet({"edge": load_rule_file(relaxed)}))
     assert await h.admitted(10, ADDRESS) == 5  # the same bucket, now larger
+
+
+async def test_swapping_rules_swaps_the_plan_cache(tmp_path: Path) -> None:
+    h = Harness(tmp_path, cache=False)
+    before = await h.ask(ADDRESS)
+    assert before.statuses[0].limit is not None
+    assert before.statuses[0].limit.burst == 40
+    relaxed = tmp_path / "relaxed.yaml"
+    relaxed.write_text(RULES.replace("burst: 40", "burst: 45"))
+    h.service.swap_rules(RuleSet({"edge": load_rule_file(relaxed)}))
+    after = await h.ask(ADDRESS)  # the same request: planned again under the new rules
+    assert after.statuses[0].limit is not None
+    assert after.statuses[0].limit.burst == 45
+    assert h.service.rules.domain("edge") is not None
