@@ -21,6 +21,8 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
+from typing import Protocol
 
 from ratelimit_service.bucket import EMPTY_STATE, BucketSpec, BucketState, evaluate
 from sidecar_runtime import correlation
@@ -30,6 +32,24 @@ from sidecar_runtime.clock import Clock
 log = logging.getLogger("ratelimit_service.decisions")
 
 AUDIT_SCHEMA_VERSION = 1
+
+
+class Correlation(Protocol):
+    """The ids of the call a decision line belongs to (sidecar_runtime.correlation's
+    DecisionContext, or the servicer's lazy stand-in that reads them only when asked)."""
+
+    @property
+    def decision_id(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def trace_id(self) -> str | None: ...
+    @property
+    def started(self) -> float: ...
+
+
+# Set by the gRPC adapter for the duration of one call.
+current_call: ContextVar[Correlation] = ContextVar("ratelimit_call", default=correlation.NONE)
 
 
 class DecisionLog:
@@ -96,7 +116,7 @@ class DecisionLog:
     ) -> None:
         if not self._admit():
             return
-        ctx = correlation.current.get()
+        ctx = current_call.get()
         reason = "shadow_over_limit" if shadow else "over_limit"
         record: dict[str, object] = {
             "v": AUDIT_SCHEMA_VERSION,

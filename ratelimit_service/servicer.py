@@ -23,12 +23,11 @@ import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from opentelemetry.trace import SpanKind
 
+from ratelimit_service.decision_log import Correlation, current_call
 from ratelimit_service.errors import InvalidRequestError
 from ratelimit_service.planner import MAX_UINT32, DescriptorRequest, Override, Request
-from ratelimit_service.rules import Limit
 from ratelimit_service.service import Code, Decision, RateLimitService
 from ratelimit_service.telemetry import RateLimitTelemetry
-from sidecar_runtime import correlation
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
 from sidecar_runtime.server import ServiceBinding
@@ -52,51 +51,56 @@ ENUM_BY_UNIT: Mapping[str, int] = {name: value for value, name in UNIT_BY_ENUM.i
 
 def to_request(message: Any) -> Request:
     """A plain Request from a RateLimitRequest; InvalidRequestError if it is malformed."""
-    if not message.domain:
+    domain = message.domain
+    if not domain:
         raise InvalidRequestError("domain must not be empty")
-    if not message.descriptors:
+    descriptors = message.descriptors
+    if not descriptors:
         raise InvalidRequestError("descriptors must not be empty")
-    if len(message.descriptors) > MAX_DESCRIPTORS:
+    if len(descriptors) > MAX_DESCRIPTORS:
         raise InvalidRequestError(f"more than {MAX_DESCRIPTORS} descriptors")
-    descriptors = tuple(_descriptor(d) for d in message.descriptors)
-    return Request(message.domain, descriptors, int(message.hits_addend))
+    return Request(domain, tuple([_descriptor(d) for d in descriptors]), message.hits_addend)
 
 
 def _descriptor(message: Any) -> DescriptorRequest:
-    if len(message.entries) > MAX_ENTRIES:
+    entries = message.entries
+    if len(entries) > MAX_ENTRIES:
         raise InvalidRequestError(f"a descriptor has more than {MAX_ENTRIES} entries")
-    entries = tuple((e.key, e.value) for e in message.entries)
-    for key, value in entries:
+    pairs = []
+    for entry in entries:
+        key, value = entry.key, entry.value
         if len(key) > MAX_TEXT_CHARS or len(value) > MAX_TEXT_CHARS:
             raise InvalidRequestError(
                 f"descriptor keys and values are limited to {MAX_TEXT_CHARS} characters"
             )
-    hits = int(message.hits_addend.value) if message.HasField("hits_addend") else None
+        pairs.append((key, value))
+    hits = message.hits_addend.value if message.HasField("hits_addend") else None
     override = None
     if message.HasField("limit"):
-        unit = UNIT_BY_ENUM.get(message.limit.unit, "")
-        override = Override(int(message.limit.requests_per_unit), unit)
-    return DescriptorRequest(entries, hits, override)
-
-
-def _set_limit(target: Any, limit: Limit) -> None:
-    target.name = limit.name
-    target.requests_per_unit = limit.requests_per_unit
-    target.unit = ENUM_BY_UNIT[limit.unit]
+        limit = message.limit
+        override = Override(limit.requests_per_unit, UNIT_BY_ENUM.get(limit.unit, ""))
+    return DescriptorRequest(tuple(pairs), hits, override)
 
 
 def to_response(decision: Decision, domain: str, decision_id: str = "") -> Any:
     """A RateLimitResponse for a decision."""
     response = rls_pb2.RateLimitResponse(overall_code=int(decision.code))
+    add_status = response.statuses.add
     for status in decision.statuses:
-        out = response.statuses.add(
-            code=int(status.code), limit_remaining=min(status.remaining, MAX_UINT32)
-        )
-        if status.limit is not None:
-            _set_limit(out.current_limit, status.limit)
+        out = add_status(code=int(status.code), limit_remaining=min(status.remaining, MAX_UINT32))
+        limit = status.limit
+        if limit is not None:
+            current = out.current_limit
+            if limit.name:
+                current.name = limit.name
+            current.requests_per_unit = limit.requests_per_unit
+            current.unit = ENUM_BY_UNIT[limit.unit]
         if status.reset_us > 0:
-            out.duration_until_reset.seconds = status.reset_us // 1_000_000
-            out.duration_until_reset.nanos = (status.reset_us % 1_000_000) * 1000
+            seconds, micros = divmod(status.reset_us, 1_000_000)
+            reset = out.duration_until_reset
+            if seconds:
+                reset.seconds = seconds
+            reset.nanos = micros * 1000
     if decision.code is Code.OVER_LIMIT:
         response.response_headers_to_add.add(key="retry-after", value=str(decision.retry_after_s))
     if decision.reason != "ok" or decision.metadata:
@@ -127,40 +131,40 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             plain = to_request(request)
         except InvalidRequestError as exc:
             await context.abort(exc.grpc_status, str(exc))
-        carrier = _metadata(context)
-        decision_id = self._ids.next()
-        trace_id: str | None
+        call: Correlation
         if self._t.tracing:
-            with self._t.tracer.start_as_current_span(
-                "ratelimit.ShouldRateLimit",
-                context=parent_context(carrier),
-                kind=SpanKind.SERVER,
-            ) as span:
-                trace_id = f"{span.get_span_context().trace_id:032x}"
-                decision = await self._decide(plain, carrier, decision_id, trace_id, started)
-                span.set_attributes(span_attributes(decision, plain, decision_id))
+            decision, call = await self._traced(plain, context, started)
         else:
-            parsed = parse_traceparent(carrier.get("traceparent"))
-            trace_id = parsed[0] if parsed else None
-            decision = await self._decide(plain, carrier, decision_id, trace_id, started)
-        response = to_response(decision, plain.domain, decision_id)
-        self._t.record(decision.code.name, decision.reason, time.perf_counter() - started)
+            # Telemetry off: no span, and the call's metadata is read (for the request and
+            # trace ids) only if a decision line is written.
+            call = _LazyCall(self._ids, context, started)
+            decision = await self._decide(plain, call)
+        needs_id = decision.reason != "ok" or decision.metadata
+        response = to_response(decision, plain.domain, call.decision_id if needs_id else "")
+        self._t.record(decision.code.name, decision.reason, started)
         return response
 
-    async def _decide(
-        self,
-        plain: Request,
-        carrier: Mapping[str, str],
-        decision_id: str,
-        trace_id: str | None,
-        started: float,
-    ) -> Decision:
-        ctx = DecisionContext(decision_id, carrier.get("x-request-id", ""), trace_id, started)
-        token = correlation.current.set(ctx)
+    async def _traced(
+        self, plain: Request, context: Any, started: float
+    ) -> tuple[Decision, Correlation]:
+        carrier = _metadata(context)
+        with self._t.tracer.start_as_current_span(
+            "ratelimit.ShouldRateLimit", context=parent_context(carrier), kind=SpanKind.SERVER
+        ) as span:
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+            request_id = carrier.get("x-request-id", "")
+            call = DecisionContext(self._ids.next(), request_id, trace_id, started)
+            decision = await self._decide(plain, call)
+            if span.is_recording():
+                span.set_attributes(span_attributes(decision, plain, call.decision_id))
+        return decision, call
+
+    async def _decide(self, plain: Request, call: Correlation) -> Decision:
+        token = current_call.set(call)
         try:
             return await self._service.should_rate_limit(plain)
         finally:
-            correlation.current.reset(token)
+            current_call.reset(token)
 
 
 _CARRIED = ("traceparent", "tracestate", "x-request-id")
@@ -173,6 +177,40 @@ def _metadata(context: Any) -> dict[str, str]:
         if item[0] in _CARRIED:
             found[item[0]] = item[1]
     return found
+
+
+class _LazyCall:
+    """One call's ids, for decision lines: the decision id is drawn and the metadata read
+    only when asked for (most calls write no line and return no decision id)."""
+
+    __slots__ = ("_carried", "_context", "_decision_id", "_ids", "started")
+
+    def __init__(self, ids: DecisionIds, context: Any, started: float) -> None:
+        self._ids = ids
+        self._context = context
+        self.started = started
+        self._decision_id = ""
+        self._carried: dict[str, str] | None = None
+
+    @property
+    def decision_id(self) -> str:
+        if not self._decision_id:
+            self._decision_id = self._ids.next()
+        return self._decision_id
+
+    @property
+    def request_id(self) -> str:
+        return self._metadata().get("x-request-id", "")
+
+    @property
+    def trace_id(self) -> str | None:
+        parsed = parse_traceparent(self._metadata().get("traceparent"))
+        return parsed[0] if parsed else None
+
+    def _metadata(self) -> dict[str, str]:
+        if self._carried is None:
+            self._carried = _metadata(self._context)
+        return self._carried
 
 
 def span_attributes(decision: Decision, request: Request, decision_id: str) -> dict[str, Any]:

@@ -10,12 +10,14 @@
     ratelimit.shadow_over_limit  counter   {rule}               shadow-mode would-be denials
     ratelimit.config.reloads     counter   {outcome}            ok | rejected
 
-Counters are plain ints in the core, read by observable callbacks at export time; only
-the two histograms are recorded per call, and only when metrics are enabled.
+Counters are plain ints in the core, read by observable callbacks at export time; the
+decisions counter and the two histograms are updated per call only when metrics are
+enabled. With telemetry off (the default) a call makes no span and reads no trace context.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -58,10 +60,11 @@ class RateLimitTelemetry:
     def attach(self, app: App) -> None:
         self._app = app
 
-    def record(self, code: str, reason: str, seconds: float) -> None:
-        self.decisions[(code, reason)] += 1
-        if self.metering:
-            self.request_duration.record(seconds)
+    def record(self, code: str, reason: str, started: float) -> None:
+        """One decision; `started` is the call's time.perf_counter() at arrival."""
+        if self.metering:  # only exported metrics read these
+            self.decisions[(code, reason)] += 1
+            self.request_duration.record(time.perf_counter() - started)
 
     def record_store_call(self, seconds: float, ok: bool) -> None:
         if self.metering:

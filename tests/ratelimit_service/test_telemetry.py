@@ -15,7 +15,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ratelimit_service.app import App
+from ratelimit_service.bucket import BucketSpec
+from ratelimit_service.servicer import RateLimitServicer
 from ratelimit_service.settings import ServiceSettings
+from ratelimit_service.store import BucketCall
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
@@ -159,3 +162,70 @@ async def test_metrics_move_with_decisions(memory_app: Observed) -> None:
     assert circuit.value == 1
     reloads = {p.attributes["outcome"]: p.value for p in points["ratelimit.config.reloads"]}
     assert reloads == {"ok": 0, "rejected": 0}
+
+
+class _CountingContext:
+    """A ServicerContext stand-in that counts reads of the call's metadata."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        self.reads += 1
+        return METADATA
+
+    async def abort(self, code: Any, details: str) -> None:
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+async def test_with_telemetry_off_ids_are_read_only_for_decision_lines(tmp_path: Path) -> None:
+    decisions_file = tmp_path / "decisions.log"
+    sink = AuditSink(str(decisions_file))
+    app = App(make_settings(tmp_path), decision_sink=sink)  # telemetry: off (the default)
+    servicer = RateLimitServicer(app.service, app.telemetry)
+    try:
+        context = _CountingContext()
+        for _ in range(20):
+            ok = await servicer.ShouldRateLimit(_request("subject", "frank"), context)
+            assert ok.overall_code == rls_pb2.RateLimitResponse.OK
+            assert not ok.dynamic_metadata  # no decision id drawn for a plain OK
+        assert context.reads == 0  # no trace context scanned, no span
+        denied = await servicer.ShouldRateLimit(_request("subject", "frank"), context)
+        assert denied.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+        assert context.reads == 1  # read once, for the decision line
+        sink.flush()
+        [line] = [json.loads(x) for x in decisions_file.read_text().splitlines()]
+        assert (line["request_id"], line["trace_id"]) == ("req-77", TRACE_ID)
+        assert line["decision_id"] == dict(denied.dynamic_metadata)["decision_id"]
+    finally:
+        await app.close()
+
+
+@pytest.mark.redis
+async def test_no_store_span_without_a_recording_parent(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    spans = InMemorySpanExporter()
+    telemetry = RateLimitTelemetry(
+        setup_telemetry(
+            "ratelimit", TelemetrySettings(), span_processors=[SimpleSpanProcessor(spans)]
+        )
+    )
+    base = make_settings(tmp_path).model_dump(mode="json")
+    settings = ServiceSettings.model_validate(
+        {**base, "store": {"type": "redis", "url": redis_server.url}}
+    )
+    app = App(settings, telemetry=telemetry)
+    try:
+        await app.service.guard.probe()
+        calls = [BucketCall("rl:span", BucketSpec(interval_us=1000.0, capacity=10), 1)]
+        assert await app.service.guard.acquire(calls) is not None  # no current span
+        assert spans.get_finished_spans() == ()
+        with telemetry.tracer.start_as_current_span("parent"):
+            assert await app.service.guard.acquire(calls) is not None
+        assert [s.name for s in spans.get_finished_spans()] == [
+            "ratelimit.store.acquire",
+            "parent",
+        ]
+    finally:
+        await app.close()
