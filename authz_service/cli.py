@@ -18,7 +18,7 @@ from typing import Any
 
 from authz_service.engine import Engine, EngineHolder, compile_engine, load_engine
 from authz_service.policy import RequestFacts
-from authz_service.servicer import SERVICE_NAME, AuthorizationServicer
+from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from authz_service.settings import AuthzSettings, load_settings
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
@@ -95,11 +95,10 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
     holder = EngineHolder(engine, clock=clock, telemetry=telemetry)
     telemetry.attach(holder)
     servicer = AuthorizationServicer(holder, audit, telemetry)
-    from envoy.service.auth.v3 import external_auth_pb2_grpc
 
     binding = ServiceBinding(
         SERVICE_NAME,
-        lambda server: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server),
+        lambda server: add_to_server(servicer, server),
     )
     server = SidecarServer(settings.server, [binding], reuse_port=reuse_port)
     port = await server.start()

@@ -42,19 +42,23 @@ def extract_bearer(
     comma-joined value in `CheckRequest.attributes.request.http.headers`; a bearer token
     never contains a comma (RFC 6750 b64token), so a comma means a second header.
     """
-    if len(authorization) > 1 or any("," in v for v in authorization):
-        return Credentials(None, "duplicate_authorization")
+    if not authorization:
+        return NO_CREDENTIALS  # a token only in the query or a cookie is no credential
+    value = authorization[0]
+    if len(authorization) > 1 or "," in value:
+        return _DUPLICATE
     in_query = _has_query_token(raw_query)
     in_cookie = bool(cookie_names) and _has_cookie(cookie_header, cookie_names)
-    if not authorization:
-        return NO_CREDENTIALS
-    scheme, _, rest = authorization[0].strip().partition(" ")
+    scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "bearer":
         # Another scheme (Basic, Digest, ...) is not a credential we accept.
         return Credentials(None, None) if not (in_query or in_cookie) else _ambiguous()
     if in_query or in_cookie:
         return _ambiguous()
     return Credentials(rest.strip())
+
+
+_DUPLICATE = Credentials(None, "duplicate_authorization")
 
 
 def _ambiguous() -> Credentials:

@@ -39,6 +39,13 @@ _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 # flood of distinct tokens only costs a rebuild after each clear (~4 MiB at most).
 _MAX_TEMPLATES = 2_048
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
+# Stands for the decision id in serialized allow templates (see ResponseBuilder.wire).
+# Same length as sidecar_runtime.ids' ids, so swapping it keeps every length prefix right.
+_ID_SLOT = "\x01" * 24
+_ID_SLOT_BYTES = _ID_SLOT.encode()
+
+
+_Template = tuple[Principal | None, Any, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,28 +56,27 @@ class CheckInputs:
 
 
 def read_check_request(request: external_auth_pb2.CheckRequest) -> CheckInputs:
-    """Plain values out of a CheckRequest, with credential headers set aside."""
+    """Plain values out of a CheckRequest, with credential headers set aside.
+
+    Envoy sends the request headers either as a map (`headers`, the project's config:
+    lower-case names, repeated headers joined with ',') or, with `encode_raw_headers`, as
+    a list of raw values (`header_map`). The map is used as it is, credential headers
+    deleted from the request's own copy: no per-header Python work on the hot path.
+    """
     attrs = request.attributes
     http = attrs.request.http
-    authorization: tuple[str, ...]
-    if http.header_map.headers:
-        # encode_raw_headers: repeated headers arrive as separate entries; keep them apart.
-        headers: dict[str, str] = {}
-        auth_values = []
-        for hv in http.header_map.headers:
-            name = hv.key.lower()
-            value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
-            if name == "authorization":
-                auth_values.append(value)
-            headers[name] = f"{headers[name]},{value}" if name in headers else value
-        authorization = tuple(auth_values)
+    raw = http.header_map.headers
+    headers: Any
+    if raw:
+        headers, authorization = _from_raw_headers(raw)
     else:
-        headers = dict(http.headers)
+        headers = http.headers
         auth = headers.get("authorization")
         authorization = () if auth is None else (auth,)
     cookie = headers.get("cookie", "")
     for name in CREDENTIAL_HEADERS:
-        headers.pop(name, None)
+        if name in headers:
+            del headers[name]
     facts = RequestFacts(
         method=http.method,
         raw_path=http.path,
@@ -83,6 +89,19 @@ def read_check_request(request: external_auth_pb2.CheckRequest) -> CheckInputs:
         request_id=headers.get("x-request-id") or http.id,
     )
     return CheckInputs(facts, authorization, cookie)
+
+
+def _from_raw_headers(raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
+    # encode_raw_headers: repeated headers arrive as separate entries; keep them apart.
+    headers: dict[str, str] = {}
+    auth_values = []
+    for hv in raw:
+        name = hv.key.lower()
+        value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+        if name == "authorization":
+            auth_values.append(value)
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers, tuple(auth_values)
 
 
 def header_safe(value: str) -> str:
@@ -109,7 +128,10 @@ class ResponseBuilder:
         self._identity = identity
         self._names = identity.headers
         self._decision_header = identity.decision_id_header
-        self._allow_templates: dict[tuple[int, str], tuple[Principal | None, Any]] = {}
+        # (id(principal), rule) -> (principal, response template, its bytes or None)
+        self._allow_templates: dict[
+            tuple[int, str], tuple[Principal | None, Any, bytes | None]
+        ] = {}
         realm = f'Bearer realm="{identity.realm}"'
         self._challenge_plain = realm
         self._challenge_invalid = (
@@ -124,7 +146,17 @@ class ResponseBuilder:
             return self._allow(decision, decision_id)
         return self._deny(decision, request_id, decision_id)
 
-    def _allow(self, decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
+    def wire(self, decision: Decision, request_id: str, decision_id: str) -> bytes:
+        """`build(...)` serialized. An allow is its identity's serialized template with the
+        decision id swapped in: no message built or serialized per request."""
+        if decision.allowed and len(decision_id) == len(_ID_SLOT):
+            template = self._template_for(decision)[2]
+            if template is not None:
+                return template.replace(_ID_SLOT_BYTES, decision_id.encode())
+        wire: bytes = self.build(decision, request_id, decision_id).SerializeToString()
+        return wire
+
+    def _template_for(self, decision: Decision) -> _Template:
         # Everything but the decision id depends only on (principal, rule), and the token
         # cache hands back the same Principal object for the same token: build it once.
         key = (id(decision.principal), decision.rule)
@@ -132,10 +164,22 @@ class ResponseBuilder:
         if cached is None or cached[0] is not decision.principal:
             if len(self._allow_templates) >= _MAX_TEMPLATES:
                 self._allow_templates.clear()
-            cached = (decision.principal, self._allow_template(decision))
+            template = self._allow_template(decision)
+            slotted = self._with_decision_id(template, _ID_SLOT).SerializeToString()
+            # Exactly the two slots written above (header and metadata), or no byte template.
+            wire = slotted if slotted.count(_ID_SLOT_BYTES) == 2 else None
+            cached = (decision.principal, template, wire)
             self._allow_templates[key] = cached
+        return cached
+
+    def _allow(self, decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
+        return self._with_decision_id(self._template_for(decision)[1], decision_id)
+
+    def _with_decision_id(
+        self, template: external_auth_pb2.CheckResponse, decision_id: str
+    ) -> external_auth_pb2.CheckResponse:
         response = external_auth_pb2.CheckResponse()
-        response.CopyFrom(cached[1])
+        response.CopyFrom(template)
         response.ok_response.headers.add(
             header=base_pb2.HeaderValue(key=self._decision_header, value=decision_id),
             append_action=_OVERWRITE,

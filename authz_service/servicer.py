@@ -14,12 +14,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from opentelemetry.trace import SpanKind
 
 from authz_service.decision import INTERNAL_ERROR, Decision
-from authz_service.engine import EngineHolder
-from authz_service.envoy_adapter import read_check_request
+from authz_service.engine import Engine, EngineHolder
+from authz_service.envoy_adapter import CheckInputs, read_check_request
 from authz_service.policy import RequestFacts
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
@@ -48,7 +49,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
     async def Check(  # noqa: N802 - the gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: Any
-    ) -> external_auth_pb2.CheckResponse:
+    ) -> bytes:
+        """The serialized CheckResponse (see `add_to_server`)."""
         started = time.perf_counter()
         engine = self._holder.current
         decision_id = self._ids.next()
@@ -57,32 +59,57 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         try:
             inputs = read_check_request(request)
             facts = inputs.facts
-            carrier = _trace_carrier(context, facts.headers)
             if self._t.tracing:
-                with self._t.tracer.start_as_current_span(
-                    "authz.Check", context=parent_context(carrier), kind=SpanKind.SERVER
-                ) as span:
-                    decision = await engine.authorizer.decide(
-                        facts, authorization=inputs.authorization, cookie=inputs.cookie
-                    )
-                    span.set_attributes(span_attributes(decision, decision_id, facts.method))
-                    trace_id = f"{span.get_span_context().trace_id:032x}"
+                decision, trace_id = await self._traced_decide(
+                    engine, inputs, _trace_carrier(context, facts.headers), decision_id
+                )
             else:
                 decision = await engine.authorizer.decide(
                     facts, authorization=inputs.authorization, cookie=inputs.cookie
                 )
-                parsed = parse_traceparent(carrier.get("traceparent"))
-                trace_id = parsed[0] if parsed else None
+                trace_id = _trace_id(context, facts.headers)
         except Exception:
             log.exception("check failed; denying")
             decision = INTERNAL_ERROR
         request_id = facts.request_id if facts is not None else ""
-        response = engine.responses.build(decision, request_id, decision_id)
+        response = engine.responses.wire(decision, request_id, decision_id)
         elapsed = time.perf_counter() - started
         self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
         if self._audit is not None:
             self._audit.emit(audit_record(decision, facts, elapsed, decision_id, trace_id))
         return response
+
+    async def _traced_decide(
+        self, engine: Engine, inputs: CheckInputs, carrier: Mapping[str, str], decision_id: str
+    ) -> tuple[Decision, str]:
+        facts = inputs.facts
+        with self._t.tracer.start_as_current_span(
+            "authz.Check", context=parent_context(carrier), kind=SpanKind.SERVER
+        ) as span:
+            decision = await engine.authorizer.decide(
+                facts, authorization=inputs.authorization, cookie=inputs.cookie
+            )
+            if span.is_recording():
+                span.set_attributes(span_attributes(decision, decision_id, facts.method))
+            return decision, f"{span.get_span_context().trace_id:032x}"
+
+
+def add_to_server(servicer: AuthorizationServicer, server: Any) -> None:
+    """Register Check. Its answers are already serialized (allows come from byte
+    templates), so the response serializer passes bytes through."""
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            servicer.Check,
+            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=_passthrough,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _passthrough(response: bytes) -> bytes:
+    return response
 
 
 def _trace_carrier(context: Any, headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -95,6 +122,19 @@ def _trace_carrier(context: Any, headers: Mapping[str, str]) -> Mapping[str, str
     if "traceparent" in found:
         return found
     return {k: headers[k] for k in _TRACE_KEYS if k in headers}
+
+
+def _trace_id(context: Any, headers: Mapping[str, str]) -> str | None:
+    """The trace id for the audit line when this sidecar does not trace: the request's
+    `traceparent` (one lookup), else the one on Envoy's gRPC call."""
+    value = headers.get("traceparent")
+    if value is None and context is not None:
+        for item in context.invocation_metadata() or ():
+            if item[0] == "traceparent":
+                value = item[1]
+                break
+    parsed = parse_traceparent(value)
+    return parsed[0] if parsed else None
 
 
 def span_attributes(decision: Decision, decision_id: str, method: str) -> dict[str, Any]:

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     parser.add_argument(
+        "--rows",
+        metavar="W:ROW,...",
+        help="development loop: section 1 only, these rows (e.g. 1:floor,1:check-pool-rs256);"
+        " writes only into the work directory",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="JSON",
@@ -84,6 +90,14 @@ def render(source: Path, doc: Path) -> int:
     return 0
 
 
+def _row_plan(spec: str) -> dict[int, list[str]]:
+    plan: dict[int, list[str]] = {}
+    for item in spec.split(","):
+        workers, _, name = item.strip().rpartition(":")
+        plan.setdefault(int(workers or 1), []).append(name)
+    return plan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.render is not None:
@@ -92,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = (args.work or REPO / ".dev" / "bench" / stamp).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results = args.results or (work / "latest.json" if args.smoke else RESULTS)
-    doc = args.doc or (work / "benchmarks.md" if args.smoke else DOC)
+    scratch = args.smoke or args.rows is not None
+    results = args.results or (work / "latest.json" if scratch else RESULTS)
+    doc = args.doc or (work / "benchmarks.md" if scratch else DOC)
     # The sidecars' telemetry stays at its default (off): an OTEL_* variable in the caller's
     # environment must not change what is measured.
     for key in [k for k in os.environ if k.startswith("OTEL_")]:
@@ -104,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {
         "schema": 1,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "smoke" if args.smoke else "full",
+        "mode": "smoke" if args.smoke else ("rows" if args.rows else "full"),
         **machine.describe(),
         "timing": {k: getattr(timing, k) for k in timing.__dataclass_fields__},
         "harness_command": shlex.join([sys.executable, "-m", "bench", *(argv or sys.argv[1:])]),
@@ -130,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             material = sidecars.prepare(ctx)
         sections = result["sections"]
         plan = sidecars.SMOKE_PLAN if args.smoke else sidecars.FULL_PLAN
+        if args.rows is not None:
+            sections["sidecars"] = sidecars.run_section(ctx, material, _row_plan(args.rows))
+            return status
         sections["sidecars"] = sidecars.run_section(ctx, material, plan)
         sections["edge"] = edge.run_section(ctx)
         sections["redis"], sections["memory"] = footprint.run_sections(ctx, material)

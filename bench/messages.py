@@ -1,7 +1,7 @@
 """The requests the bench sends: tokens, CheckRequests shaped like Envoy's, RateLimitRequests.
 
 A CheckRequest carries what Envoy's ext_authz filter sends with this project's config
-(`encode_raw_headers: true`, so headers arrive as raw values in `header_map`): the
+(headers as the `headers` map, lower-case names, as Envoy sends them by default): the
 pseudo-headers, a typical browser/API client's headers, Envoy's x-request-id and
 x-forwarded-*, the Authorization header, the peer address and the TLS SNI.
 
@@ -143,7 +143,7 @@ def check_request(
     if token is not None:
         headers.append(("authorization", f"Bearer {token}"))
     for name, value in headers:
-        http.header_map.headers.add(key=name, raw_value=value.encode())
+        http.headers[name] = value
     return request.SerializeToString()
 
 

@@ -393,10 +393,10 @@ def _ext_authz_filter(p: EnvoyParams) -> Config:
             include_peer_certificate=True,
             include_tls_session=True,
             # allowed_headers is unset: over gRPC every request header is sent (the sidecar
-            # needs authorization, and cookie to refuse a second token). Raw headers arrive
-            # in header_map, repeated ones as separate entries -- except Authorization, an
-            # inline header Envoy joins with ',' (the sidecar reads a comma as a second one).
-            encode_raw_headers=True,
+            # needs authorization, and cookie to refuse a second token). They arrive as the
+            # `headers` map (lower-case names, repeated headers joined with ','; the sidecar
+            # reads a comma in Authorization as a second header), which the sidecar uses
+            # as it is: `encode_raw_headers` would cost it ~5 us per request to rebuild.
             validate_mutations=True,
         ),
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,10 @@ from sidecar_runtime.config import Frozen
 log = logging.getLogger(__name__)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_HEX = frozenset("0123456789abcdef")
+# W3C Trace Context: version-traceid-parentid-flags, lower-case hex, fixed widths.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 class TelemetrySettings(Frozen):
@@ -165,20 +169,19 @@ def setup_telemetry(
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     """(trace_id, parent span id) from a W3C `traceparent`, or None when it is invalid.
 
-    Cheap enough for every request, so audit lines carry the trace id even when tracing
-    itself is off.
+    Cheap enough for every request (one compiled match), so audit lines carry the trace
+    id even when tracing itself is off.
     """
-    if not value or len(value) < 55:
+    if not value:
         return None
-    parts = value.strip().split("-")
-    if len(parts) < 4 or (parts[0] == "00" and len(parts) != 4):
-        return None  # version 00 has exactly four fields; later versions may add more
-    version, trace_id, span_id, flags = parts[:4]
-    if len(version) != 2 or len(trace_id) != 32 or len(span_id) != 16 or len(flags) != 2:
+    found = _TRACEPARENT.fullmatch(value.strip())
+    if found is None:
         return None
-    if version == "ff" or not _HEX.issuperset(version + trace_id + span_id + flags):
+    version, trace_id, span_id = found.group(1, 2, 3)
+    # Version 00 has exactly four fields; later versions may append more ("-...").
+    if version == "ff" or (version == "00" and found.group(4)):
         return None
-    if trace_id == "0" * 32 or span_id == "0" * 16:
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
     return trace_id, span_id
 

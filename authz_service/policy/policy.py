@@ -27,16 +27,23 @@ from authz_service.policy.settings import PolicySettings, RouteSettings
 from authz_service.policy.template import parse_template
 from sidecar_runtime.errors import ConfigError
 
+_MATCH_MEMO_SIZE = 4_096
+_MAX_MEMO_PATH = 256  # longer paths are matched every time (bounds the memo's memory)
+
 
 class CompiledPolicy:
     """The allow-list, ready to match requests. Build it with `compile`."""
 
-    __slots__ = ("_router", "rules", "source")
+    __slots__ = ("_matches", "_router", "rules", "source")
 
     def __init__(self, rules: tuple[CompiledRule, ...], router: Router, source: str) -> None:
         self.rules = rules
         self.source = source
         self._router = router
+        # (host, method, raw path) -> match: APIs see the same paths again and again, and
+        # parsing + trie walk cost ~5 us. Bounded (oldest out first) and per compiled
+        # policy, so a reload starts empty. Matches are shared: never mutate one.
+        self._matches: dict[tuple[str, str, str], RouteMatch | None] = {}
 
     @classmethod
     def compile(
@@ -66,6 +73,20 @@ class CompiledPolicy:
 
     def match(self, facts: RequestFacts) -> RouteMatch | None:
         """The most specific rule for the request, or None (deny). Raises BadRequestPath."""
+        key = (facts.host, facts.method, facts.raw_path)
+        try:
+            return self._matches[key]
+        except KeyError:
+            pass
+        found = self._match(facts)
+        if len(facts.raw_path) <= _MAX_MEMO_PATH:
+            matches = self._matches
+            if len(matches) >= _MATCH_MEMO_SIZE:
+                del matches[next(iter(matches))]
+            matches[key] = found
+        return found
+
+    def _match(self, facts: RequestFacts) -> RouteMatch | None:
         target = parse_target(facts.raw_path)
         if target.trailing_slash:
             return None

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from authz_service.engine import EngineHolder, load_engine
-from authz_service.servicer import SERVICE_NAME, AuthorizationServicer
+from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from devstack.idp_keys import IdpKeys, ensure_idp_keys, mint_token
 from devstack.pki import Pki
 from sidecar_runtime.audit import AuditSink
@@ -120,7 +119,7 @@ async def start_authz(config: Path, *, audit_file: Path | None = None) -> Runnin
     servicer = AuthorizationServicer(holder, audit)
     binding = ServiceBinding(
         SERVICE_NAME,
-        lambda s: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, s),
+        lambda s: add_to_server(servicer, s),
     )
     server = SidecarServer(engine.settings.server, [binding])
     port = await server.start()

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from authz_service.engine import EngineHolder, load_engine
-from authz_service.servicer import SERVICE_NAME, AuthorizationServicer
+from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from authz_service.telemetry import AuthzTelemetry
 from devstack.idp_keys import IdpKeys, mint_token
 from devstack.idp_server import IdpServer
@@ -85,7 +85,7 @@ async def observed(tmp_path: Path, idp: IdpKeys) -> AsyncIterator[Observed]:
     servicer = AuthorizationServicer(holder, audit, telemetry)
     binding = ServiceBinding(
         SERVICE_NAME,
-        lambda s: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, s),
+        lambda s: add_to_server(servicer, s),
     )
     server = SidecarServer(engine.settings.server, [binding])
     port = await server.start()

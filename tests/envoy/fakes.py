@@ -90,7 +90,7 @@ class FakeAuthz(GrpcSidecar, external_auth_pb2_grpc.AuthorizationServicer):  # t
     ) -> external_auth_pb2.CheckResponse:
         self.checks.append(request)
         http = request.attributes.request.http
-        headers = {h.key: h.raw_value.decode() for h in http.header_map.headers}
+        headers = dict(http.headers)
         subject = headers.get("x-test-subject")
         if subject:
             ok = external_auth_pb2.OkHttpResponse(headers=[_header("x-auth-subject", subject)])

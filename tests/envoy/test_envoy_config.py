@@ -99,7 +99,7 @@ def test_ext_authz_fails_closed_over_grpc_v3(config: dict[str, Any]) -> None:
     assert authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
     assert authz["grpc_service"]["timeout"] == "0.2s"
     assert authz["include_peer_certificate"] is True
-    assert authz["encode_raw_headers"] is True
+    assert "encode_raw_headers" not in authz  # the headers map: no per-header work
     # Unset allowed_headers: every header (authorization included) goes to the sidecar.
     assert "allowed_headers" not in authz
     assert "with_request_body" not in authz

@@ -168,3 +168,48 @@ def test_compiled_rule_carries_what_evaluate_needs() -> None:
     assert rule.reads_token
     assert not rule.reads_request
     assert rule.describe() == "GET,PUT /u/{id} on any host"
+
+
+# --- the match memo -----------------------------------------------------------------------
+
+
+def test_repeated_requests_reuse_one_match_and_a_query_is_part_of_it() -> None:
+    from tests.authz_service.policy.helpers import facts
+
+    policy = compile_routes([route("user", "/u/{id}")])
+    first = policy.match(facts("/u/alice"))
+    assert first is not None
+    assert first.params == {"id": "alice"}
+    assert policy.match(facts("/u/alice")) is first
+    other = policy.match(facts("/u/alice?x=1"))
+    assert other is not None
+    assert other is not first
+    assert other.query == {"x": ("1",)}
+    assert policy.match(facts("/u/alice", "PUT")) is None
+    elsewhere = policy.match(facts("/u/alice", host="other.example"))
+    assert elsewhere is not None
+    assert elsewhere.host == "other.example"
+
+
+def test_match_memo_is_bounded_and_skips_long_paths() -> None:
+    from authz_service.policy import policy as policy_module
+    from tests.authz_service.policy.helpers import facts
+
+    policy = compile_routes([route("user", "/u/{id}")])
+    for i in range(policy_module._MATCH_MEMO_SIZE + 10):
+        assert policy.match(facts(f"/u/{i}")) is not None
+    assert len(policy._matches) == policy_module._MATCH_MEMO_SIZE
+    long = "/u/" + "x" * policy_module._MAX_MEMO_PATH
+    assert policy.match(facts(long)) is not None
+    assert all(key[2] != long for key in policy._matches)
+
+
+def test_bad_paths_are_refused_every_time_not_remembered() -> None:
+    from authz_service.policy import BadRequestPath
+    from tests.authz_service.policy.helpers import facts
+
+    policy = compile_routes([route("user", "/u/{id}")])
+    for _ in range(2):
+        with pytest.raises(BadRequestPath):
+            policy.match(facts("/u/a%2Fb"))
+    assert not policy._matches

@@ -1,0 +1,94 @@
+"""The Envoy adapter: reading CheckRequests and the serialized answers."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2
+
+from authz_service.decision import Decision, deny
+from authz_service.envoy_adapter import ResponseBuilder, read_check_request
+from authz_service.principal import Principal
+from authz_service.settings import IdentitySettings
+from sidecar_runtime.ids import DecisionIds
+from tests.authz_service.test_servicer import check_request
+
+
+def principal(subject: str = "alice", tenant: str = "acme") -> Principal:
+    return Principal(
+        subject=subject,
+        issuer="https://idp.test",
+        audiences=("api://demo",),
+        scopes=frozenset({"users:read"}),
+        roles=frozenset({"admin"}),
+        claims={"sub": subject, "tenant": tenant, "plan": "pro"},
+        expires_at=2e9,
+    )
+
+
+def allow(p: Principal) -> Decision:
+    return Decision(True, 200, "allowed", rule="get-user", principal=p)
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_credentials_are_set_aside_from_both_header_forms(raw: bool) -> None:
+    req = check_request(
+        "/api/v1/users/alice",
+        token="abc.def.ghi",
+        headers={"cookie": "s=1", "accept": "json", "proxy-authorization": "Basic x"},
+        raw_headers=[] if raw else None,
+    )
+    inputs = read_check_request(req)
+    assert inputs.authorization == ("Bearer abc.def.ghi",)
+    assert inputs.cookie == "s=1"
+    assert dict(inputs.facts.headers) == {"x-request-id": "req-1", "accept": "json"}
+    assert inputs.facts.request_id == "req-1"
+
+
+def test_repeated_raw_authorization_headers_stay_apart() -> None:
+    req = check_request("/x", raw_headers=[("authorization", "Bearer a"), ("authorization", "b")])
+    assert read_check_request(req).authorization == ("Bearer a", "b")
+
+
+def test_wire_answers_equal_the_built_messages_with_a_fresh_id_each() -> None:
+    builder = ResponseBuilder(IdentitySettings())
+    ids = DecisionIds()
+    decision = allow(principal())
+    for _ in range(3):
+        decision_id = ids.next()
+        wire = builder.wire(decision, "req-1", decision_id)
+        assert wire == builder.build(decision, "req-1", decision_id).SerializeToString()
+        parsed = external_auth_pb2.CheckResponse.FromString(wire)
+        headers = {h.header.key: h.header.value for h in parsed.ok_response.headers}
+        assert headers["x-decision-id"] == decision_id
+        assert parsed.dynamic_metadata.fields["decision_id"].string_value == decision_id
+        assert headers["x-auth-subject"] == "alice"
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        deny(401, "no_credentials", "unauthorized", rule="get-user"),
+        deny(403, "insufficient_scope", "insufficient_scope", required_scopes=("users:read",)),
+    ],
+)
+def test_wire_denials_equal_the_built_messages(decision: Decision) -> None:
+    builder = ResponseBuilder(IdentitySettings())
+    wire = builder.wire(decision, "req-9", "0123456789abcdef00000001")
+    assert wire == builder.build(decision, "req-9", "0123456789abcdef00000001").SerializeToString()
+
+
+def test_a_claim_that_looks_like_the_id_slot_cannot_take_the_id() -> None:
+    # A tenant claim of the slot's own characters: no byte template, built per request.
+    builder = ResponseBuilder(IdentitySettings())
+    decision = allow(principal(tenant="\x01" * 24))
+    decision_id = "0123456789abcdef00000002"
+    parsed = external_auth_pb2.CheckResponse.FromString(builder.wire(decision, "r", decision_id))
+    assert parsed.dynamic_metadata.fields["tenant"].string_value == "\x01" * 24
+    assert parsed.dynamic_metadata.fields["decision_id"].string_value == decision_id
+
+
+def test_an_id_of_another_length_is_built_not_swapped() -> None:
+    builder = ResponseBuilder(IdentitySettings())
+    decision = allow(principal())
+    wire = builder.wire(decision, "r", "short-id")
+    assert wire == builder.build(decision, "r", "short-id").SerializeToString()
