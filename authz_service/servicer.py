@@ -25,7 +25,12 @@ from authz_service.policy import RequestFacts
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.ids import DecisionIds
-from sidecar_runtime.telemetry import DISABLED, TelemetrySettings, parent_context, parse_traceparent
+from sidecar_runtime.telemetry import (
+    DISABLED,
+    TelemetrySettings,
+    parent_context,
+    parse_trace_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +65,18 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             inputs = read_check_request(request)
             facts = inputs.facts
             if self._t.tracing:
-                decision, trace_id = await self._traced_decide(
-                    engine, inputs, _trace_carrier(context, facts.headers), decision_id
-                )
+                carrier = _trace_carrier(context, facts.headers)
+                parent = parse_trace_context(carrier.get("traceparent"))
+                if parent is not None and not parent.sampled and self._t.drops_unsampled:
+                    # Envoy decided not to sample: the sampler would drop this span anyway.
+                    decision = await engine.authorizer.decide(
+                        facts, authorization=inputs.authorization, cookie=inputs.cookie
+                    )
+                    trace_id = parent.trace_id
+                else:
+                    decision, trace_id = await self._traced_decide(
+                        engine, inputs, carrier if parent else None, decision_id
+                    )
             else:
                 decision = await engine.authorizer.decide(
                     facts, authorization=inputs.authorization, cookie=inputs.cookie
@@ -80,11 +94,16 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         return response
 
     async def _traced_decide(
-        self, engine: Engine, inputs: CheckInputs, carrier: Mapping[str, str], decision_id: str
+        self,
+        engine: Engine,
+        inputs: CheckInputs,
+        carrier: Mapping[str, str] | None,
+        decision_id: str,
     ) -> tuple[Decision, str]:
         facts = inputs.facts
+        parent = parent_context(carrier) if carrier is not None else None
         with self._t.tracer.start_as_current_span(
-            "authz.Check", context=parent_context(carrier), kind=SpanKind.SERVER
+            "authz.Check", context=parent, kind=SpanKind.SERVER
         ) as span:
             decision = await engine.authorizer.decide(
                 facts, authorization=inputs.authorization, cookie=inputs.cookie
@@ -133,8 +152,8 @@ def _trace_id(context: Any, headers: Mapping[str, str]) -> str | None:
             if item[0] == "traceparent":
                 value = item[1]
                 break
-    parsed = parse_traceparent(value)
-    return parsed[0] if parsed else None
+    parsed = parse_trace_context(value)
+    return parsed.trace_id if parsed else None
 
 
 def span_attributes(decision: Decision, decision_id: str, method: str) -> dict[str, Any]:

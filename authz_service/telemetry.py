@@ -36,6 +36,7 @@ class AuthzTelemetry:
         self.telemetry = telemetry
         self.tracer = telemetry.tracer
         self.tracing = telemetry.tracing
+        self.drops_unsampled = telemetry.drops_unsampled_parents
         self.metering = telemetry.metering
         self.decisions: Counter[tuple[str, str]] = Counter()
         self.verifier_stats = VerifierStats()

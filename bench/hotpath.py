@@ -195,7 +195,7 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
     from ratelimit_service.app import build_service
     from ratelimit_service.config import load_rules
     from ratelimit_service.planner import plan
-    from ratelimit_service.redis_store import RedisStore
+    from ratelimit_service.redis_store import RedisStore, open_redis_store
     from ratelimit_service.servicer import to_request, to_response
     from ratelimit_service.settings import load_settings
     from ratelimit_service.store import MemoryStore
@@ -218,10 +218,13 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
     message = rls_pb2.RateLimitRequest.FromString(body)
     plain = to_request(message)
     memory = build_service(settings, rules, MemoryStore(clock), clock=clock)
-    store = RedisStore.from_settings(settings.store)
+    store = open_redis_store(settings.store)  # what the sidecar runs: the pipelined client
     redis_service = build_service(settings, rules, store, clock=clock)
+    legacy = RedisStore.from_settings(settings.store)  # redis-py's generic command path
+    legacy_service = build_service(settings, rules, legacy, clock=clock)
     try:
         await store.ping()
+        await legacy.ping()
         decision = await memory.should_rate_limit(plain)
         response = to_response(decision, plain.domain)
         s.sync("RateLimitRequest.FromString", lambda: rls_pb2.RateLimitRequest.FromString(body), n)
@@ -238,7 +241,13 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
             lambda: redis_service.should_rate_limit(plain),
             n,
         )
-        await s.aio("RedisStore.ping (PING round trip via redis-py)", store.ping, n)
+        await s.aio(
+            "should_rate_limit, Redis via redis-py's execute_command (for comparison)",
+            lambda: legacy_service.should_rate_limit(plain),
+            n,
+        )
+        await s.aio("store.ping (PING round trip, pipelined client)", store.ping, n)
+        await s.aio("RedisStore.ping (PING round trip via redis-py)", legacy.ping, n)
         s.sync("to_response", lambda: to_response(decision, plain.domain), n)
         s.sync("RateLimitResponse.SerializeToString", response.SerializeToString, n)
         try:
@@ -264,12 +273,13 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
             s.sync(
                 "hiredis.pack_command (EVALSHA, 2 buckets)", lambda: hiredis.pack_command(args), n
             )
-            conn = store._client.connection_pool.make_connection()  # type: ignore[union-attr]
+            conn = legacy._client.connection_pool.make_connection()  # type: ignore[union-attr]
             s.sync("redis-py Connection.pack_command (same)", lambda: conn.pack_command(*args), n)
         except Exception as exc:
             s.rows.append({"stage": "pack_command", "error": f"{type(exc).__name__}: {exc}"})
     finally:
         await store.close()
+        await legacy.close()
     return s.rows
 
 

@@ -86,9 +86,11 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             f"check-pool-eddsa-w{w}", f"Check, EdDSA pool, {w} worker(s)", TARGET_CHECK_RATIO
         )
         ratio_target(f"rl-redis-w{w}", f"ShouldRateLimit, Redis, {w} worker(s)", TARGET_RL_RATIO)
-    for off, on, label in (
-        ("check-pool-rs256-w1", "check-pool-rs256-otel-w1", "Check"),
-        ("rl-redis-w1", "rl-redis-otel-w1", "ShouldRateLimit"),
+    for off, on, label, sampled in (
+        ("check-pool-rs256-w1", "check-pool-rs256-otel-w1", "Check", "100%"),
+        ("check-pool-rs256-w1", "check-pool-rs256-otel10-w1", "Check", "10%"),
+        ("rl-redis-w1", "rl-redis-otel-w1", "ShouldRateLimit", "100%"),
+        ("rl-redis-w1", "rl-redis-otel10-w1", "ShouldRateLimit", "10%"),
     ):
         base, traced = _row(result, off), _row(result, on)
         if base and traced and "saturation" in base and "saturation" in traced:
@@ -96,7 +98,7 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             cost_pct = (1 - r1 / r0) * 100
             out.append(
                 {
-                    "target": f"{label}: traces (100% sampled) + metrics cost <= "
+                    "target": f"{label}: traces ({sampled} sampled) + metrics cost <= "
                     f"{TARGET_TELEMETRY_COST_PCT:.0f}% of throughput",
                     "measured": f"{cost_pct:.1f}% ({r0:.0f} -> {r1:.0f} req/s, OTLP to a sink)",
                     "holds": cost_pct <= TARGET_TELEMETRY_COST_PCT,

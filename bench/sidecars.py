@@ -51,7 +51,8 @@ class Row:
     store: str = "redis"  # ratelimit rows: redis | memory
     method: str = AUTHZ_PATH
     audit: bool = True  # authz rows
-    telemetry: bool = False  # traces (100% sampled) and metrics exported over OTLP
+    # Traces and metrics exported over OTLP, this share of traces sampled (None: off).
+    sampled: float | None = None
 
 
 def _all_rows(w: int) -> dict[str, Row]:
@@ -64,13 +65,19 @@ def _all_rows(w: int) -> dict[str, Row]:
         Row(f"check-pool-rs256-noaudit{sfx}", "Check, RS256 token pool, audit off", "authz", w,
             "RS256", audit=False),
         Row(f"check-pool-rs256-otel{sfx}", "Check, RS256 token pool, telemetry on", "authz",
-            w, "RS256", telemetry=True),
+            w, "RS256", sampled=1.0),
+        Row(f"check-pool-rs256-otel10{sfx}",
+            "Check, RS256 token pool, telemetry on, Envoy samples 10%", "authz", w, "RS256",
+            sampled=0.1),
         Row(f"check-fresh-rs256{sfx}", "Check, fresh RS256 (no cache)", "authz", w, "RS256", 0),
         Row(f"check-fresh-eddsa{sfx}", "Check, fresh EdDSA (no cache)", "authz", w, "EdDSA", 0),
         Row(f"rl-redis{sfx}", "ShouldRateLimit, 2 descriptors, Redis", "ratelimit", w,
             store="redis", method=RL_PATH),
         Row(f"rl-redis-otel{sfx}", "ShouldRateLimit, 2 descriptors, Redis, telemetry on",
-            "ratelimit", w, store="redis", method=RL_PATH, telemetry=True),
+            "ratelimit", w, store="redis", method=RL_PATH, sampled=1.0),
+        Row(f"rl-redis-otel10{sfx}",
+            "ShouldRateLimit, 2 descriptors, Redis, telemetry on, Envoy samples 10%",
+            "ratelimit", w, store="redis", method=RL_PATH, sampled=0.1),
         Row(f"rl-memory{sfx}", "ShouldRateLimit, 2 descriptors, memory store", "ratelimit", w,
             store="memory", method=RL_PATH),
         Row(f"floor{sfx}-end", "floor: Check returns OK (again, last)", "floor", w),
@@ -82,8 +89,9 @@ def _all_rows(w: int) -> dict[str, Row]:
 # so drift during the section shows).
 FULL_PLAN = {
     1: ["floor", "floor-rl", "check-pool-rs256", "check-pool-eddsa", "check-pool-rs256-noaudit",
-        "check-pool-rs256-otel", "check-fresh-rs256", "check-fresh-eddsa", "rl-redis",
-        "rl-redis-otel", "rl-memory", "floor-end"],
+        "check-pool-rs256-otel", "check-pool-rs256-otel10", "check-fresh-rs256",
+        "check-fresh-eddsa", "rl-redis", "rl-redis-otel", "rl-redis-otel10", "rl-memory",
+        "floor-end"],
     2: ["floor", "check-pool-rs256", "check-pool-eddsa", "check-fresh-eddsa", "rl-redis",
         "rl-memory", "floor-end"],
 }  # fmt: skip
@@ -205,7 +213,7 @@ def start_server(
     log = ctx.dir("logs") / f"{tag}.log"
     log.unlink(missing_ok=True)
     argv = [*prefix, *args] if prefix else args
-    env = _telemetry_env(ctx, row) if row.telemetry else None
+    env = _telemetry_env(ctx, row) if row.sampled is not None else None
     if env is not None:
         extra["otlp_endpoint"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
     proc = ctx.procs.python(row.name, argv, stdout=log, env=env)
@@ -213,6 +221,18 @@ def start_server(
         raise RuntimeError(f"{row.name}: not listening on {address}; see {log}")
     wait_until(lambda: port_open(port), timeout=5)
     return Server(proc.pid, address, shlex.join([sys.executable, *argv]), log, extra)
+
+
+def _trace_headers(row: Row, index: int, clients: int) -> tuple[str, ...]:
+    """With telemetry on, each call carries a W3C traceparent in its gRPC metadata, as
+    Envoy sends it when it traces: the first `sampled` share of the clients with the
+    sampled flag, the others without (Envoy's sampling decision, which the sidecars'
+    parent-based sampler follows)."""
+    if row.sampled is None:
+        return ()
+    flag = "01" if index < round(row.sampled * clients) else "00"
+    trace_id = f"{index + 1:032x}"
+    return (f"traceparent: 00-{trace_id}-{index + 1:016x}-{flag}",)
 
 
 def _telemetry_env(ctx: Ctx, row: Row) -> dict[str, str]:
@@ -228,7 +248,8 @@ def _telemetry_env(ctx: Ctx, row: Row) -> dict[str, str]:
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_TRACES_SAMPLER": "always_on",
+        # OTel's default sampler: Envoy's decision (the traceparent flag) is followed.
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
     }
 
 
@@ -333,7 +354,10 @@ def measure_row(ctx: Ctx, row: Row, material: Material) -> dict[str, Any]:
                 "problem": warm.first_problem,
             }
         url = f"http://{server.address}{row.method}"
-        clients = [Client(url, body, GRPC_HEADERS) for body in bodies]
+        clients = [
+            Client(url, body, GRPC_HEADERS + _trace_headers(row, i, len(bodies)))
+            for i, body in enumerate(bodies)
+        ]
         saturation, fixed = shapes(ctx)
         groups = {"server": [server.pid]}
         probe = None

@@ -31,7 +31,7 @@ from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
 from sidecar_runtime.server import ServiceBinding
-from sidecar_runtime.telemetry import parent_context, parse_traceparent
+from sidecar_runtime.telemetry import parent_context, parse_trace_context
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +148,17 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self, plain: Request, context: Any, started: float
     ) -> tuple[Decision, Correlation]:
         carrier = _metadata(context)
+        parent = parse_trace_context(carrier.get("traceparent"))
+        request_id = carrier.get("x-request-id", "")
+        if parent is not None and not parent.sampled and self._t.drops_unsampled:
+            # Envoy decided not to sample: the sampler would drop this span anyway.
+            call = DecisionContext(self._ids.next(), request_id, parent.trace_id, started)
+            return await self._decide(plain, call), call
+        context_in = parent_context(carrier) if parent is not None else None
         with self._t.tracer.start_as_current_span(
-            "ratelimit.ShouldRateLimit", context=parent_context(carrier), kind=SpanKind.SERVER
+            "ratelimit.ShouldRateLimit", context=context_in, kind=SpanKind.SERVER
         ) as span:
             trace_id = f"{span.get_span_context().trace_id:032x}"
-            request_id = carrier.get("x-request-id", "")
             call = DecisionContext(self._ids.next(), request_id, trace_id, started)
             decision = await self._decide(plain, call)
             if span.is_recording():
@@ -204,8 +210,8 @@ class _LazyCall:
 
     @property
     def trace_id(self) -> str | None:
-        parsed = parse_traceparent(self._metadata().get("traceparent"))
-        return parsed[0] if parsed else None
+        parsed = parse_trace_context(self._metadata().get("traceparent"))
+        return parsed.trace_id if parsed else None
 
     def _metadata(self) -> dict[str, str]:
         if self._carried is None:

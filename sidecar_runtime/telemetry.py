@@ -32,6 +32,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import Field
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # W3C Trace Context: version-traceid-parentid-flags, lower-case hex, fixed widths.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -64,6 +65,10 @@ class Telemetry:
     meter: metrics.Meter
     tracing: bool = False
     metering: bool = False
+    # The sampler drops every span whose remote parent is not sampled (the parent-based
+    # samplers, OTel's default): then a call whose traceparent says "not sampled" needs no
+    # span at all, and the ~15 us of creating a non-recording one is skipped.
+    drops_unsampled_parents: bool = False
     _providers: list[Any] = field(default_factory=list)
     _servers: list[Any] = field(default_factory=list)
 
@@ -150,6 +155,7 @@ def setup_telemetry(
             tracer_provider.add_span_processor(processor)
         telemetry.tracer = tracer_provider.get_tracer(service)
         telemetry.tracing = True
+        telemetry.drops_unsampled_parents = _drops_unsampled_parents(tracer_provider.sampler)
         telemetry._providers.append(tracer_provider)
     readers = [*metric_readers]
     if (otlp_reader := _otlp_metric_reader()) is not None:
@@ -166,8 +172,22 @@ def setup_telemetry(
     return telemetry
 
 
-def parse_traceparent(value: str | None) -> tuple[str, str] | None:
-    """(trace_id, parent span id) from a W3C `traceparent`, or None when it is invalid.
+def _drops_unsampled_parents(sampler: Sampler) -> bool:
+    # Only the SDK's own parent-based samplers with the default delegate qualify; any
+    # other sampler is asked for every span, as configured.
+    delegate = getattr(sampler, "_remote_parent_not_sampled", None)
+    return isinstance(sampler, ParentBased) and delegate is ALWAYS_OFF
+
+
+@dataclass(frozen=True, slots=True)
+class TraceParent:
+    trace_id: str
+    span_id: str
+    sampled: bool
+
+
+def parse_trace_context(value: str | None) -> TraceParent | None:
+    """A W3C `traceparent`, or None when it is absent or invalid.
 
     Cheap enough for every request (one compiled match), so audit lines carry the trace
     id even when tracing itself is off.
@@ -177,13 +197,19 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     found = _TRACEPARENT.fullmatch(value.strip())
     if found is None:
         return None
-    version, trace_id, span_id = found.group(1, 2, 3)
+    version, trace_id, span_id, flags = found.group(1, 2, 3, 4)
     # Version 00 has exactly four fields; later versions may append more ("-...").
-    if version == "ff" or (version == "00" and found.group(4)):
+    if version == "ff" or (version == "00" and found.group(5)):
         return None
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    return trace_id, span_id
+    return TraceParent(trace_id, span_id, bool(int(flags, 16) & 1))
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """(trace_id, parent span id) from a W3C `traceparent`, or None when it is invalid."""
+    parsed = parse_trace_context(value)
+    return (parsed.trace_id, parsed.span_id) if parsed else None
 
 
 def parent_context(carrier: Mapping[str, str]) -> Context:

@@ -208,3 +208,23 @@ async def test_planted_token_never_reaches_spans_metrics_or_logs(
         for token in (good, tampered):
             assert token not in text, name
             assert token.split(".")[1] not in text, name  # not even the payload
+
+
+async def test_an_unsampled_parent_gets_no_span_but_the_audit_keeps_its_trace_id(
+    observed: Observed,
+) -> None:
+    token = _token(observed)
+    unsampled = TRACEPARENT[:-2] + "00"
+    req = check_request("/api/v1/users/alice", token=token)
+    resp = await _check(observed.address, req, metadata=(("traceparent", unsampled),))
+    assert resp.status.code == 0
+    assert [s for s in observed.spans.get_finished_spans() if s.name == "authz.Check"] == []
+    observed.audit.flush()
+    [line] = [json.loads(x) for x in observed.audit_file.read_text().splitlines()]
+    assert line["trace_id"] == TRACE_ID
+
+
+async def test_no_trace_context_makes_a_root_span(observed: Observed) -> None:
+    await _check(observed.address, check_request("/api/v1/public/ping"))
+    [span] = [s for s in observed.spans.get_finished_spans() if s.name == "authz.Check"]
+    assert span.parent is None

@@ -229,3 +229,20 @@ async def test_no_store_span_without_a_recording_parent(
         ]
     finally:
         await app.close()
+
+
+async def test_an_unsampled_parent_gets_no_span_but_the_decision_line_keeps_its_ids(
+    memory_app: Observed,
+) -> None:
+    unsampled = (("traceparent", f"00-{TRACE_ID}-{PARENT}-00"), ("x-request-id", "req-78"))
+    async with channel(memory_app.address) as ch:
+        stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+        for _ in range(21):
+            denied = await stub.ShouldRateLimit(
+                _request("subject", "dave"), metadata=unsampled, timeout=5
+            )
+    assert denied.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    assert memory_app.spans.get_finished_spans() == ()
+    memory_app.sink.flush()
+    [line] = [json.loads(x) for x in memory_app.decisions_file.read_text().splitlines()]
+    assert (line["request_id"], line["trace_id"]) == ("req-78", TRACE_ID)
