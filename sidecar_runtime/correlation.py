@@ -1,8 +1,10 @@
 """The ids that join one request's traces, audit lines and Envoy's access log.
 
-The gRPC adapter sets `current` for the duration of one call; anything that writes a
-decision line below it (the rate limiter's rate-limited decision log, for one) reads it,
-so no id has to be threaded through the pure core's signatures.
+`DecisionContext` carries them for one call. A service keeps it in a context variable
+of its own for the duration of the call (the rate limiter's `decision_log.current_call`),
+so anything that writes a decision line below the gRPC adapter reads it and no id has to
+be threaded through the pure core's signatures. `current` is the shared variable for
+code that has no variable of its own.
 """
 
 from __future__ import annotations
