@@ -9,7 +9,7 @@ from typing import Any
 from authz_service.decision import Decision
 from authz_service.policy import RequestFacts
 from authz_service.servicer import audit_record
-from ratelimit_service.decision_log import DecisionLog
+from ratelimit_service.decision_log import DecisionLog, current_call
 from sidecar_runtime import correlation
 from sidecar_runtime.clock import ManualClock
 
@@ -50,12 +50,12 @@ def test_ratelimit_lines_have_exactly_the_documented_fields() -> None:
     sink = _Sink()
     log = DecisionLog(lines_per_second=1, clock=ManualClock(), sink=sink)  # type: ignore[arg-type]
     ctx = correlation.DecisionContext("d-2", "r-2", "a" * 32, started=1.0)
-    token = correlation.current.set(ctx)
+    token = current_call.set(ctx)
     try:
         log.over_limit(domain="edge", entries=[("subject", "alice")], rule="per-subject",
                        shadow=False, cost=1, retry_after_s=1)  # fmt: skip
     finally:
-        correlation.current.reset(token)
+        current_call.reset(token)
     [record] = sink.records
     optional = {"suppressed"}
     assert set(record) == (COMMON | _fields("ratelimit fields")) - optional
