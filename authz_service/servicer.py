@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import grpc
@@ -28,6 +28,8 @@ from sidecar_runtime.ids import DecisionIds
 from sidecar_runtime.telemetry import (
     DISABLED,
     TelemetrySettings,
+    TraceParent,
+    call_metadata,
     parent_context,
     parse_trace_context,
 )
@@ -38,6 +40,7 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 AUDIT_SCHEMA_VERSION = 1
 _MAX_AUDIT_PATH = 1024
 _TRACE_KEYS = ("traceparent", "tracestate")
+_TRACEPARENT_ONLY = ("traceparent",)
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -64,24 +67,22 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         try:
             inputs = read_check_request(request)
             facts = inputs.facts
+            carrier: Mapping[str, str] | None = None
             if self._t.tracing:
                 carrier = _trace_carrier(context, facts.headers)
                 parent = parse_trace_context(carrier.get("traceparent"))
-                if parent is not None and not parent.sampled and self._t.drops_unsampled:
-                    # Envoy decided not to sample: the sampler would drop this span anyway.
-                    decision = await engine.authorizer.decide(
-                        facts, authorization=inputs.authorization, cookie=inputs.cookie
-                    )
-                    trace_id = parent.trace_id
-                else:
-                    decision, trace_id = await self._traced_decide(
-                        engine, inputs, carrier if parent else None, decision_id
-                    )
+                # Envoy decided not to sample: the sampler would drop this span anyway.
+                traced = parent is None or parent.sampled or not self._t.drops_unsampled
             else:
-                decision = await engine.authorizer.decide(
-                    facts, authorization=inputs.authorization, cookie=inputs.cookie
+                parent = _request_trace(context, facts.headers)
+                traced = False
+            if traced:
+                decision, trace_id = await self._traced_decide(
+                    engine, inputs, carrier if parent else None, decision_id
                 )
-                trace_id = _trace_id(context, facts.headers)
+            else:
+                decision = await _decide(engine, inputs)
+                trace_id = parent.trace_id if parent else None
         except Exception:
             log.exception("check failed; denying")
             decision = INTERNAL_ERROR
@@ -100,17 +101,20 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         carrier: Mapping[str, str] | None,
         decision_id: str,
     ) -> tuple[Decision, str]:
-        facts = inputs.facts
         parent = parent_context(carrier) if carrier is not None else None
         with self._t.tracer.start_as_current_span(
             "authz.Check", context=parent, kind=SpanKind.SERVER
         ) as span:
-            decision = await engine.authorizer.decide(
-                facts, authorization=inputs.authorization, cookie=inputs.cookie
-            )
+            decision = await _decide(engine, inputs)
             if span.is_recording():
-                span.set_attributes(span_attributes(decision, decision_id, facts.method))
+                span.set_attributes(span_attributes(decision, decision_id, inputs.facts.method))
             return decision, f"{span.get_span_context().trace_id:032x}"
+
+
+def _decide(engine: Engine, inputs: CheckInputs) -> Coroutine[Any, Any, Decision]:
+    return engine.authorizer.decide(
+        inputs.facts, authorization=inputs.authorization, cookie=inputs.cookie
+    )
 
 
 def add_to_server(servicer: AuthorizationServicer, server: Any) -> None:
@@ -133,27 +137,19 @@ def _passthrough(response: bytes) -> bytes:
 
 def _trace_carrier(context: Any, headers: Mapping[str, str]) -> Mapping[str, str]:
     """W3C trace context: Envoy's ext_authz call (gRPC metadata) first, else the request's."""
-    found: dict[str, str] = {}
-    metadata = context.invocation_metadata() if context is not None else None
-    for item in metadata or ():
-        if item[0] in _TRACE_KEYS:
-            found[item[0]] = item[1]
+    found = call_metadata(context, _TRACE_KEYS)
     if "traceparent" in found:
         return found
     return {k: headers[k] for k in _TRACE_KEYS if k in headers}
 
 
-def _trace_id(context: Any, headers: Mapping[str, str]) -> str | None:
-    """The trace id for the audit line when this sidecar does not trace: the request's
-    `traceparent` (one lookup), else the one on Envoy's gRPC call."""
+def _request_trace(context: Any, headers: Mapping[str, str]) -> TraceParent | None:
+    """The trace for the audit line when this sidecar does not trace: the request's
+    `traceparent` (one lookup), else the one on Envoy's gRPC call (the same trace)."""
     value = headers.get("traceparent")
-    if value is None and context is not None:
-        for item in context.invocation_metadata() or ():
-            if item[0] == "traceparent":
-                value = item[1]
-                break
-    parsed = parse_trace_context(value)
-    return parsed.trace_id if parsed else None
+    if value is None:
+        value = call_metadata(context, _TRACEPARENT_ONLY).get("traceparent")
+    return parse_trace_context(value)
 
 
 def span_attributes(decision: Decision, decision_id: str, method: str) -> dict[str, Any]:

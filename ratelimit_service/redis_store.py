@@ -63,10 +63,12 @@ _PING = pack("PING")
 
 def open_redis_store(settings: StoreSettings) -> BucketStore:
     """The store for the configured topology; nothing connects until first use."""
-    password = os.environ.get(settings.password_env) if settings.password_env else None
     if settings.url is not None:
         endpoint = endpoint_from_url(
-            settings.url, db=settings.db, username=settings.username, password=password
+            settings.url,
+            db=settings.db,
+            username=settings.username,
+            password=_password(settings),
         )
         if endpoint is not None:
             call_timeout_s = settings.timeouts.call_ms / 1000
@@ -79,6 +81,11 @@ def open_redis_store(settings: StoreSettings) -> BucketStore:
             )
             return StandaloneRedisStore(pipe)
     return RedisStore.from_settings(settings)
+
+
+def _password(settings: StoreSettings) -> str | None:
+    """The store's password, from the environment variable the settings name (if any)."""
+    return os.environ.get(settings.password_env) if settings.password_env else None
 
 
 class StandaloneRedisStore:
@@ -166,7 +173,7 @@ class RedisStore:
     def from_settings(cls, settings: StoreSettings) -> RedisStore:
         """redis-py's client for the configured topology (`open_redis_store` prefers the
         pipelined client for standalone URLs); nothing connects until first use."""
-        password = os.environ.get(settings.password_env) if settings.password_env else None
+        password = _password(settings)
         # Headroom over the calls the service lets through, for health probes and loads.
         pool_size = settings.max_connections + 4
         common: dict[str, Any] = {

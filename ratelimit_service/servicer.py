@@ -31,7 +31,7 @@ from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
 from sidecar_runtime.server import ServiceBinding
-from sidecar_runtime.telemetry import parent_context, parse_trace_context
+from sidecar_runtime.telemetry import call_metadata, parent_context, parse_trace_context
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,7 @@ _CARRIED = ("traceparent", "tracestate", "x-request-id")
 
 def _metadata(context: Any) -> dict[str, str]:
     """Trace context (and a request id, if Envoy sent one) from the call's metadata."""
-    found: dict[str, str] = {}
-    for item in context.invocation_metadata() or ():
-        if item[0] in _CARRIED:
-            found[item[0]] = item[1]
-    return found
+    return call_metadata(context, _CARRIED)
 
 
 class _LazyCall:

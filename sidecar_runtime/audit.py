@@ -121,9 +121,7 @@ class AuditSink:
             return sys.stderr
         return Path(self._target).open("a", encoding="utf-8", buffering=1 << 16)
 
-    def _drain(self) -> None:
-        if not self._scheduled:
-            self._encode_pending()  # records emitted outside any loop
+    def _write_encoded(self) -> None:
         if not self._encoded:
             return
         with self._write_lock:
@@ -139,7 +137,9 @@ class AuditSink:
             self._wake.wait(self._flush_interval)
             self._wake.clear()
             try:
-                self._drain()
+                if not self._scheduled:  # records emitted outside any loop
+                    self._encode_pending()
+                self._write_encoded()
             except (OSError, ValueError):
                 self.dropped += len(self._pending) + sum(n for _, n in self._encoded)
                 self._pending.clear()
@@ -148,7 +148,7 @@ class AuditSink:
     def flush(self) -> None:
         """Write everything queued so far (tests and shutdown)."""
         self._encode_pending()
-        self._drain()
+        self._write_encoded()
 
     def close(self) -> None:
         self._closed = True

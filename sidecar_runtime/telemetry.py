@@ -21,7 +21,7 @@ import importlib.util
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,10 +206,14 @@ def parse_trace_context(value: str | None) -> TraceParent | None:
     return TraceParent(trace_id, span_id, bool(int(flags, 16) & 1))
 
 
-def parse_traceparent(value: str | None) -> tuple[str, str] | None:
-    """(trace_id, parent span id) from a W3C `traceparent`, or None when it is invalid."""
-    parsed = parse_trace_context(value)
-    return (parsed.trace_id, parsed.span_id) if parsed else None
+def call_metadata(context: Any, names: Collection[str]) -> dict[str, str]:
+    """The values of `names` in a gRPC call's invocation metadata (trace context and the
+    request id Envoy sends along with its sidecar calls)."""
+    found: dict[str, str] = {}
+    for item in (context.invocation_metadata() if context is not None else None) or ():
+        if item[0] in names:
+            found[item[0]] = item[1]
+    return found
 
 
 def parent_context(carrier: Mapping[str, str]) -> Context:

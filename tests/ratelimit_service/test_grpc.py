@@ -20,6 +20,7 @@ from devstack.pki import Pki
 from ratelimit_service.app import App
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings
+from sidecar_runtime.clock import ManualClock
 from tests.support.grpc_clients import channel
 from tests.support.grpcurl import grpcurl
 from tests.support.redis_servers import RedisServer
@@ -61,7 +62,9 @@ def make_settings(tmp_path: Path, pki: Pki | None = None) -> ServiceSettings:
 
 @pytest.fixture
 async def plaintext_app(tmp_path: Path) -> AsyncIterator[tuple[App, str]]:
-    app = App(make_settings(tmp_path))
+    # A stopped clock: 41 calls in a row must not see a token refill (one per 50 ms) on a
+    # slow machine, and reset times are exact.
+    app = App(make_settings(tmp_path), clock=ManualClock())
     port = await app.start()
     try:
         yield app, f"127.0.0.1:{port}"

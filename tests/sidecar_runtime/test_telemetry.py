@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sidecar_runtime.telemetry import (
     TelemetrySettings,
+    call_metadata,
     parent_context,
-    parse_traceparent,
+    parse_trace_context,
     setup_telemetry,
 )
 
@@ -22,6 +25,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "OTEL_SDK_DISABLED",
         "OTEL_TRACES_EXPORTER",
         "OTEL_METRICS_EXPORTER",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -86,9 +91,60 @@ def test_prometheus_endpoint_serves_metrics() -> None:
     ],
 )
 def test_invalid_traceparent_is_ignored(value: str | None) -> None:
-    assert parse_traceparent(value) is None
+    assert parse_trace_context(value) is None
 
 
 def test_valid_traceparent() -> None:
-    assert parse_traceparent(VALID) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+    parsed = parse_trace_context(VALID)
+    assert parsed is not None
+    assert (parsed.trace_id, parsed.span_id) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+    )
     assert parent_context({"traceparent": VALID})
+
+
+def test_the_sampled_flag_is_read() -> None:
+    sampled = parse_trace_context(VALID)
+    unsampled = parse_trace_context(VALID[:-2] + "00")
+    assert sampled is not None
+    assert sampled.sampled
+    assert unsampled is not None
+    assert not unsampled.sampled
+
+
+@pytest.mark.parametrize(
+    ("sampler", "drops"),
+    [
+        (None, True),  # OTel's default: parentbased_always_on
+        ("parentbased_traceidratio", True),
+        ("always_on", False),  # a span for every call, whatever Envoy decided
+        ("traceidratio", False),
+    ],
+)
+def test_only_parent_based_samplers_let_unsampled_calls_skip_their_span(
+    monkeypatch: pytest.MonkeyPatch, sampler: str | None, drops: bool
+) -> None:
+    if sampler is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    telemetry = setup_telemetry(
+        "test", TelemetrySettings(), span_processors=[SimpleSpanProcessor(InMemorySpanExporter())]
+    )
+    try:
+        assert telemetry.tracing
+        assert telemetry.drops_unsampled_parents is drops
+    finally:
+        telemetry.shutdown()
+
+
+class _Call:
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("traceparent", VALID), ("user-agent", "envoy"), ("x-request-id", "r-1"))
+
+
+def test_call_metadata_picks_the_named_keys() -> None:
+    assert call_metadata(_Call(), ("traceparent", "x-request-id", "tracestate")) == {
+        "traceparent": VALID,
+        "x-request-id": "r-1",
+    }
+    assert call_metadata(None, ("traceparent",)) == {}
