@@ -122,12 +122,9 @@ async def test_a_late_reply_is_dropped_and_the_connection_kept(own_redis: RedisS
     try:
         await store.ping()
         before = clients(own_redis)
-        own_redis.pause()  # the command is written, the reply comes after the deadline
-        try:
-            with pytest.raises(TimeoutError):
-                await store.acquire_within([call("late")], timeout_s=0.05)
-        finally:
-            own_redis.resume()
+        # The command is written, the reply comes after the deadline.
+        with own_redis.paused(), pytest.raises(TimeoutError):
+            await store.acquire_within([call("late")], timeout_s=0.05)
         answer = await store.acquire_within([call("next", 3)], timeout_s=5)
         assert answer.outcomes[0].remaining == 997  # not the late reply for "late"
         assert store.pipe.connections() == 1
@@ -154,11 +151,8 @@ async def test_the_guard_answers_a_late_reply_by_the_failure_mode_and_keeps_the_
     try:
         await guard.probe()
         before = clients(own_redis)
-        own_redis.pause()
-        try:
+        with own_redis.paused():
             assert await guard.acquire([call("late")]) is None  # the failure mode answers
-        finally:
-            own_redis.resume()
         assert guard.stats.store_errors == 1
         outcomes = await guard.acquire([call("next")])
         assert outcomes is not None
@@ -174,16 +168,13 @@ async def test_a_connection_with_a_far_overdue_reply_is_closed(own_redis: RedisS
     pipe = RedisPipe(Endpoint(own_redis.host, own_redis.port), connections=1, stale_after_s=0.2)
     try:
         await pipe.open_all()
-        own_redis.pause()
-        try:
+        with own_redis.paused():
             with pytest.raises(TimeoutError):
                 await pipe.execute(pack("PING"), timeout_s=0.01)
             await asyncio.sleep(0.25)  # the first PING is now older than stale_after_s
             with pytest.raises(TimeoutError):
                 await pipe.execute(pack("PING"), timeout_s=0.01)
             assert pipe.connections() == 0  # closed: a hung server cannot grow the FIFO
-        finally:
-            own_redis.resume()
         assert await pipe.execute(pack("PING"), timeout_s=5) == b"PONG"  # re-opened
     finally:
         await pipe.close()

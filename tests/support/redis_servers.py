@@ -4,6 +4,7 @@
     server.url                                    # redis://127.0.0.1:PORT/0
     server.stop(); server.restart()               # same port, fresh (empty) data
     server.pause(); server.resume()               # SIGSTOP/SIGCONT: a hung server
+    with server.paused(): ...                     # the same around a block
     RedisServer.start(tmp_path, password="s3cret") # --requirepass; client() logs in
 
     cluster = RedisCluster.start(tmp_path, masters=3)
@@ -25,7 +26,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,15 @@ class RedisServer:
     def resume(self) -> None:
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Frozen for the block, and resumed whatever the block raised."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def reset(self) -> None:
         """Empty the data, the scripts and the command statistics (between tests)."""
