@@ -10,8 +10,9 @@ Metrics (names follow OTel conventions; Prometheus shows them with `_total` etc.
     authz.config.reloads         counter   {outcome}            ok | rejected
 
 Hot-path cost: the decision counter is a plain dict increment read by an observable
-callback at export time; only the latency histogram is recorded per call, and only when
-metrics are enabled. Spans are created only when tracing is enabled.
+callback at export time; the latency histogram is plain bucket counts
+(sidecar_runtime.histograms), observed only when metrics are enabled. Spans are
+created only when tracing is enabled.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ class AuthzTelemetry:
         self.jwks_fetches: Counter[tuple[str, str]] = Counter()
         self._holder: EngineHolder | None = None
         meter = telemetry.meter
-        self.check_duration = meter.create_histogram(
+        self.check_duration = telemetry.histograms.histogram(
             "authz.check.duration",
             unit="s",
             description="Check latency inside the sidecar",
-            explicit_bucket_boundaries_advisory=list(settings.latency_buckets),
+            bounds=settings.latency_buckets,
         )
         meter.create_observable_counter(
             "authz.decisions", [self._observe_decisions], description="Check decisions"
@@ -73,7 +74,7 @@ class AuthzTelemetry:
     def record(self, decision: str, reason: str, seconds: float) -> None:
         self.decisions[(decision, reason)] += 1
         if self.metering:
-            self.check_duration.record(seconds)
+            self.check_duration.observe(seconds)
 
     def fetcher_for(self, inner: Fetcher) -> Callable[[str], Fetcher]:
         """A factory giving each issuer a fetcher that counts (and traces) its fetches."""

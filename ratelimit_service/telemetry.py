@@ -2,7 +2,7 @@
 
     ratelimit.decisions          counter   {code, reason}       one per ShouldRateLimit
     ratelimit.request.duration   histogram seconds              ShouldRateLimit latency
-    ratelimit.store.duration     histogram seconds {outcome}    one store (Redis) call
+    ratelimit.store.duration     histogram seconds              one store (Redis) call
     ratelimit.store.errors       counter                        failed or timed-out calls
     ratelimit.failure_mode       counter                        answers by the failure mode
     ratelimit.circuit.closed     gauge                          1 closed (healthy), 0 open
@@ -11,8 +11,9 @@
     ratelimit.config.reloads     counter   {outcome}            ok | rejected
 
 Counters are plain ints in the core, read by observable callbacks at export time; the
-decisions counter and the two histograms are updated per call only when metrics are
-enabled. With telemetry off (the default) a call makes no span and reads no trace context.
+two histograms are plain bucket counts (sidecar_runtime.histograms). The decisions
+counter and the histograms are updated per call only when metrics are enabled. With
+telemetry off (the default) a call makes no span and reads no trace context.
 """
 
 from __future__ import annotations
@@ -43,12 +44,18 @@ class RateLimitTelemetry:
         self.decisions: Counter[tuple[str, str]] = Counter()
         self._app: App | None = None
         meter = telemetry.meter
-        buckets = list(settings.latency_buckets)
-        self.request_duration = meter.create_histogram(
-            "ratelimit.request.duration", unit="s", explicit_bucket_boundaries_advisory=buckets
+        own, buckets = telemetry.histograms, settings.latency_buckets
+        self.request_duration = own.histogram(
+            "ratelimit.request.duration",
+            unit="s",
+            description="ShouldRateLimit latency inside the sidecar",
+            bounds=buckets,
         )
-        self.store_duration = meter.create_histogram(
-            "ratelimit.store.duration", unit="s", explicit_bucket_boundaries_advisory=buckets
+        self.store_duration = own.histogram(
+            "ratelimit.store.duration",
+            unit="s",
+            description="one store call (a Redis round trip), failed ones included",
+            bounds=buckets,
         )
         meter.create_observable_counter("ratelimit.decisions", [self._observe_decisions])
         meter.create_observable_counter("ratelimit.store.errors", [self._observe_store_errors])
@@ -65,13 +72,12 @@ class RateLimitTelemetry:
         """One decision; `started` is the call's time.perf_counter() at arrival."""
         if self.metering:  # only exported metrics read these
             self.decisions[(code, reason)] += 1
-            self.request_duration.record(time.perf_counter() - started)
+            self.request_duration.observe(time.perf_counter() - started)
 
     def record_store_call(self, seconds: float, ok: bool) -> None:
-        # No attributes: an attribute set costs the SDK ~4 us more per record, and failed
-        # calls are counted by ratelimit.store.errors already.
+        # No attributes: failed calls are counted by ratelimit.store.errors already.
         if self.metering:
-            self.store_duration.record(seconds)
+            self.store_duration.observe(seconds)
 
     # -- observable callbacks (export time) -------------------------------------------
     def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:

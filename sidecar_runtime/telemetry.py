@@ -28,7 +28,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -37,6 +37,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from pydantic import Field
 
 from sidecar_runtime.config import Frozen
+from sidecar_runtime.histograms import OwnHistograms, PeriodicReader, PrometheusReader
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Telemetry:
     # samplers, OTel's default): then a call whose traceparent says "not sampled" needs no
     # span at all, and the ~15 us of creating a non-recording one is skipped.
     drops_unsampled_parents: bool = False
+    # Latency histograms counted by hand and added to each collection (see histograms.py).
+    histograms: OwnHistograms = field(default_factory=lambda: OwnHistograms("edgeguard"))
     _providers: list[Any] = field(default_factory=list)
     _servers: list[Any] = field(default_factory=list)
 
@@ -117,16 +120,15 @@ def _otlp_metric_reader() -> MetricReader | None:
         return None
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    return PeriodicExportingMetricReader(OTLPMetricExporter())
+    return PeriodicReader(OTLPMetricExporter())
 
 
 def _prometheus_reader(listen: str, worker: int) -> tuple[MetricReader, Any]:
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port) + worker, addr=host or "127.0.0.1")
-    return PrometheusMetricReader(), server
+    return PrometheusReader(), server
 
 
 def setup_telemetry(
@@ -145,7 +147,9 @@ def setup_telemetry(
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return DISABLED
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    telemetry = Telemetry(trace.NoOpTracer(), metrics.NoOpMeter(service))
+    telemetry = Telemetry(
+        trace.NoOpTracer(), metrics.NoOpMeter(service), histograms=OwnHistograms(service)
+    )
     processors = [*span_processors]
     if (otlp := _otlp_span_processor()) is not None:
         processors.append(otlp)
@@ -165,6 +169,9 @@ def setup_telemetry(
         readers.append(reader)
         telemetry._servers.append(http_server)
     if readers:
+        for reader in readers:  # tests' readers too, when they are histograms.InMemoryReader
+            if hasattr(reader, "attach_histograms"):
+                reader.attach_histograms(telemetry.histograms)
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         telemetry.meter = meter_provider.get_meter(service)
         telemetry.metering = True

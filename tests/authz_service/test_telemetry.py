@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -23,6 +22,7 @@ from devstack.idp_keys import IdpKeys, mint_token
 from devstack.idp_server import IdpServer
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
+from sidecar_runtime.histograms import InMemoryReader
 from sidecar_runtime.server import ServiceBinding, SidecarServer
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
 from tests.authz_service.conftest import AUDIENCE, ROUTES
@@ -40,7 +40,7 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
 class Observed:
     address: str
     spans: InMemorySpanExporter
-    metrics: InMemoryMetricReader
+    metrics: InMemoryReader
     audit: AuditSink
     audit_file: Path
     issuer: str
@@ -67,7 +67,7 @@ async def observed(tmp_path: Path, idp: IdpKeys) -> AsyncIterator[Observed]:
         "reload": {"watch": False},
     }
     config.write_text(yaml.safe_dump(settings) + ROUTES)
-    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
+    spans, metrics = InMemorySpanExporter(), InMemoryReader()
     telemetry = AuthzTelemetry(
         setup_telemetry(
             "authz",
@@ -150,7 +150,7 @@ async def test_unknown_kid_fetch_is_a_child_span_of_the_check(observed: Observed
     assert dict(check.attributes or {})["authz.reason"] == "unknown_key"
 
 
-def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+def _points(reader: InMemoryReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
     assert data is not None
     out: dict[str, list[Any]] = {}

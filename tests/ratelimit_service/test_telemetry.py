@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -21,6 +20,7 @@ from ratelimit_service.settings import ServiceSettings
 from ratelimit_service.store import BucketCall
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
+from sidecar_runtime.histograms import InMemoryReader
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
 from tests.ratelimit_service.test_grpc import make_settings
 from tests.support.grpc_clients import channel
@@ -38,13 +38,13 @@ class Observed:
     app: App
     address: str
     spans: InMemorySpanExporter
-    metrics: InMemoryMetricReader
+    metrics: InMemoryReader
     sink: AuditSink
     decisions_file: Path
 
 
 async def _observed(settings: ServiceSettings, tmp_path: Path) -> Observed:
-    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
+    spans, metrics = InMemorySpanExporter(), InMemoryReader()
     telemetry = RateLimitTelemetry(
         setup_telemetry(
             "ratelimit",
@@ -136,7 +136,7 @@ async def test_denial_line_carries_the_ids_that_join_it_to_envoy_and_the_trace(
     assert "carol" not in memory_app.decisions_file.read_text()
 
 
-def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+def _points(reader: InMemoryReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
     assert data is not None
     return {

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from sidecar_runtime.histograms import InMemoryReader
 from sidecar_runtime.telemetry import (
     TelemetrySettings,
     call_metadata,
@@ -54,7 +54,7 @@ def test_exporter_none_and_sdk_disabled_are_honoured(monkeypatch: pytest.MonkeyP
     t = setup_telemetry("x", TelemetrySettings())
     assert (t.tracing, t.metering) == (False, False)
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    t = setup_telemetry("x", TelemetrySettings(), metric_readers=[InMemoryMetricReader()])
+    t = setup_telemetry("x", TelemetrySettings(), metric_readers=[InMemoryReader()])
     assert t.metering is False
 
 
