@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from opentelemetry.sdk.metrics.export import (
 
 from sidecar_runtime.histograms import InMemoryReader, LatencyHistogram, PeriodicReader
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
+from tests.support.processes import free_port
 
 BOUNDS = (0.001, 0.01, 0.1)
 
@@ -127,9 +127,7 @@ def test_periodic_reader_exports_them() -> None:
 
 
 def test_prometheus_endpoint_shows_them_as_histograms() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     t = setup_telemetry("svc", TelemetrySettings(prometheus_listen=f"127.0.0.1:{port}"))
     try:
         lat = t.histograms.histogram("svc.check.duration", unit="s", description="", bounds=BOUNDS)

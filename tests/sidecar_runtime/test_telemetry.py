@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -12,6 +14,7 @@ from sidecar_runtime.telemetry import (
     parse_trace_context,
     setup_telemetry,
 )
+from tests.support.processes import free_port
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -59,12 +62,7 @@ def test_exporter_none_and_sdk_disabled_are_honoured(monkeypatch: pytest.MonkeyP
 
 
 def test_prometheus_endpoint_serves_metrics() -> None:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     t = setup_telemetry("x", TelemetrySettings(prometheus_listen=f"127.0.0.1:{port}"))
     try:
         t.meter.create_counter("edge.test.events").add(3)
