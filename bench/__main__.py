@@ -2,12 +2,13 @@
 
 Sections, in one run (ratios are taken within it):
   1. sidecar ceilings next to a floor server      (bench.sidecars)
+     and telemetry off/on in alternating rounds    (bench.telemetry_cost)
   2. the whole edge through Envoy, three ways     (bench.edge)
   3. Redis commands and memory per bucket          (bench.footprint)
   4. each sidecar's peak RSS                       (bench.footprint)
   and profiles of the sidecars under load          (bench.profiling, bench.hotpath)
 
-Bounded: a time budget (default 570 s) is checked before every step; a step that would
+Bounded: a time budget (default 585 s) is checked before every step; a step that would
 overrun it is skipped and said so. Loopback only; fixed durations and counts. Every
 process the harness starts is stopped by its pid when it ends, on an exception, on Ctrl-C
 and on SIGTERM.
@@ -31,14 +32,23 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import edge, footprint, hotpath, machine, profiling, report, sidecars
+from bench import (
+    edge,
+    footprint,
+    hotpath,
+    machine,
+    profiling,
+    report,
+    sidecars,
+    telemetry_cost,
+)
 from bench.context import SMOKE, Ctx, Timing, stage
 from bench.procs import REPO, Procs, wait_quiet
 from devstack.idp_keys import ensure_idp_keys
 
 RESULTS = REPO / "bench" / "results" / "latest.json"
 DOC = REPO / "docs" / "benchmarks.md"
-DEFAULT_BUDGET_S = 570.0
+DEFAULT_BUDGET_S = 585.0
 
 
 class Interrupted(BaseException):
@@ -67,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--rows",
         metavar="W:ROW,...",
         help="development loop: section 1 only, these rows (e.g. 1:floor,1:check-pool-rs256);"
+        " writes only into the work directory",
+    )
+    parser.add_argument(
+        "--telemetry-cost",
+        action="store_true",
+        help="development loop: the telemetry cost pairs (with --rows: after those rows);"
         " writes only into the work directory",
     )
     parser.add_argument(
@@ -106,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = (args.work or REPO / ".dev" / "bench" / stamp).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    scratch = args.smoke or args.rows is not None
+    scratch = args.smoke or args.rows is not None or args.telemetry_cost
     results = args.results or (work / "latest.json" if scratch else RESULTS)
     doc = args.doc or (work / "benchmarks.md" if scratch else DOC)
     # The sidecars' telemetry stays at its default (off): an OTEL_* variable in the caller's
@@ -119,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {
         "schema": 1,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "smoke" if args.smoke else ("rows" if args.rows else "full"),
+        "mode": "smoke" if args.smoke else ("rows" if scratch else "full"),
         **machine.describe(),
         "timing": {k: getattr(timing, k) for k in timing.__dataclass_fields__},
         "harness_command": shlex.join([sys.executable, "-m", "bench", *(argv or sys.argv[1:])]),
@@ -145,10 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             material = sidecars.prepare(ctx)
         sections = result["sections"]
         plan = sidecars.SMOKE_PLAN if args.smoke else sidecars.FULL_PLAN
-        if args.rows is not None:
-            sections["sidecars"] = sidecars.run_section(ctx, material, _row_plan(args.rows))
+        pairs = telemetry_cost.SMOKE_PAIRS if args.smoke else telemetry_cost.FULL_PAIRS
+        if args.rows is not None or args.telemetry_cost:
+            if args.rows:
+                sections["sidecars"] = sidecars.run_section(ctx, material, _row_plan(args.rows))
+            if args.telemetry_cost:
+                sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, pairs)
             return status
         sections["sidecars"] = sidecars.run_section(ctx, material, plan)
+        sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, pairs)
         sections["edge"] = edge.run_section(ctx)
         sections["redis"], sections["memory"] = footprint.run_sections(ctx, material)
         sections["profiles"] = profiling.run_section(ctx, material)

@@ -25,7 +25,7 @@ class Timing:
     """Fixed durations and counts; `smoke` shrinks every one of them."""
 
     saturation_s: float = 4.0
-    fixed_s: float = 4.0
+    fixed_s: float = 3.0
     warmup_s: float = 1.0
     edge_saturation_s: float = 5.0
     edge_fixed_s: float = 5.0
@@ -34,12 +34,13 @@ class Timing:
     pool_size: int = 1000
     distinct_subjects: int = 100_000
     command_count_calls: int = 20_000
-    profile_calls: int = 8_000
+    profile_calls: int = 5_000
     clients: int = 10  # h2load processes (distinct bodies) per load
     conns: int = 2  # connections per h2load process
     streams: int = 4  # streams per connection at saturation
     edge_streams: int = 1  # the same through Envoy (see bench.edge: sidecar timeouts)
     fixed_streams: int = 16  # streams per connection at a fixed rate (never the limit)
+    cost_s: int = 2  # one load of the telemetry-cost rounds (h2load -D takes whole seconds)
 
 
 SMOKE = Timing(
@@ -59,6 +60,7 @@ SMOKE = Timing(
     streams=4,
     edge_streams=1,
     fixed_streams=8,
+    cost_s=1,
 )
 
 

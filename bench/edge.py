@@ -21,6 +21,9 @@ Envoy on one worker thread (`--concurrency 1`, as the local stack runs it):
   `subject` in its metadata, so the stage-1 call happens): the price of three grpc.aio
   round trips per request with no work behind them -- the ceiling any sidecar work
   lowers.
+- `envoy-floor-authz`: the same with one sidecar call per request: the ext_authz filter to
+  one floor server, both rate-limit filters removed. What a single grpc.aio round trip
+  costs the edge: the ceiling of any design with one Python sidecar call per request.
 - `envoy-sidecars`: the local stack (`devstack.stack.Stack`: Redis, dev IdP, both sidecars
   over mTLS, Envoy with stage-0 rate limit -> ext_authz -> stage-1 rate limit), its route
   sent to the same backend listener, and the rate-limit sidecar given the bench rules.
@@ -161,6 +164,26 @@ def without_sidecars(cfg: Config, *, direct: bool) -> Config:
     sidecar_clusters = {envoy_config.AUTHZ_CLUSTER, envoy_config.RATELIMIT_CLUSTER}
     cfg["static_resources"]["clusters"] = [
         c for c in cfg["static_resources"]["clusters"] if c["name"] not in sidecar_clusters
+    ]
+    return cfg
+
+
+def only_ext_authz(cfg: Config) -> Config:
+    """The project's config minus both rate-limit filters, their route actions and their
+    cluster: one sidecar call (ext_authz) per request."""
+    cfg = copy.deepcopy(cfg)
+    hcm = _hcm(cfg)
+    hcm["http_filters"] = [
+        f for f in hcm["http_filters"] if not f["name"].startswith(envoy_config.RATELIMIT_NAMESPACE)
+    ]
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        vhost.pop("rate_limits", None)
+        for route in vhost.get("routes", []):
+            route.get("route", {}).pop("rate_limits", None)
+    cfg["static_resources"]["clusters"] = [
+        c
+        for c in cfg["static_resources"]["clusters"]
+        if c["name"] != envoy_config.RATELIMIT_CLUSTER
     ]
     return cfg
 
@@ -673,37 +696,48 @@ def run_section(ctx: Ctx) -> dict[str, Any]:
         )
 
     attempt("envoy-builtin", lambda: plain("envoy-builtin", builtin, True))
-    attempt("envoy-floor-sidecars", lambda: _floor_sidecars(ctx, pki, tokens))
+    attempt(
+        "envoy-floor-authz",
+        lambda: _floor_sidecars(ctx, pki, tokens, name="envoy-floor-authz", one_call=True),
+    )
+    attempt(
+        "envoy-floor-sidecars",
+        lambda: _floor_sidecars(ctx, pki, tokens, name="envoy-floor-sidecars"),
+    )
     attempt("envoy-sidecars", lambda: _sidecars(ctx, pki, results))
     return {"configs": results, "builtin_cannot_express": BUILTIN_CANNOT}
 
 
-def _floor_sidecars(ctx: Ctx, pki: Pki, tokens: list[tuple[str, str]]) -> dict[str, Any]:
+def _floor_sidecars(
+    ctx: Ctx, pki: Pki, tokens: list[tuple[str, str]], *, name: str, one_call: bool = False
+) -> dict[str, Any]:
     """The project's own Envoy config (stage-0 rate limit, ext_authz, stage-1 rate limit,
     mTLS to the sidecars) in front of two floor servers that answer OK at once: what three
-    grpc.aio round trips per request cost with no work behind them."""
+    grpc.aio round trips per request cost with no work behind them. `one_call`: only the
+    ext_authz call (see `only_ext_authz`)."""
     port, admin, backend = free_port(), free_port(), free_port()
     authz_port, rl_port = free_port(), free_port()
     mtls = [str(pki.sidecar_cert), str(pki.sidecar_key), str(pki.ca)]
     floors = []
+    servers = [("floor-authz", authz_port, ["--subject", "floor-user"])]
+    if not one_call:
+        servers.append(("floor-ratelimit", rl_port, []))
     try:
-        for name, listen_port, extra in (
-            ("floor-authz", authz_port, ["--subject", "floor-user"]),
-            ("floor-ratelimit", rl_port, []),
-        ):
+        for server, listen_port, extra in servers:
             args = ["-m", "bench.floor", "--listen", f"127.0.0.1:{listen_port}", "--mtls", *mtls]
-            floors.append(
-                ctx.procs.python(name, [*args, *extra], stdout=ctx.dir("logs") / f"{name}.log")
-            )
-        for p in (authz_port, rl_port):
+            log = ctx.dir("logs") / f"{name}-{server}.log"
+            floors.append(ctx.procs.python(server, [*args, *extra], stdout=log))
+        for p in [listen_port for _, listen_port, _ in servers]:
             if not wait_until(lambda p=p: port_open(p), timeout=20):
                 raise RuntimeError("floor sidecar did not listen")
         params = dataclasses.replace(
             _params(pki, port, admin), authz_port=authz_port, ratelimit_port=rl_port
         )
         cfg = with_backend(envoy_config.build(params), backend)
-        edge = start_envoy(ctx, "envoy-floor-sidecars", cfg, port, admin)
-        edge.pids.update({"authz": floors[0].pid, "ratelimit": floors[1].pid})
+        if one_call:
+            cfg = only_ext_authz(cfg)
+        edge = start_envoy(ctx, name, cfg, port, admin)
+        edge.pids.update(dict(zip(("authz", "ratelimit"), (f.pid for f in floors), strict=False)))
         try:
             wait_until(lambda: https_status(edge, pki, "/healthz", None) == 200, timeout=20)
             out = measure(ctx, edge, pki, tokens, policy=False)

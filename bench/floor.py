@@ -6,7 +6,11 @@ options, health, reflection, keepalive enforcement; sidecar_runtime.workers for
 call and nothing else.
 
     python -m bench.floor --listen 127.0.0.1:PORT [--workers N]
-        [--mtls CERT KEY CA] [--subject NAME]
+        [--mtls CERT KEY CA] [--subject NAME] [--burn-us N]
+
+`--burn-us N` makes each call spend N µs of Python CPU (a busy loop) before answering: the
+floor with a handler of known cost, to show how much work per call a given share of the
+floor's throughput leaves room for.
 
 `--mtls` serves like the deployed sidecars (client certificate required); `--subject`
 adds `{"subject": NAME}` to Check's dynamic metadata, so Envoy's stage-1 rate limit (keyed
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +41,21 @@ _RL_OK = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
 
 
 class FloorAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, response: Any = _OK) -> None:
+    def __init__(self, response: Any = _OK, burn_us: float = 0) -> None:
         self._response = response
+        self._burn_s = burn_us / 1e6
 
     async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC name
+        if self._burn_s:
+            _burn(self._burn_s)
         return self._response
+
+
+def _burn(seconds: float) -> None:
+    """Hold the CPU (and the GIL) for `seconds`, as a handler doing that much work would."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
 
 
 class FloorRateLimit(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
@@ -49,7 +64,12 @@ class FloorRateLimit(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[mis
 
 
 async def _serve(
-    listen: str, *, reuse_port: bool, mtls: Sequence[str] | None, subject: str | None
+    listen: str,
+    *,
+    reuse_port: bool,
+    mtls: Sequence[str] | None,
+    subject: str | None,
+    burn_us: float = 0,
 ) -> None:
     tls = TlsSettings()
     if mtls:
@@ -60,7 +80,7 @@ async def _serve(
     if subject:
         response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
         response.dynamic_metadata.update({"subject": subject})
-    authz, ratelimit = FloorAuthz(response), FloorRateLimit()
+    authz, ratelimit = FloorAuthz(response, burn_us), FloorRateLimit()
     bindings = [
         ServiceBinding(
             AUTHZ, lambda s: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authz, s)
@@ -80,11 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--mtls", nargs=3, metavar=("CERT", "KEY", "CA"))
     parser.add_argument("--subject")
+    parser.add_argument("--burn-us", type=float, default=0, help="Python CPU per Check, µs")
     args = parser.parse_args(argv)
     if args.workers > 1 and worker_index() is None:
         return run_workers(args.workers)
     asyncio.run(
-        _serve(args.listen, reuse_port=args.workers > 1, mtls=args.mtls, subject=args.subject)
+        _serve(
+            args.listen,
+            reuse_port=args.workers > 1,
+            mtls=args.mtls,
+            subject=args.subject,
+            burn_us=args.burn_us,
+        )
     )
     return 0
 

@@ -78,10 +78,16 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
         assert row["fixed"]["requests"] > 0
     assert rows["floor-w1"]["ratio_to_floor"] == 1.0
     assert rows["check-pool-rs256-w1"]["audit_lines"] > 0
+    assert rows["floor-burn20-w1"]["ratio_to_floor"] > 0
+
+    [pair] = data["sections"]["telemetry_cost"]["pairs"]
+    assert pair["rounds"] == 1 and pair["cost_pct"] is not None
+    assert min(pair["rates_off"] + pair["rates_on"]) > 0
 
     edges = {c["name"]: c for c in data["sections"]["edge"]["configs"]}
     assert set(edges) == {
-        "envoy-direct", "envoy-proxy", "envoy-builtin", "envoy-floor-sidecars", "envoy-sidecars"
+        "envoy-direct", "envoy-proxy", "envoy-builtin", "envoy-floor-authz",
+        "envoy-floor-sidecars", "envoy-sidecars",
     }  # fmt: skip
     assert edges["envoy-builtin"]["verify"] == {"owner": 200, "other_user": 403, "no_token": 401}
     assert edges["envoy-sidecars"]["verify"] == {"owner": 200, "other_user": 403, "no_token": 401}
@@ -108,6 +114,7 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     assert BEGIN in text
     assert END in text
     assert "### 1. Sidecar ceilings" in text
+    assert "### 1b. Telemetry cost" in text
 
     # Re-rendering a stored result measures nothing and gives the same tables.
     again = tmp_path / "again.md"
