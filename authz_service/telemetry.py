@@ -72,8 +72,8 @@ class AuthzTelemetry:
         self._holder = holder
 
     def record(self, decision: str, reason: str, seconds: float) -> None:
-        self.decisions[(decision, reason)] += 1
-        if self.metering:
+        if self.metering:  # only exported metrics read these
+            self.decisions[(decision, reason)] += 1
             self.check_duration.observe(seconds)
 
     def fetcher_for(self, inner: Fetcher) -> Callable[[str], Fetcher]:

@@ -93,16 +93,14 @@ class StoreGuard:
         try:
             acquired = await self._call_store(calls)
         except TimeoutError:
-            self._telemetry.record_store_call(time.perf_counter() - started, ok=False)
             await self._failed("timeout")
             return None
         except StoreError as exc:
-            self._telemetry.record_store_call(time.perf_counter() - started, ok=False)
             await self._failed(str(exc))
             return None
         finally:
             self._in_flight -= 1
-        self._telemetry.record_store_call(time.perf_counter() - started, ok=True)
+            self._telemetry.record_store_call(started)
         if self._breaker.record_success():
             await self._health_changed(True)
         return acquired.outcomes

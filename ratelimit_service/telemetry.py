@@ -74,10 +74,11 @@ class RateLimitTelemetry:
             self.decisions[(code, reason)] += 1
             self.request_duration.observe(time.perf_counter() - started)
 
-    def record_store_call(self, seconds: float, ok: bool) -> None:
-        # No attributes: failed calls are counted by ratelimit.store.errors already.
+    def record_store_call(self, started: float) -> None:
+        """One store call, failed ones included (ratelimit.store.errors counts those);
+        `started` is its time.perf_counter() when it was sent."""
         if self.metering:
-            self.store_duration.observe(seconds)
+            self.store_duration.observe(time.perf_counter() - started)
 
     # -- observable callbacks (export time) -------------------------------------------
     def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:

@@ -29,7 +29,6 @@ from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     InMemoryMetricReader,
     Metric,
-    MetricExporter,
     MetricsData,
     PeriodicExportingMetricReader,
     ScopeMetrics,
@@ -148,9 +147,6 @@ class _AddsOwnHistograms:
 
 class PeriodicReader(_AddsOwnHistograms, PeriodicExportingMetricReader):
     """OTLP export on the SDK's schedule (`OTEL_METRIC_EXPORT_INTERVAL`)."""
-
-    def __init__(self, exporter: MetricExporter) -> None:
-        super().__init__(exporter)
 
 
 class PrometheusReader(_AddsOwnHistograms, PrometheusMetricReader):

@@ -156,6 +156,10 @@ async def test_metrics_move_with_decisions(memory_app: Observed) -> None:
     assert decisions == {("OK", "ok"): 20, ("OVER_LIMIT", "over_limit"): 2}
     [duration] = points["ratelimit.request.duration"]
     assert duration.count == 22
+    # One store call per allowed request; the 2 denials came from the per-process cache
+    # of buckets known to be empty, without a store call.
+    [store] = points["ratelimit.store.duration"]
+    assert store.count == 20
     over = {p.attributes["rule"]: p.value for p in points["ratelimit.over_limit"]}
     assert over == {"per-subject": 2}
     [circuit] = points["ratelimit.circuit.closed"]

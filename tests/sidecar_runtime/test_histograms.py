@@ -32,6 +32,11 @@ def _points(data: MetricsData | None) -> dict[str, tuple[str, HistogramDataPoint
     return out
 
 
+def _scope_names(data: MetricsData | None) -> list[str]:
+    assert data is not None
+    return [s.scope.name for r in data.resource_metrics for s in r.scope_metrics]
+
+
 def test_values_land_in_otel_buckets_upper_bound_inclusive() -> None:
     h = LatencyHistogram("x", unit="s", description="", bounds=BOUNDS)
     for value in (0.0005, 0.001, 0.0011, 0.01, 0.05, 0.1, 0.2, 7.0):
@@ -71,7 +76,9 @@ def test_collection_carries_own_histograms_beside_sdk_instruments() -> None:
         idle = t.histograms.histogram("svc.idle", unit="s", description="", bounds=BOUNDS)
         t.meter.create_counter("svc.events").add(2)
         lat.observe(0.02)
-        points = _points(reader.get_metrics_data())
+        data = reader.get_metrics_data()
+        points = _points(data)
+        assert _scope_names(data) == ["svc"]  # merged, not a second "svc" entry
         assert points["svc.events"][1].value == 2
         scope, point = points["svc.latency"]
         assert scope == "svc"  # merged into the service's own meter scope
@@ -88,7 +95,9 @@ def test_own_histograms_get_their_own_scope_when_the_sdk_has_none() -> None:
         t.histograms.histogram("svc.lat", unit="s", description="", bounds=BOUNDS).observe(1.0)
         # Only a meter of another name has SDK data: ours get a scope entry of their own.
         t._providers[-1].get_meter("elsewhere").create_counter("elsewhere.events").add(1)
-        points = _points(reader.get_metrics_data())
+        data = reader.get_metrics_data()
+        points = _points(data)
+        assert sorted(_scope_names(data)) == ["elsewhere", "svc"]
         assert points["elsewhere.events"][0] == "elsewhere"
         assert points["svc.lat"][0] == "svc"
     finally:
