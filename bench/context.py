@@ -57,8 +57,6 @@ SMOKE = Timing(
     profile_calls=300,
     clients=2,
     conns=1,
-    streams=4,
-    edge_streams=1,
     fixed_streams=8,
     cost_s=1,
 )

@@ -20,9 +20,6 @@ from typing import Any
 
 import grpc
 
-CHECK = "/envoy.service.auth.v3.Authorization/Check"
-SHOULD_RATE_LIMIT = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
-
 
 @dataclass
 class DriveResult:

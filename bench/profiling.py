@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import driver, sidecars
+from bench import sidecars
 from bench.context import Ctx, stage
-from bench.load import GRPC_HEADERS, Client, Shape, run
+from bench.load import Shape, run
 from bench.procs import REPO
-from bench.sidecars import AUTHZ_PATH, RL_PATH, Material, Row
+from bench.sidecars import RL_PATH, Material, Row
 
 TOP = 25
 # Waiting for I/O in the event loop: not work, left out of the shares.
@@ -82,23 +82,9 @@ def profile_row(ctx: Ctx, row: Row, material: Material) -> dict[str, Any]:
     out = ctx.dir("profiles") / f"{row.name}.prof"
     out.unlink(missing_ok=True)
     server = sidecars.start_server(ctx, row, material, profile_out=out)
-    bodies = material.rl_bodies if row.method == RL_PATH else material.check_bodies[row.alg]
     try:
-        check = {
-            "floor": driver.check_any,
-            "authz": driver.check_allowed,
-            "ratelimit": driver.check_rate_ok,
-        }[row.kind]
-        sidecars.verify(server, row.method, bodies, check)
-        if row.kind == "authz" and row.cache_size > 0:
-            driver.drive(
-                server.address,
-                AUTHZ_PATH,
-                (sidecars._check_body(t) for t in material.pools[row.alg]),
-                driver.check_allowed,
-            )
-        url = f"http://{server.address}{row.method}"
-        clients = [Client(url, body, GRPC_HEADERS) for body in bodies]
+        sidecars.make_ready(server, row, material)
+        clients = sidecars.load_clients(server, row, sidecars.bodies_for(row, material))
         t = ctx.timing
         shape = Shape(t.conns, t.streams, requests=t.profile_calls)
         os.kill(server.pid, signal.SIGUSR1)
