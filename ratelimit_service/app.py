@@ -60,6 +60,7 @@ def build_service(
         store,
         breaker=CircuitBreaker(
             failure_threshold=breaker.failure_threshold,
+            failure_span_seconds=breaker.failure_span_seconds,
             open_seconds=breaker.open_seconds,
             clock=clock,
         ),

@@ -138,8 +138,14 @@ class StoreGuard:
     async def probe(self) -> None:
         """One health probe of the store; drives the breaker and gRPC health."""
         try:
-            async with asyncio.timeout(self._probe_timeout_s):
-                await self.store.ping()
+            if self._timed is not None:
+                # Not a timer around the coroutine: one that expires while a busy loop has
+                # not yet resumed us would fail a PONG that came in time, and trip the
+                # breaker (every call answered by the failure mode for open_seconds).
+                await self._timed.ping_within(timeout_s=self._probe_timeout_s)
+            else:
+                async with asyncio.timeout(self._probe_timeout_s):
+                    await self.store.ping()
         except (StoreError, TimeoutError) as exc:
             if self._breaker.trip():
                 self.stats.store_errors += 1

@@ -20,16 +20,32 @@ class BreakerState(Enum):
 class CircuitBreaker:
     """Stops calling a failing store for a while, then lets one trial call through.
 
-    closed --(failure_threshold consecutive failures, or trip())--> open
+    closed --(failure_threshold consecutive failures spanning failure_span_seconds,
+              or trip())--> open
     open --(open_seconds elapsed; next allow() is the trial)--> half_open
     half_open --success--> closed;  half_open --failure--> open
+
+    Why a span: under load a process keeps dozens of calls in flight, and one stall of
+    the process (or of Redis) longer than the call timeout fails all of them at once.
+    Counted as calls, that burst would open the breaker and answer every call for
+    `open_seconds` with the failure mode (fail-open: no limit at all) although the store
+    is fine. A store that is really down keeps failing over time, and opens it then.
     """
 
-    def __init__(self, *, failure_threshold: int, open_seconds: float, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        failure_threshold: int,
+        open_seconds: float,
+        clock: Clock,
+        failure_span_seconds: float = 0.0,
+    ) -> None:
         self._threshold = failure_threshold
         self._open_seconds = open_seconds
+        self._span = failure_span_seconds
         self._clock = clock
         self._failures = 0
+        self._first_failure_at = 0.0
         self._opened_at = 0.0
         self.state = BreakerState.CLOSED
 
@@ -58,13 +74,17 @@ class CircuitBreaker:
 
     def record_failure(self) -> bool:
         """Returns True when this failure opens a closed breaker."""
+        now = self._clock.monotonic()
+        if self._failures == 0:
+            self._first_failure_at = now
         self._failures += 1
-        if self.state is BreakerState.HALF_OPEN or (
-            self.state is BreakerState.CLOSED and self._failures >= self._threshold
-        ):
+        if self.state is BreakerState.HALF_OPEN:
             return self.trip()
-        if self.state is BreakerState.OPEN:
-            self._opened_at = self._clock.monotonic()
+        if self.state is BreakerState.CLOSED:
+            if self._failures >= self._threshold and now - self._first_failure_at >= self._span:
+                return self.trip()
+        else:
+            self._opened_at = now
         return False
 
     def trip(self) -> bool:

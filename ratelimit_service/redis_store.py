@@ -144,10 +144,18 @@ class StandaloneRedisStore:
     async def ping(self) -> None:
         """Every connection open (a burst on a cold pool must not wait for connects), the
         server answering, and the script loaded."""
+        await self._ping(None)
+
+    async def ping_within(self, *, timeout_s: float) -> None:
+        """`ping`, each command bounded by `timeout_s` from when it was sent (connects by
+        the pipe's own connect timeout): a PONG read late by a busy loop still counts."""
+        await self._ping(timeout_s)
+
+    async def _ping(self, timeout_s: float | None) -> None:
         await self.pipe.open_all()
-        await self.pipe.execute(_PING)
+        await self.pipe.execute(_PING, timeout_s=timeout_s)
         if not self._loaded:
-            await self._load(self._generation, None)
+            await self._load(self._generation, timeout_s)
 
     async def close(self) -> None:
         await self.pipe.close()

@@ -149,16 +149,17 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     ) -> tuple[Decision, Correlation]:
         carrier = _metadata(context)
         parent = parse_trace_context(carrier.get("traceparent"))
-        request_id = carrier.get("x-request-id", "")
         if parent is not None and not parent.sampled and self._t.drops_unsampled:
-            # Envoy decided not to sample: the sampler would drop this span anyway.
-            call = DecisionContext(self._ids.next(), request_id, parent.trace_id, started)
-            return await self._decide(plain, call), call
+            # Envoy decided not to sample: the sampler would drop this span anyway, and
+            # the decision id is drawn only if a line or the response needs it.
+            lazy = _LazyCall(self._ids, context, started, carried=carrier)
+            return await self._decide(plain, lazy), lazy
         context_in = parent_context(carrier) if parent is not None else None
         with self._t.tracer.start_as_current_span(
             "ratelimit.ShouldRateLimit", context=context_in, kind=SpanKind.SERVER
         ) as span:
             trace_id = f"{span.get_span_context().trace_id:032x}"
+            request_id = carrier.get("x-request-id", "")
             call = DecisionContext(self._ids.next(), request_id, trace_id, started)
             decision = await self._decide(plain, call)
             if span.is_recording():
@@ -187,12 +188,19 @@ class _LazyCall:
 
     __slots__ = ("_carried", "_context", "_decision_id", "_ids", "started")
 
-    def __init__(self, ids: DecisionIds, context: Any, started: float) -> None:
+    def __init__(
+        self,
+        ids: DecisionIds,
+        context: Any,
+        started: float,
+        *,
+        carried: dict[str, str] | None = None,
+    ) -> None:
         self._ids = ids
         self._context = context
         self.started = started
         self._decision_id = ""
-        self._carried: dict[str, str] | None = None
+        self._carried = carried
 
     @property
     def decision_id(self) -> str:

@@ -20,7 +20,10 @@ failure_mode: fail_open       fail_open | fail_closed (when the store fails)
 key_prefix: "rl:"
 max_in_flight: 256            store calls in flight; beyond, answer with the failure mode
 empty_bucket_cache: {enabled: true, max_entries: 100000}
-circuit_breaker: {failure_threshold: 5, open_seconds: 1.0, probe_interval_seconds: 1.0}
+circuit_breaker: {failure_threshold: 5, failure_span_seconds: 0.2, open_seconds: 1.0,
+                  probe_interval_seconds: 1.0}
+                             opens after failure_threshold failures in a row that span
+                             failure_span_seconds (a burst from one stall does not)
 log: {level: INFO, max_lines_per_second: 10, hash_key_env: null}
 reload: {watch: true, interval_seconds: 1.0}
 """
@@ -107,6 +110,9 @@ class CacheSettings(Frozen):
 
 class BreakerSettings(Frozen):
     failure_threshold: int = Field(default=5, ge=1, le=1000)
+    # The failures in a row must also span this long: a burst of timeouts from one stall
+    # of a loaded process must not open the breaker (protection.CircuitBreaker).
+    failure_span_seconds: float = Field(default=0.2, ge=0, le=60)
     open_seconds: float = Field(default=1.0, gt=0, le=300)
     probe_interval_seconds: float = Field(default=1.0, gt=0, le=300)
 

@@ -72,6 +72,10 @@ class DeadlineStore(Protocol):
         """`acquire`, raising TimeoutError when no answer came within `timeout_s`."""
         ...
 
+    async def ping_within(self, *, timeout_s: float) -> None:
+        """`ping` (the health probe), with the same deadline rule."""
+        ...
+
 
 class MemoryStore:
     """Buckets in this process only: exact, but not shared between replicas or workers.

@@ -351,6 +351,8 @@ def test_tracing_is_off_until_a_collector_is_given() -> None:
     traced = build(dataclasses.replace(local_profile(), otlp_collector="collector:4317"))
     provider = _hcm(traced)["tracing"]["provider"]
     assert provider["name"] == "envoy.tracers.opentelemetry"
+    # Envoy samples 1 % by default: each traced call costs the sidecars a span.
+    assert _hcm(traced)["tracing"]["random_sampling"] == {"value": 1.0}
     cluster = _cluster(traced, "otel_collector")
     assert cluster["type"] == "STRICT_DNS"
 

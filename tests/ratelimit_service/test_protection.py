@@ -33,6 +33,52 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens() -> None:
     assert breaker.allow()
 
 
+def test_a_burst_of_failures_at_one_instant_does_not_open_the_breaker() -> None:
+    # One stall longer than the call timeout fails every call in flight at once.
+    clock = ManualClock()
+    breaker = CircuitBreaker(
+        failure_threshold=5, failure_span_seconds=0.2, open_seconds=1.0, clock=clock
+    )
+    for _ in range(40):
+        assert not breaker.record_failure()
+    assert breaker.is_closed
+    breaker.record_success()  # the store answers again: the burst is forgotten
+    clock.advance(0.15)
+    assert not breaker.record_failure()
+    clock.advance(0.15)
+    assert not breaker.record_failure()  # 0.15 s since the first failure of this run
+    assert breaker.is_closed
+
+
+def test_failures_that_span_the_window_open_the_breaker() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(
+        failure_threshold=5, failure_span_seconds=0.2, open_seconds=1.0, clock=clock
+    )
+    for _ in range(4):
+        assert not breaker.record_failure()
+        clock.advance(0.1)
+    # Five in a row, the first 0.4 s ago: the store keeps failing, so open.
+    assert breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(1.0)
+    assert breaker.allow()  # the trial
+    assert not breaker.record_failure()  # a failed trial re-opens at once, span or not
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_many_failures_inside_the_span_wait_for_the_span() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(
+        failure_threshold=2, failure_span_seconds=0.2, open_seconds=1.0, clock=clock
+    )
+    for _ in range(10):
+        assert not breaker.record_failure()
+        clock.advance(0.01)
+    clock.advance(0.11)
+    assert breaker.record_failure()  # 0.21 s after the first
+
+
 def test_trip_opens_at_once() -> None:
     breaker = CircuitBreaker(failure_threshold=100, open_seconds=1.0, clock=ManualClock())
     assert breaker.trip()

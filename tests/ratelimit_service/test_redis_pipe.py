@@ -4,6 +4,7 @@ pipelining, late replies, lost connections, NOSCRIPT, AUTH, SELECT, unix sockets
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,21 +134,26 @@ async def test_a_late_reply_is_dropped_and_the_connection_kept(own_redis: RedisS
         await store.close()
 
 
-@pytest.mark.redis
-async def test_the_guard_answers_a_late_reply_by_the_failure_mode_and_keeps_the_connection(
-    own_redis: RedisServer,
-) -> None:
-    store = standalone(own_redis.url, pipelined_connections=1)
+def _guard(store: StandaloneRedisStore, *, probe_timeout_s: float) -> StoreGuard:
+    """A guard with a 50 ms call timeout on a fake clock (the breaker never opens here)."""
     clock = ManualClock()
-    guard = StoreGuard(
+    return StoreGuard(
         store,
         breaker=CircuitBreaker(failure_threshold=5, open_seconds=1.0, clock=clock),
         decisions=DecisionLog(lines_per_second=100, clock=clock, hash_key=b"k"),
         failure_mode="fail_open",
         call_timeout_s=0.05,
-        probe_timeout_s=5,
+        probe_timeout_s=probe_timeout_s,
         max_in_flight=16,
     )
+
+
+@pytest.mark.redis
+async def test_the_guard_answers_a_late_reply_by_the_failure_mode_and_keeps_the_connection(
+    own_redis: RedisServer,
+) -> None:
+    store = standalone(own_redis.url, pipelined_connections=1)
+    guard = _guard(store, probe_timeout_s=5)
     try:
         await guard.probe()
         before = clients(own_redis)
@@ -159,6 +165,26 @@ async def test_the_guard_answers_a_late_reply_by_the_failure_mode_and_keeps_the_
         assert outcomes[0].remaining == 999
         assert clients(own_redis) == before
         assert guard.healthy
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_a_probe_answered_in_time_but_read_late_keeps_the_breaker_closed(
+    own_redis: RedisServer,
+) -> None:
+    store = standalone(own_redis.url, pipelined_connections=1)
+    guard = _guard(store, probe_timeout_s=0.1)
+    try:
+        await guard.probe()  # connections open, script loaded
+        probe = asyncio.ensure_future(guard.probe())
+        for _ in range(5):
+            await asyncio.sleep(0)  # the probe's PING is written
+        # The loop stalls past the probe's timeout; the PONG arrives meanwhile.
+        time.sleep(0.3)  # noqa: ASYNC251 - the stall under test
+        await probe
+        assert guard.healthy
+        assert guard.stats.store_errors == 0
     finally:
         await store.close()
 
