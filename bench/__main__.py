@@ -2,6 +2,7 @@
 
 Sections, in one run (ratios are taken within it):
   1. sidecar ceilings next to a floor server      (bench.sidecars)
+     the targets' ratios in alternating rounds     (bench.rounds)
      and telemetry off/on in alternating rounds    (bench.telemetry_cost)
   2. the whole edge through Envoy, three ways     (bench.edge)
   3. Redis commands and memory per bucket          (bench.footprint)
@@ -39,6 +40,7 @@ from bench import (
     machine,
     profiling,
     report,
+    rounds,
     sidecars,
     telemetry_cost,
 )
@@ -82,7 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--telemetry-cost",
         action="store_true",
-        help="development loop: the telemetry cost pairs (with --rows: after those rows);"
+        help="development loop: the telemetry cost rounds (with --rows: after those rows);"
+        " writes only into the work directory",
+    )
+    parser.add_argument(
+        "--rounds",
+        action="store_true",
+        help="development loop: the targets' ratios in alternating rounds (after --rows);"
         " writes only into the work directory",
     )
     parser.add_argument(
@@ -122,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = (args.work or REPO / ".dev" / "bench" / stamp).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    scratch = args.smoke or args.rows is not None or args.telemetry_cost
+    scratch = args.smoke or args.rows is not None or args.telemetry_cost or args.rounds
     results = args.results or (work / "latest.json" if scratch else RESULTS)
     doc = args.doc or (work / "benchmarks.md" if scratch else DOC)
     # The sidecars' telemetry stays at its default (off): an OTEL_* variable in the caller's
@@ -161,15 +169,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             material = sidecars.prepare(ctx)
         sections = result["sections"]
         plan = sidecars.SMOKE_PLAN if args.smoke else sidecars.FULL_PLAN
-        pairs = telemetry_cost.SMOKE_PAIRS if args.smoke else telemetry_cost.FULL_PAIRS
-        if args.rows is not None or args.telemetry_cost:
+        cost_groups = telemetry_cost.SMOKE_GROUPS if args.smoke else telemetry_cost.FULL_GROUPS
+        target_groups = rounds.SMOKE_TARGET_GROUPS if args.smoke else rounds.TARGET_GROUPS
+        if args.rows is not None or args.telemetry_cost or args.rounds:
             if args.rows:
                 sections["sidecars"] = sidecars.run_section(ctx, material, _row_plan(args.rows))
+            if args.rounds:
+                sections["rounds"] = rounds.run_section(ctx, material, target_groups)
             if args.telemetry_cost:
-                sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, pairs)
+                sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, cost_groups)
             return status
-        sections["sidecars"] = sidecars.run_section(ctx, material, plan)
-        sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, pairs)
+        sections["sidecars"] = sidecars.run_section(
+            ctx, material, plan, saturation_elsewhere=rounds.judged_rows(target_groups)
+        )
+        sections["rounds"] = rounds.run_section(ctx, material, target_groups)
+        rounds.fill_saturation(sections["sidecars"], sections["rounds"])
+        sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, cost_groups)
         sections["edge"] = edge.run_section(ctx)
         sections["redis"], sections["memory"] = footprint.run_sections(ctx, material)
         sections["profiles"] = profiling.run_section(ctx, material)

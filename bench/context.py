@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import sys
@@ -18,17 +19,18 @@ from bench.procs import Procs, free_port, port_open, wait_until
 from devstack.idp_keys import IdpKeys
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_NICE = -10
 
 
 @dataclass(frozen=True)
 class Timing:
     """Fixed durations and counts; `smoke` shrinks every one of them."""
 
-    saturation_s: float = 4.0
+    saturation_s: float = 3.0
     fixed_s: float = 3.0
     warmup_s: float = 1.0
     edge_saturation_s: float = 5.0
-    edge_fixed_s: float = 5.0
+    edge_fixed_s: float = 4.0
     sidecar_fixed_rps: int = 1000
     edge_rates: tuple[int, ...] = (500, 1000)
     pool_size: int = 1000
@@ -40,7 +42,8 @@ class Timing:
     streams: int = 4  # streams per connection at saturation
     edge_streams: int = 1  # the same through Envoy (see bench.edge: sidecar timeouts)
     fixed_streams: int = 16  # streams per connection at a fixed rate (never the limit)
-    cost_s: int = 2  # one load of the telemetry-cost rounds (h2load -D takes whole seconds)
+    cost_s: float = 2.0  # one load of a round (bench.rounds)
+    rounds_warmup_s: float = 0.5  # before each load of a round (the servers are warm)
 
 
 SMOKE = Timing(
@@ -59,6 +62,7 @@ SMOKE = Timing(
     conns=1,
     fixed_streams=8,
     cost_s=1,
+    rounds_warmup_s=0,
 )
 
 
@@ -110,7 +114,7 @@ class Ctx:
     def start_redis(self) -> RedisProc:
         port = free_port()
         data = self.dir("redis")
-        self.procs.spawn(
+        proc = self.procs.spawn(
             "redis",
             [
                 REDIS_SERVER,
@@ -123,10 +127,24 @@ class Ctx:
         )  # fmt: skip
         if not wait_until(lambda: port_open(port), timeout=10):
             raise RuntimeError("redis-server did not start")
+        self._favour(proc.pid)
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
         wait_until(lambda: bool(_ping(client)), timeout=10)
         self.redis = RedisProc(port, f"redis://127.0.0.1:{port}/0", client)
         return self.redis
+
+    def _favour(self, pid: int) -> None:
+        """Redis stands for a server with CPU of its own. Here it shares 2 cores with the
+        sidecars and 10 h2load processes, and the scheduler's fair share (a slice among a
+        dozen busy processes) delays its replies past the rate limiter's 10 ms timeout:
+        the failure mode then answers, and the run measures the crowding, not the limiter.
+        A higher priority gives it the 0.1-0.3 cores it uses without waiting in line."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, REDIS_NICE)
+        except OSError as exc:
+            self.notes.append(f"redis-server keeps the default priority ({exc.strerror})")
+        else:
+            self.notes.append(f"redis-server runs at nice {REDIS_NICE} (see bench.context)")
 
 
 def _ping(client: redis.Redis) -> bool:

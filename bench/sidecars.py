@@ -72,6 +72,9 @@ def _all_rows(w: int) -> dict[str, Row]:
         Row(f"check-pool-rs256-otel0{sfx}",
             "Check, RS256 token pool, telemetry on, Envoy samples none", "authz", w, "RS256",
             sampled=0.0),
+        Row(f"check-pool-rs256-otel1{sfx}",
+            "Check, RS256 token pool, telemetry on, Envoy samples 1%", "authz", w, "RS256",
+            sampled=0.01),
         Row(f"check-pool-rs256-otel10{sfx}",
             "Check, RS256 token pool, telemetry on, Envoy samples 10%", "authz", w, "RS256",
             sampled=0.1),
@@ -84,6 +87,9 @@ def _all_rows(w: int) -> dict[str, Row]:
         Row(f"rl-redis-otel0{sfx}",
             "ShouldRateLimit, 2 descriptors, Redis, telemetry on, Envoy samples none",
             "ratelimit", w, store="redis", method=RL_PATH, sampled=0.0),
+        Row(f"rl-redis-otel1{sfx}",
+            "ShouldRateLimit, 2 descriptors, Redis, telemetry on, Envoy samples 1%",
+            "ratelimit", w, store="redis", method=RL_PATH, sampled=0.01),
         Row(f"rl-redis-otel10{sfx}",
             "ShouldRateLimit, 2 descriptors, Redis, telemetry on, Envoy samples 10%",
             "ratelimit", w, store="redis", method=RL_PATH, sampled=0.1),
@@ -94,19 +100,25 @@ def _all_rows(w: int) -> dict[str, Row]:
     return {r.name.replace(sfx, ""): r for r in rows}
 
 
-# Which rows each run measures, in order (the floor first and, for one worker, last again,
-# so drift during the section shows).
-# The "-otel" rows are measured in pairs by bench.telemetry_cost, not here.
+# Which rows each run measures, in order. The targets' ratios come from bench.rounds
+# (the floor and the judged rows in alternating rounds), the "-otel" rows from
+# bench.telemetry_cost; this table gives each row's saturation and fixed-rate latency.
 FULL_PLAN = {
     1: ["floor", "floor-rl", "floor-burn20", "check-pool-rs256", "check-pool-eddsa",
         "check-pool-rs256-noaudit", "check-fresh-rs256", "check-fresh-eddsa", "rl-redis",
-        "rl-memory", "floor-end"],
-    2: ["floor", "check-pool-rs256", "check-pool-eddsa", "rl-redis", "floor-end"],
+        "rl-memory"],
+    2: ["floor", "check-pool-rs256", "check-pool-eddsa", "rl-redis"],
 }  # fmt: skip
 SMOKE_PLAN = {
     1: ["floor", "floor-burn20", "check-pool-rs256", "check-fresh-eddsa", "rl-redis",
         "rl-memory"]
 }  # fmt: skip
+
+
+def row_named(name: str) -> Row:
+    """A row by its full name (`check-pool-rs256-w2`)."""
+    base, _, workers = name.rpartition("-w")
+    return _all_rows(int(workers))[base]
 
 
 def rows(plan: dict[int, list[str]]) -> list[Row]:
@@ -240,9 +252,11 @@ def _trace_headers(row: Row, index: int, clients: int) -> tuple[str, ...]:
     parent-based sampler follows)."""
     if row.sampled is None:
         return ()
-    flag = "01" if index < round(row.sampled * clients) else "00"
-    trace_id = f"{index + 1:032x}"
-    return (f"traceparent: 00-{trace_id}-{index + 1:016x}-{flag}",)
+    return (_traceparent(index, sampled=index < round(row.sampled * clients)),)
+
+
+def _traceparent(index: int, *, sampled: bool) -> str:
+    return f"traceparent: 00-{index + 1:032x}-{index + 1:016x}-{'01' if sampled else '00'}"
 
 
 def _telemetry_env(ctx: Ctx, row: Row) -> dict[str, str]:
@@ -338,7 +352,10 @@ def shapes(ctx: Ctx) -> tuple[Shape, Shape]:
     return saturation, fixed
 
 
-def measure_row(ctx: Ctx, row: Row, material: Material) -> dict[str, Any]:
+def measure_row(
+    ctx: Ctx, row: Row, material: Material, *, saturation_run: bool = True
+) -> dict[str, Any]:
+    """One row: saturation (unless bench.rounds supplies it) and a fixed rate."""
     bodies = bodies_for(row, material)
     server = start_server(ctx, row, material)
     result: dict[str, Any] = {
@@ -360,20 +377,24 @@ def measure_row(ctx: Ctx, row: Row, material: Material) -> dict[str, Any]:
             groups["redis"] = [redis_pid(ctx)]
             probe = ctx.redis.commandstats
         work = ctx.dir("runs", row.name)
-        sat = run(
-            ctx.procs,
-            clients,
-            saturation,
-            work_dir=work / "saturation",
-            cpu_groups=groups,
-            probe=probe,
-        )
+        measured: list[tuple[str, LoadResult]] = []
+        if saturation_run:
+            sat = run(
+                ctx.procs,
+                clients,
+                saturation,
+                work_dir=work / "saturation",
+                cpu_groups=groups,
+                probe=probe,
+            )
+            measured.append(("saturation", sat))
         fix = run(
             ctx.procs, clients, fixed, work_dir=work / "fixed", cpu_groups=groups, probe=probe
         )
-        result["saturation"] = sat.as_dict()
-        result["fixed"] = fix.as_dict()
-        for label, res in (("saturation", sat), ("fixed", fix)):
+        measured.append(("fixed", fix))
+        for label, res in measured:
+            result[label] = res.as_dict()
+        for label, res in measured:
             if res.probe_delta is not None and res.requests:
                 # EVALSHA calls per answered request in (about) the measured window: below 1,
                 # some answers came without Redis (breaker open, in-flight cap, timeouts
@@ -381,7 +402,7 @@ def measure_row(ctx: Ctx, row: Row, material: Material) -> dict[str, Any]:
                 result[label]["redis_calls_per_request"] = round(
                     res.probe_delta.get("evalsha", 0) / res.requests, 3
                 )
-        _sanity(ctx, row, sat, fix)
+        _sanity(ctx, row, measured)
     finally:
         stop_server(ctx, server)
     if row.kind == "authz":
@@ -413,12 +434,24 @@ def make_ready(server: Server, row: Row, material: Material) -> dict[str, Any] |
     }
 
 
-def load_clients(server: Server, row: Row, bodies: Sequence[Path]) -> list[Client]:
+def load_clients(
+    server: Server, row: Row, bodies: Sequence[Path], *, expected_rps: float | None = None
+) -> list[Client]:
+    """One client per body. A sampled share below one client's (1 % of 10 clients) is
+    sent by one more, paced client, at that share of `expected_rps` (the rate the others
+    are expected to reach); without `expected_rps` nothing is sampled."""
     url = f"http://{server.address}{row.method}"
-    return [
+    clients = [
         Client(url, body, GRPC_HEADERS + _trace_headers(row, i, len(bodies)))
         for i, body in enumerate(bodies)
     ]
+    share = row.sampled or 0.0
+    if 0 < share * len(bodies) < 0.5 and expected_rps:
+        header = _traceparent(len(bodies), sampled=True)
+        clients.append(
+            Client(url, bodies[0], (*GRPC_HEADERS, header), paced_rps=share * expected_rps)
+        )
+    return clients
 
 
 def redis_pid(ctx: Ctx) -> int:
@@ -435,8 +468,8 @@ def _count_lines(path: Path) -> int:
         return sum(1 for _ in fh)
 
 
-def _sanity(ctx: Ctx, row: Row, sat: LoadResult, fix: LoadResult) -> None:
-    for label, res in (("saturation", sat), ("fixed", fix)):
+def _sanity(ctx: Ctx, row: Row, measured: list[tuple[str, LoadResult]]) -> None:
+    for label, res in measured:
         if res.failed:
             ctx.notes.append(f"{row.name} {label}: {res.failed} requests failed in h2load")
         if res.cpu is not None and res.cpu.foreign_cores > 0.3:
@@ -451,6 +484,7 @@ def _sanity(ctx: Ctx, row: Row, sat: LoadResult, fix: LoadResult) -> None:
                     f"{row.name} {label}: {per:.3f} Redis calls per answer: some answers"
                     " came from the failure mode without Redis (breaker open or in-flight cap)"
                 )
+    fix = dict(measured)["fixed"]
     if fix.offered_rps and fix.rate_rps < 0.95 * fix.offered_rps:
         ctx.notes.append(
             f"{row.name}: fixed rate {fix.offered_rps} req/s not reached ({fix.rate_rps:.0f});"
@@ -458,7 +492,15 @@ def _sanity(ctx: Ctx, row: Row, sat: LoadResult, fix: LoadResult) -> None:
         )
 
 
-def run_section(ctx: Ctx, material: Material, plan: dict[int, list[str]]) -> dict[str, Any]:
+def run_section(
+    ctx: Ctx,
+    material: Material,
+    plan: dict[int, list[str]],
+    *,
+    saturation_elsewhere: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Section 1's rows; those in `saturation_elsewhere` get only the fixed-rate run
+    here (bench.rounds measures their saturation, see `rounds.fill_saturation`)."""
     results: list[dict[str, Any]] = []
     per_row = ctx.timing.saturation_s + ctx.timing.fixed_s + 2 * ctx.timing.warmup_s + 5
     for row in rows(plan):
@@ -466,15 +508,19 @@ def run_section(ctx: Ctx, material: Material, plan: dict[int, list[str]]) -> dic
             break
         with stage(ctx, f"section 1: {row.name}"):
             try:
-                results.append(measure_row(ctx, row, material))
+                results.append(
+                    measure_row(
+                        ctx, row, material, saturation_run=row.name not in saturation_elsewhere
+                    )
+                )
             except Exception as exc:  # one broken row must not lose the others
                 ctx.notes.append(f"{row.name}: failed: {exc}")
                 ctx.log(f"  {row.name} failed: {exc}")
-    _ratios(results)
+    ratios(results)
     return {"rows": results}
 
 
-def _ratios(results: list[dict[str, Any]]) -> None:
+def ratios(results: list[dict[str, Any]]) -> None:
     """Ratios to the floor of the same worker count (the mean of its first and last
     measurement when both exist)."""
     seen: dict[int, list[float]] = {}

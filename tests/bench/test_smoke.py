@@ -80,10 +80,22 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     assert rows["check-pool-rs256-w1"]["audit_lines"] > 0
     assert rows["floor-burn20-w1"]["ratio_to_floor"] > 0
 
-    [pair] = data["sections"]["telemetry_cost"]["pairs"]
-    assert pair["rounds"] == 1
-    assert pair["cost_pct"] is not None
-    assert min(pair["rates_off"] + pair["rates_on"]) > 0
+    # The judged rows' saturation comes from the alternating rounds (bench.rounds).
+    [targets] = data["sections"]["rounds"]["groups"]
+    [judged] = targets["candidates"]
+    assert judged["name"] == "check-pool-rs256-w1"
+    assert len(judged["ratios"]) == 1
+    assert judged["ratio_median"] > 0
+    assert rows["check-pool-rs256-w1"]["saturation"]["from_rounds"] == judged["rates"]
+    assert rows["floor-w1"]["saturation"]["from_rounds"] == targets["reference_rates"]
+
+    [cost] = data["sections"]["telemetry_cost"]["groups"]
+    [on] = cost["candidates"]
+    assert on["ratio_median"] is not None
+    assert min(cost["reference_rates"] + on["rates"]) > 0
+    # 1 % sampled: an extra, paced client sent a small share of the calls.
+    [share] = on["sampled_share"]
+    assert 0 < share < 0.2
 
     edges = {c["name"]: c for c in data["sections"]["edge"]["configs"]}
     assert set(edges) == {
@@ -115,6 +127,7 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     assert BEGIN in text
     assert END in text
     assert "### 1. Sidecar ceilings" in text
+    assert "### 1a. The ratio targets" in text
     assert "### 1b. Telemetry cost" in text
 
     # Re-rendering a stored result measures nothing and gives the same tables.
