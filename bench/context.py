@@ -26,11 +26,11 @@ REDIS_NICE = -10
 class Timing:
     """Fixed durations and counts; `smoke` shrinks every one of them."""
 
-    saturation_s: float = 3.0
-    fixed_s: float = 3.0
+    saturation_s: float = 2.5
+    fixed_s: float = 2.0
     warmup_s: float = 1.0
-    edge_saturation_s: float = 5.0
-    edge_fixed_s: float = 4.0
+    edge_saturation_s: float = 4.0
+    edge_fixed_s: float = 3.0
     sidecar_fixed_rps: int = 1000
     edge_rates: tuple[int, ...] = (500, 1000)
     pool_size: int = 1000
@@ -42,7 +42,7 @@ class Timing:
     streams: int = 4  # streams per connection at saturation
     edge_streams: int = 1  # the same through Envoy (see bench.edge: sidecar timeouts)
     fixed_streams: int = 16  # streams per connection at a fixed rate (never the limit)
-    cost_s: float = 2.0  # one load of a round (bench.rounds)
+    cost_s: float = 1.5  # one load of a round (bench.rounds)
     rounds_warmup_s: float = 0.5  # before each load of a round (the servers are warm)
 
 

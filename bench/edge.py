@@ -170,9 +170,13 @@ def without_sidecars(cfg: Config, *, direct: bool) -> Config:
 
 def only_ext_authz(cfg: Config) -> Config:
     """The project's config minus both rate-limit filters, their route actions and their
-    cluster: one sidecar call (ext_authz) per request."""
+    cluster (also in /healthz's cluster list): one sidecar call (ext_authz) per request."""
     cfg = copy.deepcopy(cfg)
     hcm = _hcm(cfg)
+    for f in hcm["http_filters"]:
+        healthy = f.get("typed_config", {}).get("cluster_min_healthy_percentages")
+        if healthy is not None:
+            healthy.pop(envoy_config.RATELIMIT_CLUSTER, None)
     hcm["http_filters"] = [
         f for f in hcm["http_filters"] if not f["name"].startswith(envoy_config.RATELIMIT_NAMESPACE)
     ]
@@ -739,7 +743,10 @@ def _floor_sidecars(
         edge = start_envoy(ctx, name, cfg, port, admin)
         edge.pids.update(dict(zip(("authz", "ratelimit"), (f.pid for f in floors), strict=False)))
         try:
-            wait_until(lambda: https_status(edge, pki, "/healthz", None) == 200, timeout=20)
+            if not wait_until(
+                lambda: https_status(edge, pki, "/healthz", None) == 200, timeout=20
+            ):
+                raise RuntimeError(f"{name}: Envoy's /healthz never answered 200")
             out = measure(ctx, edge, pki, tokens, policy=False)
         finally:
             edge.stop()

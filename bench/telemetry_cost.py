@@ -29,13 +29,13 @@ FULL_GROUPS = (
         "telemetry-check",
         "check-pool-rs256-w1",
         ("check-pool-rs256-otel0-w1", "check-pool-rs256-otel1-w1", "check-pool-rs256-otel10-w1"),
-        4,
+        3,
     ),
     Group(
         "telemetry-ratelimit",
         "rl-redis-w1",
         ("rl-redis-otel0-w1", "rl-redis-otel1-w1", "rl-redis-otel10-w1"),
-        4,
+        3,
     ),
 )
 SMOKE_GROUPS = (Group("telemetry-check", "check-pool-rs256-w1", ("check-pool-rs256-otel1-w1",), 1),)
