@@ -743,9 +743,7 @@ def _floor_sidecars(
         edge = start_envoy(ctx, name, cfg, port, admin)
         edge.pids.update(dict(zip(("authz", "ratelimit"), (f.pid for f in floors), strict=False)))
         try:
-            if not wait_until(
-                lambda: https_status(edge, pki, "/healthz", None) == 200, timeout=20
-            ):
+            if not wait_until(lambda: https_status(edge, pki, "/healthz", None) == 200, timeout=20):
                 raise RuntimeError(f"{name}: Envoy's /healthz never answered 200")
             out = measure(ctx, edge, pki, tokens, policy=False)
         finally:

@@ -31,7 +31,12 @@ from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
 from sidecar_runtime.server import ServiceBinding
-from sidecar_runtime.telemetry import call_metadata, parent_context, parse_trace_context
+from sidecar_runtime.telemetry import (
+    call_metadata,
+    parent_context,
+    parse_trace_context,
+    plainly_unsampled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +138,14 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             await context.abort(exc.grpc_status, str(exc))
         call: Correlation
         if self._t.tracing:
-            decision, call = await self._traced(plain, context, started)
+            carrier = _metadata(context)
+            if self._t.drops_unsampled and plainly_unsampled(carrier.get("traceparent")):
+                # Envoy decided not to sample: the sampler would drop this span anyway, and
+                # the decision id is drawn only if a line or the response needs it.
+                call = _LazyCall(self._ids, context, started, carried=carrier)
+                decision = await self._decide(plain, call)
+            else:
+                decision, call = await self._traced(plain, carrier, started)
         else:
             # Telemetry off: no span, and the call's metadata is read (for the request and
             # trace ids) only if a decision line is written.
@@ -145,15 +157,9 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         return response
 
     async def _traced(
-        self, plain: Request, context: Any, started: float
+        self, plain: Request, carrier: dict[str, str], started: float
     ) -> tuple[Decision, Correlation]:
-        carrier = _metadata(context)
         parent = parse_trace_context(carrier.get("traceparent"))
-        if parent is not None and not parent.sampled and self._t.drops_unsampled:
-            # Envoy decided not to sample: the sampler would drop this span anyway, and
-            # the decision id is drawn only if a line or the response needs it.
-            lazy = _LazyCall(self._ids, context, started, carried=carrier)
-            return await self._decide(plain, lazy), lazy
         context_in = parent_context(carrier) if parent is not None else None
         with self._t.tracer.start_as_current_span(
             "ratelimit.ShouldRateLimit", context=context_in, kind=SpanKind.SERVER

@@ -213,6 +213,22 @@ def parse_trace_context(value: str | None) -> TraceParent | None:
     return TraceParent(trace_id, span_id, bool(int(flags, 16) & 1))
 
 
+def plainly_unsampled(value: str | None) -> bool:
+    """True for a version-00 `traceparent` (by its shape) whose sampled flag is clear:
+    the caller decided not to trace, so a parent-based sampler would drop a span anyway.
+    String checks (~0.3 us) instead of `parse_trace_context` (~2 us), for calls that then
+    make no span; the trace id is parsed later only if a decision line needs it (and a
+    malformed id then gives none). Absent, sampled or other versions answer False."""
+    return (
+        value is not None
+        and len(value) == 55
+        and value.startswith("00-")
+        and value[35] == "-"
+        and value[52] == "-"
+        and value[54] in "02468ace"
+    )
+
+
 def call_metadata(context: Any, names: Collection[str]) -> dict[str, str]:
     """The values of `names` in a gRPC call's invocation metadata (trace context and the
     request id Envoy sends along with its sidecar calls)."""

@@ -12,6 +12,7 @@ from sidecar_runtime.telemetry import (
     call_metadata,
     parent_context,
     parse_trace_context,
+    plainly_unsampled,
     setup_telemetry,
 )
 from tests.support.processes import free_port
@@ -109,6 +110,32 @@ def test_the_sampled_flag_is_read() -> None:
     assert sampled.sampled
     assert unsampled is not None
     assert not unsampled.sampled
+
+
+@pytest.mark.parametrize(
+    ("value", "unsampled"),
+    [
+        (VALID[:-2] + "00", True),
+        (VALID[:-2] + "02", True),  # another flag set, sampled bit clear
+        (VALID, False),  # sampled
+        (VALID[:-2] + "03", False),
+        (None, False),
+        ("", False),
+        ("01" + VALID[2:-2] + "00", False),  # a later version: left to the full parser
+        (VALID[:-2] + "00-extra", False),
+        (VALID[:-3] + "000", False),  # no dash before the flags
+        (" " + VALID[:-2] + "00", False),
+    ],
+)
+def test_plainly_unsampled_reads_only_the_shape_and_the_flag(
+    value: str | None, unsampled: bool
+) -> None:
+    assert plainly_unsampled(value) is unsampled
+    # It never calls a value unsampled that the full parser reads as sampled.
+    parsed = parse_trace_context(value)
+    if unsampled:
+        assert parsed is not None
+        assert not parsed.sampled
 
 
 @pytest.mark.parametrize(
