@@ -322,13 +322,15 @@ def _sidecar_md(result: dict[str, Any]) -> list[str]:
 
     def extra(r: dict[str, Any]) -> str:
         bits = []
-        if "audit_lines" in r:
-            bits.append(f"{r['audit_lines']} audit lines")
-        if "store_failures" in r:
-            bits.append(f"{r['store_failures']} failure-mode answers logged")
-        if r.get("circuit_opened"):
-            bits.append(f"circuit breaker opened {r['circuit_opened']}x")
         rounds_rates = r.get("saturation", {}).get("from_rounds")
+        # Such a row's own server ran only the fixed-rate load; the rounds had their own.
+        here = " (fixed-rate run)" if rounds_rates else ""
+        if "audit_lines" in r:
+            bits.append(f"{r['audit_lines']} audit lines{here}")
+        if "store_failures" in r:
+            bits.append(f"{r['store_failures']} failure-mode answers logged{here}")
+        if r.get("circuit_opened"):
+            bits.append(f"circuit breaker opened {r['circuit_opened']}x{here}")
         if rounds_rates:
             bits.append(
                 f"saturation: median of {len(rounds_rates)} rounds of "

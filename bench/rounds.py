@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.context import Ctx, stage
-from bench.load import LoadResult, Shape, run
+from bench.load import LoadResult, run
 from bench.sidecars import (
     Material,
     Server,
@@ -29,6 +29,7 @@ from bench.sidecars import (
     make_ready,
     redis_pid,
     row_named,
+    saturating,
     start_server,
     stop_server,
 )
@@ -74,7 +75,6 @@ def measure_group(ctx: Ctx, group: Group, material: Material) -> dict[str, Any]:
     rows = {name: row_named(name) for name in names}
     servers: dict[str, Server] = {}
     t = ctx.timing
-    shape = Shape(t.conns, t.streams, t.cost_s, t.rounds_warmup_s)
     loads: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     failed = 0
     try:
@@ -97,7 +97,7 @@ def measure_group(ctx: Ctx, group: Group, material: Material) -> dict[str, Any]:
                 result = run(
                     ctx.procs,
                     clients,
-                    shape,
+                    saturating(ctx, row.workers, t.cost_s, t.rounds_warmup_s),
                     work_dir=ctx.dir("runs", "rounds", group.key, f"{name}-{i}"),
                     cpu_groups=cpu,
                     probe=probe,
