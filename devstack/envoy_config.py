@@ -151,6 +151,11 @@ class EnvoyParams:
     max_downstream_connections: int = 10_000
     max_heap_bytes: int = 1 << 30
     sidecar_max_requests: int = 1024
+    # Streams Envoy puts on one connection to a sidecar before it opens another. A
+    # sidecar with `server.workers: N` shares its port by SO_REUSEPORT, which spreads
+    # connections, not requests: without a limit Envoy (one connection per Envoy worker)
+    # would feed a single sidecar worker however many there are.
+    sidecar_streams_per_connection: int = 16
     sidecar_max_pending_requests: int = 256
     upstream_max_requests: int = 1024
     upstream_max_pending_requests: int = 256
@@ -175,6 +180,8 @@ class EnvoyParams:
             raise ValueError(f"admin_address: {self.admin_address} is not a loopback address")
         if self.require_client_certificate and self.listener_client_ca is None:
             raise ValueError("require_client_certificate: needs listener_client_ca")
+        if not _positive_int(self.sidecar_streams_per_connection):
+            raise ValueError("sidecar_streams_per_connection: must be a positive integer")
         if not 0 <= self.trace_sampling_percent <= 100:
             raise ValueError("trace_sampling_percent: must be within 0..100")
         if self.otlp_collector is not None:
@@ -725,7 +732,8 @@ def _sidecar_cluster(p: EnvoyParams, name: str, host: str, port: int) -> Config:
             "typed_extension_protocol_options": _http_protocol_options(
                 {
                     "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                        "max_concurrent_streams": p.sidecar_streams_per_connection,
                     }
                 }
             ),

@@ -279,7 +279,10 @@ def test_sidecar_clusters_http2_mtls_health_checked_and_bounded(
     options = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
-    assert "http2_protocol_options" in options["explicit_http_config"]
+    http2 = options["explicit_http_config"]["http2_protocol_options"]
+    # A stream limit per connection makes Envoy open more connections under load, which
+    # SO_REUSEPORT spreads over a multi-worker sidecar's processes.
+    assert http2["max_concurrent_streams"] == 16
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["@type"].endswith("UpstreamTlsContext")
     assert tls["sni"] == "localhost"
@@ -450,6 +453,7 @@ def test_every_address_port_and_path_is_a_parameter() -> None:
         ({"otlp_collector": "no-port"}, "otlp_collector"),
         ({"listener_client_ca": None, "require_client_certificate": True}, "require_client"),
         ({"trace_sampling_percent": 101.0}, "trace_sampling_percent"),
+        ({"sidecar_streams_per_connection": 0}, "sidecar_streams_per_connection"),
     ],
 )
 def test_bad_parameters_are_refused_by_name(changes: dict[str, Any], message: str) -> None:
