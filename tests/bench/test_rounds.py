@@ -1,0 +1,90 @@
+"""bench.rounds' arithmetic on made-up loads (no servers, no h2load)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.rounds import Group, fill_saturation, median_load, round_order, summarize
+
+GROUP = Group("targets-w1", "floor-w1", ("check-pool-rs256-w1", "rl-redis-w1"), 4)
+
+
+def _load(rate: float, **extra: Any) -> dict[str, Any]:
+    return {"rate_rps": rate, "latency": {"p50_ms": 1.0}, **extra}
+
+
+def _loads() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "floor-w1": [_load(r) for r in (1000, 2000, 1000, 1000)],
+        "check-pool-rs256-w1": [_load(r) for r in (800, 1500, 700, 900)],
+        "rl-redis-w1": [
+            _load(r, redis_calls_per_request=c)
+            for r, c in ((600, 1.0), (1200, 0.99), (500, 0.5), (700, 1.0))
+        ],
+    }
+
+
+def test_the_order_reverses_every_round() -> None:
+    names = ["floor", "a", "b"]
+    assert round_order(names, 0) == ["floor", "a", "b"]
+    assert round_order(names, 1) == ["b", "a", "floor"]
+    assert round_order(names, 2) == ["floor", "a", "b"]
+
+
+def test_each_round_gives_one_ratio_and_the_verdict_takes_their_median() -> None:
+    section = summarize(GROUP, _loads())
+    assert section["reference_rates"] == [1000, 2000, 1000, 1000]
+    check, rl = section["candidates"]
+    assert check["ratios"] == [0.8, 0.75, 0.7, 0.9]
+    assert check["ratio_median"] == 0.775
+    assert rl["ratios"] == [0.6, 0.6, 0.5, 0.7]
+    assert rl["redis_calls_per_request"] == [1.0, 0.99, 0.5, 1.0]
+    assert "redis_calls_per_request" not in check
+    # A ratio of overall means (3900 / 5000 = 0.78) would let the fast second round weigh
+    # more; the per-round median does not.
+
+
+def test_the_median_load_is_the_lower_middle_one_with_every_rate() -> None:
+    section = {"groups": [summarize(GROUP, _loads())]}
+    load = median_load(section, "check-pool-rs256-w1")
+    assert load is not None
+    assert load["rate_rps"] == 800  # sorted 700, 800, 900, 1500: the lower middle
+    assert load["from_rounds"] == [800, 1500, 700, 900]
+    assert median_load(section, "not-there") is None
+
+
+def test_rows_without_their_own_saturation_take_the_median_round() -> None:
+    sidecars = {
+        "rows": [
+            {"name": "floor-w1", "kind": "floor", "workers": 1},
+            {"name": "check-pool-rs256-w1", "kind": "authz", "workers": 1},
+            {
+                "name": "rl-memory-w1",
+                "kind": "ratelimit",
+                "workers": 1,
+                "saturation": _load(650),
+            },
+        ]
+    }
+    fill_saturation(sidecars, {"groups": [summarize(GROUP, _loads())]})
+    floor, check, memory = sidecars["rows"]
+    assert floor["saturation"]["rate_rps"] == 1000
+    assert check["saturation"]["rate_rps"] == 800
+    assert memory["saturation"]["rate_rps"] == 650  # its own run is kept
+    assert check["ratio_to_floor"] == 0.8
+    assert memory["ratio_to_floor"] == 0.65
+
+
+def test_targets_are_judged_on_the_rounds_median_and_failure_mode_answers_fail_them() -> None:
+    from bench.report import evaluate_targets
+
+    result = {"sections": {"rounds": {"groups": [summarize(GROUP, _loads())]}}}
+    targets = {t["target"]: t for t in evaluate_targets(result)}
+    check = targets["Check, RS256 pool, 1 worker(s) >= 0.75x floor"]
+    assert check["holds"] is True  # median 0.775
+    assert check["measured"].startswith("0.78x (median of 4 alternating rounds: 0.80, 0.75")
+    rl = targets["ShouldRateLimit, Redis, 1 worker(s) >= 0.6x floor"]
+    # Median 0.6 would hold, but one round was half answered without Redis.
+    assert rl["holds"] is False
+    assert "not the limiter's" in rl["measured"]
+    assert targets["Check, EdDSA pool, 1 worker(s) >= 0.75x floor"]["measured"] is None
