@@ -177,14 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.rounds:
                 sections["rounds"] = rounds.run_section(ctx, material, target_groups)
             if args.telemetry_cost:
-                sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, cost_groups)
+                sections["telemetry_cost"] = rounds.run_section(ctx, material, cost_groups)
             return status
         sections["sidecars"] = sidecars.run_section(
             ctx, material, plan, saturation_elsewhere=rounds.judged_rows(target_groups)
         )
         sections["rounds"] = rounds.run_section(ctx, material, target_groups)
         rounds.fill_saturation(sections["sidecars"], sections["rounds"])
-        sections["telemetry_cost"] = telemetry_cost.run_section(ctx, material, cost_groups)
+        sections["telemetry_cost"] = rounds.run_section(ctx, material, cost_groups)
         sections["edge"] = edge.run_section(ctx)
         sections["redis"], sections["memory"] = footprint.run_sections(ctx, material)
         sections["profiles"] = profiling.run_section(ctx, material)

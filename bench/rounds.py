@@ -26,8 +26,9 @@ from bench.sidecars import (
     Server,
     bodies_for,
     load_clients,
+    load_dict,
     make_ready,
-    redis_pid,
+    observers,
     row_named,
     saturating,
     start_server,
@@ -89,11 +90,7 @@ def measure_group(ctx: Ctx, group: Group, material: Material) -> dict[str, Any]:
                 clients = load_clients(
                     server, row, bodies, expected_rps=done[-1]["rate_rps"] if done else None
                 )
-                cpu = {"server": [server.pid]}
-                probe = None
-                if ctx.redis is not None and row.kind == "ratelimit" and row.store == "redis":
-                    cpu["redis"] = [redis_pid(ctx)]
-                    probe = ctx.redis.commandstats
+                cpu, probe = observers(ctx, row, server)
                 result = run(
                     ctx.procs,
                     clients,
@@ -113,12 +110,7 @@ def measure_group(ctx: Ctx, group: Group, material: Material) -> dict[str, Any]:
 
 
 def _load_dict(result: LoadResult, *, paced: bool) -> dict[str, Any]:
-    out = result.as_dict()
-    if result.probe_delta is not None and result.requests:
-        # Below 1: some answers came from the failure mode, without Redis.
-        out["redis_calls_per_request"] = round(
-            result.probe_delta.get("evalsha", 0) / result.requests, 3
-        )
+    out = load_dict(result)
     if paced and result.requests_per_client and result.requests:
         # The paced (sampled) client is the last one: the share it reached.
         out["sampled_share"] = round(result.requests_per_client[-1] / result.requests, 4)
@@ -205,11 +197,7 @@ def find(section: dict[str, Any], name: str) -> dict[str, Any] | None:
     for group in section.get("groups", []):
         for entry in group["candidates"]:
             if entry["name"] == name:
-                return {
-                    **entry,
-                    "reference": group["reference"],
-                    "ref_rates": group["reference_rates"],
-                }
+                return {**entry, "ref_rates": group["reference_rates"]}
     return None
 
 

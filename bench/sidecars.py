@@ -383,11 +383,7 @@ def measure_row(
             result["pool_warmup"] = warmup
         clients = load_clients(server, row, bodies)
         saturation, fixed = shapes(ctx, row.workers)
-        groups = {"server": [server.pid]}
-        probe = None
-        if ctx.redis is not None and row.store == "redis" and row.kind == "ratelimit":
-            groups["redis"] = [redis_pid(ctx)]
-            probe = ctx.redis.commandstats
+        groups, probe = observers(ctx, row, server)
         work = ctx.dir("runs", row.name)
         measured: list[tuple[str, LoadResult]] = []
         if saturation_run:
@@ -405,15 +401,7 @@ def measure_row(
         )
         measured.append(("fixed", fix))
         for label, res in measured:
-            result[label] = res.as_dict()
-        for label, res in measured:
-            if res.probe_delta is not None and res.requests:
-                # EVALSHA calls per answered request in (about) the measured window: below 1,
-                # some answers came without Redis (breaker open, in-flight cap, timeouts
-                # still reach Redis and count).
-                result[label]["redis_calls_per_request"] = round(
-                    res.probe_delta.get("evalsha", 0) / res.requests, 3
-                )
+            result[label] = load_dict(res)
         _sanity(ctx, row, measured)
     finally:
         stop_server(ctx, server)
@@ -444,6 +432,30 @@ def make_ready(server: Server, row: Row, material: Material) -> dict[str, Any] |
         "seconds": round(warm.seconds, 2),
         "problem": warm.first_problem,
     }
+
+
+def observers(
+    ctx: Ctx, row: Row, server: Server
+) -> tuple[dict[str, list[int]], Callable[[], dict[str, int]] | None]:
+    """What a load of `row` watches: the CPU of the server (and of Redis), and Redis's
+    command counts for a rate-limit row on Redis."""
+    groups = {"server": [server.pid]}
+    if ctx.redis is not None and row.kind == "ratelimit" and row.store == "redis":
+        groups["redis"] = [redis_pid(ctx)]
+        return groups, ctx.redis.commandstats
+    return groups, None
+
+
+def load_dict(result: LoadResult) -> dict[str, Any]:
+    """A load's figures for the JSON; with a Redis probe, EVALSHA calls per answered
+    request in (about) the measured window: below 1, some answers came without Redis
+    (breaker open, in-flight cap; timed-out calls still reach Redis and count)."""
+    out = result.as_dict()
+    if result.probe_delta is not None and result.requests:
+        out["redis_calls_per_request"] = round(
+            result.probe_delta.get("evalsha", 0) / result.requests, 3
+        )
+    return out
 
 
 def load_clients(

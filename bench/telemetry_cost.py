@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.context import Ctx
 from bench.rounds import Group
-from bench.rounds import run_section as run_rounds
-from bench.sidecars import Material, row_named
+from bench.sidecars import row_named
 
 # Envoy samples nothing: the fixed cost (metrics, reading the trace context). 1 %: the
 # devstack's Envoy default (and Istio's), the judged one. 10 %: a heavier choice.
@@ -42,10 +40,6 @@ SMOKE_GROUPS = (Group("telemetry-check", "check-pool-rs256-w1", ("check-pool-rs2
 JUDGED_SHARE = 0.01
 
 _LABELS = {"authz": "Check", "ratelimit": "ShouldRateLimit"}
-
-
-def run_section(ctx: Ctx, material: Material, groups: tuple[Group, ...]) -> dict[str, Any]:
-    return run_rounds(ctx, material, groups)
 
 
 def costs(section: dict[str, Any]) -> list[dict[str, Any]]:
