@@ -293,5 +293,6 @@ def test_the_memo_is_bounded() -> None:
     for i in range(MEMO_MAX_ENTRIES + 10):
         assert not decide(policy, alice, facts(f"/users/u{i}")).allowed
     memo = must_match(policy, facts("/users/x")).rule.condition_memo
-    assert memo is not None and 0 < len(memo) <= MEMO_MAX_ENTRIES
+    assert memo is not None
+    assert 0 < len(memo) <= MEMO_MAX_ENTRIES
     assert decide(policy, alice, facts("/users/alice")).allowed
