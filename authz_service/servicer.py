@@ -18,6 +18,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from opentelemetry.trace import SpanKind
 
+from authz_service.audit_line import CheckAudit
 from authz_service.decision import INTERNAL_ERROR, Decision
 from authz_service.engine import Engine, EngineHolder
 from authz_service.envoy_adapter import CheckInputs, read_check_request
@@ -37,8 +38,6 @@ from sidecar_runtime.telemetry import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
-AUDIT_SCHEMA_VERSION = 1
-_MAX_AUDIT_PATH = 1024
 _TRACE_KEYS = ("traceparent", "tracestate")
 _TRACEPARENT_ONLY = ("traceparent",)
 
@@ -91,7 +90,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         elapsed = time.perf_counter() - started
         self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
         if self._audit is not None:
-            self._audit.emit(audit_record(decision, facts, elapsed, decision_id, trace_id))
+            self._audit.emit(
+                CheckAudit(time.time(), decision, facts, elapsed, decision_id, trace_id)
+            )
         return response
 
     async def _traced_decide(
@@ -166,33 +167,3 @@ def span_attributes(decision: Decision, decision_id: str, method: str) -> dict[s
     if principal is not None:
         attributes["authz.issuer"] = principal.issuer
     return attributes
-
-
-def audit_record(
-    decision: Decision,
-    facts: RequestFacts | None,
-    elapsed: float,
-    decision_id: str = "",
-    trace_id: str | None = None,
-) -> dict[str, Any]:
-    """One decision line (docs/audit-schema.md). No token, key or credential header, ever."""
-    principal = decision.principal
-    return {
-        "v": AUDIT_SCHEMA_VERSION,
-        "ts": time.time(),
-        "service": "authz",
-        "decision_id": decision_id,
-        "request_id": facts.request_id if facts else "",
-        "trace_id": trace_id,
-        "decision": "allow" if decision.allowed else "deny",
-        "reason": decision.reason,
-        "rule": decision.rule,
-        "latency_ms": round(elapsed * 1000, 3),
-        "status": decision.status,
-        "subject": principal.subject if principal else None,
-        "issuer": principal.issuer if principal else None,
-        "method": facts.method if facts else "",
-        "path": facts.raw_path.partition("?")[0][:_MAX_AUDIT_PATH] if facts else "",
-        "client_address": facts.client_address if facts else "",
-        "detail": decision.detail or None,
-    }

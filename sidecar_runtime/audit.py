@@ -1,14 +1,16 @@
 """The audit sink: one JSON line per decision, written off the hot path.
 
-`emit()` only appends a dict to a deque (no encoding, no I/O, no lock on the caller's
-side). Called from an event loop, it also schedules, once per batch, an encoding pass on
-that loop `flush_interval` later: the batch becomes one string with a reused encoder, and
-a writer thread does only the blocking `write`. Encoding on a second thread would cost
-the same CPU plus a GIL hand-over per batch that slows the loop's own work (measured:
-~25 us per decision under load). Records emitted outside a loop are encoded by the
-writer thread. When the backlog is full, records are dropped and counted rather than
-slowing decisions down. Callers must never put a token, a key or an Authorization header
-into a record; `redact()` guards header maps.
+`emit()` only appends a record to a deque (no encoding, no I/O, no lock on the caller's
+side). A record is a dict, or an `AuditEntry`: a hot path's fixed-schema line kept as
+plain references until it encodes itself. Called from an event loop, `emit()` also
+schedules, once per batch, an encoding pass on that loop `flush_interval` later: the batch
+becomes one string with a reused encoder, and a writer thread does only the blocking
+`write`. Encoding on a second thread would cost the same CPU plus a GIL hand-over per
+batch that slows the loop's own work (measured: ~25 us per decision under load). Records
+emitted outside a loop are encoded by the writer thread. When the backlog is full,
+records are dropped and counted rather than slowing decisions down. Callers must never
+put a token, a key or an Authorization header into a record; `redact()` guards header
+maps.
 """
 
 from __future__ import annotations
@@ -19,13 +21,25 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
 )
+
+
+class AuditEntry(Protocol):
+    """A record of a fixed schema that a hot path keeps as plain references and that
+    encodes itself when its batch is encoded (see authz_service.audit_line)."""
+
+    def json_line(self, format_time: Callable[[float], str]) -> str:
+        """One JSON line, without the newline; `format_time` formats `time.time()`."""
+        ...
+
+
+Record = dict[str, Any] | AuditEntry
 
 
 def redact(headers: Mapping[str, str]) -> dict[str, str]:
@@ -39,7 +53,7 @@ def iso_time(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{millis:03d}Z"
 
 
-class _TimeFormatter:
+class TimeFormatter:
     """iso_time, formatting the seconds part once per second (lines come in bursts)."""
 
     def __init__(self) -> None:
@@ -65,11 +79,11 @@ class AuditSink:
         self._target = target
         self._max_backlog = max_backlog
         self._flush_interval = flush_interval
-        self._pending: deque[dict[str, Any]] = deque()
+        self._pending: deque[Record] = deque()
         self._encoded: deque[tuple[str, int]] = deque()  # (lines, count) ready to write
         self._encoder = json.JSONEncoder(separators=(",", ":"), default=str)
         self._encode_lock = threading.Lock()  # one encoding pass at a time (order)
-        self._time_format = _TimeFormatter()
+        self._time_format = TimeFormatter()
         self._scheduled = False
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
@@ -80,7 +94,7 @@ class AuditSink:
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def emit(self, record: dict[str, Any]) -> None:
+    def emit(self, record: Record) -> None:
         """Queue one record; never blocks."""
         if len(self._pending) >= self._max_backlog:
             self.dropped += 1
@@ -102,14 +116,18 @@ class AuditSink:
     def _encode_pending(self) -> None:
         with self._encode_lock:
             encode = self._encoder.encode
+            time_format = self._time_format
             lines = []
             pending = self._pending
             while pending:
                 record = pending.popleft()
+                if not isinstance(record, dict):
+                    lines.append(record.json_line(time_format))
+                    continue
                 ts = record.get("ts")
                 if isinstance(ts, float):
                     # Callers pass time.time(); formatting happens here, off the hot path.
-                    record["ts"] = self._time_format(ts)
+                    record["ts"] = time_format(ts)
                 lines.append(encode(record))
             if lines:
                 self._encoded.append(("\n".join(lines) + "\n", len(lines)))

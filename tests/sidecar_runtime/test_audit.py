@@ -7,7 +7,7 @@ import json
 import threading
 from pathlib import Path
 
-from sidecar_runtime.audit import AuditSink, _TimeFormatter, iso_time, redact
+from sidecar_runtime.audit import AuditSink, TimeFormatter, iso_time, redact
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -76,7 +76,7 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
 
 
 def test_time_formatter_matches_iso_time_across_seconds() -> None:
-    fmt = _TimeFormatter()
+    fmt = TimeFormatter()
     for ts in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.001, 1_699_999_999.5, 0.0):
         assert fmt(ts) == iso_time(ts)
 
@@ -84,3 +84,26 @@ def test_time_formatter_matches_iso_time_across_seconds() -> None:
 def test_redact_hides_credential_headers() -> None:
     out = redact({"Authorization": "Bearer x", "cookie": "a=b", "accept": "json"})
     assert out == {"Authorization": "[redacted]", "cookie": "[redacted]", "accept": "json"}
+
+
+class _Entry:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def json_line(self, format_time: TimeFormatter) -> str:
+        return json.dumps({"entry": self.n, "ts": format_time(1_700_000_000.5)})
+
+
+def test_entries_encode_themselves_in_order_with_dicts(tmp_path: Path) -> None:
+    target = tmp_path / "audit.jsonl"
+    sink = AuditSink(str(target), flush_interval=60)
+    try:
+        sink.emit({"n": 0})
+        sink.emit(_Entry(1))
+        sink.emit({"n": 2})
+        sink.flush()
+        written = lines(target)
+    finally:
+        sink.close()
+    assert written == [{"n": 0}, {"entry": 1, "ts": "2023-11-14T22:13:20.500Z"}, {"n": 2}]
+    assert sink.written == 3
