@@ -6,11 +6,10 @@ analysis around it is kept when the bench rewrites the tables.
 
 from __future__ import annotations
 
-import statistics
-
 import json
 import math
 import re
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
