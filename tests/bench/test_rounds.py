@@ -106,3 +106,26 @@ def test_a_few_failure_mode_answers_discount_a_round_instead_of_failing_the_targ
     ]
     assert rl["holds"] is True  # 0.7, 0.679, 0.65, 0.7 -> 0.69
     assert rl["measured"].startswith("0.69x counting only")
+
+
+def test_without_rounds_a_single_run_is_discounted_by_its_failure_mode_answers() -> None:
+    from bench.report import evaluate_targets
+
+    def row(name: str, rate: float, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "saturation": _load(rate, **extra)}
+
+    result = {
+        "sections": {
+            "sidecars": {
+                "rows": [
+                    row("floor-w1", 1000),
+                    row("rl-redis-w1", 700, redis_calls_per_request=0.5),
+                ]
+            }
+        }
+    }
+    rl = {t["target"]: t for t in evaluate_targets(result)}[
+        "ShouldRateLimit, Redis, 1 worker(s) >= 0.6x floor"
+    ]
+    assert rl["holds"] is False  # 0.7 of the floor, but half of it without Redis: 0.35
+    assert rl["measured"].startswith("0.35x (350 req/s, one saturation run, counting only")
