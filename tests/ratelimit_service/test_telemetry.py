@@ -20,6 +20,7 @@ from ratelimit_service.settings import ServiceSettings
 from ratelimit_service.store import BucketCall
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
+from sidecar_runtime.clock import ManualClock
 from sidecar_runtime.histograms import InMemoryReader
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
 from tests.ratelimit_service.test_grpc import make_settings
@@ -55,7 +56,9 @@ async def _observed(settings: ServiceSettings, tmp_path: Path) -> Observed:
     )
     decisions_file = tmp_path / "decisions.log"
     sink = AuditSink(str(decisions_file))
-    app = App(settings, telemetry=telemetry, decision_sink=sink)
+    # A stopped clock: the per-subject bucket refills one token per 100 ms, and 22 calls on
+    # fresh channels can take longer than that on a slow machine.
+    app = App(settings, telemetry=telemetry, decision_sink=sink, clock=ManualClock())
     port = await app.start()
     return Observed(app, f"127.0.0.1:{port}", spans, metrics, sink, decisions_file)
 
@@ -185,7 +188,8 @@ class _CountingContext:
 async def test_with_telemetry_off_ids_are_read_only_for_decision_lines(tmp_path: Path) -> None:
     decisions_file = tmp_path / "decisions.log"
     sink = AuditSink(str(decisions_file))
-    app = App(make_settings(tmp_path), decision_sink=sink)  # telemetry: off (the default)
+    # telemetry: off (the default); a stopped clock, so 20 calls see no refill
+    app = App(make_settings(tmp_path), decision_sink=sink, clock=ManualClock())
     servicer = RateLimitServicer(app.service, app.telemetry)
     try:
         context = _CountingContext()
