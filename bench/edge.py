@@ -570,7 +570,8 @@ def _load(ctx: Ctx, edge: Edge, clients: list[Client], shape: Shape, label: str)
         clients,
         shape,
         work_dir=ctx.dir("runs", edge.name, label),
-        cpu_groups={k: [v] for k, v in edge.pids.items()} | _redis_group(ctx),
+        cpu_groups={k: [v] for k, v in edge.pids.items()}
+        | ({"redis": [ctx.redis.pid]} if ctx.redis else {}),
         probe=probe,
     )
     out = result.as_dict()
@@ -602,13 +603,6 @@ def _load(ctx: Ctx, edge: Edge, clients: list[Client], shape: Shape, label: str)
             f"{edge.name} {label}: offered {shape.rate} req/s, got {result.rate_rps:.0f}"
         )
     return out
-
-
-def _redis_group(ctx: Ctx) -> dict[str, list[int]]:
-    for name, proc in ctx.procs.children:
-        if name == "redis":
-            return {"redis": [proc.pid]}
-    return {}
 
 
 def measure(

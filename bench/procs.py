@@ -8,6 +8,9 @@ a `finally`, so Ctrl-C, SIGTERM and exceptions all end every process the bench s
 `CpuMeter` reads /proc to tell, for one measured window, how many CPU cores each named
 process tree used and how much CPU went to processes that are not the bench's at all
 (another job on a shared machine): a run with much foreign CPU is flagged, not trusted.
+It also tells how long each tree's threads sat runnable but waiting for a core (the
+scheduler's `run_delay`): on two cores shared by the load generator, a sidecar and Redis,
+a reply can be late because its process was not on a CPU, not because it was slow.
 """
 
 from __future__ import annotations
@@ -164,17 +167,52 @@ def _total_busy_ticks() -> int:
     return sum(values[:8]) - idle
 
 
+def threads(pid: int) -> list[int]:
+    """The thread ids of a process now; none when it is gone."""
+    try:
+        return sorted(int(entry.name) for entry in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+
+
+def _schedstat(pid: int) -> tuple[int, int]:
+    """(ns spent runnable but waiting for a core, timeslices run), summed over the
+    process's threads, from /proc/PID/task/TID/schedstat (`on-cpu run_delay slices`)."""
+    waited = slices = 0
+    for tid in threads(pid):
+        try:
+            _on_cpu, delay, count = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue  # the thread ended, or a kernel without schedstats
+        waited += int(delay)
+        slices += int(count)
+    return waited, slices
+
+
+@dataclass(frozen=True)
+class RunQueueWait:
+    """How long a tree's threads waited for a core over a window."""
+
+    ms_per_s: float  # milliseconds of waiting per second of wall time, all threads
+    us_per_slice: float  # the mean wait before each timeslice it ran
+
+    def as_dict(self) -> dict[str, float]:
+        return {"ms_per_s": round(self.ms_per_s, 2), "us_per_slice": round(self.us_per_slice, 1)}
+
+
 @dataclass
 class CpuWindow:
     seconds: float
     cores: dict[str, float]  # name -> cores used on average
     foreign_cores: float  # CPU used by processes that are not the bench's
+    waits: dict[str, RunQueueWait] = field(default_factory=dict)  # name -> run-queue wait
 
     def as_dict(self) -> dict[str, object]:
         return {
             "seconds": round(self.seconds, 2),
             "cores": {k: round(v, 2) for k, v in self.cores.items()},
             "foreign_cores": round(self.foreign_cores, 2),
+            "run_queue_wait": {k: w.as_dict() for k, w in self.waits.items()},
         }
 
 
@@ -191,6 +229,7 @@ class CpuMeter:
         self._groups = {name: list(pids) for name, pids in groups.items()}
         self._groups.setdefault("harness", [os.getpid()])
         self._start: dict[int, int] = {}
+        self._sched0: dict[int, tuple[int, int]] = {}
         self._members: dict[str, set[int]] = {}
         self._t0 = 0.0
         self._busy0 = 0
@@ -209,6 +248,7 @@ class CpuMeter:
         for pids in self._members.values():
             for pid in pids:
                 self._start[pid] = _ticks(pid, with_children=pid != own)
+                self._sched0[pid] = _schedstat(pid)
         self._children0 = _children_seconds()
         self._busy0 = _total_busy_ticks()
         self._t0 = time.monotonic()
@@ -218,20 +258,27 @@ class CpuMeter:
         busy = _total_busy_ticks() - self._busy0
         self._snapshot_members()  # include processes that appeared meanwhile (h2load)
         cores: dict[str, float] = {}
+        waits: dict[str, RunQueueWait] = {}
         own = os.getpid()
         ours = 0.0
         for name, pids in self._members.items():
-            used = 0
+            used = waited = slices = 0
             for pid in pids:
                 now = _ticks(pid, with_children=pid != own)
                 used += max(0, now - self._start.get(pid, 0))
+                delay, count = _schedstat(pid)
+                delay0, count0 = self._sched0.get(pid, (0, 0))
+                waited += max(0, delay - delay0)
+                slices += max(0, count - count0)
             ours += used / CLK_TCK
             cores[name] = used / CLK_TCK / elapsed
+            if name != "harness":
+                waits[name] = RunQueueWait(waited / 1e6 / elapsed, waited / 1e3 / max(slices, 1))
         reaped = _children_seconds() - self._children0
         cores["loadgen"] = reaped / elapsed
         ours += reaped
         foreign = max(0.0, busy / CLK_TCK - ours) / elapsed
-        return CpuWindow(elapsed, cores, foreign)
+        return CpuWindow(elapsed, cores, foreign, waits)
 
 
 def foreign_load(seconds: float = 1.0) -> float:

@@ -54,6 +54,12 @@ class Row:
     # Traces and metrics exported over OTLP, this share of traces sampled (None: off).
     sampled: float | None = None
     burn_us: float = 0  # floor rows: Python CPU spent per call before answering
+    redis_ping: bool = False  # floor rows: one Redis round trip per call before answering
+
+    @property
+    def uses_redis(self) -> bool:
+        """Does a call to this row's server reach the bench's Redis?"""
+        return self.redis_ping or (self.kind == "ratelimit" and self.store == "redis")
 
 
 def _all_rows(w: int) -> dict[str, Row]:
@@ -63,6 +69,8 @@ def _all_rows(w: int) -> dict[str, Row]:
         Row(f"floor-rl{sfx}", "floor: ShouldRateLimit returns OK", "floor", w, method=RL_PATH),
         Row(f"floor-burn20{sfx}", "floor + 20 µs of Python CPU per call", "floor", w,
             burn_us=20),
+        Row(f"floor-redis{sfx}", "floor + one Redis round trip (PING) per call", "floor", w,
+            redis_ping=True),
         Row(f"check-pool-rs256{sfx}", "Check, RS256 token pool", "authz", w, "RS256"),
         Row(f"check-pool-eddsa{sfx}", "Check, EdDSA token pool", "authz", w, "EdDSA"),
         Row(f"check-pool-rs256-noaudit{sfx}", "Check, RS256 token pool, audit off", "authz", w,
@@ -110,8 +118,8 @@ FULL_PLAN = {
     2: ["floor", "check-pool-rs256", "check-pool-eddsa", "rl-redis"],
 }  # fmt: skip
 SMOKE_PLAN = {
-    1: ["floor", "floor-burn20", "check-pool-rs256", "check-fresh-eddsa", "rl-redis",
-        "rl-memory"]
+    1: ["floor", "floor-burn20", "floor-redis", "check-pool-rs256", "check-fresh-eddsa",
+        "rl-redis", "rl-memory"]
 }  # fmt: skip
 
 
@@ -206,6 +214,9 @@ def start_server(
         args = ["-m", "bench.floor", "--listen", address, "--workers", str(row.workers)]
         if row.burn_us:
             args += ["--burn-us", f"{row.burn_us:g}"]
+        if row.redis_ping:
+            assert ctx.redis is not None
+            args += ["--redis", ctx.redis.url]
     elif row.kind == "authz":
         audit = ctx.dir("audit") / f"{tag}.jsonl"
         audit.unlink(missing_ok=True)
@@ -437,24 +448,29 @@ def make_ready(server: Server, row: Row, material: Material) -> dict[str, Any] |
 def observers(
     ctx: Ctx, row: Row, server: Server
 ) -> tuple[dict[str, list[int]], Callable[[], dict[str, int]] | None]:
-    """What a load of `row` watches: the CPU of the server (and of Redis), and Redis's
-    command counts for a rate-limit row on Redis."""
+    """What a load of `row` watches: the CPU of the server (and of Redis, when the row
+    uses it), and Redis's command counts for a rate-limit row on Redis."""
     groups = {"server": [server.pid]}
-    if ctx.redis is not None and row.kind == "ratelimit" and row.store == "redis":
-        groups["redis"] = [redis_pid(ctx)]
-        return groups, ctx.redis.commandstats
-    return groups, None
+    if ctx.redis is None or not row.uses_redis:
+        return groups, None
+    groups["redis"] = [ctx.redis.pid]
+    return groups, ctx.redis.commandstats if row.kind == "ratelimit" else None
 
 
 def load_dict(result: LoadResult) -> dict[str, Any]:
     """A load's figures for the JSON; with a Redis probe, EVALSHA calls per answered
     request in (about) the measured window: below 1, some answers came without Redis
-    (breaker open, in-flight cap; timed-out calls still reach Redis and count)."""
+    (breaker open, in-flight cap; timed-out calls still reach Redis and count). With
+    Redis watched, how long it sat runnable but off the CPU per timeslice: what makes
+    its replies late here (bench.context._favour), apart from anything the sidecar does."""
     out = result.as_dict()
     if result.probe_delta is not None and result.requests:
         out["redis_calls_per_request"] = round(
             result.probe_delta.get("evalsha", 0) / result.requests, 3
         )
+    redis_wait = result.cpu.waits.get("redis") if result.cpu else None
+    if redis_wait is not None:
+        out["redis_wait_us_per_slice"] = round(redis_wait.us_per_slice, 1)
     return out
 
 
@@ -476,13 +492,6 @@ def load_clients(
             Client(url, bodies[0], (*GRPC_HEADERS, header), paced_rps=share * expected_rps)
         )
     return clients
-
-
-def redis_pid(ctx: Ctx) -> int:
-    for name, proc in ctx.procs.children:
-        if name == "redis":
-            return proc.pid
-    return -1
 
 
 def _count_lines(path: Path) -> int:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.rounds import Group, fill_saturation, median_load, round_order, summarize
+from bench.rounds import (
+    Group,
+    fill_saturation,
+    markdown,
+    median_load,
+    round_order,
+    summarize,
+)
 
 GROUP = Group("targets-w1", "floor-w1", ("check-pool-rs256-w1", "rl-redis-w1"), 4)
 
@@ -129,3 +136,16 @@ def test_without_rounds_a_single_run_is_discounted_by_its_failure_mode_answers()
     ]
     assert rl["holds"] is False  # 0.7 of the floor, but half of it without Redis: 0.35
     assert rl["measured"].startswith("0.35x (350 req/s, one saturation run, counting only")
+
+
+def test_the_table_names_how_long_redis_waited_for_a_core() -> None:
+    loads = _loads()
+    for load, wait in zip(loads["rl-redis-w1"], (1.5, 2.0, 1613.6, 1.8), strict=True):
+        load["redis_wait_us_per_slice"] = wait
+    section = {"groups": [summarize(GROUP, loads)]}
+    lines = markdown(section, 1.5, {"rl-redis-w1": "RL"})
+    (rl_line,) = [line for line in lines if line.startswith("| RL")]
+    assert "Redis calls per answer: 1, 0.99, 0.5, 1" in rl_line
+    assert "µs per timeslice: 1.5, 2, 1613.6, 1.8)" in rl_line
+    (check_line,) = [line for line in lines if line.startswith("| check-pool")]
+    assert "Redis" not in check_line

@@ -79,6 +79,14 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     assert rows["floor-w1"]["ratio_to_floor"] == 1.0
     assert rows["check-pool-rs256-w1"]["audit_lines"] > 0
     assert rows["floor-burn20-w1"]["ratio_to_floor"] > 0
+    # The floor that awaits one Redis PING per call reached Redis, which the run watched.
+    assert rows["floor-redis-w1"]["ratio_to_floor"] > 0
+    assert "redis" in rows["floor-redis-w1"]["saturation"]["cpu"]["run_queue_wait"]
+    # Rows that reach Redis say how long it waited for a core; rows that do not, nothing.
+    assert rows["floor-redis-w1"]["saturation"]["redis_wait_us_per_slice"] >= 0
+    assert rows["rl-redis-w1"]["saturation"]["redis_wait_us_per_slice"] >= 0
+    assert "redis_wait_us_per_slice" not in rows["rl-memory-w1"]["saturation"]
+    assert [n for n in data["notes"] if n.startswith("redis-server")], data["notes"]
 
     # The judged rows' saturation comes from the alternating rounds (bench.rounds).
     [targets] = data["sections"]["rounds"]["groups"]
