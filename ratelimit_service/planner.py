@@ -10,10 +10,14 @@ plans of requests that repeat (bounded, per rule set).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from ratelimit_service.keys import bucket_key
 from ratelimit_service.rules import UNIT_SECONDS, Domain, Limit, Match, RuleSet, make_limit
+from ratelimit_service.store import BucketCall
 
 MAX_UINT32 = 2**32 - 1
 
@@ -38,6 +42,16 @@ class Request:
     domain: str
     descriptors: tuple[DescriptorRequest, ...]
     hits_addend: int = 0
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Remembered: the servicer hands the same Request back for bytes that repeat,
+        # and the plan cache looks it up on every call.
+        cached = self._hash
+        if not cached:
+            cached = hash((self.domain, self.descriptors, self.hits_addend)) or 1
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +70,25 @@ class Plan:
     unlimited: tuple[bool, ...]  # per descriptor
     checks: tuple[Check, ...]
     replaced: tuple[Limit, ...]  # switched off by another limit's `replaces`
+    # Worked out once per plan for the common case, so a cached plan costs the hot path
+    # no per-request planning (see `Direct`).
+    direct: Direct | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """What a plan needs when nothing about it can be answered without the store: every
+    limit enforced (no shadow), none refusing everything, every cost within its burst.
+
+    `calls` are the store calls (one per distinct bucket, costs added up), `call_of` the
+    call each check reads, `checks_of` each descriptor's checks (by index), and
+    `ok_metadata` the descriptors' metadata merged, as it is returned when all pass."""
+
+    calls: tuple[BucketCall, ...]
+    keys: tuple[str, ...]  # of `calls`, for the empty-bucket cache
+    call_of: tuple[int, ...]
+    checks_of: tuple[tuple[int, ...], ...]
+    ok_metadata: Mapping[str, Any] | None
 
 
 def cost_of(request: Request, descriptor: DescriptorRequest) -> int:
@@ -107,7 +140,48 @@ def plan(domain: Domain, request: Request, *, prefix: str, hash_tags: bool) -> P
             else:
                 key = bucket_key(prefix, domain.name, entries, limit.tag, hash_tag=hash_tags)
                 checks.append(Check(index, limit, key, cost))
-    return Plan(tuple(matches), tuple(unlimited), tuple(checks), tuple(replaced))
+    return Plan(
+        tuple(matches),
+        tuple(unlimited),
+        tuple(checks),
+        tuple(replaced),
+        _direct(matches, checks),
+    )
+
+
+def _direct(matches: list[Match | None], checks: list[Check]) -> Direct | None:
+    if not checks:
+        return None
+    for check in checks:
+        limit = check.limit
+        if limit.shadow or limit.blocks_all or check.cost > limit.burst:
+            return None
+    calls: list[BucketCall] = []
+    slot: dict[str, int] = {}
+    call_of: list[int] = []
+    for check in checks:
+        index = slot.get(check.key)
+        if index is None:
+            index = slot[check.key] = len(calls)
+            calls.append(BucketCall(check.key, check.limit.spec, check.cost))
+        else:
+            prior = calls[index]
+            calls[index] = BucketCall(prior.key, prior.spec, prior.cost + check.cost)
+        call_of.append(index)
+    checks_of = tuple(
+        tuple(i for i, check in enumerate(checks) if check.index == d) for d in range(len(matches))
+    )
+    merged: dict[str, Any] = {}
+    for match in matches:
+        if match is not None and match.node.metadata:
+            merged.update(match.node.metadata)
+    return Direct(
+        tuple(calls),
+        tuple(call.key for call in calls),
+        tuple(call_of),
+        checks_of,
+        MappingProxyType(merged) if merged else None,
+    )
 
 
 # A cached plan is kept only for requests this small, so the cache's memory is bounded by

@@ -6,6 +6,7 @@ Both are pure state machines over an injected clock's monotonic time.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from enum import Enum
 
 from sidecar_runtime.clock import Clock
@@ -125,6 +126,14 @@ class EmptyBucketCache:
             del self._until[key]
             return 0.0, 0.0
         return entry[0] - now, entry[1] - now
+
+    def knows_any(self, keys: Sequence[str]) -> bool:
+        """Is any of these buckets in the cache (perhaps expired: `empty_for` tells)?"""
+        until = self._until
+        for key in keys:  # noqa: SIM110 - a loop, not any(): no generator per call
+            if key in until:
+                return True
+        return False
 
     def mark(self, key: str, *, token_in: float, full_in: float) -> None:
         """Remember that `key` has no whole token for `token_in` seconds."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from ratelimit_service.bucket import Outcome, retry_after_us
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.guard import StoreGuard
-from ratelimit_service.planner import MAX_UINT32, Check, Plan, Planner, Request
+from ratelimit_service.planner import MAX_UINT32, Check, Direct, Plan, Planner, Request
 from ratelimit_service.protection import EmptyBucketCache
 from ratelimit_service.rules import Limit, RuleSet
 from ratelimit_service.store import BucketCall
@@ -129,6 +129,9 @@ class RateLimitService:
         the_plan = self._planner.plan(request)
         if the_plan is None:  # no rules for the domain
             return Decision(Code.OK, (NO_LIMIT,) * len(request.descriptors))
+        direct = the_plan.direct
+        if direct is not None and (self._cache is None or not self._cache.knows_any(direct.keys)):
+            return await self._direct(request, the_plan, direct)
         if not the_plan.checks:
             return self._decide(request, the_plan, [])
         results: list[_Result | None] = [self._local(check) for check in the_plan.checks]
@@ -149,6 +152,43 @@ class RateLimitService:
                     the_plan.checks[result_index], outcomes[call_index]
                 )
         return self._decide(request, the_plan, [r for r in results if r is not None])
+
+    async def _direct(self, request: Request, the_plan: Plan, direct: Direct) -> Decision:
+        """The common case, with the work precomputed in the plan: nothing to answer
+        locally, so the store is asked at once; when every bucket admits the request the
+        statuses come straight from the outcomes. Same decision as the general path (a
+        test compares them); any denial goes through the general path's `_decide`."""
+        outcomes = await self.guard.acquire(direct.calls)
+        if outcomes is None:
+            return self._failure_decision(request, the_plan)
+        checks = the_plan.checks
+        call_of = direct.call_of
+        for outcome in outcomes:
+            if not outcome.allowed:
+                results = [self._stored(c, outcomes[call_of[i]]) for i, c in enumerate(checks)]
+                return self._decide(request, the_plan, results)
+        cache = self._cache
+        if cache is not None:
+            for call, outcome in zip(direct.calls, outcomes, strict=True):
+                spec = call.spec
+                token_in = outcome.reset_us + spec.interval_us - spec.tau_us
+                if token_in > 0:
+                    cache.mark(call.key, token_in=token_in / 1e6, full_in=outcome.reset_us / 1e6)
+        statuses: list[Status] = []
+        for index, mine in enumerate(direct.checks_of):
+            if not mine:
+                statuses.append(UNLIMITED if the_plan.unlimited[index] else NO_LIMIT)
+                continue
+            best = mine[0]
+            closest = outcomes[call_of[best]]
+            for other in mine[1:]:
+                outcome = outcomes[call_of[other]]
+                if outcome.remaining < closest.remaining:
+                    best, closest = other, outcome
+            statuses.append(
+                Status(Code.OK, checks[best].limit, closest.remaining, closest.reset_us)
+            )
+        return Decision(Code.OK, tuple(statuses), metadata=direct.ok_metadata)
 
     def _local(self, check: Check) -> _Result | None:
         limit = check.limit

@@ -21,12 +21,14 @@ from typing import Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf.message import DecodeError
 from opentelemetry.trace import SpanKind
 
 from ratelimit_service.decision_log import Correlation, current_call
 from ratelimit_service.errors import InvalidRequestError
 from ratelimit_service.planner import MAX_UINT32, DescriptorRequest, Override, Request
-from ratelimit_service.service import Code, Decision, RateLimitService
+from ratelimit_service.rules import Limit
+from ratelimit_service.service import Code, Decision, RateLimitService, Status
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
@@ -87,6 +89,134 @@ def _descriptor(message: Any) -> DescriptorRequest:
     return DescriptorRequest(tuple(pairs), hits, override)
 
 
+class RequestReader:
+    """Request bytes to a plain Request, with the requests that repeat remembered.
+
+    Envoy sends the same few descriptor sets call after call (one client address, one
+    subject), and parsing them is the same work each time. A Request is immutable, and
+    the key is the exact bytes, so a remembered answer is the parse's own. Bounded: at
+    most `max_entries` bodies of at most `max_body_bytes` each; the oldest goes first.
+    Malformed bodies are never remembered: each raises InvalidRequestError again.
+    """
+
+    def __init__(self, *, max_entries: int = 4096, max_body_bytes: int = 1024) -> None:
+        self._max_entries = max_entries
+        self._max_body_bytes = max_body_bytes
+        self._known: dict[bytes, Request] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def read(self, body: bytes) -> Request:
+        known = self._known
+        plain = known.get(body)
+        if plain is not None:
+            return plain
+        try:
+            message = rls_pb2.RateLimitRequest.FromString(body)
+        except DecodeError as exc:
+            raise InvalidRequestError("the body is not a RateLimitRequest") from exc
+        plain = to_request(message)
+        if len(body) <= self._max_body_bytes:
+            if len(known) >= self._max_entries:
+                del known[next(iter(known))]  # dicts keep insertion order: the oldest
+            known[body] = plain
+        return plain
+
+
+_ONE_BYTE = tuple(bytes([i]) for i in range(0x80))
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative int."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_OK_HEAD = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK).SerializeToString()
+_NO_LIMIT_STATUS = rls_pb2.RateLimitResponse.DescriptorStatus(
+    code=rls_pb2.RateLimitResponse.OK
+).SerializeToString()
+# Tags of the fields written by hand below (field number << 3 | wire type).
+_STATUSES_TAG = b"\x12"  # RateLimitResponse.statuses = 2, length-delimited
+_REMAINING_TAG = b"\x18"  # DescriptorStatus.limit_remaining = 3, varint
+_RESET_TAG = b"\x22"  # DescriptorStatus.duration_until_reset = 4, length-delimited
+_SECONDS_TAG = b"\x08"  # Duration.seconds = 1, varint
+_NANOS_TAG = b"\x10"  # Duration.nanos = 2, varint
+_MAX_PREFIXES = 4096
+
+
+class ResponseWriter:
+    """Serialized RateLimitResponses; the common answer without building a message.
+
+    An OK with no reason and no metadata (nearly every answer) is written straight to
+    bytes: each limit's `code` + `current_limit` head is serialized once by protobuf and
+    remembered, and only the per-call numbers (remaining, time to reset) are encoded
+    here, in field order, so the bytes equal `to_response(...).SerializeToString()` (a
+    test compares them). Everything else goes through `to_response`.
+    """
+
+    def __init__(self) -> None:
+        self._heads: dict[int, tuple[Limit, bytes]] = {}
+
+    def write(self, decision: Decision, domain: str, decision_id: str = "") -> bytes:
+        if decision.code is not Code.OK or decision.reason != "ok" or decision.metadata:
+            wire: bytes = to_response(decision, domain, decision_id).SerializeToString()
+            return wire
+        parts = [_OK_HEAD]
+        for status in decision.statuses:
+            body = self._status(status)
+            parts += (_STATUSES_TAG, _varint(len(body)), body)
+        return b"".join(parts)
+
+    def _status(self, status: Status) -> bytes:
+        limit = status.limit
+        head = _NO_LIMIT_STATUS if limit is None else self._head(limit)
+        remaining = min(status.remaining, MAX_UINT32)
+        reset_us = status.reset_us
+        if not remaining and reset_us <= 0:
+            return head
+        parts = [head]
+        if remaining:
+            parts += (_REMAINING_TAG, _varint(remaining))
+        if reset_us > 0:
+            seconds, micros = divmod(reset_us, 1_000_000)
+            duration = b""
+            if seconds:
+                duration = _SECONDS_TAG + _varint(seconds)
+            if micros:
+                duration += _NANOS_TAG + _varint(micros * 1000)
+            parts += (_RESET_TAG, _varint(len(duration)), duration)
+        return b"".join(parts)
+
+    def _head(self, limit: Limit) -> bytes:
+        # By identity (a Limit lives as long as its rule set or cached plan); the Limit
+        # is kept in the entry so its id cannot be reused while the entry exists.
+        entry = self._heads.get(id(limit))
+        if entry is not None and entry[0] is limit:
+            return entry[1]
+        status = rls_pb2.RateLimitResponse.DescriptorStatus(code=rls_pb2.RateLimitResponse.OK)
+        _set_current_limit(status.current_limit, limit)
+        head: bytes = status.SerializeToString()
+        if len(self._heads) >= _MAX_PREFIXES:
+            self._heads.clear()  # a reload's worth of new limits: start over
+        self._heads[id(limit)] = (limit, head)
+        return head
+
+
+def _set_current_limit(current: Any, limit: Limit) -> None:
+    if limit.name:
+        current.name = limit.name
+    current.requests_per_unit = limit.requests_per_unit
+    current.unit = ENUM_BY_UNIT[limit.unit]
+
+
 def to_response(decision: Decision, domain: str, decision_id: str = "") -> Any:
     """A RateLimitResponse for a decision."""
     response = rls_pb2.RateLimitResponse(overall_code=int(decision.code))
@@ -95,11 +225,7 @@ def to_response(decision: Decision, domain: str, decision_id: str = "") -> Any:
         out = add_status(code=int(status.code), limit_remaining=min(status.remaining, MAX_UINT32))
         limit = status.limit
         if limit is not None:
-            current = out.current_limit
-            if limit.name:
-                current.name = limit.name
-            current.requests_per_unit = limit.requests_per_unit
-            current.unit = ENUM_BY_UNIT[limit.unit]
+            _set_current_limit(out.current_limit, limit)
         if status.reset_us > 0:
             seconds, micros = divmod(status.reset_us, 1_000_000)
             reset = out.duration_until_reset
@@ -127,15 +253,38 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self._service = service
         self._t = telemetry or RateLimitTelemetry()
         self._ids = DecisionIds()
+        self._reader = RequestReader()
+        self._writer = ResponseWriter()
 
     async def ShouldRateLimit(  # noqa: N802 - the gRPC method name
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
+        """The answer as a message, for a parsed request (the generated stub's shape)."""
         started = time.perf_counter()
         try:
             plain = to_request(request)
         except InvalidRequestError as exc:
             await context.abort(exc.grpc_status, str(exc))
+        decision, decision_id = await self._answer(plain, context, started)
+        return to_response(decision, plain.domain, decision_id)
+
+    async def should_rate_limit_wire(
+        self, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        """The answer serialized, for the request's bytes: what the server registers
+        (see `add_to_server`), so repeated requests skip parsing and common answers skip
+        building a message."""
+        started = time.perf_counter()
+        try:
+            plain = self._reader.read(body)
+        except InvalidRequestError as exc:
+            await context.abort(exc.grpc_status, str(exc))
+        decision, decision_id = await self._answer(plain, context, started)
+        return self._writer.write(decision, plain.domain, decision_id)
+
+    async def _answer(
+        self, plain: Request, context: grpc.aio.ServicerContext[Any, Any], started: float
+    ) -> tuple[Decision, str]:
         call: Correlation
         if self._t.tracing:
             carrier = _metadata(context)
@@ -152,9 +301,8 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             call = _LazyCall(self._ids, context, started)
             decision = await self._decide(plain, call)
         needs_id = decision.reason != "ok" or decision.metadata
-        response = to_response(decision, plain.domain, call.decision_id if needs_id else "")
         self._t.record(decision.code.name, decision.reason, started)
-        return response
+        return decision, call.decision_id if needs_id else ""
 
     async def _traced(
         self, plain: Request, carrier: dict[str, str], started: float
@@ -248,8 +396,23 @@ def binding(
     """The ServiceBinding that registers the servicer with the shared SidecarServer."""
     servicer = RateLimitServicer(service, telemetry)
     return ServiceBinding(
-        name=SERVICE_NAME,
-        register=lambda server: rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-            servicer, server
-        ),
+        name=SERVICE_NAME, register=lambda server: add_to_server(servicer, server)
     )
+
+
+def add_to_server(servicer: RateLimitServicer, server: Any) -> None:
+    """Register ShouldRateLimit with bytes in and out: the servicer parses (and
+    remembers) requests and serializes answers itself."""
+    handlers = {
+        "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(
+            servicer.should_rate_limit_wire,
+            request_deserializer=_passthrough,
+            response_serializer=_passthrough,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _passthrough(data: bytes) -> bytes:
+    return data

@@ -133,6 +133,14 @@ async def test_malformed_requests_are_invalid_argument(plaintext_app: tuple[App,
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ShouldRateLimit(rl_request(subject="x" * 5000), timeout=5)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        raw = ch.unary_unary(f"/{SERVICE_NAME}/ShouldRateLimit")
+        for _ in range(2):  # bytes that are no protobuf at all, twice: never remembered
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff\xff", timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # and the server still answers
+        answer = await stub.ShouldRateLimit(rl_request(subject="after-garbage"), timeout=5)
+        assert answer.overall_code == Response.OK
 
 
 async def test_mtls_requires_the_client_certificate(tmp_path: Path, pki: Pki) -> None:

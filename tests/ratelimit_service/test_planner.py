@@ -102,3 +102,82 @@ def test_a_new_rule_set_starts_with_an_empty_cache(tmp_path: Path, planner: Plan
     new = reloaded.plan(request)
     assert new is not None
     assert (old.checks[0].limit.burst, new.checks[0].limit.burst) == (40, 45)
+
+
+DIRECT_RULES = """
+domain: edge
+descriptors:
+  - key: remote_address
+    metadata: {stage: address}
+    rate_limit: {name: per-address, unit: second, requests_per_unit: 20, burst: 40}
+  - key: subject
+    rate_limits:
+      - {name: subject-rate, unit: second, requests_per_unit: 10}
+      - {name: subject-daily, unit: day, requests_per_unit: 25}
+  - key: trial
+    shadow_mode: true
+    rate_limit: {name: trial, unit: second, requests_per_unit: 1}
+  - key: blocked
+    rate_limit: {name: blocked, unit: minute, requests_per_unit: 0}
+  - key: internal
+    metadata: {internal: true}
+    rate_limit: {unlimited: true}
+"""
+
+
+def direct_planner(tmp_path: Path) -> Planner:
+    return Planner(rules(tmp_path, DIRECT_RULES), prefix="rl:", hash_tags=False)
+
+
+def test_a_plan_that_only_needs_the_store_carries_its_calls(tmp_path: Path) -> None:
+    planned = direct_planner(tmp_path).plan(
+        ask(("subject", "alice"), ("internal", "x"), ("remote_address", "192.0.2.1"), hits=2)
+    )
+    assert planned is not None
+    direct = planned.direct
+    assert direct is not None
+    keys = [check.key for check in planned.checks]  # subject-rate, subject-daily, address
+    assert direct.keys == tuple(keys)
+    assert [(c.key, c.cost, c.enforce) for c in direct.calls] == [(k, 2, True) for k in keys]
+    assert [c.spec for c in direct.calls] == [check.limit.spec for check in planned.checks]
+    assert direct.call_of == (0, 1, 2)
+    assert direct.checks_of == ((0, 1), (), (2,))  # the unlimited descriptor has no check
+    assert direct.ok_metadata == {"stage": "address", "internal": True}
+
+
+def test_the_same_bucket_twice_is_one_call_with_the_costs_added(tmp_path: Path) -> None:
+    planned = direct_planner(tmp_path).plan(
+        Request(
+            "edge",
+            (
+                DescriptorRequest((("remote_address", "192.0.2.1"),), hits_addend=3),
+                DescriptorRequest((("remote_address", "192.0.2.1"),), hits_addend=4),
+            ),
+        )
+    )
+    assert planned is not None
+    assert planned.direct is not None
+    [call] = planned.direct.calls
+    assert call.cost == 7
+    assert planned.direct.call_of == (0, 0)
+    assert planned.direct.checks_of == ((0,), (1,))
+    assert planned.direct.ok_metadata == {"stage": "address"}
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        ask(("subject", "alice"), ("trial", "t")),  # a shadow limit: its denial is no veto
+        ask(("subject", "alice"), ("blocked", "b")),  # refused without asking the store
+        ask(("remote_address", "192.0.2.1"), hits=41),  # a cost above the burst
+        ask(("internal", "x")),  # nothing to ask the store at all
+        ask(("nobody", "x")),
+    ],
+    ids=["shadow", "blocks-all", "over-burst", "unlimited-only", "no-rule"],
+)
+def test_plans_with_anything_to_answer_locally_take_the_general_path(
+    tmp_path: Path, request_: Request
+) -> None:
+    planned = direct_planner(tmp_path).plan(request_)
+    assert planned is not None
+    assert planned.direct is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from ratelimit_service.config import load_rule_file
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.guard import StoreGuard
-from ratelimit_service.planner import DescriptorRequest, Request
+from ratelimit_service.planner import DescriptorRequest, Plan, Planner, Request
 from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
 from ratelimit_service.rules import RuleSet
 from ratelimit_service.service import Code, Decision, FailureMode, RateLimitService
@@ -342,3 +344,87 @@ async def test_swapping_rules_swaps_the_plan_cache(tmp_path: Path) -> None:
     assert after.statuses[0].limit is not None
     assert after.statuses[0].limit.burst == 45
     assert h.service.rules.domain("edge") is not None
+
+
+class GeneralOnly:
+    """The service's planner with the precomputed direct path taken off every plan."""
+
+    def __init__(self, inner: Planner) -> None:
+        self.inner = inner
+        self.rules = inner.rules
+
+    def plan(self, request: Request) -> Plan | None:
+        planned = self.inner.plan(request)
+        return None if planned is None else dataclasses.replace(planned, direct=None)
+
+
+_CHOICES: tuple[tuple[str, str], ...] = (
+    ("remote_address", "192.0.2.1"),
+    ("remote_address", "192.0.2.2"),
+    ("subject", "alice"),
+    ("subject", "bob"),
+    ("trial", "t"),
+    ("blocked", "b"),
+    ("internal", "i"),
+    ("tier", "gold"),
+    ("tier", "silver"),
+    ("nobody", "n"),
+)
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+async def test_the_direct_path_decides_as_the_general_path_does(
+    tmp_path: Path, cache: bool
+) -> None:
+    """The same random traffic (repeated descriptors, hits_addend, time passing, drained
+    buckets) through two services, one of them without the precomputed direct path:
+    every decision, every bucket, the counters and the denial lines must agree."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fast = Harness(tmp_path / "a", cache=cache)
+    general = Harness(tmp_path / "b", cache=cache)
+    general.service._planner = GeneralOnly(general.service._planner)  # type: ignore[assignment]
+    rng = random.Random(20261122)
+    direct_taken = 0
+    keys: set[str] = set()
+    for _ in range(1500):
+        descriptors = tuple(
+            DescriptorRequest(
+                (rng.choice(_CHOICES),),
+                hits_addend=rng.choice([None, None, None, 0, 1, 3, 50]),
+            )
+            for _ in range(rng.randint(1, 3))
+        )
+        request = Request("edge", descriptors, rng.choice([0, 0, 1, 2]))
+        planned = fast.service._planner.plan(request)
+        direct_taken += planned is not None and planned.direct is not None
+        keys.update(check.key for check in planned.checks) if planned else None
+        assert await fast.service.should_rate_limit(request) == (
+            await general.service.should_rate_limit(request)
+        ), request
+        step = rng.choice([0.0, 0.0, 0.01, 0.2, 2.0])
+        fast.clock.advance(step)
+        general.clock.advance(step)
+    assert direct_taken > 500  # the path under test was taken, and often
+    assert isinstance(fast.store, CountingStore)
+    assert isinstance(general.store, CountingStore)
+    assert fast.store.calls == general.store.calls
+    fast_buckets, general_buckets = fast.store.inner, general.store.inner
+    assert isinstance(fast_buckets, MemoryStore)
+    assert isinstance(general_buckets, MemoryStore)
+    assert len(keys) > 5
+    assert [fast_buckets.state(k) for k in sorted(keys)] == [
+        general_buckets.state(k) for k in sorted(keys)
+    ]
+    assert fast.service.stats == general.service.stats
+
+
+async def test_the_direct_path_answers_with_the_failure_mode(tmp_path: Path) -> None:
+    clock = ManualClock()
+    h = Harness(tmp_path, store=BrokenStore(clock), clock=clock, failure_mode="fail_closed")
+    request = Request("edge", (DescriptorRequest(ADDRESS),))
+    planned = h.service._planner.plan(request)
+    assert planned is not None
+    assert planned.direct is not None
+    answer = await h.service.should_rate_limit(request)
+    assert (answer.code, answer.reason) == (Code.OVER_LIMIT, "store_failure")

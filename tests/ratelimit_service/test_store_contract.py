@@ -157,6 +157,22 @@ async def test_same_decisions_everywhere(sut: StoreUnderTest) -> None:
     ]
 
 
+async def test_a_tuple_of_calls_handed_over_again_and_again(sut: StoreUnderTest) -> None:
+    # What a cached plan does: the same tuple on every request (a store may remember
+    # what it sent for it). Each call is still decided afresh.
+    again = (sut.call("tuple", 2), sut.call("tuple-other", 1))
+    answers = [(await sut.store.acquire(again)).committed for _ in range(3)]
+    assert answers == [True, True, False]  # 2 + 2 of 5, then 2 more would be 6
+    # Fresh tuples, each likely at the address the last one freed, with other costs:
+    # each is its own command.
+    remaining = []
+    for cost in (1, 2, 1):
+        calls = (sut.call("reuse", cost), sut.call("reuse-other", 0))
+        remaining.append((await sut.store.acquire(calls)).outcomes[0].remaining)
+        del calls
+    assert remaining == [4, 2, 1]
+
+
 async def test_all_or_nothing_across_descriptors(sut: StoreUnderTest) -> None:
     await sut.store.acquire([sut.call("empty", 5)])
     values = [f"fresh-{i}" for i in range(8)]  # spread over the cluster's nodes
