@@ -16,6 +16,7 @@ from ratelimit_service.planner import (
     plan,
 )
 from ratelimit_service.rules import RuleSet
+from tests.ratelimit_service.test_service import RULES as SERVICE_RULES
 
 RULES = """
 domain: edge
@@ -104,25 +105,11 @@ def test_a_new_rule_set_starts_with_an_empty_cache(tmp_path: Path, planner: Plan
     assert (old.checks[0].limit.burst, new.checks[0].limit.burst) == (40, 45)
 
 
-DIRECT_RULES = """
-domain: edge
-descriptors:
-  - key: remote_address
-    metadata: {stage: address}
-    rate_limit: {name: per-address, unit: second, requests_per_unit: 20, burst: 40}
-  - key: subject
-    rate_limits:
-      - {name: subject-rate, unit: second, requests_per_unit: 10}
-      - {name: subject-daily, unit: day, requests_per_unit: 25}
-  - key: trial
-    shadow_mode: true
-    rate_limit: {name: trial, unit: second, requests_per_unit: 1}
-  - key: blocked
-    rate_limit: {name: blocked, unit: minute, requests_per_unit: 0}
-  - key: internal
-    metadata: {internal: true}
-    rate_limit: {unlimited: true}
-"""
+# The service tests' rules: shadow, blocking, unlimited, several limits, metadata; with
+# metadata on the unlimited descriptor too (it must be merged although it has no check).
+DIRECT_RULES = SERVICE_RULES.replace(
+    "rate_limit: {unlimited: true}", "metadata: {internal: true}\n    rate_limit: {unlimited: true}"
+)
 
 
 def direct_planner(tmp_path: Path) -> Planner:
@@ -131,18 +118,18 @@ def direct_planner(tmp_path: Path) -> Planner:
 
 def test_a_plan_that_only_needs_the_store_carries_its_calls(tmp_path: Path) -> None:
     planned = direct_planner(tmp_path).plan(
-        ask(("subject", "alice"), ("internal", "x"), ("remote_address", "192.0.2.1"), hits=2)
+        ask(("subject", "alice"), ("internal", "x"), ("tier", "gold"), hits=2)
     )
     assert planned is not None
     direct = planned.direct
     assert direct is not None
-    keys = [check.key for check in planned.checks]  # subject-rate, subject-daily, address
+    keys = [check.key for check in planned.checks]  # subject-rate, subject-daily, tier
     assert direct.keys == tuple(keys)
     assert [(c.key, c.cost, c.enforce) for c in direct.calls] == [(k, 2, True) for k in keys]
     assert [c.spec for c in direct.calls] == [check.limit.spec for check in planned.checks]
     assert direct.call_of == (0, 1, 2)
     assert direct.checks_of == ((0, 1), (), (2,))  # the unlimited descriptor has no check
-    assert direct.ok_metadata == {"stage": "address", "internal": True}
+    assert direct.ok_metadata == {"internal": True, "tier": "gold"}
 
 
 def test_the_same_bucket_twice_is_one_call_with_the_costs_added(tmp_path: Path) -> None:
@@ -161,7 +148,7 @@ def test_the_same_bucket_twice_is_one_call_with_the_costs_added(tmp_path: Path) 
     assert call.cost == 7
     assert planned.direct.call_of == (0, 0)
     assert planned.direct.checks_of == ((0,), (1,))
-    assert planned.direct.ok_metadata == {"stage": "address"}
+    assert planned.direct.ok_metadata is None
 
 
 @pytest.mark.parametrize(
