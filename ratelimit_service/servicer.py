@@ -128,9 +128,14 @@ _ONE_BYTE = tuple(bytes([i]) for i in range(0x80))
 
 
 def _varint(value: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative int."""
+    """Protobuf's base-128 varint of a non-negative int (up to 3 bytes unrolled: the
+    usual remainders and lengths)."""
     if value < 0x80:
         return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -169,31 +174,26 @@ class ResponseWriter:
         if decision.code is not Code.OK or decision.reason != "ok" or decision.metadata:
             wire: bytes = to_response(decision, domain, decision_id).SerializeToString()
             return wire
-        parts = [_OK_HEAD]
+        out = _OK_HEAD
         for status in decision.statuses:
             body = self._status(status)
-            parts += (_STATUSES_TAG, _varint(len(body)), body)
-        return b"".join(parts)
+            out += _STATUSES_TAG + _varint(len(body)) + body
+        return out
 
     def _status(self, status: Status) -> bytes:
         limit = status.limit
-        head = _NO_LIMIT_STATUS if limit is None else self._head(limit)
-        remaining = min(status.remaining, MAX_UINT32)
-        reset_us = status.reset_us
-        if not remaining and reset_us <= 0:
-            return head
-        parts = [head]
+        out = _NO_LIMIT_STATUS if limit is None else self._head(limit)
+        remaining = status.remaining
         if remaining:
-            parts += (_REMAINING_TAG, _varint(remaining))
+            out += _REMAINING_TAG + _varint(remaining if remaining < MAX_UINT32 else MAX_UINT32)
+        reset_us = status.reset_us
         if reset_us > 0:
             seconds, micros = divmod(reset_us, 1_000_000)
-            duration = b""
-            if seconds:
-                duration = _SECONDS_TAG + _varint(seconds)
+            duration = _SECONDS_TAG + _varint(seconds) if seconds else b""
             if micros:
                 duration += _NANOS_TAG + _varint(micros * 1000)
-            parts += (_RESET_TAG, _varint(len(duration)), duration)
-        return b"".join(parts)
+            out += _RESET_TAG + _varint(len(duration)) + duration
+        return out
 
     def _head(self, limit: Limit) -> bytes:
         # By identity (a Limit lives as long as its rule set or cached plan); the Limit

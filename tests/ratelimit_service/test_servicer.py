@@ -12,7 +12,13 @@ from ratelimit_service.errors import InvalidRequestError
 from ratelimit_service.planner import MAX_UINT32
 from ratelimit_service.rules import UNIT_SECONDS, make_limit
 from ratelimit_service.service import NO_LIMIT, UNLIMITED, Code, Decision, Status
-from ratelimit_service.servicer import RequestReader, ResponseWriter, to_request, to_response
+from ratelimit_service.servicer import (
+    RequestReader,
+    ResponseWriter,
+    _varint,
+    to_request,
+    to_response,
+)
 from tests.ratelimit_service.test_grpc import rl_request
 
 LIMITS = (
@@ -114,3 +120,13 @@ def test_bad_bodies_are_refused_every_time_and_never_remembered(body: bytes) -> 
         with pytest.raises(InvalidRequestError):
             reader.read(body)
     assert len(reader) == 0
+
+
+def test_varints_are_protobuf_s_at_every_length() -> None:
+    # Every boundary of 1 to 5 bytes, through a uint32 field protobuf serializes itself.
+    edges = [(1 << (7 * n)) + d for n in range(5) for d in (-1, 0, 1)]
+    for value in [0, 1, 300, *edges, MAX_UINT32]:
+        value = min(max(value, 0), MAX_UINT32)
+        status = rls_pb2.RateLimitResponse.DescriptorStatus(limit_remaining=value)
+        expected = status.SerializeToString()
+        assert (b"\x18" + _varint(value) if value else b"") == expected, value
