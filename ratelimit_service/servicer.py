@@ -144,8 +144,10 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_OK_HEAD = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK).SerializeToString()
-_NO_LIMIT_STATUS = rls_pb2.RateLimitResponse.DescriptorStatus(
+_OK_HEAD: bytes = rls_pb2.RateLimitResponse(
+    overall_code=rls_pb2.RateLimitResponse.OK
+).SerializeToString()
+_NO_LIMIT_STATUS: bytes = rls_pb2.RateLimitResponse.DescriptorStatus(
     code=rls_pb2.RateLimitResponse.OK
 ).SerializeToString()
 # Tags of the fields written by hand below (field number << 3 | wire type).
