@@ -8,17 +8,32 @@ floor server's) would be measured instead of the sidecar's. Requests are pre-ser
 and sent as bytes (no protobuf work on the client side); every answer is checked.
 
 Also `call_once`, the correctness check run against every configuration before load.
+
+`start` runs the driver in other processes (`python -m bench.driver`), each sending its
+share of the bodies from a file: several drivers can then load one server past one
+driver's ceiling, or two servers at once (sections 3 and 4 run side by side; neither
+measures a time).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
+import json
+import struct
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+if TYPE_CHECKING:
+    from bench.procs import Procs
 
 
 @dataclass
@@ -129,3 +144,121 @@ def check_rate_ok(answer: bytes) -> str | None:
         if decision is not None and decision.string_value != "ok":
             return f"decision {decision.string_value}"  # e.g. a failure-mode answer
     return None
+
+
+CHECKS: dict[str, Callable[[bytes], str | None]] = {
+    "allowed": check_allowed,
+    "rate_ok": check_rate_ok,
+    "any": check_any,
+}
+
+
+# --- in other processes -----------------------------------------------------------------------
+
+_LENGTH = struct.Struct(">I")
+
+
+def write_bodies(paths: Sequence[Path], bodies: Iterable[bytes]) -> int:
+    """Deal the bodies round robin into the files (each record: 4-byte length, body)."""
+    handles = [path.open("wb") for path in paths]
+    count = 0
+    try:
+        for count, body in enumerate(bodies, 1):
+            out = handles[(count - 1) % len(handles)]
+            out.write(_LENGTH.pack(len(body)))
+            out.write(body)
+    finally:
+        for handle in handles:
+            handle.close()
+    return count
+
+
+def read_bodies(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as source:
+        while header := source.read(_LENGTH.size):
+            (size,) = _LENGTH.unpack(header)
+            yield source.read(size)
+
+
+@dataclass
+class Drive:
+    """Driver processes under way; `wait` merges their results."""
+
+    procs: Procs
+    children: list[subprocess.Popen[bytes]]
+    outs: list[Path]
+    started: float
+
+    def wait(self, timeout: float) -> DriveResult:
+        deadline = time.monotonic() + timeout
+        try:
+            for child in self.children:
+                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        finally:
+            for child in self.children:
+                self.procs.stop(child)  # a no-op for those that ended
+        merged = DriveResult(seconds=time.monotonic() - self.started)
+        for out, child in zip(self.outs, self.children, strict=True):
+            if child.returncode != 0 or not out.exists():
+                raise RuntimeError(f"driver process {child.pid} failed ({child.returncode})")
+            part = DriveResult(**json.loads(out.read_text()))
+            merged.sent += part.sent
+            merged.ok += part.ok
+            merged.bad += part.bad
+            merged.errors += part.errors
+            merged.first_problem = merged.first_problem or part.first_problem
+        merged.extra["processes"] = len(self.children)
+        return merged
+
+
+def start(
+    procs: Procs,
+    name: str,
+    *,
+    address: str,
+    method: str,
+    bodies: Iterable[bytes],
+    check: str,
+    work: Path,
+    processes: int = 1,
+    concurrency: int = 64,
+) -> Drive:
+    """Write the bodies to `processes` files, start one driver process per file."""
+    work.mkdir(parents=True, exist_ok=True)
+    shards = [work / f"{name}-{i}.bodies" for i in range(processes)]
+    write_bodies(shards, bodies)
+    children, outs = [], []
+    started = time.monotonic()
+    for i, shard in enumerate(shards):
+        out = work / f"{name}-{i}.json"
+        out.unlink(missing_ok=True)
+        args = ["-m", "bench.driver", "--address", address, "--method", method]
+        args += ["--bodies", str(shard), "--check", check, "--out", str(out)]
+        args += ["--concurrency", str(concurrency)]
+        children.append(procs.python(f"{name}-{i}", args))
+        outs.append(out)
+    return Drive(procs, children, outs, started)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.driver")
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--bodies", type=Path, required=True)
+    parser.add_argument("--check", choices=sorted(CHECKS), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args(argv)
+    result = drive(
+        args.address,
+        args.method,
+        read_bodies(args.bodies),
+        CHECKS[args.check],
+        concurrency=args.concurrency,
+    )
+    args.out.write_text(json.dumps(dataclasses.asdict(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -503,7 +503,19 @@ def _rss_md(result: dict[str, Any]) -> list[str]:
             for r in rss
         ),
     )  # fmt: skip
+    out += [
+        "",
+        "The authz sidecar's 100,000 calls ran while section 3 ran (only counts, bytes and"
+        " peak RSS are read here, no time); the rate limiter's came from "
+        f"{_driver_processes(result)} driver processes.",
+    ]
     return out
+
+
+def _driver_processes(result: dict[str, Any]) -> int:
+    memory = result.get("sections", {}).get("redis", {}).get("memory", {})
+    processes: int = memory.get("driver_processes", 1)
+    return processes
 
 
 def _hotpath_md(result: dict[str, Any]) -> list[str]:

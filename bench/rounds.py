@@ -48,8 +48,9 @@ class Group:
 
 
 # Issue 6's ratio targets: the floor and the three judged rows, per worker count; and,
-# not judged, the floor plus the one Redis round trip the rate limiter must make, which
-# splits its distance from the floor into the round trip's share and its own code's.
+# not judged, at 1 worker, the floor plus the one Redis round trip the rate limiter must
+# make, which splits its distance from the floor into the round trip's share and its own
+# code's (not at 2 workers: the time budget, and the floor's own jumps there).
 TARGET_GROUPS = tuple(
     Group(
         f"targets-w{w}",
@@ -58,7 +59,7 @@ TARGET_GROUPS = tuple(
             f"check-pool-rs256-w{w}",
             f"check-pool-eddsa-w{w}",
             f"rl-redis-w{w}",
-            f"floor-redis-w{w}",
+            *((f"floor-redis-w{w}",) if w == 1 else ()),
         ),
         4,
     )

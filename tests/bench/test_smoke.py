@@ -124,7 +124,9 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     # they are counted by the bench, not asserted away here.
     assert memory["ok"] > 0
     assert memory["requests"] == data["timing"]["distinct_subjects"]
+    assert memory["driver_processes"] == 2
     sidecars = {r["sidecar"]: r for r in data["sections"]["memory"]["sidecars"]}
+    assert sidecars["authz"]["requests"] == data["timing"]["distinct_subjects"]
     assert sidecars["authz"]["allowed"] == sidecars["authz"]["requests"]
     assert sidecars["ratelimit"]["after_kib"]["VmHWM"] > 0
 

@@ -1,0 +1,57 @@
+"""bench.driver's process mode: bodies dealt into files, driver processes against a real
+floor server, their results merged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import driver
+from bench.procs import Procs, free_port, port_open, wait_until
+from bench.sidecars import AUTHZ_PATH, RL_PATH
+
+
+def test_bodies_are_dealt_round_robin_and_read_back_whole(tmp_path: Path) -> None:
+    bodies = [b"", b"x", b"\x00" * 70_000, b"last"]
+    shards = [tmp_path / "a", tmp_path / "b"]
+    assert driver.write_bodies(shards, bodies) == 4
+    assert list(driver.read_bodies(shards[0])) == [b"", b"\x00" * 70_000]
+    assert list(driver.read_bodies(shards[1])) == [b"x", b"last"]
+
+
+@pytest.mark.grpc
+def test_driver_processes_share_the_bodies_and_every_answer_is_checked(tmp_path: Path) -> None:
+    procs = Procs(tmp_path / "logs")
+    port = free_port()
+    try:
+        procs.python("floor", ["-m", "bench.floor", "--listen", f"127.0.0.1:{port}"])
+        assert wait_until(lambda: port_open(port), timeout=30)
+        drive = driver.start(
+            procs,
+            "driver",
+            address=f"127.0.0.1:{port}",
+            method=RL_PATH,
+            bodies=(b"" for _ in range(301)),  # the floor answers OK to any request
+            check="rate_ok",
+            work=tmp_path / "runs",
+            processes=2,
+            concurrency=8,
+        )
+        result = drive.wait(timeout=60)
+        assert (result.sent, result.ok, result.bad, result.errors) == (301, 301, 0, 0)
+        assert result.extra["processes"] == 2
+        wrong = driver.start(  # the floor's Check answer has no ok_response: all refused
+            procs,
+            "wrong",
+            address=f"127.0.0.1:{port}",
+            method=AUTHZ_PATH,
+            bodies=[b""] * 5,
+            check="allowed",
+            work=tmp_path / "runs",
+        ).wait(timeout=60)
+        assert (wrong.sent, wrong.ok) == (5, 0)
+        assert wrong.bad + wrong.errors == 5
+        assert wrong.first_problem
+    finally:
+        procs.stop_all()
