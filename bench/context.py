@@ -36,7 +36,7 @@ class Timing:
     edge_rates: tuple[int, ...] = (500, 1000)
     pool_size: int = 1000
     distinct_subjects: int = 100_000
-    command_count_calls: int = 10_000
+    command_count_calls: int = 5_000
     profile_calls: int = 3_000
     clients: int = 10  # h2load processes (distinct bodies) per load
     conns: int = 2  # connections per h2load process

@@ -606,8 +606,16 @@ def _load(ctx: Ctx, edge: Edge, clients: list[Client], shape: Shape, label: str)
 
 
 def measure(
-    ctx: Ctx, edge: Edge, pki: Pki, tokens: list[tuple[str, str]], *, policy: bool
+    ctx: Ctx,
+    edge: Edge,
+    pki: Pki,
+    tokens: list[tuple[str, str]],
+    *,
+    policy: bool,
+    fixed_rates: bool = True,
 ) -> dict[str, Any]:
+    """Saturation, then (unless `fixed_rates` is off: the floor configurations, which
+    only tell the design's ceiling) each fixed rate."""
     t = ctx.timing
     result: dict[str, Any] = {"name": edge.name, "envoy_command": edge.command}
     result["verify"] = verify(edge, pki, tokens, policy=policy)
@@ -615,7 +623,7 @@ def measure(
     sat = Shape(t.conns, t.edge_streams, t.edge_saturation_s, t.warmup_s)
     result["saturation"] = _load(ctx, edge, clients, sat, "saturation")
     result["fixed"] = {}
-    for rate in t.edge_rates:
+    for rate in t.edge_rates if fixed_rates else ():
         shape = Shape(t.conns, t.fixed_streams, t.edge_fixed_s, t.warmup_s, rate=rate)
         result["fixed"][str(rate)] = _load(ctx, edge, clients, shape, f"fixed-{rate}")
     return result
@@ -739,7 +747,7 @@ def _floor_sidecars(
         try:
             if not wait_until(lambda: https_status(edge, pki, "/healthz", None) == 200, timeout=20):
                 raise RuntimeError(f"{name}: Envoy's /healthz never answered 200")
-            out = measure(ctx, edge, pki, tokens, policy=False)
+            out = measure(ctx, edge, pki, tokens, policy=False, fixed_rates=False)
         finally:
             edge.stop()
         out["config_file"] = str(edge.config_file.relative_to(ctx.work))

@@ -505,9 +505,9 @@ def _rss_md(result: dict[str, Any]) -> list[str]:
     )  # fmt: skip
     out += [
         "",
-        "The authz sidecar's 100,000 calls ran while section 3 ran (only counts, bytes and"
-        " peak RSS are read here, no time); the rate limiter's came from "
-        f"{_driver_processes(result)} driver processes.",
+        f"The rate limiter's calls came from {_driver_processes(result)} driver processes"
+        " (one Python driver's ceiling is below the sidecar's), the authz sidecar's from one"
+        " (the sidecar is the bound).",
     ]
     return out
 

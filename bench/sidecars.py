@@ -113,8 +113,7 @@ def _all_rows(w: int) -> dict[str, Row]:
 # bench.telemetry_cost; this table gives each row's saturation and fixed-rate latency.
 FULL_PLAN = {
     1: ["floor", "floor-rl", "floor-burn20", "check-pool-rs256", "check-pool-eddsa",
-        "check-pool-rs256-noaudit", "check-fresh-rs256", "check-fresh-eddsa", "rl-redis",
-        "rl-memory"],
+        "check-fresh-rs256", "check-fresh-eddsa", "rl-redis", "rl-memory"],
     2: ["floor", "check-pool-rs256", "check-pool-eddsa", "rl-redis"],
 }  # fmt: skip
 SMOKE_PLAN = {
