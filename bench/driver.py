@@ -62,14 +62,19 @@ async def _drive(
     check: Callable[[bytes], str | None],
     concurrency: int,
     channels: int,
+    seconds: float | None = None,
 ) -> DriveResult:
     result = DriveResult()
     chans = [_channel(address) for _ in range(channels)]
     calls = [c.unary_unary(method) for c in chans]
+    deadline = None if seconds is None else time.monotonic() + seconds
 
     async def worker(index: int) -> None:
         call = calls[index % len(calls)]
         for body in bodies:  # a shared iterator: each body is sent once
+            if deadline is not None and time.monotonic() > deadline:
+                result.extra["stopped_at_deadline"] = True  # the rest are never sent
+                return
             result.sent += 1
             try:
                 answer = await call(body, timeout=10)
@@ -102,10 +107,20 @@ def drive(
     *,
     concurrency: int = 32,
     channels: int = 2,
+    seconds: float | None = None,
 ) -> DriveResult:
-    """Send every body once (`concurrency` in flight); check every answer."""
+    """Send every body once (`concurrency` in flight); check every answer. With `seconds`,
+    stop sending after that long (`extra["stopped_at_deadline"]`; `sent` says how many)."""
     return asyncio.run(
-        _drive(address, method, iter(bodies), check, concurrency=concurrency, channels=channels)
+        _drive(
+            address,
+            method,
+            iter(bodies),
+            check,
+            concurrency=concurrency,
+            channels=channels,
+            seconds=seconds,
+        )
     )
 
 
@@ -207,6 +222,8 @@ class Drive:
             merged.bad += part.bad
             merged.errors += part.errors
             merged.first_problem = merged.first_problem or part.first_problem
+            if part.extra.get("stopped_at_deadline"):
+                merged.extra["stopped_at_deadline"] = True
         merged.extra["processes"] = len(self.children)
         return merged
 
@@ -222,8 +239,10 @@ def start(
     work: Path,
     processes: int = 1,
     concurrency: int = 64,
+    seconds: float | None = None,
 ) -> Drive:
-    """Write the bodies to `processes` files, start one driver process per file."""
+    """Write the bodies to `processes` files, start one driver process per file; with
+    `seconds`, each stops sending after that long (the bench's time budget)."""
     work.mkdir(parents=True, exist_ok=True)
     shards = [work / f"{name}-{i}.bodies" for i in range(processes)]
     write_bodies(shards, bodies)
@@ -235,6 +254,8 @@ def start(
         args = ["-m", "bench.driver", "--address", address, "--method", method]
         args += ["--bodies", str(shard), "--check", check, "--out", str(out)]
         args += ["--concurrency", str(concurrency)]
+        if seconds is not None:
+            args += ["--seconds", f"{max(seconds, 1.0):.1f}"]
         children.append(procs.python(f"{name}-{i}", args))
         outs.append(out)
     return Drive(procs, children, outs, started)
@@ -248,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", choices=sorted(CHECKS), required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, help="stop sending after this long")
     args = parser.parse_args(argv)
     result = drive(
         args.address,
@@ -255,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_bodies(args.bodies),
         CHECKS[args.check],
         concurrency=args.concurrency,
+        seconds=args.seconds,
     )
     args.out.write_text(json.dumps(dataclasses.asdict(result)))
     return 0

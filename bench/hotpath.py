@@ -222,7 +222,12 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
     from ratelimit_service.config import load_rules
     from ratelimit_service.planner import plan
     from ratelimit_service.redis_store import RedisStore, open_redis_store
-    from ratelimit_service.servicer import to_request, to_response
+    from ratelimit_service.servicer import (
+        RequestReader,
+        ResponseWriter,
+        to_request,
+        to_response,
+    )
     from ratelimit_service.settings import load_settings
     from ratelimit_service.store import MemoryStore
     from sidecar_runtime.clock import SystemClock
@@ -275,6 +280,13 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
         await s.aio("store.ping (PING round trip, pipelined client)", store.ping, n)
         await s.aio("RedisStore.ping (PING round trip via redis-py)", legacy.ping, n)
         s.sync("to_response", lambda: to_response(decision, plain.domain), n)
+        reader, writer = RequestReader(), ResponseWriter()
+        s.sync("RequestReader.read (a body seen before: no parse)", lambda: reader.read(body), n)
+        s.sync(
+            "ResponseWriter.write (OK, 2 statuses, straight to bytes)",
+            lambda: writer.write(decision, plain.domain),
+            n,
+        )
         s.sync("RateLimitResponse.SerializeToString", response.SerializeToString, n)
         try:
             import hiredis

@@ -53,5 +53,20 @@ def test_driver_processes_share_the_bodies_and_every_answer_is_checked(tmp_path:
         assert (wrong.sent, wrong.ok) == (5, 0)
         assert wrong.bad + wrong.errors == 5
         assert wrong.first_problem
+        # The time budget: more bodies than a second allows, stopped after about a second.
+        bounded = driver.start(
+            procs,
+            "bounded",
+            address=f"127.0.0.1:{port}",
+            method=RL_PATH,
+            bodies=(b"" for _ in range(300_000)),
+            check="rate_ok",
+            work=tmp_path / "runs",
+            processes=2,
+            seconds=1.0,
+        ).wait(timeout=60)
+        assert bounded.extra["stopped_at_deadline"]
+        assert 0 < bounded.sent < 300_000
+        assert bounded.ok == bounded.sent  # every call that went out was answered
     finally:
         procs.stop_all()
