@@ -10,7 +10,7 @@ plans of requests that repeat (bounded, per rule set).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -156,18 +156,8 @@ def _direct(matches: list[Match | None], checks: list[Check]) -> Direct | None:
         limit = check.limit
         if limit.shadow or limit.blocks_all or check.cost > limit.burst:
             return None
-    calls: list[BucketCall] = []
-    slot: dict[str, int] = {}
-    call_of: list[int] = []
-    for check in checks:
-        index = slot.get(check.key)
-        if index is None:
-            index = slot[check.key] = len(calls)
-            calls.append(BucketCall(check.key, check.limit.spec, check.cost))
-        else:
-            prior = calls[index]
-            calls[index] = BucketCall(prior.key, prior.spec, prior.cost + check.cost)
-        call_of.append(index)
+    calls, needs = store_calls(checks, [True] * len(checks))
+    call_of = [call_index for _, call_index in needs]
     checks_of = tuple(
         tuple(i for i, check in enumerate(checks) if check.index == d) for d in range(len(matches))
     )
@@ -182,6 +172,31 @@ def _direct(matches: list[Match | None], checks: list[Check]) -> Direct | None:
         checks_of,
         MappingProxyType(merged) if merged else None,
     )
+
+
+def store_calls(
+    checks: Sequence[Check], asks_store: Sequence[bool]
+) -> tuple[list[BucketCall], list[tuple[int, int]]]:
+    """The store calls for the checks that ask the store: one per distinct bucket, costs
+    added up (a shadow limit's call does not enforce); and, per such check, (its index,
+    its call's index)."""
+    calls: list[BucketCall] = []
+    slot: dict[str, int] = {}  # bucket key -> index in calls
+    needs: list[tuple[int, int]] = []
+    for index, check in enumerate(checks):
+        if not asks_store[index]:
+            continue
+        at = slot.get(check.key)
+        if at is None:
+            at = slot[check.key] = len(calls)
+            calls.append(
+                BucketCall(check.key, check.limit.spec, check.cost, not check.limit.shadow)
+            )
+        else:
+            prior = calls[at]
+            calls[at] = BucketCall(prior.key, prior.spec, prior.cost + check.cost, prior.enforce)
+        needs.append((index, at))
+    return calls, needs
 
 
 # A cached plan is kept only for requests this small, so the cache's memory is bounded by

@@ -17,13 +17,20 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
 
-from ratelimit_service.bucket import Outcome, retry_after_us
+from ratelimit_service.bucket import BucketSpec, Outcome, retry_after_us
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.guard import StoreGuard
-from ratelimit_service.planner import MAX_UINT32, Check, Direct, Plan, Planner, Request
+from ratelimit_service.planner import (
+    MAX_UINT32,
+    Check,
+    Direct,
+    Plan,
+    Planner,
+    Request,
+    store_calls,
+)
 from ratelimit_service.protection import EmptyBucketCache
 from ratelimit_service.rules import Limit, RuleSet
-from ratelimit_service.store import BucketCall
 
 FailureMode = Literal["fail_open", "fail_closed"]
 
@@ -78,13 +85,6 @@ class _Result:
     @property
     def denied(self) -> bool:
         return not self.outcome.allowed
-
-
-@dataclass
-class _Pending:
-    calls: list[BucketCall] = field(default_factory=list)
-    slot: dict[str, int] = field(default_factory=dict)  # bucket key -> index in calls
-    needs: list[tuple[int, int]] = field(default_factory=list)  # (result index, call index)
 
 
 class RateLimitService:
@@ -142,12 +142,12 @@ class RateLimitService:
                 for r, c in zip(results, the_plan.checks, strict=True)
             ]
             return self._decide(request, the_plan, known)
-        pending = _collect(the_plan.checks, results)
-        if pending.calls:
-            outcomes = await self.guard.acquire(pending.calls)
+        calls, needs = store_calls(the_plan.checks, [r is None for r in results])
+        if calls:
+            outcomes = await self.guard.acquire(calls)
             if outcomes is None:
                 return self._failure_decision(request, the_plan)
-            for result_index, call_index in pending.needs:
+            for result_index, call_index in needs:
                 results[result_index] = self._stored(
                     the_plan.checks[result_index], outcomes[call_index]
                 )
@@ -167,13 +167,9 @@ class RateLimitService:
             if not outcome.allowed:
                 results = [self._stored(c, outcomes[call_of[i]]) for i, c in enumerate(checks)]
                 return self._decide(request, the_plan, results)
-        cache = self._cache
-        if cache is not None:
+        if self._cache is not None:
             for call, outcome in zip(direct.calls, outcomes, strict=True):
-                spec = call.spec
-                token_in = outcome.reset_us + spec.interval_us - spec.tau_us
-                if token_in > 0:
-                    cache.mark(call.key, token_in=token_in / 1e6, full_in=outcome.reset_us / 1e6)
+                self._remember_if_empty(call.key, call.spec, outcome)
         statuses: list[Status] = []
         for index, mine in enumerate(direct.checks_of):
             if not mine:
@@ -204,12 +200,18 @@ class RateLimitService:
                 return _Result(check, Outcome(False, 0, reset), retry)
         return None
 
+    def _remember_if_empty(self, key: str, spec: BucketSpec, outcome: Outcome) -> None:
+        """A bucket the store left without a whole token goes into the empty-bucket cache
+        until its next token is due."""
+        assert self._cache is not None
+        token_in = outcome.reset_us + spec.interval_us - spec.tau_us
+        if token_in > 0:
+            self._cache.mark(key, token_in=token_in / 1e6, full_in=outcome.reset_us / 1e6)
+
     def _stored(self, check: Check, outcome: Outcome) -> _Result:
         spec = check.limit.spec
         if self._cache is not None:
-            token_in = outcome.reset_us + spec.interval_us - spec.tau_us
-            if token_in > 0:
-                self._cache.mark(check.key, token_in=token_in / 1e6, full_in=outcome.reset_us / 1e6)
+            self._remember_if_empty(check.key, spec, outcome)
         if outcome.allowed:
             return _Result(check, outcome)
         retry = retry_after_us(spec, reset_now_us=outcome.reset_us, need=max(check.cost, 1))
@@ -282,27 +284,6 @@ class RateLimitService:
             cost=result.check.cost,
             retry_after_s=retry_after_s,
         )
-
-
-def _collect(checks: Sequence[Check], results: Sequence[_Result | None]) -> _Pending:
-    """The store calls still needed; one call per distinct bucket, costs added up."""
-    pending = _Pending()
-    for index, (check, result) in enumerate(zip(checks, results, strict=True)):
-        if result is not None:
-            continue
-        slot = pending.slot.get(check.key)
-        if slot is None:
-            slot = pending.slot[check.key] = len(pending.calls)
-            pending.calls.append(
-                BucketCall(check.key, check.limit.spec, check.cost, not check.limit.shadow)
-            )
-        else:
-            prior = pending.calls[slot]
-            pending.calls[slot] = BucketCall(
-                prior.key, prior.spec, prior.cost + check.cost, prior.enforce
-            )
-        pending.needs.append((index, slot))
-    return pending
 
 
 def _status(results: Sequence[_Result]) -> Status:
