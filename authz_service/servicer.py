@@ -14,7 +14,6 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from opentelemetry.trace import SpanKind
 
@@ -26,6 +25,7 @@ from authz_service.policy import RequestFacts
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.ids import DecisionIds
+from sidecar_runtime.server import add_bytes_method
 from sidecar_runtime.telemetry import (
     DISABLED,
     TelemetrySettings,
@@ -120,20 +120,14 @@ def _decide(engine: Engine, inputs: CheckInputs) -> Coroutine[Any, Any, Decision
 
 def add_to_server(servicer: AuthorizationServicer, server: Any) -> None:
     """Register Check. Its answers are already serialized (allows come from byte
-    templates), so the response serializer passes bytes through."""
-    handlers = {
-        "Check": grpc.unary_unary_rpc_method_handler(
-            servicer.Check,
-            request_deserializer=external_auth_pb2.CheckRequest.FromString,
-            response_serializer=_passthrough,
-        )
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
-
-
-def _passthrough(response: bytes) -> bytes:
-    return response
+    templates), so they go out as they are."""
+    add_bytes_method(
+        server,
+        SERVICE_NAME,
+        "Check",
+        servicer.Check,
+        request_deserializer=external_auth_pb2.CheckRequest.FromString,
+    )
 
 
 def _trace_carrier(context: Any, headers: Mapping[str, str]) -> Mapping[str, str]:

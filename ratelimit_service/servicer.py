@@ -32,7 +32,7 @@ from ratelimit_service.service import Code, Decision, RateLimitService, Status
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
-from sidecar_runtime.server import ServiceBinding
+from sidecar_runtime.server import ServiceBinding, add_bytes_method
 from sidecar_runtime.telemetry import (
     call_metadata,
     parent_context,
@@ -259,23 +259,10 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self._writer = ResponseWriter()
 
     async def ShouldRateLimit(  # noqa: N802 - the gRPC method name
-        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
-        """The answer as a message, for a parsed request (the generated stub's shape)."""
-        started = time.perf_counter()
-        try:
-            plain = to_request(request)
-        except InvalidRequestError as exc:
-            await context.abort(exc.grpc_status, str(exc))
-        decision, decision_id = await self._answer(plain, context, started)
-        return to_response(decision, plain.domain, decision_id)
-
-    async def should_rate_limit_wire(
         self, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
-        """The answer serialized, for the request's bytes: what the server registers
-        (see `add_to_server`), so repeated requests skip parsing and common answers skip
-        building a message."""
+        """The serialized answer to the request's bytes (see `add_to_server`): repeated
+        requests skip parsing and common answers skip building a message."""
         started = time.perf_counter()
         try:
             plain = self._reader.read(body)
@@ -405,16 +392,4 @@ def binding(
 def add_to_server(servicer: RateLimitServicer, server: Any) -> None:
     """Register ShouldRateLimit with bytes in and out: the servicer parses (and
     remembers) requests and serializes answers itself."""
-    handlers = {
-        "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(
-            servicer.should_rate_limit_wire,
-            request_deserializer=_passthrough,
-            response_serializer=_passthrough,
-        )
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
-
-
-def _passthrough(data: bytes) -> bytes:
-    return data
+    add_bytes_method(server, SERVICE_NAME, "ShouldRateLimit", servicer.ShouldRateLimit)

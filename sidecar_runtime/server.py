@@ -34,6 +34,26 @@ class ServiceBinding:
     register: Callable[[grpc.aio.Server], None]
 
 
+def add_bytes_method(
+    server: grpc.aio.Server,
+    service: str,
+    method: str,
+    handler: Callable[[Any, Any], Coroutine[Any, Any, bytes]],
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> None:
+    """Register one unary method whose handler returns its answer already serialized
+    (no response serializer: the bytes go out as they are). Without a
+    `request_deserializer` the handler gets the request's bytes too."""
+    handlers = {
+        method: grpc.unary_unary_rpc_method_handler(
+            handler, request_deserializer=request_deserializer
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def grpc_options(settings: ServerSettings, *, reuse_port: bool) -> list[tuple[str, Any]]:
     ka = settings.keepalive
     options: list[tuple[str, Any]] = [

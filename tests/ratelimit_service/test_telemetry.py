@@ -171,6 +171,12 @@ async def test_metrics_move_with_decisions(memory_app: Observed) -> None:
     assert reloads == {"ok": 0, "rejected": 0}
 
 
+async def _direct_call(servicer: RateLimitServicer, request: Any, context: Any) -> Any:
+    """The servicer's handler called in-process, with bytes as the server hands them."""
+    answer = await servicer.ShouldRateLimit(request.SerializeToString(), context)
+    return rls_pb2.RateLimitResponse.FromString(answer)
+
+
 class _CountingContext:
     """A ServicerContext stand-in that counts reads of the call's metadata."""
 
@@ -194,11 +200,11 @@ async def test_with_telemetry_off_ids_are_read_only_for_decision_lines(tmp_path:
     try:
         context = _CountingContext()
         for _ in range(20):
-            ok = await servicer.ShouldRateLimit(_request("subject", "frank"), context)
+            ok = await _direct_call(servicer, _request("subject", "frank"), context)
             assert ok.overall_code == rls_pb2.RateLimitResponse.OK
             assert not ok.dynamic_metadata  # no decision id drawn for a plain OK
         assert context.reads == 0  # no trace context scanned, no span
-        denied = await servicer.ShouldRateLimit(_request("subject", "frank"), context)
+        denied = await _direct_call(servicer, _request("subject", "frank"), context)
         assert denied.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
         assert context.reads == 1  # read once, for the decision line
         sink.flush()
