@@ -9,10 +9,9 @@ and sent as bytes (no protobuf work on the client side); every answer is checked
 
 Also `call_once`, the correctness check run against every configuration before load.
 
-`start` runs the driver in other processes (`python -m bench.driver`), each sending its
-share of the bodies from a file: several drivers can then load one server past one
-driver's ceiling, or two servers at once (sections 3 and 4 run side by side; neither
-measures a time).
+`drive_in_processes` runs the driver in other processes (`python -m bench.driver`), each
+sending its share of the bodies from a file, so several drivers can load one server past
+one driver's ceiling; each can stop at a deadline (the bench's time budget).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import asyncio
 import dataclasses
 import json
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -195,40 +193,7 @@ def read_bodies(path: Path) -> Iterator[bytes]:
             yield source.read(size)
 
 
-@dataclass
-class Drive:
-    """Driver processes under way; `wait` merges their results."""
-
-    procs: Procs
-    children: list[subprocess.Popen[bytes]]
-    outs: list[Path]
-    started: float
-
-    def wait(self, timeout: float) -> DriveResult:
-        deadline = time.monotonic() + timeout
-        try:
-            for child in self.children:
-                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        finally:
-            for child in self.children:
-                self.procs.stop(child)  # a no-op for those that ended
-        merged = DriveResult(seconds=time.monotonic() - self.started)
-        for out, child in zip(self.outs, self.children, strict=True):
-            if child.returncode != 0 or not out.exists():
-                raise RuntimeError(f"driver process {child.pid} failed ({child.returncode})")
-            part = DriveResult(**json.loads(out.read_text()))
-            merged.sent += part.sent
-            merged.ok += part.ok
-            merged.bad += part.bad
-            merged.errors += part.errors
-            merged.first_problem = merged.first_problem or part.first_problem
-            if part.extra.get("stopped_at_deadline"):
-                merged.extra["stopped_at_deadline"] = True
-        merged.extra["processes"] = len(self.children)
-        return merged
-
-
-def start(
+def drive_in_processes(
     procs: Procs,
     name: str,
     *,
@@ -240,25 +205,47 @@ def start(
     processes: int = 1,
     concurrency: int = 64,
     seconds: float | None = None,
-) -> Drive:
-    """Write the bodies to `processes` files, start one driver process per file; with
-    `seconds`, each stops sending after that long (the bench's time budget)."""
+    timeout: float = 600.0,
+) -> DriveResult:
+    """Deal the bodies into `processes` files, run one driver process per file, and merge
+    their results. With `seconds`, each stops sending after that long (the bench's time
+    budget); a process still running after `timeout` is stopped and the drive fails."""
     work.mkdir(parents=True, exist_ok=True)
     shards = [work / f"{name}-{i}.bodies" for i in range(processes)]
     write_bodies(shards, bodies)
     children, outs = [], []
     started = time.monotonic()
-    for i, shard in enumerate(shards):
-        out = work / f"{name}-{i}.json"
-        out.unlink(missing_ok=True)
-        args = ["-m", "bench.driver", "--address", address, "--method", method]
-        args += ["--bodies", str(shard), "--check", check, "--out", str(out)]
-        args += ["--concurrency", str(concurrency)]
-        if seconds is not None:
-            args += ["--seconds", f"{max(seconds, 1.0):.1f}"]
-        children.append(procs.python(f"{name}-{i}", args))
-        outs.append(out)
-    return Drive(procs, children, outs, started)
+    try:
+        for i, shard in enumerate(shards):
+            out = work / f"{name}-{i}.json"
+            out.unlink(missing_ok=True)
+            args = ["-m", "bench.driver", "--address", address, "--method", method]
+            args += ["--bodies", str(shard), "--check", check, "--out", str(out)]
+            args += ["--concurrency", str(concurrency)]
+            if seconds is not None:
+                args += ["--seconds", f"{max(seconds, 1.0):.1f}"]
+            children.append(procs.python(f"{name}-{i}", args))
+            outs.append(out)
+        deadline = started + timeout
+        for child in children:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    finally:
+        for child in children:
+            procs.stop(child)  # a no-op for those that ended
+    merged = DriveResult(seconds=time.monotonic() - started)
+    for out, child in zip(outs, children, strict=True):
+        if child.returncode != 0 or not out.exists():
+            raise RuntimeError(f"driver process {child.pid} failed ({child.returncode})")
+        part = DriveResult(**json.loads(out.read_text()))
+        merged.sent += part.sent
+        merged.ok += part.ok
+        merged.bad += part.bad
+        merged.errors += part.errors
+        merged.first_problem = merged.first_problem or part.first_problem
+        if part.extra.get("stopped_at_deadline"):
+            merged.extra["stopped_at_deadline"] = True
+    merged.extra["processes"] = len(children)
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> int:

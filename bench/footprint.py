@@ -30,7 +30,6 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +79,6 @@ def _stop(ctx: Ctx, pid: int) -> None:
 
 ADDRESSES = 256
 DRIVER_PROCESSES = 2  # for the rate limiter's 100,000 calls
-DRIVE_TIMEOUT_S = 600.0
 # The 100,000-subject drives run last and stop sending when the time budget says so: the
 # rate limiter's may use this share of what is left (the authz one, slower per call, the
 # rest), after RESERVE_S for what follows them (TTL scan, minting, stopping, writing).
@@ -176,7 +174,7 @@ def redis_and_ratelimit(ctx: Ctx, material: Material) -> tuple[dict[str, Any], d
         rss_before = memory_status(pid)
         n = t.distinct_subjects
         # Two driver processes: one Python driver's ceiling is below this server's.
-        drove = driver.start(
+        drove = driver.drive_in_processes(
             ctx.procs,
             "driver-ratelimit-memory",
             address=address,
@@ -186,7 +184,7 @@ def redis_and_ratelimit(ctx: Ctx, material: Material) -> tuple[dict[str, Any], d
             work=ctx.dir("runs", "memory"),
             processes=DRIVER_PROCESSES,
             seconds=_drive_seconds(ctx, share=RATELIMIT_SHARE),
-        ).wait(timeout=DRIVE_TIMEOUT_S)
+        )
         _note_if_stopped(ctx, "section 3 (Redis memory, rate-limit RSS)", drove, n)
         info = r.client.info("memory")
         keys = int(r.client.dbsize())
@@ -266,22 +264,9 @@ def _ttls(client: Any) -> dict[str, Any]:
     }
 
 
-@dataclass
-class AuthzRss:
-    """The authz RSS run under way: its server, and the driver sending it 100,000 tokens."""
-
-    pid: int
-    args: list[str]
-    audit: Path
-    before: dict[str, int]
-    drive: driver.Drive
-    mint_seconds: float
-    subjects: int
-
-
-def start_authz_rss(ctx: Ctx, material: Material) -> AuthzRss:
-    """Mint the tokens, start the server, and start feeding it (one driver process: the
-    server, not the driver, is the bound here)."""
+def authz_rss(ctx: Ctx, material: Material) -> dict[str, Any]:
+    """The authz sidecar fed distinct EdDSA tokens (one driver process: the sidecar, not
+    the driver, is the bound here)."""
     n = ctx.timing.distinct_subjects
     started = time.perf_counter()
     tokens: list[Token] = list(fast_eddsa_tokens(ctx.keys, n, prefix="rss-user-"))
@@ -302,7 +287,7 @@ def start_authz_rss(ctx: Ctx, material: Material) -> AuthzRss:
             for tok in tokens
         )
         before = memory_status(pid)
-        drive = driver.start(
+        drove = driver.drive_in_processes(
             ctx.procs,
             "driver-authz-rss",
             address=f"127.0.0.1:{port}",
@@ -312,35 +297,26 @@ def start_authz_rss(ctx: Ctx, material: Material) -> AuthzRss:
             work=ctx.dir("runs", "authz-rss"),
             seconds=_drive_seconds(ctx, share=1.0),
         )
-    except BaseException:
-        _stop(ctx, pid)
-        raise
-    return AuthzRss(pid, args, audit, before, drive, mint_s, n)
-
-
-def finish_authz_rss(ctx: Ctx, run: AuthzRss) -> dict[str, Any]:
-    try:
-        drove = run.drive.wait(timeout=DRIVE_TIMEOUT_S)
-        _note_if_stopped(ctx, "section 4 (authz RSS)", drove, run.subjects)
+        _note_if_stopped(ctx, "section 4 (authz RSS)", drove, n)
         time.sleep(0.5)  # let the audit writer drain
-        after = memory_status(run.pid)
+        after = memory_status(pid)
     finally:
-        _stop(ctx, run.pid)
+        _stop(ctx, pid)
     return {
         "sidecar": "authz",
         "requests": drove.sent,
         "allowed": drove.ok,
         "problems": drove.bad + drove.errors,
         "first_problem": drove.first_problem,
-        "distinct_subjects": run.subjects,
+        "distinct_subjects": n,
         "token_alg": "EdDSA",
-        "mint_seconds": round(run.mint_seconds, 1),
+        "mint_seconds": round(mint_s, 1),
         "driver_seconds": round(drove.seconds, 1),
         "verified_token_cache_size": 10_000,
-        "before_kib": run.before,
+        "before_kib": before,
         "after_kib": after,
-        "audit_lines": sum(1 for _ in run.audit.open("rb")) if run.audit.exists() else 0,
-        "server_command": shlex.join([sys.executable, *run.args]),
+        "audit_lines": sum(1 for _ in audit.open("rb")) if audit.exists() else 0,
+        "server_command": shlex.join([sys.executable, *args]),
     }
 
 
@@ -357,7 +333,7 @@ def run_sections(ctx: Ctx, material: Material) -> tuple[dict[str, Any], dict[str
     with stage(ctx, "section 4: authz sidecar RSS"):
         if not ctx.out_of_time(60):
             try:
-                rss.append(finish_authz_rss(ctx, start_authz_rss(ctx, material)))
+                rss.append(authz_rss(ctx, material))
             except Exception as exc:
                 ctx.notes.append(f"authz RSS: failed: {exc}")
     return redis_cost, {"sidecars": rss}

@@ -27,7 +27,7 @@ def test_driver_processes_share_the_bodies_and_every_answer_is_checked(tmp_path:
     try:
         procs.python("floor", ["-m", "bench.floor", "--listen", f"127.0.0.1:{port}"])
         assert wait_until(lambda: port_open(port), timeout=30)
-        drive = driver.start(
+        result = driver.drive_in_processes(
             procs,
             "driver",
             address=f"127.0.0.1:{port}",
@@ -38,23 +38,24 @@ def test_driver_processes_share_the_bodies_and_every_answer_is_checked(tmp_path:
             processes=2,
             concurrency=8,
         )
-        result = drive.wait(timeout=60)
         assert (result.sent, result.ok, result.bad, result.errors) == (301, 301, 0, 0)
         assert result.extra["processes"] == 2
-        wrong = driver.start(  # the floor's Check answer has no ok_response: all refused
-            procs,
-            "wrong",
-            address=f"127.0.0.1:{port}",
-            method=AUTHZ_PATH,
-            bodies=[b""] * 5,
-            check="allowed",
-            work=tmp_path / "runs",
-        ).wait(timeout=60)
+        wrong = (
+            driver.drive_in_processes(  # the floor's Check answer has no ok_response: all refused
+                procs,
+                "wrong",
+                address=f"127.0.0.1:{port}",
+                method=AUTHZ_PATH,
+                bodies=[b""] * 5,
+                check="allowed",
+                work=tmp_path / "runs",
+            )
+        )
         assert (wrong.sent, wrong.ok) == (5, 0)
         assert wrong.bad + wrong.errors == 5
         assert wrong.first_problem
         # The time budget: more bodies than a second allows, stopped after about a second.
-        bounded = driver.start(
+        bounded = driver.drive_in_processes(
             procs,
             "bounded",
             address=f"127.0.0.1:{port}",
@@ -64,7 +65,7 @@ def test_driver_processes_share_the_bodies_and_every_answer_is_checked(tmp_path:
             work=tmp_path / "runs",
             processes=2,
             seconds=1.0,
-        ).wait(timeout=60)
+        )
         assert bounded.extra["stopped_at_deadline"]
         assert 0 < bounded.sent < 300_000
         assert bounded.ok == bounded.sent  # every call that went out was answered
