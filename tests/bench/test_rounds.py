@@ -149,3 +149,25 @@ def test_the_table_names_how_long_redis_waited_for_a_core() -> None:
     assert "µs per timeslice: 1.5, 2, 1613.6, 1.8)" in rl_line
     (check_line,) = [line for line in lines if line.startswith("| check-pool")]
     assert "Redis" not in check_line
+
+
+def test_the_check_target_pools_both_token_pool_rows_rounds() -> None:
+    from bench.report import evaluate_targets
+
+    group = Group(
+        "targets-w1", "floor-w1", ("check-pool-rs256-w1", "check-pool-eddsa-w1", "rl-redis-w1"), 4
+    )
+    loads = _loads()
+    loads["check-pool-eddsa-w1"] = [_load(r) for r in (600, 1400, 600, 700)]
+    result = {"sections": {"rounds": {"groups": [summarize(group, loads)]}}}
+    targets = {t["target"]: t for t in evaluate_targets(result)}
+    check = targets["Check, token pool (RS256 and EdDSA), 1 worker(s) >= 0.75x floor"]
+    # RS256 0.8, 0.75, 0.7, 0.9 and EdDSA 0.6, 0.7, 0.6, 0.7: each row's own median (0.775,
+    # 0.65) would give one verdict each; the eight together have the median 0.7.
+    assert check["holds"] is False
+    assert check["measured"].startswith("0.70x (median of 8 per-round ratios")
+    assert (
+        "RS256 pool: 0.80, 0.75, 0.70, 0.90; EdDSA pool: 0.60, 0.70, 0.60, 0.70"
+        in (check["measured"])
+    )
+    assert "Check, RS256 pool, 1 worker(s) >= 0.75x floor" not in targets
