@@ -171,3 +171,21 @@ def test_the_check_target_pools_both_token_pool_rows_rounds() -> None:
         in (check["measured"])
     )
     assert "Check, RS256 pool, 1 worker(s) >= 0.75x floor" not in targets
+
+
+def test_a_group_whose_floor_rounds_differ_more_than_twofold_gets_no_verdict() -> None:
+    from bench.report import evaluate_targets
+
+    loads = _loads()
+    loads["floor-w1"] = [_load(r) for r in (1000, 2100, 1000, 1000)]
+    result = {"sections": {"rounds": {"groups": [summarize(GROUP, loads)]}}}
+    targets = {t["target"]: t for t in evaluate_targets(result)}
+    check = targets["Check, RS256 pool, 1 worker(s) >= 0.75x floor"]
+    assert check["holds"] is None
+    assert check["measured"].endswith(
+        "not decided: the floor's own rounds differ 2.1x (more than 2x)"
+    )
+    loads["floor-w1"] = [_load(r) for r in (1000, 2000, 1000, 1000)]  # exactly 2x: judged
+    result = {"sections": {"rounds": {"groups": [summarize(GROUP, loads)]}}}
+    targets = {t["target"]: t for t in evaluate_targets(result)}
+    assert targets["Check, RS256 pool, 1 worker(s) >= 0.75x floor"]["holds"] is True
