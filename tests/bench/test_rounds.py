@@ -151,16 +151,20 @@ def test_the_table_names_how_long_redis_waited_for_a_core() -> None:
     assert "Redis" not in check_line
 
 
-def test_the_check_target_pools_both_token_pool_rows_rounds() -> None:
+def _targets(loads: dict[str, list[dict[str, Any]]], group: Group = GROUP) -> dict[str, Any]:
     from bench.report import evaluate_targets
 
+    result = {"sections": {"rounds": {"groups": [summarize(group, loads)]}}}
+    return {t["target"]: t for t in evaluate_targets(result)}
+
+
+def test_the_check_target_pools_both_token_pool_rows_rounds() -> None:
     group = Group(
         "targets-w1", "floor-w1", ("check-pool-rs256-w1", "check-pool-eddsa-w1", "rl-redis-w1"), 4
     )
     loads = _loads()
     loads["check-pool-eddsa-w1"] = [_load(r) for r in (600, 1400, 600, 700)]
-    result = {"sections": {"rounds": {"groups": [summarize(group, loads)]}}}
-    targets = {t["target"]: t for t in evaluate_targets(result)}
+    targets = _targets(loads, group)
     check = targets["Check, token pool (RS256 and EdDSA), 1 worker(s) >= 0.75x floor"]
     # RS256 0.8, 0.75, 0.7, 0.9 and EdDSA 0.6, 0.7, 0.6, 0.7: each row's own median (0.775,
     # 0.65) would give one verdict each; the eight together have the median 0.7.
@@ -174,18 +178,12 @@ def test_the_check_target_pools_both_token_pool_rows_rounds() -> None:
 
 
 def test_a_group_whose_floor_rounds_differ_more_than_twofold_gets_no_verdict() -> None:
-    from bench.report import evaluate_targets
-
     loads = _loads()
     loads["floor-w1"] = [_load(r) for r in (1000, 2100, 1000, 1000)]
-    result = {"sections": {"rounds": {"groups": [summarize(GROUP, loads)]}}}
-    targets = {t["target"]: t for t in evaluate_targets(result)}
-    check = targets["Check, RS256 pool, 1 worker(s) >= 0.75x floor"]
+    check = _targets(loads)["Check, RS256 pool, 1 worker(s) >= 0.75x floor"]
     assert check["holds"] is None
     assert check["measured"].endswith(
         "not decided: the floor's own rounds differ 2.1x (more than 2x)"
     )
     loads["floor-w1"] = [_load(r) for r in (1000, 2000, 1000, 1000)]  # exactly 2x: judged
-    result = {"sections": {"rounds": {"groups": [summarize(GROUP, loads)]}}}
-    targets = {t["target"]: t for t in evaluate_targets(result)}
-    assert targets["Check, RS256 pool, 1 worker(s) >= 0.75x floor"]["holds"] is True
+    assert _targets(loads)["Check, RS256 pool, 1 worker(s) >= 0.75x floor"]["holds"] is True
