@@ -61,3 +61,4 @@ def test_token_cli_mints_what_the_jwks_verifies(tmp_path: Path) -> None:
     assert (claims["sub"], claims["scope"]) == ("alice", "users:read")
     assert claims["roles"] == ["admin", "support"]
     assert claims["exp"] - claims["iat"] == 60
+    assert done.stderr == ""  # no joserfc "EdDSA is deprecated" noise for the README's user
