@@ -76,10 +76,42 @@ class Stages:
 
 
 class _Context:
-    """Stands in for grpc's ServicerContext: no invocation metadata."""
+    """Stands in for grpc's ServicerContext: the call's invocation metadata."""
 
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+# Envoy's trace context on a sidecar call, as its tracer sends it: the last field says
+# whether Envoy sampled the request (01) or not (00).
+_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-"
+UNSAMPLED = _Context((("traceparent", _TRACE + "00"),))
+SAMPLED = _Context((("traceparent", _TRACE + "01"),))
+TELEMETRY_STAGES = (
+    ("telemetry off, Envoy's traceparent on the call", None),
+    ("telemetry on (traces + metrics), Envoy sampled none", UNSAMPLED),
+    ("telemetry on, Envoy sampled this call (one span each)", SAMPLED),
+)
+
+
+def telemetry_on(service: str) -> Any:
+    """Traces and metrics as the sidecars set them up (a batch span processor, the own
+    histograms), exported to memory instead of OTLP: the hot path's share of the cost."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sidecar_runtime.histograms import InMemoryReader
+    from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
+
+    return setup_telemetry(
+        service,
+        TelemetrySettings(),
+        span_processors=[BatchSpanProcessor(InMemorySpanExporter())],
+        metric_readers=[InMemoryReader()],
+    )
 
 
 async def authz_stages(ctx: Ctx, material: Material, n: int) -> list[dict[str, Any]]:
@@ -201,6 +233,7 @@ async def authz_stages(ctx: Ctx, material: Material, n: int) -> list[dict[str, A
             "servicer.Check, no audit (whole handler, with FromString)",
             ["FromString + read_check_request", "authorizer.decide (all of the above)"],
         )
+        await _authz_telemetry_stages(s, holder, body, n)
         miss = engines[0].authorizer.verifier
         for alg in ("RS256", "EdDSA"):
             tok = material.pools[alg][1].jwt
@@ -213,6 +246,53 @@ async def authz_stages(ctx: Ctx, material: Material, n: int) -> list[dict[str, A
         for e in engines.values():
             await e.close()
     return s.rows
+
+
+async def _authz_telemetry_stages(s: Stages, holder: Any, body: bytes, n: int) -> None:
+    """servicer.Check (no audit) with telemetry off and on, Envoy's traceparent on each
+    call: the hot path's part of issue 5's telemetry cost, without the machine's noise."""
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    from authz_service.servicer import AuthorizationServicer
+    from authz_service.telemetry import AuthzTelemetry
+    from sidecar_runtime.telemetry import TelemetrySettings
+
+    telemetry = telemetry_on("authz")
+    try:
+        on = AuthorizationServicer(holder, None, AuthzTelemetry(telemetry, TelemetrySettings()))
+        off = AuthorizationServicer(holder, None)
+        for label, context in TELEMETRY_STAGES:
+            servicer, call = (off, UNSAMPLED) if context is None else (on, context)
+            await s.aio(
+                f"servicer.Check, {label}",
+                lambda sv=servicer, c=call: sv.Check(
+                    external_auth_pb2.CheckRequest.FromString(body), c
+                ),
+                n,
+            )
+    finally:
+        telemetry.shutdown()
+
+
+async def _ratelimit_telemetry_stages(s: Stages, service: Any, body: bytes, n: int) -> None:
+    """The same for servicer.ShouldRateLimit on the memory store."""
+    from ratelimit_service.servicer import RateLimitServicer
+    from ratelimit_service.telemetry import RateLimitTelemetry
+    from sidecar_runtime.telemetry import TelemetrySettings
+
+    telemetry = telemetry_on("ratelimit")
+    try:
+        on = RateLimitServicer(service, RateLimitTelemetry(telemetry, TelemetrySettings()))
+        off = RateLimitServicer(service)
+        for label, context in TELEMETRY_STAGES:
+            servicer, call = (off, UNSAMPLED) if context is None else (on, context)
+            await s.aio(
+                f"servicer.ShouldRateLimit, memory store, {label}",
+                lambda sv=servicer, c=call: sv.ShouldRateLimit(body, c),
+                n,
+            )
+    finally:
+        telemetry.shutdown()
 
 
 async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
@@ -267,6 +347,7 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
             n,
         )
         await s.aio("should_rate_limit, memory store", lambda: memory.should_rate_limit(plain), n)
+        await _ratelimit_telemetry_stages(s, memory, body, n)
         await s.aio(
             "should_rate_limit, Redis (1 EVALSHA round trip; cpu_us is the sidecar's CPU)",
             lambda: redis_service.should_rate_limit(plain),

@@ -250,6 +250,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += telemetry_cost.markdown(
         result.get("sections", {}).get("telemetry_cost", {}), result["timing"].get("cost_s", 0)
     )
+    lines += telemetry_cost.hot_path_md(result)
     lines += _edge_md(result)
     lines += _redis_md(result)
     lines += _rss_md(result)
