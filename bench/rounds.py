@@ -62,7 +62,7 @@ TARGET_GROUPS = tuple(
             f"rl-redis-w{w}",
             *((f"floor-redis-w{w}",) if w == 1 else ()),
         ),
-        6 if w == 1 else 3,
+        10 if w == 1 else 3,
     )
     for w in (1, 2)
 )
