@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.hotpath import TELEMETRY_STAGES
 from bench.rounds import Group
 from bench.sidecars import row_named
 
@@ -109,8 +110,6 @@ def hot_path_costs(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Telemetry's hot-path cost per call from the in-process stages, without the
     machine's noise: what it adds with nothing sampled, what one sampled call adds, and
     both at the judged share, against the server CPU one call costs under load."""
-    from bench.hotpath import TELEMETRY_STAGES
-
     sections = result.get("sections", {})
     rows = {r["name"]: r for r in sections.get("sidecars", {}).get("rows", [])}
     out = []
