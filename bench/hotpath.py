@@ -90,11 +90,22 @@ class _Context:
 _TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-"
 UNSAMPLED = _Context((("traceparent", _TRACE + "00"),))
 SAMPLED = _Context((("traceparent", _TRACE + "01"),))
+# (label, telemetry on?, the call's trace context): off against on, with Envoy's trace
+# context on every call as its tracer sends it.
 TELEMETRY_STAGES = (
-    ("telemetry off, Envoy's traceparent on the call", None),
-    ("telemetry on (traces + metrics), Envoy sampled none", UNSAMPLED),
-    ("telemetry on, Envoy sampled this call (one span each)", SAMPLED),
+    ("telemetry off, Envoy's traceparent on the call", False, UNSAMPLED),
+    ("telemetry on (traces + metrics), Envoy sampled none", True, UNSAMPLED),
+    ("telemetry on, Envoy sampled this call (one span each)", True, SAMPLED),
 )
+_TELEMETRY_SUBJECT = {
+    "authz": "servicer.Check",
+    "ratelimit": "servicer.ShouldRateLimit, memory store",
+}
+
+
+def telemetry_stage_names(kind: str) -> tuple[str, ...]:
+    """The hot-path rows of TELEMETRY_STAGES for a sidecar kind (authz | ratelimit)."""
+    return tuple(f"{_TELEMETRY_SUBJECT[kind]}, {label}" for label, _, _ in TELEMETRY_STAGES)
 
 
 def telemetry_on(service: str) -> Any:
@@ -123,9 +134,11 @@ async def authz_stages(ctx: Ctx, material: Material, n: int) -> list[dict[str, A
     from authz_service.envoy_adapter import read_check_request
     from authz_service.policy import evaluate
     from authz_service.servicer import AuthorizationServicer
+    from authz_service.telemetry import AuthzTelemetry
     from sidecar_runtime.audit import TimeFormatter
     from sidecar_runtime.clock import SystemClock
     from sidecar_runtime.ids import DecisionIds
+    from sidecar_runtime.telemetry import TelemetrySettings
 
     s = Stages()
     cfg_dir = ctx.dir("configs", "hotpath")
@@ -233,7 +246,14 @@ async def authz_stages(ctx: Ctx, material: Material, n: int) -> list[dict[str, A
             "servicer.Check, no audit (whole handler, with FromString)",
             ["FromString + read_check_request", "authorizer.decide (all of the above)"],
         )
-        await _authz_telemetry_stages(s, holder, body, n)
+
+        def check_with(telemetry: Any) -> Callable[[_Context], Awaitable[object]]:
+            # servicer.Check (no audit); FromString inside, as grpc calls it
+            t = None if telemetry is None else AuthzTelemetry(telemetry, TelemetrySettings())
+            servicer = AuthorizationServicer(holder, None, t)
+            return lambda c: servicer.Check(external_auth_pb2.CheckRequest.FromString(body), c)
+
+        await _telemetry_stages(s, "authz", check_with, n)
         miss = engines[0].authorizer.verifier
         for alg in ("RS256", "EdDSA"):
             tok = material.pools[alg][1].jwt
@@ -248,49 +268,21 @@ async def authz_stages(ctx: Ctx, material: Material, n: int) -> list[dict[str, A
     return s.rows
 
 
-async def _authz_telemetry_stages(s: Stages, holder: Any, body: bytes, n: int) -> None:
-    """servicer.Check (no audit) with telemetry off and on, Envoy's traceparent on each
-    call: the hot path's part of issue 5's telemetry cost, without the machine's noise."""
-    from envoy.service.auth.v3 import external_auth_pb2
-
-    from authz_service.servicer import AuthorizationServicer
-    from authz_service.telemetry import AuthzTelemetry
-    from sidecar_runtime.telemetry import TelemetrySettings
-
-    telemetry = telemetry_on("authz")
+async def _telemetry_stages(
+    s: Stages,
+    kind: str,
+    handler_with: Callable[[Any], Callable[[_Context], Awaitable[object]]],
+    n: int,
+) -> None:
+    """One servicer's handler with telemetry off (`handler_with(None)`) and on, Envoy's
+    traceparent on each call: the hot path's part of issue 5's telemetry cost, without
+    the machine's noise."""
+    telemetry = telemetry_on(kind)
     try:
-        on = AuthorizationServicer(holder, None, AuthzTelemetry(telemetry, TelemetrySettings()))
-        off = AuthorizationServicer(holder, None)
-        for label, context in TELEMETRY_STAGES:
-            servicer, call = (off, UNSAMPLED) if context is None else (on, context)
-            await s.aio(
-                f"servicer.Check, {label}",
-                lambda sv=servicer, c=call: sv.Check(
-                    external_auth_pb2.CheckRequest.FromString(body), c
-                ),
-                n,
-            )
-    finally:
-        telemetry.shutdown()
-
-
-async def _ratelimit_telemetry_stages(s: Stages, service: Any, body: bytes, n: int) -> None:
-    """The same for servicer.ShouldRateLimit on the memory store."""
-    from ratelimit_service.servicer import RateLimitServicer
-    from ratelimit_service.telemetry import RateLimitTelemetry
-    from sidecar_runtime.telemetry import TelemetrySettings
-
-    telemetry = telemetry_on("ratelimit")
-    try:
-        on = RateLimitServicer(service, RateLimitTelemetry(telemetry, TelemetrySettings()))
-        off = RateLimitServicer(service)
-        for label, context in TELEMETRY_STAGES:
-            servicer, call = (off, UNSAMPLED) if context is None else (on, context)
-            await s.aio(
-                f"servicer.ShouldRateLimit, memory store, {label}",
-                lambda sv=servicer, c=call: sv.ShouldRateLimit(body, c),
-                n,
-            )
+        handlers = {False: handler_with(None), True: handler_with(telemetry)}
+        stages = zip(telemetry_stage_names(kind), TELEMETRY_STAGES, strict=True)
+        for name, (_, on, context) in stages:
+            await s.aio(name, lambda h=handlers[on], c=context: h(c), n)
     finally:
         telemetry.shutdown()
 
@@ -303,6 +295,7 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
     from ratelimit_service.planner import plan
     from ratelimit_service.redis_store import RedisStore, open_redis_store
     from ratelimit_service.servicer import (
+        RateLimitServicer,
         RequestReader,
         ResponseWriter,
         to_request,
@@ -310,7 +303,9 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
     )
     from ratelimit_service.settings import load_settings
     from ratelimit_service.store import MemoryStore
+    from ratelimit_service.telemetry import RateLimitTelemetry
     from sidecar_runtime.clock import SystemClock
+    from sidecar_runtime.telemetry import TelemetrySettings
 
     s = Stages()
     assert ctx.redis is not None
@@ -347,7 +342,13 @@ async def ratelimit_stages(ctx: Ctx, n: int) -> list[dict[str, Any]]:
             n,
         )
         await s.aio("should_rate_limit, memory store", lambda: memory.should_rate_limit(plain), n)
-        await _ratelimit_telemetry_stages(s, memory, body, n)
+
+        def should_with(telemetry: Any) -> Callable[[_Context], Awaitable[object]]:
+            t = None if telemetry is None else RateLimitTelemetry(telemetry, TelemetrySettings())
+            servicer = RateLimitServicer(memory, t)
+            return lambda c: servicer.ShouldRateLimit(body, c)
+
+        await _telemetry_stages(s, "ratelimit", should_with, n)
         await s.aio(
             "should_rate_limit, Redis (1 EVALSHA round trip; cpu_us is the sidecar's CPU)",
             lambda: redis_service.should_rate_limit(plain),

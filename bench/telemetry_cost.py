@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.hotpath import TELEMETRY_STAGES
+from bench.hotpath import telemetry_stage_names
 from bench.rounds import Group
 from bench.sidecars import row_named
 
@@ -98,12 +98,8 @@ def markdown(section: dict[str, Any], cost_s: float) -> list[str]:
     return out
 
 
-# The hot-path stages (bench.hotpath) that time each servicer with telemetry off and on,
-# and the section-1 row whose CPU per call they are set against.
-_STAGES = {
-    "authz": ("servicer.Check, ", "check-pool-rs256-w1"),
-    "ratelimit": ("servicer.ShouldRateLimit, memory store, ", "rl-redis-w1"),
-}
+# The section-1 row whose CPU per call the hot-path stages (bench.hotpath) are set against.
+_LOADED_ROW = {"authz": "check-pool-rs256-w1", "ratelimit": "rl-redis-w1"}
 
 
 def hot_path_costs(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,9 +109,9 @@ def hot_path_costs(result: dict[str, Any]) -> list[dict[str, Any]]:
     sections = result.get("sections", {})
     rows = {r["name"]: r for r in sections.get("sidecars", {}).get("rows", [])}
     out = []
-    for kind, (prefix, row_name) in _STAGES.items():
+    for kind, row_name in _LOADED_ROW.items():
         stages = {r["stage"]: r.get("us") for r in sections.get("hotpath", {}).get(kind, [])}
-        off, unsampled, sampled = (stages.get(prefix + label) for label, _ in TELEMETRY_STAGES)
+        off, unsampled, sampled = (stages.get(name) for name in telemetry_stage_names(kind))
         if off is None or unsampled is None or sampled is None:
             continue
         per_call = unsampled - off + JUDGED_SHARE * (sampled - unsampled)
@@ -155,6 +151,6 @@ def hot_path_md(result: dict[str, Any]) -> list[str]:
         pct = "-" if e["judged_pct"] is None else f"{e['judged_pct']:.1f}%"
         out.append(
             f"| {e['label']} | {e['off_us']:.1f} | {e['unsampled_us']:.1f} | {e['sampled_us']:.1f}"
-            f" | +{e['judged_us']:.1f} | {cpu} | {pct} |"
+            f" | {e['judged_us']:+.1f} | {cpu} | {pct} |"
         )
     return out

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from bench.hotpath import TELEMETRY_STAGES
+from bench.hotpath import telemetry_stage_names
 from bench.telemetry_cost import hot_path_costs, hot_path_md
 
 
 def _result(off: float, unsampled: float, sampled: float) -> dict[str, Any]:
     stages = [
-        {"stage": f"servicer.Check, {label}", "us": us}
-        for (label, _), us in zip(TELEMETRY_STAGES, (off, unsampled, sampled), strict=True)
+        {"stage": name, "us": us}
+        for name, us in zip(telemetry_stage_names("authz"), (off, unsampled, sampled), strict=True)
     ]
     row = {
         "name": "check-pool-rs256-w1",
@@ -43,3 +43,10 @@ def test_without_a_load_the_share_is_left_open() -> None:
     (entry,) = hot_path_costs(result)
     assert entry["judged_pct"] is None
     assert hot_path_md(result)[-1] == "| Check | 20.0 | 22.0 | 102.0 | +2.8 | - | - |"
+
+
+def test_a_negative_difference_keeps_its_sign() -> None:
+    # Short (smoke) runs can time "on" below "off": the table must not print "+-".
+    result = _result(30.0, 28.0, 118.0)
+    assert hot_path_costs(result)[0]["judged_us"] == pytest.approx(-1.1)
+    assert "| -1.1 |" in hot_path_md(result)[-1]
