@@ -14,7 +14,9 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.protobuf.message import DecodeError
 from opentelemetry.trace import SpanKind
 
 from authz_service.audit_line import CheckAudit
@@ -38,6 +40,8 @@ from sidecar_runtime.telemetry import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+# What a caller whose bytes are no CheckRequest is told: no parser or exception names.
+UNDECODABLE_REQUEST = "the body is not a CheckRequest"
 _TRACE_KEYS = ("traceparent", "tracestate")
 _TRACEPARENT_ONLY = ("traceparent",)
 
@@ -95,6 +99,18 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             )
         return response
 
+    async def check_wire(self, body: bytes, context: Any) -> bytes:
+        """Check on the request's bytes, as grpc hands them over (see `add_to_server`).
+
+        Bytes that are no CheckRequest are the caller's error, answered INVALID_ARGUMENT
+        with a fixed message (as the rate limiter's RequestReader does): grpc's own
+        deserializer would answer with the parser's exception class and text."""
+        try:
+            request = external_auth_pb2.CheckRequest.FromString(body)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_REQUEST)
+        return await self.Check(request, context)
+
     async def _traced_decide(
         self,
         engine: Engine,
@@ -119,15 +135,9 @@ def _decide(engine: Engine, inputs: CheckInputs) -> Coroutine[Any, Any, Decision
 
 
 def add_to_server(servicer: AuthorizationServicer, server: Any) -> None:
-    """Register Check. Its answers are already serialized (allows come from byte
-    templates), so they go out as they are."""
-    add_bytes_method(
-        server,
-        SERVICE_NAME,
-        "Check",
-        servicer.Check,
-        request_deserializer=external_auth_pb2.CheckRequest.FromString,
-    )
+    """Register Check. It parses its own request (`check_wire`), and its answers are
+    already serialized (allows come from byte templates), so they go out as they are."""
+    add_bytes_method(server, SERVICE_NAME, "Check", servicer.check_wire)
 
 
 def _trace_carrier(context: Any, headers: Mapping[str, str]) -> Mapping[str, str]:

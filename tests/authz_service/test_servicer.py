@@ -13,6 +13,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
+from authz_service.servicer import SERVICE_NAME
 from devstack.pki import Pki
 from tests.authz_service.conftest import ISSUER, Mint, RunningAuthz
 from tests.support.grpc_clients import channel
@@ -310,3 +311,20 @@ async def test_repeat_allows_reuse_the_identity_but_never_a_decision_id(
     first_headers.pop("x-decision-id")
     second_headers.pop("x-decision-id")
     assert first_headers == second_headers
+
+
+async def test_undecodable_bytes_are_invalid_argument_and_the_server_still_answers(
+    authz: RunningAuthz,
+) -> None:
+    async with channel(authz.address) as ch:
+        raw = ch.unary_unary(f"/{SERVICE_NAME}/Check")
+        for body in (b"\xff\xff\xff", b"\x0a\x05\x0a"):  # not protobuf; a truncated field
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(body, timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # A fixed message: no parser, no exception class (grpc's default said DecodeError).
+            assert err.value.details() == "the body is not a CheckRequest"
+        answer = external_auth_pb2.CheckResponse.FromString(
+            await raw(check_request("/api/v1/public/ping").SerializeToString(), timeout=5)
+        )
+    assert answer.status.code == code_pb2.OK
