@@ -8,6 +8,7 @@ an HS256 token against anything at all (HS* has no entry).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import get_args
@@ -55,6 +56,16 @@ _SAME_ALGORITHM = {
     "EdDSA": frozenset({"EdDSA", "Ed25519"}),
     "Ed25519": frozenset({"EdDSA", "Ed25519"}),
 }
+
+
+def allow_list(configured: Iterable[str]) -> frozenset[str]:
+    """The token `alg` values an issuer's `algorithms` accept: each name, plus its other
+    name where RFC 9864 gave one algorithm two (EdDSA on Ed25519 = Ed25519). A provider
+    that moves to the fully-specified name is not locked out by `algorithms: [EdDSA]`."""
+    accepted: set[str] = set()
+    for name in configured:
+        accepted |= _SAME_ALGORITHM.get(name, {name})
+    return frozenset(accepted)
 
 
 def _build() -> MappingProxyType[str, AlgorithmSpec]:

@@ -105,11 +105,13 @@ def check_times(claims: Mapping[str, Any], rules: ClaimRules, now: float) -> Val
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:
     # RFC 7519 §2 NumericDate is a JSON number. bool is an int subclass in Python, and
-    # "1700000000" is a string: both are refused rather than coerced.
-    value = claims.get(name)
-    if value is None:
+    # "1700000000" is a string: both are refused rather than coerced. An absent claim is
+    # None; a present `null` is a claim of the wrong type, not an absent one (otherwise
+    # `"nbf": null` would switch the not-before check off).
+    if name not in claims:
         return None
-    if type(value) is bool or not isinstance(value, (int, float)):
+    value = claims[name]
+    if value is None or type(value) is bool or not isinstance(value, (int, float)):
         raise InvalidToken("bad_claim_type")
     try:
         as_float = float(value)
@@ -125,12 +127,21 @@ def check_identity(claims: Mapping[str, Any], rules: ClaimRules) -> tuple[str, t
     audiences = _audiences(claims.get("aud"))
     if rules.audiences.isdisjoint(audiences):
         raise InvalidToken("wrong_audience")  # RFC 7519 §4.1.3: "MUST be rejected"
-    sub = claims.get("sub")
-    if sub is None or sub == "":
+    return _subject(claims), audiences
+
+
+def _subject(claims: Mapping[str, Any]) -> str:
+    # RFC 7519 §4.1.2: sub is a case-sensitive string. Upstreams and policies compare it
+    # byte for byte (`params.user_id == token.sub`), so " alice" or "alice\n" would be a
+    # second identity that looks like the first in logs: refused, as is a blank one.
+    if "sub" not in claims or claims["sub"] == "":
         raise InvalidToken("missing_sub")
+    sub = claims["sub"]
     if not isinstance(sub, str):
         raise InvalidToken("bad_claim_type")
-    return sub, audiences
+    if not sub.strip() or sub != sub.strip():
+        raise InvalidToken("bad_sub")
+    return sub
 
 
 def _audiences(aud: Any) -> tuple[str, ...]:

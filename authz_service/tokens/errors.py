@@ -32,7 +32,7 @@ Reason = Literal[
     "alg_key_mismatch",  # the kid's key has another type, curve or alg than the token's alg
     "bad_signature",
     # claims
-    "bad_claim_type",  # exp/nbf/iat not a number, aud/sub/iss of the wrong JSON type
+    "bad_claim_type",  # exp/nbf/iat not a number (null too), aud/sub of the wrong JSON type
     "missing_exp",
     "missing_iat",  # max_token_age_seconds is configured and iat is absent
     "expired",
@@ -40,7 +40,8 @@ Reason = Literal[
     "iat_in_future",
     "too_old",  # older than max_token_age_seconds
     "wrong_audience",
-    "missing_sub",
+    "missing_sub",  # sub absent or ""
+    "bad_sub",  # sub only whitespace, or with leading or trailing whitespace
     # safety net: a bug, never expected; the token is refused (fail closed)
     "internal_error",
 ]

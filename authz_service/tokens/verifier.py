@@ -20,7 +20,7 @@ from typing import Any
 from joserfc.jwa import JWSAlgModel
 
 from authz_service.principal import Principal
-from authz_service.tokens.algorithms import ALGORITHMS
+from authz_service.tokens.algorithms import ALGORITHMS, allow_list
 from authz_service.tokens.cache import CachedToken, VerifiedTokenCache
 from authz_service.tokens.claims import ClaimRules, build_principal, check_typ
 from authz_service.tokens.compact import ParsedJws, parse_compact
@@ -117,7 +117,7 @@ class TokenVerifier:
             self._issuers[settings.issuer] = _Issuer(
                 signature=_source_signature(settings, config_dir),
                 rules=ClaimRules.from_settings(settings),
-                algorithms=frozenset(settings.algorithms),
+                algorithms=allow_list(settings.algorithms),
                 source=source,
             )
 

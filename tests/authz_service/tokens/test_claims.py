@@ -68,6 +68,21 @@ def test_time_claims_must_be_json_numbers(claim: str, value: Any) -> None:
     assert times_reason(claims(**{claim: value})) == "bad_claim_type"
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [None, "", "0", True])
+def test_present_time_claim_of_the_wrong_type_is_not_treated_as_absent(
+    claim: str, value: Any
+) -> None:
+    # `"nbf": null` must not switch the not-before check off (claims() drops None values,
+    # so the null is set after building the claims set).
+    payload = {**claims(), claim: value}
+    assert times_reason(payload) == "bad_claim_type"
+
+
+def test_absent_nbf_and_iat_are_fine() -> None:
+    assert check_times(claims(nbf=None, iat=None), RULES, NOW).not_after == EXP + 30
+
+
 def test_float_time_claims_accepted() -> None:
     validity = check_times(claims(exp=EXP + 0.5, nbf=NOW - 0.5, iat=None), RULES, NOW)
     assert validity.not_after == EXP + 30.5
@@ -127,6 +142,20 @@ def test_sub() -> None:
     assert identity_reason(claims(sub="")) == "missing_sub"
     assert identity_reason(claims(sub=123)) == "bad_claim_type"
     assert identity_reason(claims(sub=["a"])) == "bad_claim_type"
+    assert identity_reason({**claims(), "sub": None}) == "bad_claim_type"
+    assert identity_reason(claims(sub=True)) == "bad_claim_type"
+
+
+@pytest.mark.parametrize(
+    "sub", [" ", "   ", "\t", "\n", "\u00a0", " alice", "alice ", "alice\n", "\u2003alice"]
+)
+def test_sub_blank_or_padded_with_whitespace(sub: str) -> None:
+    assert identity_reason(claims(sub=sub)) == "bad_sub"
+
+
+@pytest.mark.parametrize("sub", ["alice", "a b", "248289761001", "auth0|5f7c8ec7", "ü"])
+def test_sub_accepted_forms(sub: str) -> None:
+    assert check_identity(claims(sub=sub), RULES)[0] == sub
 
 
 # -- typ --------------------------------------------------------------------------------

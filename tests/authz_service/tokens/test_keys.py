@@ -7,6 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import OctKey
 
+from authz_service.tokens.algorithms import ALGORITHMS
 from authz_service.tokens.encoding import b64url_encode
 from authz_service.tokens.keys import KeyRing, UnusableKeyError, load_key, load_key_ring
 from tests.authz_service.tokens.conftest import Keys
@@ -165,6 +166,26 @@ def test_without_kid_only_fitting_keys_are_candidates(keys: Keys) -> None:
     assert [k.kty for k in ring.candidates("Ed25519", None)] == ["OKP"]  # RFC 9864: same alg
     assert ring.candidates("PS256", None) == ()  # the RSA key says alg RS256
     assert ring.candidates("HS256", None) == ()
+
+
+@pytest.mark.parametrize("name", ["rsa", "ec256", "ec384", "ec521", "ed"])
+def test_keys_without_alg_fit_only_algorithms_of_their_type(keys: Keys, name: str) -> None:
+    published = getattr(keys, name).public(alg=None)
+    ring = load_key_ring({"keys": [published]}, origin="i")
+    (key,) = ring.keys
+    assert key.alg is None
+    fitting = {alg for alg, spec in ALGORITHMS.items() if key.fits(spec)}
+    expected = {
+        "rsa": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
+        "ec256": {"ES256"},
+        "ec384": {"ES384"},
+        "ec521": {"ES512"},
+        "ed": {"EdDSA", "Ed25519"},
+    }[name]
+    assert fitting == expected
+    for alg in ALGORITHMS:
+        by_kid = ring.candidates(alg, published["kid"])
+        assert (by_kid != ()) == (alg in expected)
 
 
 def test_empty_ring_is_falsy() -> None:

@@ -212,9 +212,88 @@ async def test_eddsa_and_ed25519_names_are_one_algorithm(clock: ManualClock, key
     assert (await new_name.verify(mint(keys.ed_new_name, claims(), alg="EdDSA"))).algorithm == (
         "EdDSA"
     )
-    # The issuer's allow-list still decides which names are accepted.
-    strict = make_verifier(clock, StaticKeySource(ring_of(keys.ed)), issuer(algorithms=["Ed25519"]))
-    assert await reason_of(strict, mint(keys.ed, claims(), alg="EdDSA")) == "alg_not_allowed"
+
+
+@pytest.mark.parametrize("allowed", ["EdDSA", "Ed25519"])
+@pytest.mark.parametrize("token_alg", ["EdDSA", "Ed25519"])
+@pytest.mark.parametrize("key_alg", ["EdDSA", "Ed25519", None])
+async def test_either_eddsa_name_in_the_allow_list_accepts_both(
+    clock: ManualClock, keys: Keys, allowed: str, token_alg: str, key_alg: str | None
+) -> None:
+    # RFC 9864 §2.2: "Ed25519" is EdDSA over Ed25519. A provider that signs with the new
+    # name must not be refused by `algorithms: [EdDSA]`, nor the reverse.
+    ring = ring_of(keys.ed.public(alg=key_alg))
+    v = make_verifier(clock, StaticKeySource(ring), issuer(algorithms=[allowed]))
+    assert (await v.verify(mint(keys.ed, claims(), alg=token_alg))).algorithm == token_alg
+
+
+async def test_an_eddsa_name_does_not_allow_other_algorithms(
+    clock: ManualClock, keys: Keys
+) -> None:
+    ring = ring_of(keys.ed, keys.rsa, keys.ec256)
+    for allowed in ("EdDSA", "Ed25519"):
+        v = make_verifier(clock, StaticKeySource(ring), issuer(algorithms=[allowed]))
+        assert await reason_of(v, mint(keys.rsa, claims())) == "alg_not_allowed"
+        assert await reason_of(v, mint(keys.ec256, claims())) == "alg_not_allowed"
+    rsa_only = make_verifier(clock, StaticKeySource(ring), issuer(algorithms=["RS256"]))
+    assert await reason_of(rsa_only, mint(keys.ed, claims(), alg="Ed25519")) == "alg_not_allowed"
+
+
+async def test_ed25519_names_need_an_ed25519_key(clock: ManualClock, keys: Keys) -> None:
+    # Signed with the RSA key's kid but labelled Ed25519: the RSA key never verifies it.
+    ring = ring_of(keys.rsa.public(alg=None))
+    v = make_verifier(clock, StaticKeySource(ring), issuer(algorithms=["EdDSA"]))
+    forged = mint(keys.ed, claims(), alg="Ed25519", header={"kid": "rsa-1"})
+    assert await reason_of(v, forged) == "alg_key_mismatch"
+
+
+# -- a JWK without `alg` is still bound to its type (RFC 8725 §3.1) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("key_name", "token_key", "token_alg"),
+    [
+        ("rsa", "ed", "EdDSA"),  # RSA key, EdDSA token
+        ("rsa", "ed", "Ed25519"),
+        ("rsa", "ec256", "ES256"),
+        ("ed", "rsa", "RS256"),  # OKP key, RSA token
+        ("ed", "rsa", "PS256"),
+        ("ed", "ec256", "ES256"),
+        ("ec256", "rsa", "RS256"),  # EC key, RSA token
+        ("ec256", "ed", "EdDSA"),
+        ("ec256", "ec384", "ES384"),  # P-256 key, P-384 token
+    ],
+)
+async def test_key_without_alg_only_verifies_algorithms_of_its_type(
+    clock: ManualClock,
+    keys: Keys,
+    verify_calls: list[str],
+    key_name: str,
+    token_key: str,
+    token_alg: str,
+) -> None:
+    published = getattr(keys, key_name).public(alg=None)
+    assert "alg" not in published
+    v = make_verifier(clock, StaticKeySource(ring_of(published)))
+    kid = published["kid"]
+    signer = getattr(keys, token_key)
+    with_kid = mint(signer, claims(), alg=token_alg, header={"kid": kid})
+    assert await reason_of(v, with_kid) == "alg_key_mismatch"
+    without_kid = mint(SigningKey(signer.jwk, token_alg, None), claims())
+    assert await reason_of(v, without_kid) == "unknown_key"
+    # Refused on the key's type alone: no signature check was even attempted.
+    assert verify_calls == []
+
+
+async def test_key_without_alg_verifies_every_algorithm_of_its_type(
+    clock: ManualClock, keys: Keys
+) -> None:
+    ring = ring_of(keys.rsa.public(alg=None))
+    rsa = make_verifier(
+        clock, StaticKeySource(ring), issuer(algorithms=["RS256", "PS256", "RS512"])
+    )
+    for alg in ("RS256", "PS256", "RS512"):
+        assert (await rsa.verify(mint(keys.rsa, claims(), alg=alg))).algorithm == alg
 
 
 async def test_embedded_jwk_and_key_urls_are_never_used(
@@ -295,6 +374,27 @@ async def test_claim_rules(
     verifier: TokenVerifier, keys: Keys, overrides: dict[str, Any], expected: str
 ) -> None:
     assert await reason_of(verifier, mint(keys.rsa, claims(**overrides))) == expected
+
+
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [
+        ('"nbf": null', "bad_claim_type"),
+        ('"iat": null', "bad_claim_type"),
+        ('"exp": null', "bad_claim_type"),
+        ('"sub": null', "bad_claim_type"),
+        ('"sub": " "', "bad_sub"),
+        ('"sub": "admin "', "bad_sub"),
+        ('"sub": "\\tadmin"', "bad_sub"),
+    ],
+)
+async def test_null_and_padded_claims_in_a_signed_token(
+    verifier: TokenVerifier, keys: Keys, member: str, expected: str
+) -> None:
+    # The raw JSON carries the member exactly as an IdP (or a forger) would send it.
+    name = member.split('"')[1]
+    raw = json.dumps(claims(**{name: None}))[:-1] + ", " + member + "}"
+    assert await reason_of(verifier, mint(keys.rsa, raw_payload=raw)) == expected
 
 
 async def test_too_old(clock: ManualClock, keys: Keys) -> None:
