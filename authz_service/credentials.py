@@ -3,15 +3,39 @@
 Only the `Authorization` header carries credentials. A second `Authorization` header, or a
 header token plus another token in the query string or a cookie, is ambiguous: 400.
 A token only in the query string (RFC 6750 section 2.3) counts as no credentials.
+
+"Another token" is judged the way the most lenient parser behind the edge could read the
+request, not the way this module would: the upstream decides which token it believes, so
+anything some framework could take for `access_token` counts. Concretely:
+
+* Query pairs are split on `&`, `;` (the W3C's old recommendation, still honoured by
+  Tomcat and by Python before 3.9.2), `?` (a second "?" a naive split keeps) and `#`.
+* Cookie pairs are split on `;` and `,`. What Envoy 1.40 hands ext_authz was measured: two
+  `Cookie` lines over HTTP/1.1 arrive joined as `a=1,access_token=x`; HTTP/2 cookie fields
+  arrive joined as `a=1; access_token=x` (RFC 9113 section 8.2.3). A cookie-value cannot
+  hold `,` or `;` (RFC 6265 section 4.1.1), so splitting on both loses no legal cookie.
+* A name is compared after what frameworks do to names: `+` as a space, percent-decoding
+  (again while it changes something: `%2561` is `%61` to one layer, `a` to the next), cut
+  at a NUL (C strings), NFKC and case folding, surrounding whitespace trimmed, and PHP's
+  rewrites (`access.token`, `access token` and `access[token` are `access_token`, and so
+  is the array `access_token[]`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from functools import lru_cache
+from urllib.parse import unquote
 
-QUERY_TOKEN_PARAMS = ("access_token",)
+QUERY_TOKEN_PARAMS = frozenset({"access_token"})  # RFC 6750 section 2.3
+
+_QUERY_SEPARATORS = re.compile(r"[&;?#]")
+_COOKIE_SEPARATORS = re.compile(r"[;,]")
+_MAX_DECODES = 4  # a name still changing after this many rounds is hostile anyway
+_PHP_UNDERSCORED = str.maketrans({" ": "_", ".": "_", "[": "_"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +43,8 @@ class Credentials:
     """The outcome of extraction: a token, nothing, or an ambiguous request."""
 
     token: str | None
-    problem: str | None = None  # "duplicate_authorization", "ambiguous_credentials", ...
+    # "duplicate_authorization", "ambiguous_credentials" or "malformed_authorization"
+    problem: str | None = None
 
     @property
     def ambiguous(self) -> bool:
@@ -27,6 +52,9 @@ class Credentials:
 
 
 NO_CREDENTIALS = Credentials(token=None)
+_DUPLICATE = Credentials(None, "duplicate_authorization")
+_AMBIGUOUS = Credentials(None, "ambiguous_credentials")
+_MALFORMED = Credentials(None, "malformed_authorization")
 
 
 def extract_bearer(
@@ -38,45 +66,65 @@ def extract_bearer(
 ) -> Credentials:
     """Pick the bearer token out of the request's `Authorization` header values.
 
-    `authorization` holds every value received. Envoy merges repeated headers into one
-    comma-joined value in `CheckRequest.attributes.request.http.headers`; a bearer token
-    never contains a comma (RFC 6750 b64token), so a comma means a second header.
+    `authorization` holds every value received. Envoy joins repeated headers into one
+    comma-joined value (HTTP/1.1 and HTTP/2 alike, measured on 1.40); a bearer token never
+    contains a comma (RFC 6750 b64token), so a comma means a second credential.
     """
     if not authorization:
         return NO_CREDENTIALS  # a token only in the query or a cookie is no credential
     value = authorization[0]
     if len(authorization) > 1 or "," in value:
         return _DUPLICATE
-    in_query = _has_query_token(raw_query)
-    in_cookie = bool(cookie_names) and _has_cookie(cookie_header, cookie_names)
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        # Another scheme (Basic, Digest, ...) is not a credential we accept.
-        return Credentials(None, None) if not (in_query or in_cookie) else _ambiguous()
-    if in_query or in_cookie:
-        return _ambiguous()
-    return Credentials(rest.strip())
+    if query_has_token(raw_query) or cookie_has_token(cookie_header, cookie_names):
+        return _AMBIGUOUS
+    parts = value.split()
+    if not parts or parts[0].lower() != "bearer":
+        return NO_CREDENTIALS  # another scheme (Basic, Digest, ...) is not ours
+    if len(parts) > 2:
+        # RFC 6750 section 2.1: `Bearer 1*SP b64token`; more words is a second credential
+        # (`Bearer a Basic b`) or no token at all.
+        return _MALFORMED
+    return Credentials(parts[1] if len(parts) == 2 else "")
 
 
-_DUPLICATE = Credentials(None, "duplicate_authorization")
-
-
-def _ambiguous() -> Credentials:
-    return Credentials(None, "ambiguous_credentials")
-
-
-def _has_query_token(raw_query: str) -> bool:
-    if not raw_query or "access_token" not in raw_query:
+def query_has_token(raw_query: str) -> bool:
+    """Whether any reading of the query string names a token parameter."""
+    if not raw_query:
         return False
-    names = {k for k, _ in parse_qsl(raw_query, keep_blank_values=True)}
-    return any(p in names for p in QUERY_TOKEN_PARAMS)
+    names = (pair.partition("=")[0] for pair in _QUERY_SEPARATORS.split(raw_query))
+    return _any_named(names, QUERY_TOKEN_PARAMS)
 
 
-def _has_cookie(cookie_header: str, names: frozenset[str]) -> bool:
-    if not cookie_header:
+def cookie_has_token(cookie_header: str, names: frozenset[str]) -> bool:
+    """Whether any reading of the (Envoy-joined) Cookie header names a token cookie."""
+    if not cookie_header or not names:
         return False
-    for part in cookie_header.split(";"):
-        name, sep, _ = part.strip().partition("=")
-        if sep and name in names:
-            return True
-    return False
+    pairs = _COOKIE_SEPARATORS.split(cookie_header)
+    return _any_named((pair.partition("=")[0] for pair in pairs), names)
+
+
+def _any_named(raw_names: Iterable[str], wanted: frozenset[str]) -> bool:
+    canonical = _canonical_set(wanted)
+    return any(not canonical.isdisjoint(name_readings(raw)) for raw in raw_names if raw)
+
+
+@lru_cache(maxsize=16)
+def _canonical_set(names: frozenset[str]) -> frozenset[str]:
+    return frozenset(_canonical(name) for name in names)
+
+
+def name_readings(raw: str) -> set[str]:
+    """The names a lenient framework could read `raw` (a query or cookie name) as."""
+    name = _canonical(raw)
+    return {name, name.partition("[")[0].strip(), name.translate(_PHP_UNDERSCORED)}
+
+
+def _canonical(raw: str) -> str:
+    name = raw.replace("+", " ")
+    for _ in range(_MAX_DECODES):
+        decoded = unquote(name, errors="replace")
+        if decoded == name:
+            break
+        name = decoded
+    name = name.partition("\0")[0]
+    return unicodedata.normalize("NFKC", name).casefold().strip()

@@ -100,7 +100,10 @@ def _from_raw_headers(raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
         value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
         if name == "authorization":
             auth_values.append(value)
-        headers[name] = f"{headers[name]},{value}" if name in headers else value
+        if name in headers:
+            # Cookie lines join with "; " (RFC 9113 section 8.2.3), others with ",".
+            value = f"{headers[name]}{'; ' if name == 'cookie' else ','}{value}"
+        headers[name] = value
     return headers, tuple(auth_values)
 
 

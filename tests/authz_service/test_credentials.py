@@ -57,6 +57,129 @@ def test_other_scheme_is_not_a_bearer_credential() -> None:
     assert _extract("Basic dXNlcjpwYXNz") == (None, None)
 
 
+# --- what Envoy 1.40 hands ext_authz, measured (see the module docstring) -----------------
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "theme=dark,access_token=zzz",  # two Cookie lines over HTTP/1.1
+        "theme=dark, access_token=zzz",  # a client that put the comma there itself
+        "theme=dark; access_token=zzz",  # two cookie fields over HTTP/2
+        "theme=dark;access_token=zzz",
+        "access_token=zzz",
+        "access_token",  # no "=": some parsers still see a cookie of that name
+        " access_token =zzz",
+        "ACCESS_TOKEN=zzz",
+        "access%5Ftoken=zzz",
+        "access.token=zzz",  # PHP's name rewrite
+        "access_token[]=zzz",
+    ],
+)
+def test_a_token_cookie_in_any_reading_of_the_header_is_ambiguous(cookie: str) -> None:
+    assert _extract("Bearer a.b.c", cookie=cookie) == (None, "ambiguous_credentials")
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    ["theme=dark,lang=en", "theme=dark; lang=en", "x=access_token", "my_access_token=1", ""],
+)
+def test_other_cookies_in_either_joining_are_fine(cookie: str) -> None:
+    assert _extract("Bearer a.b.c", cookie=cookie) == ("a.b.c", None)
+
+
+def test_no_cookie_names_configured_means_no_cookie_credential() -> None:
+    got = extract_bearer(
+        ("Bearer a.b.c",), raw_query="", cookie_header="access_token=x", cookie_names=frozenset()
+    )
+    assert (got.token, got.problem) == ("a.b.c", None)
+
+
+def test_configured_cookie_names_are_compared_canonically() -> None:
+    got = extract_bearer(
+        ("Bearer a.b.c",), raw_query="", cookie_header="jwt=x", cookie_names=frozenset({"JWT"})
+    )
+    assert got.problem == "ambiguous_credentials"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "access%5Ftoken=x",
+        "access%5ftoken=x",
+        "%61ccess_token=x",
+        "%61%63%63%65%73%73%5f%74%6f%6b%65%6e=x",
+        "%2561ccess_token=x",  # decoded twice by some stacks
+        "ACCESS_TOKEN=x",
+        "Access_Token=x",
+        "access_token+=x",  # "+" is a space, and frameworks trim
+        "+access_token=x",
+        "access_token%20=x",
+        "access_token%00junk=x",  # C strings end at the NUL
+        "access+token=x",  # PHP: spaces and dots in names become "_"
+        "access.token=x",
+        "access[token=x",
+        "access_token[]=x",  # PHP array syntax
+        "access_token[0]=x",
+        "\uff41ccess_token=x",  # fullwidth a, NFKC
+        "%EF%BD%81ccess_token=x",  # the same, percent-encoded
+        "a=1;access_token=x",  # ";" separates pairs for Tomcat and old Python
+        "a=1?access_token=x",  # a second "?"
+        "a=1#access_token=x",  # a fragment Envoy would have refused; refuse it here too
+        "a=1&&access_token",
+        "access_token&a=1",
+    ],
+)
+def test_a_token_parameter_in_any_reading_of_the_query_is_ambiguous(query: str) -> None:
+    assert _extract("Bearer a.b.c", query=query) == (None, "ambiguous_credentials")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "q=access_token",
+        "q=access_token%3Dx",
+        "access_token_hint=1",
+        "my_access_token=1",
+        "access=1&token=2",
+        "%ZZaccess_token=1",  # a bad escape stays literal: not the name
+        "",
+    ],
+)
+def test_other_queries_are_fine(query: str) -> None:
+    assert _extract("Bearer a.b.c", query=query) == ("a.b.c", None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer a.b.c, Basic dXNlcjpwYXNz",  # two schemes, as Envoy joins two headers
+        "Basic dXNlcjpwYXNz,Bearer a.b.c",
+        "Bearer a.b.c,Bearer a.b.c",  # the same token twice is still two headers
+        "Bearer a.b.c,",
+    ],
+)
+def test_a_comma_in_authorization_is_a_second_credential(value: str) -> None:
+    assert _extract(value) == (None, "duplicate_authorization")
+
+
+@pytest.mark.parametrize("value", ["Bearer a.b.c Basic dXNlcjpwYXNz", "Bearer a.b.c d.e.f"])
+def test_more_than_one_word_after_bearer_is_malformed(value: str) -> None:
+    assert _extract(value) == (None, "malformed_authorization")
+
+
+@pytest.mark.parametrize("value", ["Bearer   a.b.c", "Bearer\ta.b.c", "  Bearer a.b.c  "])
+def test_whitespace_around_the_token_is_not_part_of_it(value: str) -> None:
+    assert _extract(value) == ("a.b.c", None)
+
+
+def test_another_scheme_plus_a_query_token_is_still_ambiguous() -> None:
+    assert _extract("Basic dXNlcjpwYXNz", query="access_token=x") == (
+        None,
+        "ambiguous_credentials",
+    )
+
+
 def test_empty_bearer_gives_empty_token() -> None:
     # An empty token is "no credentials"; the pipeline answers 401 with a plain challenge.
     assert _extract("Bearer ") == ("", None)

@@ -92,3 +92,9 @@ def test_an_id_of_another_length_is_built_not_swapped() -> None:
     decision = allow(principal())
     wire = builder.wire(decision, "r", "short-id")
     assert wire == builder.build(decision, "r", "short-id").SerializeToString()
+
+
+def test_repeated_raw_cookie_headers_join_as_one_cookie_list() -> None:
+    # encode_raw_headers over HTTP/1.1 keeps two Cookie lines apart (measured on 1.40).
+    req = check_request("/x", raw_headers=[("cookie", "a=1"), ("cookie", "access_token=x")])
+    assert read_check_request(req).cookie == "a=1; access_token=x"

@@ -188,6 +188,26 @@ async def test_two_authorization_headers_are_400(authz: RunningAuthz, mint: Mint
     assert (status, body["error"]) == (400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/api/v1/users/alice", {"cookie": "theme=dark,access_token=x"}),  # HTTP/1.1 join
+        ("/api/v1/users/alice", {"cookie": "theme=dark; access_token=x"}),  # HTTP/2 join
+        ("/api/v1/users/alice?access%5Ftoken=x", {}),
+        ("/api/v1/users/alice?a=1;%61ccess_token=x", {}),
+        ("/api/v1/users/alice", {"authorization": "Bearer a.b.c Basic dXNlcjpwYXNz"}),
+    ],
+)
+async def test_a_second_credential_in_any_reading_is_400(
+    authz: RunningAuthz, mint: Mint, path: str, headers: dict[str, str]
+) -> None:
+    token = None if "authorization" in headers else mint("alice", scope="users:read")
+    req = check_request(path, token=token, headers=headers)
+    status, headers_out, body = denied(await check(authz.address, req))
+    assert (status, body["error"]) == (400, "invalid_request")
+    assert headers_out["www-authenticate"] == 'Bearer realm="edgeguard", error="invalid_request"'
+
+
 async def test_undecodable_path_is_400(authz: RunningAuthz, mint: Mint) -> None:
     token = mint(scope="users:read")
     req = check_request("/api/v1/users/%2e%2e%2fadmin", token=token)
