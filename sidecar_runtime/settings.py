@@ -51,6 +51,15 @@ class ServerSettings(Frozen):
     tls: TlsSettings = TlsSettings()
     reflection: bool = True
     workers: int = Field(default=1, ge=1, le=64)
+    # On SIGTERM, health says NOT_SERVING at once but calls are still served this long, so
+    # load balancers stop sending before the server refuses anything. It must outlast the
+    # health checks of the Envoy in front: its sidecar clusters (devstack/envoy_config.py)
+    # probe every 1 s with a 0.5 s timeout and drop a host after 2 failed probes, i.e. at
+    # most ~2.5 s after NOT_SERVING starts; 5 s doubles that for a loaded Envoy or a probe
+    # lost in flight. Raise it with the checks' interval x unhealthy_threshold (+ timeout).
+    # Drain + grace (10 s) stays well inside Kubernetes' default 30 s termination grace.
+    drain_period_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Then new calls are refused and those in flight get this long to finish.
     grace_period_seconds: float = Field(default=5.0, ge=0, le=300)
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_send_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)

@@ -17,9 +17,12 @@ import yaml
 
 
 def write_settings(path: Path, rules: Path, **overrides: Any) -> Path:
-    """A settings file listening on a free loopback port; `overrides` are top-level keys."""
+    """A settings file listening on a free loopback port; `overrides` are top-level keys
+    (`server` is merged into the default one). No drain period unless `server` sets one:
+    tests that stop a service do not wait for load balancers that are not there."""
+    server = {"listen": "127.0.0.1:0", "drain_period_seconds": 0, **overrides.pop("server", {})}
     data: dict[str, Any] = {
-        "server": {"listen": "127.0.0.1:0"},
+        "server": server,
         "rules": str(rules),
         "store": {"type": "memory"},
         **overrides,

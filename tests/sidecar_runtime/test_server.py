@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.pki import Pki
-from sidecar_runtime.server import SidecarServer, grpc_options
+from sidecar_runtime.server import ServiceBinding, SidecarServer, add_bytes_method, grpc_options
 from sidecar_runtime.settings import ServerSettings, TlsSettings
 from tests.support.grpc_clients import channel
 from tests.support.grpcurl import grpcurl
@@ -117,3 +119,108 @@ async def test_healthcheck_cli_over_mtls_and_plaintext(pki: Pki) -> None:
         assert await asyncio.to_thread(check, address, **kw) is False
     finally:
         await server.stop(0)
+
+
+# -- drain and stop ------------------------------------------------------------------------
+SLOW_SERVICE = "test.Slow"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _sleep_then_echo(body: bytes, _context: Any) -> bytes:
+    """Sleeps for as many tenths of a second as the first byte says, then echoes."""
+    await asyncio.sleep(body[0] / 10 if body else 0)
+    return body
+
+
+def _slow_binding() -> ServiceBinding:
+    return ServiceBinding(
+        SLOW_SERVICE,
+        lambda server: add_bytes_method(server, SLOW_SERVICE, "Echo", _sleep_then_echo),
+    )
+
+
+async def _echo(address: str, tenths: int = 0) -> bytes:
+    async with channel(address) as ch:
+        reply: bytes = await ch.unary_unary(f"/{SLOW_SERVICE}/Echo")(bytes([tenths]), timeout=10)
+        return reply
+
+
+async def _watch(address: str, seen: list[int]) -> grpc.StatusCode:
+    """Follow health's Watch stream until it ends; the statuses go into `seen`."""
+    async with channel(address) as ch:
+        call = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+        try:
+            async for reply in call:
+                seen.append(int(reply.status))
+        except grpc.aio.AioRpcError as ended:
+            return ended.code()
+        return grpc.StatusCode.OK
+
+
+async def _until(predicate: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_drain_says_not_serving_and_keeps_serving_then_stop_ends_watches() -> None:
+    server = SidecarServer(_settings(drain_period_seconds=60), [_slow_binding()])
+    port = await server.start()
+    address = f"127.0.0.1:{port}"
+    seen: list[int] = []
+    watch = asyncio.create_task(_watch(address, seen))
+    cut = asyncio.Event()
+    try:
+        await _until(lambda: seen == [SERVING])
+        draining = asyncio.create_task(server.drain(interrupt=cut))
+        await _until(lambda: seen == [SERVING, NOT_SERVING])
+        assert await _health(address) == NOT_SERVING
+        assert await _echo(address) == b"\x00"  # new channel, new call: still served
+        await server.set_serving(True)  # a dependency recovering meanwhile changes nothing
+        assert await _health(address) == NOT_SERVING
+        assert not draining.done()
+        cut.set()  # a second signal
+        assert await asyncio.wait_for(draining, timeout=5) is True
+        in_flight = asyncio.create_task(_echo(address, tenths=10))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await server.stop(grace=30)  # an open Watch must not hold this for the grace period
+        assert time.monotonic() - started < 10
+        assert await asyncio.wait_for(in_flight, timeout=5) == b"\x0a"  # finished within grace
+        assert await asyncio.wait_for(watch, timeout=5) == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _echo(address)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        watch.cancel()
+        await server.stop(0)
+
+
+async def test_drain_runs_out_by_itself_and_zero_means_none() -> None:
+    server = SidecarServer(_settings(drain_period_seconds=0.2), [])
+    await server.start()
+    try:
+        assert await asyncio.wait_for(server.drain(), timeout=10) is False
+        assert await server.drain(0) is False
+    finally:
+        await server.stop(0)
+
+
+def test_drain_period_default_outlasts_envoy_s_sidecar_health_checks() -> None:
+    from devstack.envoy_config import EnvoyParams, build
+
+    clusters = build(EnvoyParams())["static_resources"]["clusters"]
+    checks = [check for cluster in clusters for check in cluster.get("health_checks", [])]
+    assert checks  # the sidecar clusters are health checked
+
+    def seconds(duration: str) -> float:
+        return float(duration.removesuffix("s"))
+
+    for check in checks:
+        # The worst case: NOT_SERVING starts just after a probe; the host is out after
+        # `unhealthy_threshold` more probes, the last of which may take its whole timeout.
+        interval = seconds(check["interval"])
+        out_of_rotation = interval * check["unhealthy_threshold"] + seconds(check["timeout"])
+        assert ServerSettings().drain_period_seconds > out_of_rotation
