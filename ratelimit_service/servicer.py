@@ -57,7 +57,12 @@ ENUM_BY_UNIT: Mapping[str, int] = {name: value for value, name in UNIT_BY_ENUM.i
 
 
 def to_request(message: Any) -> Request:
-    """A plain Request from a RateLimitRequest; InvalidRequestError if it is malformed."""
+    """A plain Request from a RateLimitRequest; InvalidRequestError if it is malformed.
+
+    Envoy's proto rules (validate.rules; grpc does not check them): every descriptor has
+    at least one entry (`entries` min_items 1) and every entry a key (`key` min_len 1); a
+    value may be empty. The domain and the descriptor list must not be empty, as in the
+    reference service. The messages name the rule broken, never a value sent."""
     domain = message.domain
     if not domain:
         raise InvalidRequestError("domain must not be empty")
@@ -71,11 +76,15 @@ def to_request(message: Any) -> Request:
 
 def _descriptor(message: Any) -> DescriptorRequest:
     entries = message.entries
+    if not entries:
+        raise InvalidRequestError("a descriptor has no entries")
     if len(entries) > MAX_ENTRIES:
         raise InvalidRequestError(f"a descriptor has more than {MAX_ENTRIES} entries")
     pairs = []
     for entry in entries:
         key, value = entry.key, entry.value
+        if not key:
+            raise InvalidRequestError("a descriptor entry has an empty key")
         if len(key) > MAX_TEXT_CHARS or len(value) > MAX_TEXT_CHARS:
             raise InvalidRequestError(
                 f"descriptor keys and values are limited to {MAX_TEXT_CHARS} characters"

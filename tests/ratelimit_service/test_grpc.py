@@ -21,6 +21,7 @@ from ratelimit_service.app import App
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings
 from sidecar_runtime.clock import ManualClock
+from tests.ratelimit_service.request_bodies import AT_THE_CAPS, MALFORMED
 from tests.support.grpc_clients import channel
 from tests.support.grpcurl import grpcurl
 from tests.support.redis_servers import RedisServer
@@ -141,6 +142,24 @@ async def test_malformed_requests_are_invalid_argument(plaintext_app: tuple[App,
         # and the server still answers
         answer = await stub.ShouldRateLimit(rl_request(subject="after-garbage"), timeout=5)
         assert answer.overall_code == Response.OK
+
+
+async def test_proto_rules_and_caps_over_grpc(plaintext_app: tuple[App, str]) -> None:
+    """Envoy's validate.rules and the servicer's caps, as bytes on the wire: each malformed
+    body twice (the second must not be answered from the reader's memory), then the
+    bodies right at the caps, which are answered."""
+    _, address = plaintext_app
+    async with channel(address) as ch:
+        raw = ch.unary_unary(f"/{SERVICE_NAME}/ShouldRateLimit")
+        for name, body in MALFORMED.items():
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await raw(body, timeout=5)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+                assert "alice" not in (err.value.details() or "")
+        for name, body in AT_THE_CAPS.items():
+            answer = Response.FromString(await raw(body, timeout=5))
+            assert answer.overall_code == Response.OK, name
 
 
 async def test_mtls_requires_the_client_certificate(tmp_path: Path, pki: Pki) -> None:

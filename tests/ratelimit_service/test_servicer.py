@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import grpc
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 
@@ -19,6 +20,7 @@ from ratelimit_service.servicer import (
     to_request,
     to_response,
 )
+from tests.ratelimit_service.request_bodies import AT_THE_CAPS, MALFORMED
 from tests.ratelimit_service.test_grpc import rl_request
 
 LIMITS = (
@@ -104,21 +106,22 @@ def test_the_memory_is_bounded_oldest_first_and_large_bodies_are_not_kept() -> N
     assert len(reader) == 3
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"\xff\xff\xff",  # not protobuf
-        rls_pb2.RateLimitRequest(domain="edge").SerializeToString(),  # no descriptors
-        rl_request(domain="", subject="x").SerializeToString(),
-        rl_request(subject="x" * 5000).SerializeToString(),
-    ],
-    ids=["garbage", "no-descriptors", "no-domain", "oversized-value"],
-)
+@pytest.mark.parametrize("body", AT_THE_CAPS.values(), ids=AT_THE_CAPS.keys())
+def test_requests_at_the_caps_are_read(body: bytes) -> None:
+    reader = RequestReader(max_body_bytes=len(body))
+    assert reader.read(body) == to_request(rls_pb2.RateLimitRequest.FromString(body))
+    assert len(reader) == 1
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
 def test_bad_bodies_are_refused_every_time_and_never_remembered(body: bytes) -> None:
-    reader = RequestReader()
+    # Room for any body: only its being malformed may keep it out of the memory.
+    reader = RequestReader(max_body_bytes=len(body) + 1)
     for _ in range(2):
-        with pytest.raises(InvalidRequestError):
+        with pytest.raises(InvalidRequestError) as refused:
             reader.read(body)
+        assert refused.value.grpc_status == grpc.StatusCode.INVALID_ARGUMENT
+        assert "alice" not in str(refused.value)  # the rule broken, never a value sent
     assert len(reader) == 0
 
 
