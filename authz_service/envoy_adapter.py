@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from authz_service.decision import Decision
+from authz_service.identity_encoding import encode_item, encode_list
 from authz_service.policy import RequestFacts
 from authz_service.principal import Principal
 from authz_service.settings import IdentitySettings
@@ -108,7 +109,8 @@ def _from_raw_headers(raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
 
 
 def header_safe(value: str) -> str:
-    """Percent-encode anything outside printable ASCII so no claim can forge header syntax."""
+    """Percent-encode anything outside printable ASCII (the challenge's configured scopes;
+    identity headers use `identity_encoding`, which is exact)."""
     if value.isascii() and value.isprintable():
         return value
     return quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
@@ -195,27 +197,31 @@ class ResponseBuilder:
         values = self._identity_values(decision.principal)
         for name in self._names.all():
             value = values.get(name)
-            if value:
+            if value is not None:
                 ok.headers.add(
-                    header=base_pb2.HeaderValue(key=name, value=header_safe(value)),
+                    header=base_pb2.HeaderValue(key=name, value=value),
                     append_action=_OVERWRITE,
                 )
             else:
+                # Also what a client sent: only the sidecar's values reach the upstream.
                 ok.headers_to_remove.append(name)
         response = external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)
         response.dynamic_metadata.CopyFrom(self._metadata(decision))
         return response
 
-    def _identity_values(self, principal: Principal | None) -> dict[str, str]:
+    def _identity_values(self, principal: Principal | None) -> dict[str, str | None]:
+        """Header values in the exact encoding of docs/identity-headers.md; None: the
+        header is removed (no client id; no scopes or roles, the empty list)."""
         if principal is None:
             return {}
         n = self._names
+        client_id = principal.client_id
         return {
-            n.subject: principal.subject,
-            n.issuer: principal.issuer,
-            n.scopes: " ".join(sorted(principal.scopes)),
-            n.roles: ",".join(sorted(principal.roles)),
-            n.client_id: principal.client_id or "",
+            n.subject: encode_item(principal.subject),
+            n.issuer: encode_item(principal.issuer),
+            n.scopes: encode_list(sorted(principal.scopes)),
+            n.roles: encode_list(sorted(principal.roles)),
+            n.client_id: None if client_id is None else encode_item(client_id),
         }
 
     def _metadata(self, decision: Decision) -> struct_pb2.Struct:

@@ -90,7 +90,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             log.exception("check failed; denying")
             decision = INTERNAL_ERROR
         request_id = facts.request_id if facts is not None else ""
-        response = engine.responses.wire(decision, request_id, decision_id)
+        try:
+            response = engine.responses.wire(decision, request_id, decision_id)
+        except Exception:
+            # E.g. an identity with no exact header encoding: deny, never a lossy allow.
+            log.exception("answer failed; denying")
+            decision = INTERNAL_ERROR
+            response = engine.responses.wire(decision, request_id, decision_id)
         elapsed = time.perf_counter() - started
         self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
         if self._audit is not None:

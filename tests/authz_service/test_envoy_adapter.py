@@ -7,6 +7,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 
 from authz_service.decision import Decision, deny
 from authz_service.envoy_adapter import ResponseBuilder, read_check_request
+from authz_service.identity_encoding import UnencodableIdentityError
 from authz_service.principal import Principal
 from authz_service.settings import IdentitySettings
 from sidecar_runtime.ids import DecisionIds
@@ -61,7 +62,7 @@ def test_wire_answers_equal_the_built_messages_with_a_fresh_id_each() -> None:
         headers = {h.header.key: h.header.value for h in parsed.ok_response.headers}
         assert headers["x-decision-id"] == decision_id
         assert parsed.dynamic_metadata.fields["decision_id"].string_value == decision_id
-        assert headers["x-auth-subject"] == "alice"
+        assert headers["x-auth-subject"] == '"alice"'
 
 
 @pytest.mark.parametrize(
@@ -98,3 +99,19 @@ def test_repeated_raw_cookie_headers_join_as_one_cookie_list() -> None:
     # encode_raw_headers over HTTP/1.1 keeps two Cookie lines apart (measured on 1.40).
     req = check_request("/x", raw_headers=[("cookie", "a=1"), ("cookie", "access_token=x")])
     assert read_check_request(req).cookie == "a=1; access_token=x"
+
+
+def test_an_identity_with_no_exact_encoding_is_refused_not_sent() -> None:
+    builder = ResponseBuilder(IdentitySettings())
+    with pytest.raises(UnencodableIdentityError):
+        builder.wire(allow(principal(subject="\udc00")), "r", "0123456789abcdef00000003")
+
+
+def test_identity_headers_are_structured_fields_and_metadata_stays_raw() -> None:
+    p = principal(subject="ålice, bob")
+    built = ResponseBuilder(IdentitySettings()).build(allow(p), "r", "0123456789abcdef00000004")
+    headers = {h.header.key: h.header.value for h in built.ok_response.headers}
+    assert headers["x-auth-subject"] == '%"%c3%a5lice, bob"'
+    assert headers["x-auth-scopes"] == '"users:read"'
+    assert headers["x-auth-roles"] == '"admin"'
+    assert built.dynamic_metadata.fields["subject"].string_value == "ålice, bob"

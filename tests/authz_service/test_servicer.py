@@ -13,6 +13,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
+from authz_service.decision import Decision
+from authz_service.identity_encoding import decode_item, decode_list
+from authz_service.principal import Principal
 from authz_service.servicer import SERVICE_NAME
 from devstack.pki import Pki
 from tests.authz_service.conftest import ISSUER, Mint, RunningAuthz
@@ -78,9 +81,10 @@ async def test_owner_is_allowed_with_identity_headers_and_metadata(
     token = mint("alice", alg=alg, scope="users:read", extra={"tenant": "t1", "plan": "gold"})
     resp = await check(authz.address, check_request("/api/v1/users/alice", token=token))
     headers, removed, meta = allowed(resp)
-    assert headers["x-auth-subject"] == "alice"
-    assert headers["x-auth-issuer"] == ISSUER
-    assert headers["x-auth-scopes"] == "users:read"
+    # RFC 9651 Strings (docs/identity-headers.md); metadata keeps the raw values.
+    assert headers["x-auth-subject"] == '"alice"'
+    assert headers["x-auth-issuer"] == f'"{ISSUER}"'
+    assert headers["x-auth-scopes"] == '"users:read"'
     # Headers with no value are removed, so a client-sent copy cannot reach the upstream.
     assert "x-auth-roles" in removed
     assert "x-auth-client-id" in removed
@@ -158,7 +162,47 @@ async def test_idor_is_denied_and_admin_is_allowed(authz: RunningAuthz, mint: Mi
     headers, _, _ = allowed(
         await check(authz.address, check_request("/api/v1/users/bob", token=admin))
     )
-    assert headers["x-auth-roles"] == "admin"
+    assert headers["x-auth-roles"] == '"admin"'
+
+
+TRICKY_ROLES = ["admin", "user,admin", "a b", "ålice", "%C3%A5lice", 'q"uo\\te', "cr\r\nlf", ""]
+TRICKY_SCOPES = ["users:read", "with space", "semi;colon", "%25", "\u00e9"]
+
+
+@pytest.mark.parametrize("subject", ["ålice", "%C3%A5lice", "a,b", 'x"y', "a;b=c", "tab\tin"])
+async def test_identity_headers_round_trip_every_claim_value_exactly(
+    authz: RunningAuthz, mint: Mint, subject: str
+) -> None:
+    token = mint(
+        subject,
+        roles=TRICKY_ROLES,
+        extra={"scp": TRICKY_SCOPES, "client_id": "cli\u00e9nt,1"},
+    )
+    resp = await check(authz.address, check_request("/api/v1/admin/stats", token=token))
+    headers, removed, meta = allowed(resp)
+    assert decode_item(headers["x-auth-subject"]) == subject
+    assert decode_item(headers["x-auth-issuer"]) == ISSUER
+    assert decode_item(headers["x-auth-client-id"]) == "cli\u00e9nt,1"
+    # Sets, sent sorted: "" is a role of its own, "user,admin" one role, not two.
+    assert decode_list(headers["x-auth-roles"]) == sorted(TRICKY_ROLES)
+    assert decode_list(headers["x-auth-scopes"]) == sorted(TRICKY_SCOPES)
+    assert removed == []
+    for value in headers.values():
+        assert value.isascii()
+        assert value.isprintable()
+    # The rate limiter's metadata keeps the exact raw values.
+    assert (meta["subject"], meta["issuer"]) == (subject, ISSUER)
+
+
+async def test_no_roles_and_no_client_id_remove_those_headers(
+    authz: RunningAuthz, mint: Mint
+) -> None:
+    token = mint("alice", scope="users:read")
+    resp = await check(authz.address, check_request("/api/v1/users/alice", token=token))
+    headers, removed, _ = allowed(resp)
+    # An absent List is the empty list (RFC 9651 section 3.1); a client's copy is removed.
+    assert decode_list(headers.get("x-auth-roles")) == []
+    assert {"x-auth-roles", "x-auth-client-id"} <= set(removed)
 
 
 async def test_unmatched_route_is_403_even_without_token(authz: RunningAuthz) -> None:
@@ -223,6 +267,21 @@ async def test_unexpected_error_denies_with_503(
 
     monkeypatch.setattr(authz.holder.current.authorizer, "decide", boom)
     status, _, body = denied(await check(authz.address, check_request("/api/v1/public/ping")))
+    assert (status, body["error"]) == (503, "temporarily_unavailable")
+
+
+async def test_an_identity_with_no_exact_encoding_denies_with_503(
+    authz: RunningAuthz, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The token parser refuses lone surrogates; should one get through, no lossy header.
+    lone = Principal("\ud800", ISSUER, (), frozenset(), frozenset(), {}, 2e9)
+
+    async def allow(*_a: Any, **_k: Any) -> Decision:
+        return Decision(True, 200, "allowed", rule="get-user", principal=lone)
+
+    monkeypatch.setattr(authz.holder.current.authorizer, "decide", allow)
+    resp = await check(authz.address, check_request("/api/v1/users/alice"))
+    status, _, body = denied(resp)
     assert (status, body["error"]) == (503, "temporarily_unavailable")
 
 
