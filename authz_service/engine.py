@@ -8,6 +8,7 @@ Engine and swaps one reference; a bad new config leaves the old Engine serving.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from authz_service.decision import Authorizer
 from authz_service.envoy_adapter import ResponseBuilder
 from authz_service.policy import CompiledPolicy
 from authz_service.settings import AuthzSettings, load_settings
-from authz_service.telemetry import AuthzTelemetry
-from authz_service.tokens import TokenVerifier, UrllibFetcher
+from authz_service.telemetry import AuthzTelemetry, InstrumentedFetcher
+from authz_service.tokens import Fetcher, ProxyConfig, TokenVerifier
 from sidecar_runtime.clock import Clock
 from sidecar_runtime.errors import ConfigError
 
@@ -41,9 +42,11 @@ def compile_engine(
     clock: Clock,
     previous: Engine | None = None,
     telemetry: AuthzTelemetry | None = None,
+    proxies: ProxyConfig | None = None,
 ) -> Engine:
     """Compile `settings` (raises ConfigError). Key sources of unchanged issuers are reused
-    from `previous`, so a policy edit does not refetch every JWKS."""
+    from `previous`, so a policy edit does not refetch every JWKS. `proxies` (default: none)
+    carry the HTTPS_PROXY / HTTP_PROXY / NO_PROXY environment, read once at start."""
     policy = CompiledPolicy.compile(settings.policy(), source=str(source))
     reused = (
         previous.authorizer.verifier.reusable_key_sources(
@@ -60,10 +63,19 @@ def compile_engine(
         key_sources=reused or None,
         config_dir=source.parent,
         stats=telemetry.verifier_stats if telemetry else None,
-        fetcher_for=telemetry.fetcher_for(UrllibFetcher()) if telemetry else None,
+        instrument=_instrumenter(telemetry),
+        proxies=proxies,
     )
     authorizer = Authorizer(policy, verifier, cookie_names=settings.credentials.cookie_names)
     return Engine(source, settings, authorizer, ResponseBuilder(settings.identity))
+
+
+def _instrumenter(
+    telemetry: AuthzTelemetry | None,
+) -> Callable[[str, Fetcher], Fetcher] | None:
+    if telemetry is None:
+        return None
+    return lambda issuer, inner: InstrumentedFetcher(inner, issuer=issuer, telemetry=telemetry)
 
 
 async def load_engine(
@@ -73,31 +85,56 @@ async def load_engine(
     previous: Engine | None = None,
     telemetry: AuthzTelemetry | None = None,
     settings: AuthzSettings | None = None,
+    proxies: ProxyConfig | None = None,
 ) -> Engine:
     """Load (unless `settings` were already read from `path`), compile and start an Engine."""
     settings = settings or load_settings(path)
-    engine = compile_engine(settings, path, clock=clock, previous=previous, telemetry=telemetry)
+    engine = compile_engine(
+        settings, path, clock=clock, previous=previous, telemetry=telemetry, proxies=proxies
+    )
     await engine.authorizer.verifier.start()
     return engine
 
 
 class EngineHolder:
-    """The current Engine; `reload()` swaps it atomically or keeps it."""
+    """The current Engine; `reload()` swaps it atomically or keeps it.
+
+    Reloads may overlap (SIGHUP during a file-change reload) and finish out of order: one
+    that waits on a hanging JWKS can end after a later, faster one. Each reload takes a
+    generation number when it reads the file; one whose generation is older than the
+    installed engine's read an older file, so it is discarded: the latest file wins.
+    """
 
     def __init__(
-        self, engine: Engine, *, clock: Clock, telemetry: AuthzTelemetry | None = None
+        self,
+        engine: Engine,
+        *,
+        clock: Clock,
+        telemetry: AuthzTelemetry | None = None,
+        proxies: ProxyConfig | None = None,
     ) -> None:
         self.current = engine
         self._clock = clock
         self._telemetry = telemetry
+        self._proxies = proxies
+        self._started_generation = 0  # the last generation handed to a reload
+        self._installed_generation = 0  # the generation of `current`
         self.reloads = 0
         self.reload_failures = 0
+        self.stale_reloads = 0
 
     async def reload(self) -> bool:
-        old = self.current
+        """Load the config file again; True if the new engine was installed."""
+        self._started_generation += 1
+        generation = self._started_generation
+        base = self.current
         try:
             new = await load_engine(
-                old.source, clock=self._clock, previous=old, telemetry=self._telemetry
+                base.source,
+                clock=self._clock,
+                previous=base,
+                telemetry=self._telemetry,
+                proxies=self._proxies,
             )
         except ConfigError as exc:
             self.reload_failures += 1
@@ -106,11 +143,20 @@ class EngineHolder:
                 extra={"fields": {"file": exc.file, "key": exc.key, "reason": exc.reason}},
             )
             return False
-        self.current = new
+        if generation < self._installed_generation:
+            self.stale_reloads += 1
+            log.warning(
+                "config reload finished after a newer one; discarding it",
+                extra={"fields": {"file": str(base.source), "generation": generation}},
+            )
+            await new.close()
+            return False
+        replaced, self.current = self.current, new
+        self._installed_generation = generation
         self.reloads += 1
-        await old.close()
+        await replaced.close()
         log.info(
             "config reloaded",
-            extra={"fields": {"file": str(old.source), "routes": len(new.settings.routes)}},
+            extra={"fields": {"file": str(base.source), "routes": len(new.settings.routes)}},
         )
         return True

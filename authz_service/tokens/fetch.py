@@ -1,29 +1,43 @@
 """The HTTP edge: fetch one small document (a JWKS or an OIDC discovery document).
 
-`Fetcher` is the port; `UrllibFetcher` the stdlib adapter, run in a worker thread so the
-event loop never blocks. Its failures all become `FetchError`; HTTP error statuses are a
-normal `FetchResult` so the caller decides what a 500 means.
+`Fetcher` is the port; `HttpFetcher` the adapter: HTTP/1.1 (h11, see http1.py) over asyncio
+streams. One `asyncio.timeout` bounds a whole fetch (connect, proxy CONNECT, TLS handshake,
+redirects, every byte of the body), so an IdP that trickles a byte a second is cut off at
+the deadline, and no thread is pinned meanwhile: issuers share nothing but the event loop,
+so one slow IdP cannot hold up another's refresh. (The old urllib fetcher ran in the
+default thread pool, where a few trickling IdPs starved everyone.) One caveat: resolving a
+host NAME uses the loop's getaddrinfo thread; the fetch still ends at its deadline, but a
+hung resolver keeps that thread until the system resolver gives up. IP literals and
+proxied URLs (the proxy resolves) need no lookup here.
+
+Failures all become `FetchError`; an HTTP error status is a normal `FetchResult` (with an
+empty body) so the caller decides what a 500 means.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from email.message import Message
-from http.client import HTTPMessage, HTTPResponse
-from typing import IO, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
+from urllib.parse import urljoin, urlsplit
 
-_ALLOWED_SCHEMES = ("http", "https")
-_CHUNK = 65536
+from authz_service.tokens import http1
+from authz_service.tokens.proxies import Proxy, ProxyConfig
+from authz_service.tokens.settings import insecure_http, tls_context
+
+MAX_REDIRECTS = 3
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Connector = Callable[[str, int], Awaitable[Streams]]
 
 
 class FetchError(Exception):
-    """The document could not be fetched (network, timeout, size, scheme or redirect)."""
+    """The document could not be fetched (network, deadline, size, scheme or redirect)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,91 +50,162 @@ class FetchResult:
 
 
 class Fetcher(Protocol):
-    """Fetch a URL with GET, within `timeout_seconds` and `max_bytes` of body."""
+    """Fetch a URL with GET, within `timeout_seconds` in all and `max_bytes` of body."""
 
     async def fetch(self, url: str, *, timeout_seconds: float, max_bytes: int) -> FetchResult: ...
 
 
-class _RefuseUnsafeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a few redirects, but only to http(s), and never from https down to http."""
+async def open_tcp(host: str, port: int) -> Streams:
+    """The default Connector: a plain TCP connection."""
+    return await asyncio.open_connection(host, port)
 
-    max_redirections = 3
 
-    def redirect_request(
+@dataclass(frozen=True, slots=True)
+class _Target:
+    scheme: str
+    host: str
+    port: int
+    path: str  # origin-form: path and query
+
+    @classmethod
+    def parse(cls, url: str) -> _Target:
+        parts = urlsplit(url)
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise FetchError("only http and https URLs (absolute, with a host) are fetched")
+        try:
+            port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        except ValueError:
+            raise FetchError("the URL has an invalid port") from None
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.scheme, parts.hostname, port, path)
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def connect_authority(self) -> str:  # CONNECT always names the port (RFC 9110 §9.3.6)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class HttpFetcher:
+    """GET over HTTP/1.1 on asyncio streams: TLS, proxies, redirects, one deadline."""
+
+    def __init__(
         self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        old_scheme, new_scheme = urlsplit(req.full_url).scheme, urlsplit(newurl).scheme
-        if new_scheme not in _ALLOWED_SCHEMES or (
-            old_scheme == "https" and new_scheme != old_scheme
-        ):
-            fp.close()
-            raise FetchError(f"refused redirect from {old_scheme} to {new_scheme or 'no scheme'}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-class UrllibFetcher:
-    """GET with urllib in a worker thread; no environment proxies unless asked for."""
-
-    def __init__(self, *, user_agent: str = "edgeguard-authz", use_env_proxies: bool = False):
-        proxies = (
-            urllib.request.ProxyHandler() if use_env_proxies else urllib.request.ProxyHandler({})
-        )
-        self._opener = urllib.request.build_opener(proxies, _RefuseUnsafeRedirects())
+        *,
+        tls: ssl.SSLContext | None = None,
+        proxies: ProxyConfig | None = None,
+        allow_insecure_http: bool = False,
+        user_agent: str = "edgeguard-authz",
+        connect: Connector = open_tcp,
+    ) -> None:
+        """`tls` defaults to the system trust store; `proxies` to none (the service passes
+        `ProxyConfig.from_env()`); `allow_insecure_http` lets redirects lead to plain http
+        off loopback; `connect` opens TCP connections (tests map names to loopback)."""
+        self._tls = tls or tls_context(None)
+        self._proxies = proxies or ProxyConfig()
+        self._allow_insecure_http = allow_insecure_http
         self._user_agent = user_agent
+        self._connect = connect
 
     async def fetch(self, url: str, *, timeout_seconds: float, max_bytes: int) -> FetchResult:
         """Fetch `url`; raise FetchError on anything but a complete HTTP response."""
-        if urlsplit(url).scheme not in _ALLOWED_SCHEMES:
-            raise FetchError("only http and https URLs are fetched")
-        work = asyncio.to_thread(self._fetch_blocking, url, timeout_seconds, max_bytes)
+        target = self._checked(url, previous=None)
         try:
-            return await asyncio.wait_for(work, timeout_seconds)
+            async with asyncio.timeout(timeout_seconds):
+                return await self._follow(target, url, max_bytes)
         except TimeoutError:
             raise FetchError(f"no complete response within {timeout_seconds}s") from None
 
-    def _fetch_blocking(self, url: str, timeout: float, max_bytes: int) -> FetchResult:
-        request = urllib.request.Request(  # noqa: S310 - scheme checked above
-            url, headers={"Accept": "application/json", "User-Agent": self._user_agent}
-        )
-        deadline = time.monotonic() + timeout
+    async def _follow(self, target: _Target, url: str, max_bytes: int) -> FetchResult:
+        for _ in range(MAX_REDIRECTS + 1):
+            result = await self._once(target, max_bytes)
+            location = result.headers.get("location")
+            if result.status not in _REDIRECTS or location is None:
+                return result
+            url = urljoin(url, location)
+            target = self._checked(url, previous=target)
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _checked(self, url: str, *, previous: _Target | None) -> _Target:
         try:
-            response: HTTPResponse
-            with self._opener.open(request, timeout=timeout) as response:
-                body = _read_capped(response, max_bytes, deadline)
-                return FetchResult(response.status, body, _lower(response.headers))
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if 300 <= exc.code < 400:  # urllib refused to follow it (e.g. to file://)
-                raise FetchError(f"refused redirect (HTTP {exc.code})") from None
-            # Any other status is an answer, not a transport failure; its body is not needed.
-            return FetchResult(exc.code, b"", _lower(exc.headers))
+            target = _Target.parse(url)
         except FetchError:
+            if previous is None:
+                raise
+            raise FetchError("refused redirect to a URL that is not http(s)") from None
+        if previous is not None and previous.scheme == "https" and target.scheme != "https":
+            raise FetchError("refused redirect from https to http")
+        if insecure_http(url) and not self._allow_insecure_http:
+            raise FetchError("refused plain http to a host that is not loopback")
+        return target
+
+    async def _once(self, target: _Target, max_bytes: int) -> FetchResult:
+        proxy = self._proxies.for_target(target.scheme, target.host)
+        try:
+            reader, writer = await self._open(target, proxy)
+        except (OSError, ssl.SSLError, http1.ProtocolError) as exc:
+            raise FetchError(_describe(exc)) from None
+        try:
+            head, body = await http1.request(
+                reader,
+                writer,
+                target=self._request_target(target, proxy),
+                headers=self._headers(target, proxy),
+                max_bytes=max_bytes,
+            )
+        except (OSError, ssl.SSLError, http1.ProtocolError) as exc:
+            raise FetchError(_describe(exc)) from None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                # closing a TLS stream waits for the peer's close_notify; the deadline
+                # above still bounds it, and a peer that never answers is not our problem
+                await asyncio.wait_for(writer.wait_closed(), 0.05)
+        return FetchResult(head.status, body, head.headers)
+
+    async def _open(self, target: _Target, proxy: Proxy | None) -> Streams:
+        host, port = (target.host, target.port) if proxy is None else (proxy.host, proxy.port)
+        reader, writer = await self._connect(host, port)
+        try:
+            if target.scheme == "https":
+                if proxy is not None:
+                    await http1.tunnel(
+                        reader,
+                        writer,
+                        authority=target.connect_authority,
+                        authorization=proxy.authorization,
+                    )
+                await writer.start_tls(self._tls, server_hostname=target.host)
+        except BaseException:
+            writer.close()
             raise
-        except (OSError, ValueError) as exc:  # URLError, timeouts, resets, bad URLs
-            raise FetchError(f"{type(exc).__name__}: {exc}") from None
+        return reader, writer
+
+    @staticmethod
+    def _request_target(target: _Target, proxy: Proxy | None) -> str:
+        if proxy is None or target.scheme == "https":
+            return target.path  # direct, or inside a CONNECT tunnel: origin-form
+        return f"http://{target.authority}{target.path}"  # to a forward proxy: absolute-form
+
+    def _headers(self, target: _Target, proxy: Proxy | None) -> list[tuple[str, str]]:
+        headers = [
+            ("Host", target.authority),
+            ("Accept", "application/json"),
+            ("User-Agent", self._user_agent),
+            ("Connection", "close"),
+        ]
+        if proxy is not None and target.scheme == "http" and proxy.authorization is not None:
+            headers.append(("Proxy-Authorization", proxy.authorization))
+        return headers
 
 
-def _read_capped(response: HTTPResponse, max_bytes: int, deadline: float) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if time.monotonic() > deadline:
-            raise FetchError("response body too slow")  # a trickling server must not pin us
-        # read1: at most one socket read, so the deadline is checked between trickles.
-        chunk = response.read1(min(_CHUNK, max_bytes + 1 - size))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > max_bytes:
-            raise FetchError(f"response body over {max_bytes} bytes")
-
-
-def _lower(headers: Message) -> dict[str, str]:
-    return {name.lower(): value for name, value in headers.items()}
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, http1.ProtocolError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

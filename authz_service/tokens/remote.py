@@ -4,9 +4,10 @@ Lifecycle (ARCHITECTURE §5a):
   * one fetch at start; a failure there is logged, never raised, and retried;
   * a background task refreshes before the TTL runs out (TTL from `Cache-Control: max-age`
     clamped to [min_ttl, max_ttl], else `ttl_seconds`), or `retry_seconds` after a failure;
-  * an unknown `kid` triggers at most one refetch per cooldown, and every concurrent caller
-    shares the one fetch in flight, so a flood of random kids costs one request;
-  * a failure of any kind (network, timeout, non-200, not JSON, no usable key) keeps the
+  * an unknown `kid` triggers a refetch when the UnknownKidGate allows it (refetch.py: a
+    short minimum interval, a per-minute budget, kids a refetch showed absent remembered),
+    and every concurrent caller shares the one fetch in flight;
+  * a failure of any kind (network, deadline, non-200, not JSON, no usable key) keeps the
     last good key set; a successful fetch replaces it whole, so removed keys are dropped.
 """
 
@@ -20,14 +21,15 @@ from collections.abc import Mapping
 from authz_service.tokens.encoding import loads_strict
 from authz_service.tokens.fetch import Fetcher, FetchError
 from authz_service.tokens.keys import KeyRing, load_key_ring
-from authz_service.tokens.settings import JwksSettings, check_http_url
-from authz_service.tokens.sources import Cooldown
+from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
+from authz_service.tokens.settings import JwksSettings, check_transport
 from sidecar_runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 
 WELL_KNOWN = "/.well-known/openid-configuration"  # OIDC Discovery 1.0 §4
 REFRESH_AT = 0.9  # refresh at 90% of the TTL, so the set is renewed before it goes stale
+_SHOWN = 200  # characters of an IdP-supplied value quoted in a log line
 
 
 def ttl_from_headers(headers: Mapping[str, str], settings: JwksSettings) -> float:
@@ -56,14 +58,17 @@ class RemoteKeySource:
         fetcher: Fetcher,
         clock: Clock,
         jwks_url: str | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         self._issuer = issuer
         self._settings = settings
         self._fetcher = fetcher
         self._fixed_url = jwks_url
+        self._allow_insecure_http = allow_insecure_http
         self._discovered_url: str | None = None
         self._ring: KeyRing | None = None
-        self._cooldown = Cooldown(clock, settings.unknown_kid_cooldown_seconds)
+        self._last_error: str | None = None
+        self._gate = UnknownKidGate(clock, RefetchPolicy.from_settings(settings))
         self._next_delay = settings.retry_seconds
         self._inflight: asyncio.Task[bool] | None = None
         self._background: asyncio.Task[None] | None = None
@@ -93,11 +98,22 @@ class RemoteKeySource:
         """The last good key set, or None if no fetch ever succeeded."""
         return self._ring
 
-    async def refresh_for_unknown_kid(self) -> KeyRing | None:
-        """Refetch once per cooldown, joining any fetch already in flight."""
-        if self._inflight is not None or self._cooldown.try_acquire():
-            await self.refresh()
-        return self._ring
+    def last_error(self) -> str | None:
+        """Why the last fetch failed (None after a success), for health and logs."""
+        return self._last_error
+
+    async def refresh_for_unknown_kid(self, kid: str | None = None) -> KeyRing | None:
+        """Refetch if the gate allows it, or join the fetch in flight; return current().
+
+        A kid that a successful refetch did not bring is remembered as absent, so repeats
+        of it cost no further fetches for a while (new kids still may)."""
+        if self._inflight is None and not self._gate.allow(kid):
+            return self._ring
+        installed = await self.refresh()
+        ring = self._ring
+        if installed and kid is not None and ring is not None and not ring.has_kid(kid):
+            self._gate.remember_absent(kid)
+        return ring
 
     async def refresh(self) -> bool:
         """Fetch now, or join the fetch in flight; True if a new key set was installed."""
@@ -138,6 +154,7 @@ class RemoteKeySource:
         except Exception as exc:  # an injected Fetcher may raise anything; stay up
             return self._failed(f"{type(exc).__name__}: {exc}")
         self._ring = ring
+        self._last_error = None
         self._next_delay = ttl * REFRESH_AT
         log.info(
             "JWKS loaded", extra={"fields": {"issuer": self._issuer, "keys": len(ring), "ttl": ttl}}
@@ -157,16 +174,15 @@ class RemoteKeySource:
     def _failed(self, error: str) -> bool:
         self._next_delay = self._settings.retry_seconds
         self._discovered_url = None  # the jwks_uri may have moved: discover again next time
-        log.warning(
-            "JWKS refresh failed; keeping the last good key set",
-            extra={
-                "fields": {
-                    "issuer": self._issuer,
-                    "error": error,
-                    "keys": 0 if self._ring is None else len(self._ring),
-                }
-            },
-        )
+        self._last_error = error
+        fields: dict[str, object] = {"issuer": self._issuer, "error": error}
+        if self._ring is None:
+            fields["retry_s"] = self._settings.retry_seconds
+            message = "JWKS fetch failed and no key set was ever loaded; retrying"
+        else:
+            fields["keys"] = len(self._ring)
+            message = "JWKS refresh failed; keeping the last good key set"
+        log.warning(message, extra={"fields": fields})
         return False
 
     async def _jwks_url(self) -> str:
@@ -191,9 +207,22 @@ class RemoteKeySource:
             raise ValueError("the discovery document is not a JSON object")
         # OIDC Discovery §4.3: "The issuer value returned MUST be identical to the Issuer
         # URL that was used as the prefix" - otherwise another issuer's keys would be used.
-        if document.get("issuer") != self._issuer:
-            raise ValueError("the discovery document names a different issuer")
+        named = document.get("issuer")
+        if named != self._issuer:
+            raise ValueError(
+                f"the discovery document at {url} names issuer {_shown(named)}, but the "
+                f"configured issuer is {self._issuer!r}; they must be identical (a trailing "
+                "slash, scheme, port or case counts)"
+            )
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise ValueError("the discovery document has no jwks_uri")
-        return check_http_url(jwks_uri, "jwks_uri")
+        return check_transport(
+            jwks_uri, "the discovered jwks_uri", allow_insecure_http=self._allow_insecure_http
+        )
+
+
+def _shown(value: object) -> str:
+    """An IdP-supplied value for a log line: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."

@@ -7,13 +7,15 @@ into `file: key: reason` lines.
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from sidecar_runtime.config import Frozen
+from sidecar_runtime.config import Frozen, resolve_path
 
 # Asymmetric algorithms only. `none` and HS* are not representable, so no config can allow
 # them (RFC 8725 §3.1: "each key MUST be used with exactly one algorithm"; a shared-secret
@@ -41,6 +43,34 @@ def check_http_url(value: str, what: str) -> str:
     return value
 
 
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    host = host.lower().rstrip(".").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http(url: str) -> bool:
+    """Is this a plain-http URL to a host off this machine (keys anyone on the path can swap)?"""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback_host(parts.hostname or "")
+
+
+def check_transport(url: str, what: str, *, allow_insecure_http: bool) -> str:
+    """`url` if it is https, loopback http, or any http with the insecure switch on."""
+    check_http_url(url, what)
+    if insecure_http(url) and not allow_insecure_http:
+        raise ValueError(
+            f"{what} {url!r} is plain http:// to a host that is not loopback: anyone on the "
+            "path could replace the keys. Use https://, or set allow_insecure_http: true"
+        )
+    return url
+
+
 class JwksSettings(Frozen):
     """How a remote (or file) JWKS is cached, refreshed and bounded. Times in seconds."""
 
@@ -49,8 +79,21 @@ class JwksSettings(Frozen):
     # would keep a revoked key alive.
     min_ttl_seconds: float = Field(default=60, gt=0)
     max_ttl_seconds: float = Field(default=86400, gt=0)
-    unknown_kid_cooldown_seconds: float = Field(default=30, ge=0)
-    fetch_timeout_seconds: float = Field(default=3, gt=0)
+    # Unknown-kid refetches (tokens/refetch.py): at least `cooldown` apart, at most
+    # `refetches_per_minute` (bucket of `refetch_burst`), and a kid a refetch showed absent
+    # triggers none for `absent_seconds`. Fetches per minute stay small under a flood of
+    # random kids, and a rotated-in key is picked up within seconds all the same.
+    unknown_kid_cooldown_seconds: float = Field(default=2, ge=0, le=300)
+    unknown_kid_refetches_per_minute: float = Field(default=12, gt=0, le=600)
+    unknown_kid_refetch_burst: int = Field(default=4, ge=1, le=100)
+    unknown_kid_absent_seconds: float = Field(default=30, ge=0, le=3600)
+    # One deadline for a whole fetch (proxy, TLS handshake, redirects, every body byte),
+    # not per read: an IdP trickling a byte a second cannot hold a fetch longer than this.
+    fetch_timeout_seconds: float = Field(default=3, gt=0, le=120)
+    # How long one Check may wait for keys (an unknown kid's refetch, or a first load that
+    # may be discovery plus a JWKS fetch). The fetch goes on in the background; the Check
+    # answers with what is known by then. Keep it under Envoy's ext_authz timeout (0.2 s).
+    check_wait_seconds: float = Field(default=0.15, gt=0, le=60)
     max_bytes: int = Field(default=262144, gt=0)
     retry_seconds: float = Field(default=10, gt=0)
     # jwks_file only: how often the file's mtime is looked at.
@@ -80,6 +123,12 @@ class IssuerSettings(Frozen):
     roles_claim: str = "roles"
     client_id_claims: tuple[str, ...] = ("client_id", "azp")
     jwks: JwksSettings = JwksSettings()
+    # PEM bundle of the CA(s) that sign the IdP's TLS certificate (a private CA). It
+    # replaces the system trust store for this issuer's fetches. Relative to the config.
+    ca_file: Path | None = None
+    # Plain http:// to a host that is not loopback lets anyone on the path swap the keys.
+    # Refused unless this is set (and a warning is logged at every start and reload).
+    allow_insecure_http: bool = False
 
     @field_validator("audiences", "client_id_claims")
     @classmethod
@@ -92,6 +141,14 @@ class IssuerSettings(Frozen):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else check_http_url(value, "jwks_url")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _usable_ca_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        path = resolve_path(value, info)
+        if path is not None:
+            tls_context(path)  # a file that cannot be used fails at load, not at first fetch
+        return path
 
     @field_validator("required_typ")
     @classmethod
@@ -115,9 +172,26 @@ class IssuerSettings(Frozen):
         if self.discovery:
             # OIDC Discovery §4: the document lives under the issuer URL, so it must be one.
             check_http_url(self.issuer, "issuer (with discovery: true)")
+        for what, url in (("issuer", self.issuer), ("jwks_url", self.jwks_url)):
+            if url is not None and urlsplit(url).scheme == "http":
+                check_transport(url, what, allow_insecure_http=self.allow_insecure_http)
         if len(set(self.algorithms)) != len(self.algorithms):
             raise ValueError("algorithms must not repeat")
         return self
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificate and host name checked, TLS 1.2 or newer; `ca_file` replaces the system
+    trust store. Raises ValueError if the file holds no usable certificate."""
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ValueError(f"cannot use {ca_file} as a CA bundle: {reason}") from None
+    if ca_file is not None and not context.get_ca_certs():
+        raise ValueError(f"{ca_file} holds no CA certificate")
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 class TokenLimits(Frozen):

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from authz_service.tokens.encoding import loads_strict
 from authz_service.tokens.keys import KeyRing, load_key_ring
+from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
 from authz_service.tokens.settings import JwksSettings
 from sidecar_runtime.clock import Clock
 from sidecar_runtime.errors import ConfigError
@@ -41,33 +42,23 @@ class KeySource(Protocol):
         """The key set to verify with now; None if none was ever loaded."""
         ...
 
-    async def refresh_for_unknown_kid(self) -> KeyRing | None:
-        """Reload once if the cooldown allows (merging concurrent callers); return current()."""
+    async def refresh_for_unknown_kid(self, kid: str | None = None) -> KeyRing | None:
+        """Reload if the unknown-kid gate allows (merging concurrent callers); return current().
+
+        `kid` is the token's unknown kid (None when the set was never loaded)."""
         ...
 
-
-class Cooldown:
-    """Allows one action per `seconds` of monotonic time."""
-
-    def __init__(self, clock: Clock, seconds: float) -> None:
-        self._clock = clock
-        self._seconds = seconds
-        self._last: float | None = None
-
-    def try_acquire(self) -> bool:
-        """True (and start a new cooldown) if the last action was long enough ago."""
-        now = self._clock.monotonic()
-        if self._last is not None and now - self._last < self._seconds:
-            return False
-        self._last = now
-        return True
+    def last_error(self) -> str | None:
+        """Why the last load failed, or None (for health reports and logs; never secret)."""
+        ...
 
 
 class StaticKeySource:
     """A fixed key set: the in-memory double, and what tests inject."""
 
-    def __init__(self, ring: KeyRing | None = None) -> None:
+    def __init__(self, ring: KeyRing | None = None, *, error: str | None = None) -> None:
         self.ring = ring
+        self.error = error
         self.unknown_kid_refreshes = 0
 
     async def start(self) -> None:
@@ -80,10 +71,14 @@ class StaticKeySource:
         """The fixed ring."""
         return self.ring
 
-    async def refresh_for_unknown_kid(self) -> KeyRing | None:
+    async def refresh_for_unknown_kid(self, kid: str | None = None) -> KeyRing | None:
         """Count the request (tests assert on it) and return the fixed ring."""
         self.unknown_kid_refreshes += 1
         return self.ring
+
+    def last_error(self) -> str | None:
+        """The error given at construction, if any."""
+        return self.error
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +104,8 @@ class FileKeySource:
         self._ring: KeyRing | None = None
         self._stamp: _FileStamp | None = None
         self._next_check = clock.monotonic() + settings.file_check_seconds
-        self._cooldown = Cooldown(clock, settings.unknown_kid_cooldown_seconds)
+        self._gate = UnknownKidGate(clock, RefetchPolicy.from_settings(settings))
+        self._last_error: str | None = None
 
     async def start(self) -> None:
         """Load the file; a missing or unusable file at start is a configuration error."""
@@ -130,11 +126,18 @@ class FileKeySource:
             self._reload()
         return self._ring
 
-    async def refresh_for_unknown_kid(self) -> KeyRing | None:
-        """Look at the file now (rate limited by the unknown-kid cooldown)."""
-        if self._cooldown.try_acquire():
+    async def refresh_for_unknown_kid(self, kid: str | None = None) -> KeyRing | None:
+        """Look at the file now, if the unknown-kid gate allows it."""
+        if self._gate.allow(kid):
             self._reload()
+            ring = self._ring
+            if kid is not None and ring is not None and not ring.has_kid(kid):
+                self._gate.remember_absent(kid)
         return self._ring
+
+    def last_error(self) -> str | None:
+        """Why the file could not be used the last time it was read, or None."""
+        return self._last_error
 
     def _reload(self) -> str | None:
         """Re-read the file if it changed; return an error text if it could not be used."""
@@ -151,6 +154,7 @@ class FileKeySource:
         except (OSError, ValueError) as exc:
             return self._keep_last_good(str(exc))
         self._ring = ring
+        self._last_error = None
         log.info("JWKS file loaded", extra={"fields": {"issuer": self._issuer, "keys": len(ring)}})
         return None
 
@@ -165,8 +169,14 @@ class FileKeySource:
         return ring
 
     def _keep_last_good(self, error: str) -> str:
+        self._last_error = error
+        message = (
+            "JWKS file unusable; keeping the last good key set"
+            if self._ring is not None
+            else "JWKS file unusable and no key set was ever loaded from it"
+        )
         log.warning(
-            "JWKS file unusable; keeping the last good key set",
+            message,
             extra={"fields": {"issuer": self._issuer, "path": str(self.path), "error": error}},
         )
         return error

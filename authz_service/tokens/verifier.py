@@ -25,10 +25,11 @@ from authz_service.tokens.cache import CachedToken, VerifiedTokenCache
 from authz_service.tokens.claims import ClaimRules, build_principal, check_typ
 from authz_service.tokens.compact import ParsedJws, parse_compact
 from authz_service.tokens.errors import InvalidToken
-from authz_service.tokens.fetch import Fetcher, UrllibFetcher
+from authz_service.tokens.fetch import Fetcher, HttpFetcher
 from authz_service.tokens.keys import KeyRing, VerificationKey
+from authz_service.tokens.proxies import ProxyConfig
 from authz_service.tokens.remote import RemoteKeySource
-from authz_service.tokens.settings import IssuerSettings, TokenLimits
+from authz_service.tokens.settings import IssuerSettings, TokenLimits, tls_context
 from authz_service.tokens.sources import FileKeySource, KeySource
 from sidecar_runtime.clock import Clock
 
@@ -36,18 +37,39 @@ log = logging.getLogger(__name__)
 
 
 def build_key_source(
-    settings: IssuerSettings, *, clock: Clock, fetcher: Fetcher, config_dir: Path | None = None
+    settings: IssuerSettings,
+    *,
+    clock: Clock,
+    fetcher: Fetcher | None = None,
+    config_dir: Path | None = None,
+    proxies: ProxyConfig | None = None,
 ) -> KeySource:
-    """The KeySource an issuer's settings describe (file, URL or OIDC discovery)."""
+    """The KeySource an issuer's settings describe (file, URL or OIDC discovery).
+
+    Without a `fetcher`, the issuer gets its own HttpFetcher: its own trust store
+    (`ca_file`), the given proxies, and its own connections, so no issuer waits on another."""
     if settings.jwks_file is not None:
         path = _resolve(settings.jwks_file, config_dir)
         return FileKeySource(path, issuer=settings.issuer, settings=settings.jwks, clock=clock)
     return RemoteKeySource(
         issuer=settings.issuer,
         settings=settings.jwks,
-        fetcher=fetcher,
+        fetcher=fetcher or issuer_fetcher(settings, config_dir=config_dir, proxies=proxies),
         clock=clock,
         jwks_url=settings.jwks_url,  # None means: use discovery
+        allow_insecure_http=settings.allow_insecure_http,
+    )
+
+
+def issuer_fetcher(
+    settings: IssuerSettings, *, config_dir: Path | None = None, proxies: ProxyConfig | None
+) -> HttpFetcher:
+    """The HttpFetcher for one issuer's JWKS and discovery documents."""
+    ca_file = None if settings.ca_file is None else _resolve(settings.ca_file, config_dir)
+    return HttpFetcher(
+        tls=tls_context(ca_file),
+        proxies=proxies,
+        allow_insecure_http=settings.allow_insecure_http,
     )
 
 
@@ -58,7 +80,9 @@ def _resolve(path: Path, config_dir: Path | None) -> Path:
 def _source_signature(settings: IssuerSettings, config_dir: Path | None) -> tuple[Any, ...]:
     """What a KeySource depends on; equal signatures mean a source can be reused."""
     path = None if settings.jwks_file is None else _resolve(settings.jwks_file, config_dir)
-    return (settings.issuer, path, settings.jwks_url, settings.discovery, settings.jwks)
+    ca_file = None if settings.ca_file is None else _resolve(settings.ca_file, config_dir)
+    transport = (ca_file, settings.allow_insecure_http)
+    return (settings.issuer, path, settings.jwks_url, settings.discovery, settings.jwks, transport)
 
 
 @dataclass(slots=True)
@@ -69,7 +93,7 @@ class VerifierStats:
     cache_misses: int = 0
 
 
-FetcherFactory = Callable[[str], Fetcher]
+Instrument = Callable[[str, Fetcher], Fetcher]  # (issuer, fetcher) -> wrapped fetcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +102,7 @@ class _Issuer:
     rules: ClaimRules
     algorithms: frozenset[str]
     source: KeySource
+    check_wait: float  # the longest one Check waits for this issuer's keys
 
 
 class TokenVerifier:
@@ -92,12 +117,13 @@ class TokenVerifier:
         cache_size: int = 10_000,
         key_sources: Mapping[str, KeySource] | None = None,
         fetcher: Fetcher | None = None,
-        fetcher_for: FetcherFactory | None = None,
+        instrument: Instrument | None = None,
+        proxies: ProxyConfig | None = None,
         config_dir: Path | None = None,
         stats: VerifierStats | None = None,
     ) -> None:
-        """`fetcher_for(issuer)` gives each issuer its own fetcher (e.g. instrumented per
-        issuer); otherwise all share `fetcher` (default: stdlib urllib)."""
+        """Remote issuers each get their own HttpFetcher (with `proxies`), unless one
+        `fetcher` is given for all (tests); `instrument(issuer, fetcher)` may wrap each."""
         self._clock = clock
         self.stats = stats or VerifierStats()
         self._limits = limits
@@ -105,21 +131,38 @@ class TokenVerifier:
         self._config_dir = config_dir
         self._started = False
         given = key_sources or {}
-        shared_fetcher = fetcher or UrllibFetcher()
         self._issuers: dict[str, _Issuer] = {}
         for settings in issuers:
             if settings.issuer in self._issuers:
                 raise ValueError(f"issuer {settings.issuer!r} is configured twice")
-            issuer_fetcher = fetcher_for(settings.issuer) if fetcher_for else shared_fetcher
-            source = given.get(settings.issuer) or build_key_source(
-                settings, clock=clock, fetcher=issuer_fetcher, config_dir=config_dir
+            source = given.get(settings.issuer) or self._new_source(
+                settings, fetcher=fetcher, instrument=instrument, proxies=proxies
             )
             self._issuers[settings.issuer] = _Issuer(
                 signature=_source_signature(settings, config_dir),
                 rules=ClaimRules.from_settings(settings),
                 algorithms=allow_list(settings.algorithms),
                 source=source,
+                check_wait=settings.jwks.check_wait_seconds,
             )
+
+    def _new_source(
+        self,
+        settings: IssuerSettings,
+        *,
+        fetcher: Fetcher | None,
+        instrument: Instrument | None,
+        proxies: ProxyConfig | None,
+    ) -> KeySource:
+        if settings.jwks_file is None:
+            fetcher = fetcher or issuer_fetcher(
+                settings, config_dir=self._config_dir, proxies=proxies
+            )
+            if instrument is not None:
+                fetcher = instrument(settings.issuer, fetcher)
+        return build_key_source(
+            settings, clock=self._clock, fetcher=fetcher, config_dir=self._config_dir
+        )
 
     async def start(self) -> None:
         """Load every issuer's keys and start background refreshes.
@@ -152,6 +195,14 @@ class TokenVerifier:
         """Issuer -> KeySource, e.g. to hand unchanged sources to the next verifier."""
         return MappingProxyType({name: issuer.source for name, issuer in self._issuers.items()})
 
+    def issuers_without_keys(self) -> dict[str, str]:
+        """Issuer -> why it has no usable key set, for every issuer that has none now."""
+        missing: dict[str, str] = {}
+        for name, issuer in self._issuers.items():
+            if issuer.source.current() is None:
+                missing[name] = issuer.source.last_error() or "no key set loaded yet"
+        return missing
+
     def reusable_key_sources(
         self, issuers: Sequence[IssuerSettings], *, config_dir: Path | None = None
     ) -> dict[str, KeySource]:
@@ -175,7 +226,7 @@ class TokenVerifier:
             issuer = self._issuer_for(parsed)
             ring = issuer.source.current()
             if ring is None or (parsed.kid is not None and not ring.has_kid(parsed.kid)):
-                ring = await self._refreshed_ring(issuer.source, ring)
+                ring = await self._refreshed_ring(issuer, ring, parsed.kid)
             key = _check_signature(parsed, ring)
             return self._admit(token, parsed, issuer, key)
         except InvalidToken:
@@ -227,9 +278,17 @@ class TokenVerifier:
         return issuer
 
     @staticmethod
-    async def _refreshed_ring(source: KeySource, ring: KeyRing | None) -> KeyRing:
-        """The key set after one (cooldown-limited, shared) refetch for an unknown kid."""
-        ring = await source.refresh_for_unknown_kid() or ring
+    async def _refreshed_ring(issuer: _Issuer, ring: KeyRing | None, kid: str | None) -> KeyRing:
+        """The key set after a (gated, shared) refetch for an unknown kid or a missing set.
+
+        One deadline bounds the whole wait, however many fetches the source needs (OIDC
+        discovery, then the JWKS): past it the Check goes on with the keys it has, while
+        the fetch (shielded in the source) finishes in the background for later Checks."""
+        try:
+            async with asyncio.timeout(issuer.check_wait):
+                ring = await issuer.source.refresh_for_unknown_kid(kid) or ring
+        except TimeoutError:
+            ring = issuer.source.current() or ring
         if ring is None:
             raise InvalidToken("keys_unavailable")
         return ring

@@ -12,11 +12,11 @@ import pytest
 
 from authz_service.tokens import (
     FetchError,
+    HttpFetcher,
     InvalidToken,
     JwksSettings,
     RemoteKeySource,
     TokenVerifier,
-    UrllibFetcher,
 )
 from authz_service.tokens.remote import ttl_from_headers
 from sidecar_runtime.clock import ManualClock
@@ -225,7 +225,7 @@ async def test_close_stops_the_background_task_only_for_the_last_user(
     source = RemoteKeySource(
         issuer=ISSUER,
         settings=settings,
-        fetcher=UrllibFetcher(),
+        fetcher=HttpFetcher(),
         clock=clock,
         jwks_url=idp.url("/jwks"),
     )
@@ -249,7 +249,7 @@ async def test_concurrent_starts_share_the_first_fetch(
     source = RemoteKeySource(
         issuer=ISSUER,
         settings=QUIET,
-        fetcher=UrllibFetcher(),
+        fetcher=HttpFetcher(),
         clock=clock,
         jwks_url=idp.url("/jwks"),
     )
@@ -323,7 +323,7 @@ async def test_discovery_with_a_trailing_slash_issuer(
 
 
 async def test_fetcher_follows_http_redirects_only(idp: LocalIdp) -> None:
-    fetcher = UrllibFetcher()
+    fetcher = HttpFetcher()
     idp.set("/moved", Reply(status=302, headers={"Location": "/jwks"}))
     idp.set("/jwks", Reply(body=b"{}"))
     result = await fetcher.fetch(idp.url("/moved"), timeout_seconds=1, max_bytes=100)
@@ -335,7 +335,7 @@ async def test_fetcher_follows_http_redirects_only(idp: LocalIdp) -> None:
 
 
 async def test_fetcher_limits(idp: LocalIdp) -> None:
-    fetcher = UrllibFetcher()
+    fetcher = HttpFetcher()
     idp.set("/big", Reply(body=b"x" * 101))
     with pytest.raises(FetchError, match="over 100 bytes"):
         await fetcher.fetch(idp.url("/big"), timeout_seconds=1, max_bytes=100)

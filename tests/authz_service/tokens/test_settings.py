@@ -30,8 +30,13 @@ def test_defaults() -> None:
     assert s.jwks == JwksSettings()
     assert s.jwks.ttl_seconds == 300
     assert (s.jwks.min_ttl_seconds, s.jwks.max_ttl_seconds) == (60, 86400)
-    assert s.jwks.unknown_kid_cooldown_seconds == 30
+    assert s.jwks.unknown_kid_cooldown_seconds == 2
+    assert s.jwks.unknown_kid_refetches_per_minute == 12
+    assert s.jwks.unknown_kid_refetch_burst == 4
+    assert s.jwks.unknown_kid_absent_seconds == 30
     assert (s.jwks.fetch_timeout_seconds, s.jwks.max_bytes, s.jwks.retry_seconds) == (3, 262144, 10)
+    assert s.jwks.check_wait_seconds == 0.15
+    assert (s.ca_file, s.allow_insecure_http) == (None, False)
     limits = TokenLimits()
     assert (limits.max_token_bytes, limits.max_header_bytes) == (8192, 2048)
     assert (limits.max_payload_bytes, limits.max_signature_bytes) == (6144, 1024)

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from authz_service.tokens import FileKeySource, InvalidToken, JwksSettings, TokenVerifier
-from authz_service.tokens.sources import Cooldown
 from sidecar_runtime.clock import ManualClock
 from sidecar_runtime.errors import ConfigError
 from tests.authz_service.tokens.conftest import Keys, issuer
@@ -28,16 +27,6 @@ async def reason_of(v: TokenVerifier, token: str) -> str:
     with pytest.raises(InvalidToken) as err:
         await v.verify(token)
     return err.value.reason
-
-
-def test_cooldown(clock: ManualClock) -> None:
-    gate = Cooldown(clock, 30)
-    assert gate.try_acquire()
-    assert not gate.try_acquire()
-    clock.advance(29.9)
-    assert not gate.try_acquire()
-    clock.advance(0.1)
-    assert gate.try_acquire()
 
 
 async def test_file_source_reloads_when_the_file_changes(
