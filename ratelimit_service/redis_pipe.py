@@ -24,9 +24,11 @@ background by the next call that picks it; calls use the other open connections 
 and wait for a connect only when none is open. `open_all` opens every slot up front (the
 health probe does, before the service reports SERVING).
 
-URLs: redis://, rediss:// (TLS, verified against the system CAs and the host name) and
-unix://, with user, password and db from the URL (which wins, as in redis-py) or the
-settings. A URL with query options (`?ssl_cert_reqs=...`) is left to redis-py: see
+URLs: redis://, rediss:// and unix://, with user, password and db from the URL (which
+wins, as in redis-py) or the settings. rediss:// is TLS with the server's certificate
+verified and its name checked against the URL's host, against the system's CAs or the
+context the caller hands in (the settings' `store.tls`: a private CA, a client
+certificate). A URL with query options (`?ssl_ca_certs=...`) is left to redis-py: see
 `endpoint_from_url`.
 """
 
@@ -224,7 +226,11 @@ class RedisPipe:
         connections: int = 2,
         connect_timeout_s: float = 0.2,
         stale_after_s: float = 1.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: the context for a rediss:// endpoint (default: the system's CAs)."""
+        if tls is not None and not endpoint.tls:
+            raise ValueError(f"a TLS context for {endpoint.label}, which is not rediss://")
         self.endpoint = endpoint
         self._connect_timeout_s = connect_timeout_s
         self._stale_after_s = stale_after_s
@@ -233,7 +239,7 @@ class RedisPipe:
         self._next = 0
         self._closed = False
         self.last_error = ""
-        self._tls = ssl.create_default_context() if endpoint.tls else None
+        self._tls = (tls or ssl.create_default_context()) if endpoint.tls else None
 
     def connections(self) -> int:
         """How many connections are open now."""

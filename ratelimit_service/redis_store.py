@@ -7,7 +7,9 @@ a NOSCRIPT answer (a restarted or flushed server) reloads it once and retries.
 Standalone (`url:`): `StandaloneRedisStore`, on the pipelined client (`redis_pipe`): a few
 long-lived connections shared by all calls, one EVALSHA round trip per request, and a
 deadline per call that a late reply does not turn into a discarded connection. A URL with
-query options (`?ssl_cert_reqs=...`) falls back to redis-py (`RedisStore`).
+query options (`?ssl_ca_certs=...`) falls back to redis-py (`RedisStore`). TLS (rediss://)
+either way, with the settings' `store.tls` CA and client certificate; on redis-py, what
+the URL's query says wins.
 
 Sentinel and Cluster: `RedisStore`, on redis.asyncio (with hiredis), which does the
 discovery. Sentinel: one request's buckets are decided in one round trip, atomically.
@@ -79,9 +81,23 @@ def open_redis_store(settings: StoreSettings) -> BucketStore:
                 connect_timeout_s=settings.timeouts.connect_ms / 1000,
                 # Far beyond any call's deadline: only a hung server gets here.
                 stale_after_s=max(1.0, 50 * call_timeout_s),
+                tls=settings.tls.context() if settings.tls is not None else None,
             )
             return StandaloneRedisStore(pipe)
     return RedisStore.from_settings(settings)
+
+
+def _tls(settings: StoreSettings) -> dict[str, Any]:
+    """redis-py's TLS options from the settings' `store.tls` (a rediss:// url only)."""
+    tls = settings.tls
+    if tls is None:
+        return {}
+    options = {
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+    }
+    return {name: str(value) for name, value in options.items() if value is not None}
 
 
 def _password(settings: StoreSettings) -> str | None:
@@ -238,7 +254,9 @@ class RedisStore:
             )
             return cls(master, name="redis-sentinel", sentinel=sentinel)
         assert settings.url is not None  # checked by the settings model
-        client = Redis.from_url(settings.url, max_connections=pool_size, db=settings.db, **common)
+        client = Redis.from_url(
+            settings.url, max_connections=pool_size, db=settings.db, **common, **_tls(settings)
+        )
         return cls(client)
 
     async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:

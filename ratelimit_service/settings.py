@@ -10,6 +10,9 @@ store:
   url: redis://127.0.0.1:6390/0          standalone; or
   sentinel: {master_name: mymaster, addresses: ["10.0.0.1:26379"]}; or
   cluster: {addresses: ["10.0.0.1:7000", "10.0.0.2:7000"]}
+  tls: {ca_file: ca.pem, cert_file: null, key_file: null}
+                      for a rediss:// url: the CA that signed Redis's certificate (else
+                      the system's CAs), and a client certificate if Redis asks for one
   username: null
   password_env: null  name of an environment variable holding the password
   timeouts: {call_ms: 10, connect_ms: 200}
@@ -30,6 +33,7 @@ reload: {watch: true, interval_seconds: 1.0}
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,11 +81,46 @@ class ClusterSettings(Frozen):
         return self
 
 
+class RedisTlsSettings(Frozen):
+    """TLS to Redis for a `rediss://` url. Redis's certificate is always verified and its
+    name checked against the url's host; `ca_file` replaces the system's CAs (a private
+    CA, as Redis deployments often use). `cert_file` + `key_file`: the client certificate
+    Redis asks for with `tls-auth-clients yes`."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    _relative_to_config = field_validator("ca_file", "cert_file", "key_file")(resolve_path)
+
+    @model_validator(mode="after")
+    def _usable(self) -> RedisTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{name} {value} does not exist")
+        try:
+            self.context()
+        except (ssl.SSLError, OSError) as exc:  # not PEM, a key that does not fit, ...
+            raise ValueError(f"unusable TLS files: {exc}") from None
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: verifies the server's certificate and host name."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
 class StoreSettings(Frozen):
     type: Literal["memory", "redis"] = "memory"
     url: str | None = None
     sentinel: SentinelSettings | None = None
     cluster: ClusterSettings | None = None
+    tls: RedisTlsSettings | None = None
     username: str | None = None
     password_env: str | None = None
     db: int = Field(default=0, ge=0)
@@ -100,6 +139,9 @@ class StoreSettings(Frozen):
             raise ValueError("type redis needs exactly one of url, sentinel, cluster")
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("url must start with redis://, rediss:// or unix://")
+        if self.tls is not None and not (self.url or "").startswith("rediss://"):
+            # Sentinel and Cluster over TLS are not supported (yet): refused, not ignored.
+            raise ValueError("tls is for a rediss:// url")
         return self
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer
+from devstack.pki import Pki, ensure_pki
+from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer, RedisTls
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -37,6 +38,29 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_tls_redis(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[RedisServer]:
+    """A TLS-only redis-server (rediss://) with a certificate of the test CA (`pki`)."""
+    server = RedisServer.start(tmp_path_factory.mktemp("tls-redis"), tls=RedisTls.from_pki(pki))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tls_redis(shared_tls_redis: RedisServer) -> RedisServer:
+    """The session's TLS redis-server, emptied."""
+    shared_tls_redis.reset()
+    return shared_tls_redis
+
+
+@pytest.fixture(scope="session")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA that signed none of the test servers' certificates."""
+    return Path(ensure_pki(tmp_path_factory.mktemp("other-pki")).ca)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
 
+from devstack.pki import Pki
 from ratelimit_service.settings import load_settings
 from sidecar_runtime.errors import ConfigError
 
@@ -76,4 +78,37 @@ def test_bad_settings_are_located(tmp_path: Path, text: str, key: str, reason: s
         load_settings(path)
     assert err.value.file == str(path)
     assert err.value.key == key
+    assert reason in err.value.reason
+
+
+def test_redis_tls_files_are_relative_to_the_settings_file(tmp_path: Path, pki: Pki) -> None:
+    for name in ("ca.pem", "client.pem", "client-key.pem"):
+        (tmp_path / name).write_bytes((pki.root / name).read_bytes())
+    tls = "{ca_file: ca.pem, cert_file: client.pem, key_file: client-key.pem}"
+    text = f"rules: r\nstore: {{type: redis, url: 'rediss://h:6380/0', tls: {tls}}}\n"
+    settings = load_settings(write(tmp_path, text))
+    assert settings.store.tls is not None
+    assert settings.store.tls.ca_file == tmp_path / "ca.pem"
+    assert settings.store.tls.context().verify_mode == ssl.CERT_REQUIRED
+    assert settings.store.tls.context().check_hostname
+
+
+BAD_TLS = [
+    ("url: 'redis://h:1/0', tls: {}", "store", "tls is for a rediss:// url"),
+    ("cluster: {addresses: ['h:1']}, tls: {}", "store", "tls is for a rediss:// url"),
+    ("url: 'rediss://h:1/0', tls: {ca_file: nope.pem}", "store.tls", "does not exist"),
+    ("url: 'rediss://h:1/0', tls: {cert_file: service.yaml}", "store.tls", "go together"),
+    ("url: 'rediss://h:1/0', tls: {ca_file: service.yaml}", "store.tls", "unusable TLS files"),
+    ("url: 'rediss://h:1/0', tls: {verify: false}", "store.tls.verify", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("store", "key", "reason"), BAD_TLS)
+def test_bad_redis_tls_settings_are_located(
+    tmp_path: Path, store: str, key: str, reason: str
+) -> None:
+    path = write(tmp_path, f"rules: r\nstore: {{type: redis, {store}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert (err.value.key, err.value.file) == (key, str(path))
     assert reason in err.value.reason

@@ -1,6 +1,6 @@
 """One contract, every store: memory, a real redis-server (through the pipelined client, as
-a `url:` gets it; through redis-py, as a URL with query options gets it; and found through
-a real Sentinel), and a real 3-master Redis Cluster.
+a `url:` gets it; through redis-py, as a URL with query options gets it; both again over
+TLS, rediss://; and found through a real Sentinel), and a real 3-master Redis Cluster.
 
 Limits here refill slowly (per hour), so the few milliseconds a test takes against a real
 server never add a token and every store must give exactly the same decisions.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -54,17 +55,23 @@ def _memory() -> StoreUnderTest:
 
 
 def _redis(
-    server: RedisServer, sentinel: RedisSentinel | None = None, *, redis_py: bool = False
+    server: RedisServer,
+    sentinel: RedisSentinel | None = None,
+    *,
+    redis_py: bool = False,
+    ca: Path | None = None,
 ) -> StoreUnderTest:
     store: BucketStore
+    tls = {"ca_file": ca} if ca is not None else None
+    url = StoreSettings.model_validate({"type": "redis", "url": server.url, "tls": tls})
     if sentinel is not None:
         found = {"master_name": sentinel.master_name, "addresses": [sentinel.address]}
         store = open_redis_store(StoreSettings(type="redis", sentinel=found))
         assert isinstance(store, RedisStore)
     elif redis_py:
-        store = RedisStore.from_settings(StoreSettings(type="redis", url=server.url))
+        store = RedisStore.from_settings(url)
     else:
-        store = open_redis_store(StoreSettings(type="redis", url=server.url))
+        store = open_redis_store(url)
         assert isinstance(store, StandaloneRedisStore)
     client = server.client()
 
@@ -118,6 +125,8 @@ def _cluster(cluster: RedisCluster) -> StoreUnderTest:
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("redis-py", marks=pytest.mark.redis),
+        pytest.param("rediss", marks=pytest.mark.redis),
+        pytest.param("rediss-redis-py", marks=pytest.mark.redis),
         pytest.param("sentinel", marks=pytest.mark.redis),
         pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
     ]
@@ -129,6 +138,10 @@ async def sut(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]:
         under_test = _redis(request.getfixturevalue("redis_server"))
     elif request.param == "redis-py":
         under_test = _redis(request.getfixturevalue("redis_server"), redis_py=True)
+    elif request.param.startswith("rediss"):
+        server, pki = request.getfixturevalue("tls_redis"), request.getfixturevalue("pki")
+        redis_py = request.param.endswith("redis-py")
+        under_test = _redis(server, redis_py=redis_py, ca=pki.ca)
     elif request.param == "sentinel":
         sentinel = request.getfixturevalue("redis_sentinel")
         under_test = _redis(request.getfixturevalue("redis_server"), sentinel)

@@ -6,6 +6,7 @@
     server.pause(); server.resume()               # SIGSTOP/SIGCONT: a hung server
     with server.paused(): ...                     # the same around a block
     RedisServer.start(tmp_path, password="s3cret") # --requirepass; client() logs in
+    RedisServer.start(tmp_path, tls=RedisTls.from_pki(pki))  # TLS only; url is rediss://
 
     cluster = RedisCluster.start(tmp_path, masters=3)
     cluster.addresses                             # ["127.0.0.1:PORT", ...]
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import redis
 
+from devstack.pki import Pki
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CLUSTER_SLOTS = 16384
 _START_TIMEOUT_S = 10.0
@@ -48,6 +51,36 @@ class RedisStartError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """A TLS-only redis-server (`--port 0 --tls-port PORT`): its certificate and key, the
+    CA it checks client certificates with, whether it asks for one (`auth_clients`: no,
+    yes or optional), and the client certificate its inspection client() presents."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    auth_clients: str = "no"
+
+    @classmethod
+    def from_pki(cls, pki: Pki, *, auth_clients: str = "no") -> RedisTls:
+        return cls(
+            pki.sidecar_cert, pki.sidecar_key, pki.ca, pki.client_cert, pki.client_key, auth_clients
+        )
+
+    def server_args(self, port: int) -> tuple[str, ...]:
+        return (
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", self.auth_clients,
+        )  # fmt: skip
+
+
 @dataclass
 class RedisServer:
     """One redis-server child process."""
@@ -57,6 +90,7 @@ class RedisServer:
     extra_args: tuple[str, ...] = ()
     config_text: str | None = None  # written to a config file given first (sentinel mode)
     password: str | None = None  # --requirepass; the inspection client() logs in with it
+    tls: RedisTls | None = None  # TLS only, on `port`
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
@@ -68,11 +102,12 @@ class RedisServer:
         args: Sequence[str] = (),
         config_text: str | None = None,
         password: str | None = None,
+        tls: RedisTls | None = None,
     ) -> RedisServer:
         """Start on `port` (or a free one, retried on a race) and wait until it answers.
-        With `password`, clients must AUTH (`--requirepass`)."""
+        With `password`, clients must AUTH (`--requirepass`); with `tls`, speak TLS."""
         for attempt in range(3):
-            server = cls(Path(tmp), port or free_port(), tuple(args), config_text, password)
+            server = cls(Path(tmp), port or free_port(), tuple(args), config_text, password, tls)
             try:
                 server._launch()
                 return server
@@ -92,7 +127,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -100,7 +136,20 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client for test set-up and inspection."""
-        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5)
+        if self.tls is None:
+            return redis.Redis(
+                host=self.host, port=self.port, password=self.password, socket_timeout=5
+            )
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=5,
+            ssl=True,
+            ssl_ca_certs=str(self.tls.ca),
+            ssl_certfile=str(self.tls.client_cert),
+            ssl_keyfile=str(self.tls.client_key),
+        )
 
     def _launch(self) -> None:
         workdir = self.directory / f"redis-{self.port}"
@@ -110,10 +159,11 @@ class RedisServer:
             config_file = workdir / "redis.conf"
             config_file.write_text(self.config_text)
             config = [str(config_file)]
+        listen = ("--port", str(self.port)) if self.tls is None else self.tls.server_args(self.port)
         cmd = [
             REDIS_SERVER,
             *config,
-            "--port", str(self.port),
+            *listen,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
