@@ -42,6 +42,7 @@ from typing import Any
 import pytest
 import redis
 
+from authz_service.identity_encoding import decode_item, decode_list
 from devstack.envoy_config import SECURITY_HEADERS
 from devstack.idp_keys import mint_token
 from devstack.stack import Ports, Stack, StackOptions
@@ -53,6 +54,7 @@ SERVER_NAME = "localhost"  # SNI and Host; the listener certificate's SAN
 # Longest "known empty" interval of the demo rules (stage 1: 10/s), with headroom.
 EMPTY_CACHE_WAIT_S = 0.25
 STACK_NAMES = ("redis", "ratelimit", "authz", "envoy")
+IDENTITY_LIST_HEADERS = ("x-auth-scopes", "x-auth-roles")
 
 
 # --- responses and the HTTPS client -----------------------------------------------------------
@@ -353,13 +355,23 @@ def assert_denial(reply: Reply, status: int, error: str) -> None:
     assert_hardened(reply)
 
 
-def identity_at_upstream(reply: Reply) -> dict[str, str]:
-    """The identity headers the demo upstream received (it echoes them)."""
+def raw_identity_at_upstream(reply: Reply) -> dict[str, str]:
+    """The identity headers the demo upstream received, as received (it echoes them)."""
     assert reply.status == 200, (reply.status, reply.body)
     body = reply.json()
     assert body["request_id"] == reply.request_id  # the upstream's answer, not a local one
     identity: dict[str, str] = body["identity"]
     return identity
+
+
+def identity_at_upstream(reply: Reply) -> dict[str, Any]:
+    """The identity the upstream received, decoded (docs/identity-headers.md): a str per
+    Item header, a list of str for the List headers (scopes, roles)."""
+    raw = raw_identity_at_upstream(reply)
+    return {
+        name: decode_list(value) if name in IDENTITY_LIST_HEADERS else decode_item(value)
+        for name, value in raw.items()
+    }
 
 
 def assert_no_tokens_logged(edge: Edge) -> None:

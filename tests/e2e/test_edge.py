@@ -83,8 +83,8 @@ def test_valid_token_is_allowed_with_identity_at_the_upstream(edge: Edge, alg: s
     assert identity == {
         "x-auth-subject": subject,
         "x-auth-issuer": edge.stack.issuer,
-        "x-auth-scopes": "profile users:read",
-        "x-auth-roles": "auditor,support",
+        "x-auth-scopes": ["profile", "users:read"],
+        "x-auth-roles": ["auditor", "support"],
     }
     assert_hardened(reply)
     entry = edge.access_log_entry(reply.request_id or "")
@@ -240,7 +240,7 @@ def test_admin_may_act_on_any_user(edge: Edge) -> None:
         reply = edge.client.request("/api/v1/users/bob", method=method, token=admin)
         identity = identity_at_upstream(reply)
         assert reply.json()["action"] == action
-        assert (identity["x-auth-subject"], identity["x-auth-roles"]) == ("root", "admin")
+        assert (identity["x-auth-subject"], identity["x-auth-roles"]) == ("root", ["admin"])
 
 
 def test_admin_only_routes_are_403_for_other_users(edge: Edge) -> None:
@@ -359,7 +359,7 @@ def test_client_sent_identity_headers_never_reach_the_upstream(edge: Edge) -> No
     assert identity_at_upstream(reply) == {
         "x-auth-subject": "alice",
         "x-auth-issuer": edge.stack.issuer,
-        "x-auth-scopes": "users:read",
+        "x-auth-scopes": ["users:read"],
     }
 
 
