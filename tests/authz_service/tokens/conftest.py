@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections import Counter
@@ -78,6 +79,7 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0  # seconds between body bytes: one byte at a time when set
 
     @classmethod
     def json(
@@ -88,12 +90,13 @@ class Reply:
 
 
 class LocalIdp:
-    """A real HTTP server on 127.0.0.1 whose answers a test changes, counting requests."""
+    """A real HTTP(S) server on 127.0.0.1 whose answers a test changes, counting requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         self.replies: dict[str, Reply] = {}
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,7 +107,14 @@ class LocalIdp:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        if tls is not None:
+            # The handshake runs in each handler thread, not in the accepting one.
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.base = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
@@ -127,11 +137,18 @@ class LocalIdp:
                 handler.send_header(name, value)
             handler.send_header("Content-Length", str(len(reply.body)))
             handler.end_headers()
-            handler.wfile.write(reply.body)
-        except OSError:
+            if not reply.trickle:
+                handler.wfile.write(reply.body)
+            for index in range(len(reply.body) if reply.trickle else 0):
+                handler.wfile.write(reply.body[index : index + 1])
+                handler.wfile.flush()
+                if self._stopping.wait(reply.trickle):
+                    return
+        except (OSError, ssl.SSLError):
             pass  # the client gave up (timeout tests)
 
     def stop(self) -> None:
+        self._stopping.set()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)

@@ -369,3 +369,137 @@ async def test_fetcher_limits(idp: LocalIdp) -> None:
 def test_ttl_from_cache_control(header: str | None, expected: float) -> None:
     headers = {} if header is None else {"cache-control": header}
     assert ttl_from_headers(headers, JwksSettings()) == expected
+
+
+# -- one slow issuer cannot starve the others ------------------------------------------------
+
+
+async def test_a_trickling_issuer_does_not_hold_up_another_issuers_refresh(
+    idp: LocalIdp, clock: ManualClock, keys: Keys
+) -> None:
+    # More trickling issuers than the old fetcher's shared thread pool had threads.
+    idp.set("/slow", Reply.json(jwks(keys.rsa)))
+    idp.set("/fast", Reply.json(jwks(keys.rsa)))
+    deadline = QUIET.model_copy(update={"fetch_timeout_seconds": 1.0})
+    slow = [
+        issuer(issuer=f"https://slow-{n}.example", jwks_url=idp.url("/slow"), jwks=deadline)
+        for n in range(8)
+    ]
+    fast = issuer(issuer="https://fast.example", jwks_url=idp.url("/fast"), jwks=deadline)
+    v = TokenVerifier([*slow, fast], clock=clock)
+    await v.start()  # every issuer has keys
+    sources = v.key_sources()
+    idp.set("/slow", Reply(body=b'{"keys": []}' + b" " * 200, trickle=0.05))  # ~10 s a body
+    began = time.monotonic()
+    trickling = [asyncio.create_task(sources[s.issuer].refresh()) for s in slow]
+    await asyncio.sleep(0.1)
+    idp.set("/fast", Reply.json(jwks(keys.rsa_b)))
+    assert await sources[fast.issuer].refresh() is True  # not queued behind the slow ones
+    assert time.monotonic() - began < 0.5
+    ring = sources[fast.issuer].current()
+    assert ring is not None
+    assert ring.has_kid("rsa-2")
+    assert not any(task.done() for task in trickling)
+    assert await asyncio.gather(*trickling) == [False] * len(slow)  # each cut at its deadline
+    assert time.monotonic() - began < 1.6
+    assert all(sources[s.issuer].current() is not None for s in slow)  # last good set kept
+    await v.close()
+
+
+# -- one deadline for a Check's wait for keys ------------------------------------------------
+
+
+async def test_a_check_waits_at_most_check_wait_for_discovery_plus_jwks(
+    idp: LocalIdp, clock: ManualClock, keys: Keys
+) -> None:
+    settings = QUIET.model_copy(update={"fetch_timeout_seconds": 2.0, "check_wait_seconds": 0.2})
+    idp.set("/.well-known/openid-configuration", Reply(status=503))
+    v = TokenVerifier([issuer(issuer=idp.base, discovery=True, jwks=settings)], clock=clock)
+    await v.start()  # the IdP is down: no keys, no raise
+    # Now it is up but slow: 0.3 s for discovery, then 0.3 s for the JWKS.
+    idp.set("/.well-known/openid-configuration", Reply.json(discovery_doc(idp), delay=0.3))
+    idp.set("/keys", Reply.json(jwks(keys.ed), delay=0.3))
+    token = mint(keys.ed, claims(iss=idp.base))
+    began = time.monotonic()
+    assert await reason_of(v, token) == "keys_unavailable"
+    waited = time.monotonic() - began
+    assert 0.15 < waited < 0.45  # the Check's deadline, not discovery + JWKS (0.6 s)
+    source = v.key_sources()[idp.base]
+    await eventually(lambda: source.current() is not None)  # the fetch went on meanwhile
+    assert (await v.verify(token)).issuer == idp.base
+    assert idp.hits["/keys"] == 1
+    await v.close()
+
+
+async def test_an_unknown_kid_waits_at_most_check_wait(
+    started: Any, idp: LocalIdp, keys: Keys
+) -> None:
+    v = await started(QUIET.model_copy(update={"check_wait_seconds": 0.1}))
+    idp.set("/jwks", Reply.json(jwks(keys.rsa, keys.rsa_b), delay=0.15))
+    began = time.monotonic()
+    assert await reason_of(v, mint(keys.rsa_b, claims())) == "unknown_key"
+    assert time.monotonic() - began < 0.14
+    source = v.key_sources()[ISSUER]
+
+    def rotated() -> bool:
+        ring = source.current()
+        return ring is not None and ring.has_kid("rsa-2")
+
+    await eventually(rotated)  # the refetch finished after the Check stopped waiting
+    assert (await v.verify(mint(keys.rsa_b, claims(jti="2")))).key_id == "rsa-2"
+
+
+# -- what the log says -----------------------------------------------------------------------
+
+
+def _fields(caplog: pytest.LogCaptureFixture, message_part: str) -> list[dict[str, Any]]:
+    return [getattr(r, "fields", {}) for r in caplog.records if message_part in r.getMessage()]
+
+
+async def test_discovery_issuer_mismatch_logs_both_values(
+    idp: LocalIdp, clock: ManualClock, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    doc = discovery_doc(idp, issuer=idp.base + "/")  # the classic trailing-slash mismatch
+    idp.set("/.well-known/openid-configuration", Reply.json(doc))
+    with caplog.at_level("WARNING"):
+        v = await discovery_verifier(idp, clock)
+    (fields,) = _fields(caplog, "JWKS fetch failed")
+    assert repr(idp.base + "/") in fields["error"]
+    assert repr(idp.base) in fields["error"]
+    source = v.key_sources()[idp.base]
+    assert source.last_error() == fields["error"]
+    await v.close()
+
+
+async def test_no_keeping_the_last_good_set_when_there_is_none(
+    started: Any, idp: LocalIdp, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    idp.set("/jwks", Reply(status=503))
+    with caplog.at_level("WARNING"):
+        v = await started()
+    assert not _fields(caplog, "keeping the last good key set")
+    (fields,) = _fields(caplog, "no key set was ever loaded")
+    assert fields["error"] == "JWKS answered HTTP 503"
+    assert "keys" not in fields
+    source = v.key_sources()[ISSUER]
+    idp.set("/jwks", Reply.json(jwks(keys.rsa)))
+    assert await source.refresh() is True
+    assert source.last_error() is None
+    idp.set("/jwks", Reply(status=500))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert await source.refresh() is False
+    (fields,) = _fields(caplog, "keeping the last good key set")
+    assert fields["keys"] == 1
+
+
+async def test_discovered_plain_http_jwks_uri_off_loopback_is_refused(
+    idp: LocalIdp, clock: ManualClock
+) -> None:
+    doc = discovery_doc(idp, jwks_uri="http://192.0.2.10/keys")
+    idp.set("/.well-known/openid-configuration", Reply.json(doc))
+    v = await discovery_verifier(idp, clock)
+    error = v.key_sources()[idp.base].last_error()
+    assert error is not None
+    assert "allow_insecure_http" in error
+    await v.close()
