@@ -1,15 +1,22 @@
-"""A stdlib HTTP server on a background thread: the dev IdP and the demo upstream."""
+"""A threaded TCP server on a background thread: the dev IdP and the demo upstream."""
 
 from __future__ import annotations
 
+import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 
 class BackgroundHttpServer:
-    """Binds at construction (so `port` is known, 0 picks a free one); serves once started."""
+    """Binds at construction (so `port` is known, 0 picks a free one); serves once started.
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], *, host: str, port: int) -> None:
+    `handler` is any socketserver handler: http.server's (the dev IdP) or a connection
+    loop of its own (the demo upstream's h11 server).
+    """
+
+    def __init__(
+        self, handler: type[socketserver.BaseRequestHandler], *, host: str, port: int
+    ) -> None:
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
