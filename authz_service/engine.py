@@ -78,6 +78,16 @@ def _instrumenter(
     return lambda issuer, inner: InstrumentedFetcher(inner, issuer=issuer, telemetry=telemetry)
 
 
+def _warn_about_plain_http(settings: AuthzSettings) -> None:
+    for issuer in settings.issuers:
+        if issuer.allow_insecure_http:
+            log.warning(
+                "allow_insecure_http is on: this issuer's keys may be fetched over plain "
+                "http, where anyone on the network path can replace them",
+                extra={"fields": {"issuer": issuer.issuer, "jwks_url": issuer.jwks_url}},
+            )
+
+
 async def load_engine(
     path: Path,
     *,
@@ -89,6 +99,7 @@ async def load_engine(
 ) -> Engine:
     """Load (unless `settings` were already read from `path`), compile and start an Engine."""
     settings = settings or load_settings(path)
+    _warn_about_plain_http(settings)
     engine = compile_engine(
         settings, path, clock=clock, previous=previous, telemetry=telemetry, proxies=proxies
     )

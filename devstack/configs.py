@@ -71,6 +71,9 @@ COMPOSE_ISSUER = "http://idp:8082"
 def compose_files() -> dict[Path, str]:
     """The checked-in compose configs, rendered fresh (a test keeps them in sync)."""
     authz = authz_config(listen="0.0.0.0:9001", pki_dir=COMPOSE_PKI, issuer=COMPOSE_ISSUER)
+    # The dev IdP is reached by its service name over the compose network in plain http,
+    # which is off loopback: that takes the loudly named switch (logged at every start).
+    authz["issuers"][0]["allow_insecure_http"] = True
     ratelimit = ratelimit_config(
         listen="0.0.0.0:9002",
         pki_dir=COMPOSE_PKI,

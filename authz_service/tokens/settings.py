@@ -111,6 +111,10 @@ class JwksSettings(Frozen):
 class IssuerSettings(Frozen):
     """One trusted token issuer: who it is, what it may sign with, where its keys are."""
 
+    # Plain http:// to a host that is not loopback lets anyone on the path swap the keys.
+    # Refused unless this is set (and a warning is logged at every start and reload).
+    # First, so the URL fields' validators below can read it.
+    allow_insecure_http: bool = False
     issuer: str = Field(min_length=1)
     audiences: tuple[str, ...] = Field(min_length=1)
     algorithms: tuple[JwsAlgorithm, ...] = Field(min_length=1)
@@ -126,9 +130,6 @@ class IssuerSettings(Frozen):
     # PEM bundle of the CA(s) that sign the IdP's TLS certificate (a private CA). It
     # replaces the system trust store for this issuer's fetches. Relative to the config.
     ca_file: Path | None = None
-    # Plain http:// to a host that is not loopback lets anyone on the path swap the keys.
-    # Refused unless this is set (and a warning is logged at every start and reload).
-    allow_insecure_http: bool = False
 
     @field_validator("audiences", "client_id_claims")
     @classmethod
@@ -139,8 +140,21 @@ class IssuerSettings(Frozen):
 
     @field_validator("jwks_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else check_http_url(value, "jwks_url")
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        insecure_ok = bool(info.data.get("allow_insecure_http"))
+        return check_transport(value, "jwks_url", allow_insecure_http=insecure_ok)
+
+    @field_validator("issuer")
+    @classmethod
+    def _secure_issuer(cls, value: str, info: ValidationInfo) -> str:
+        # The issuer URL is where discovery fetches from; an http one is refused even with
+        # a jwks_url, since switching to discovery later must not silently go plain-text.
+        if urlsplit(value).scheme == "http":
+            insecure_ok = bool(info.data.get("allow_insecure_http"))
+            check_transport(value, "issuer", allow_insecure_http=insecure_ok)
+        return value
 
     @field_validator("ca_file")
     @classmethod
@@ -172,9 +186,6 @@ class IssuerSettings(Frozen):
         if self.discovery:
             # OIDC Discovery §4: the document lives under the issuer URL, so it must be one.
             check_http_url(self.issuer, "issuer (with discovery: true)")
-        for what, url in (("issuer", self.issuer), ("jwks_url", self.jwks_url)):
-            if url is not None and urlsplit(url).scheme == "http":
-                check_transport(url, what, allow_insecure_http=self.allow_insecure_http)
         if len(set(self.algorithms)) != len(self.algorithms):
             raise ValueError("algorithms must not repeat")
         return self

@@ -33,6 +33,12 @@ CASES = {
     "negative_leeway.yaml": ("issuers[0].leeway_seconds", "greater than or equal to 0"),
     "bad_condition.yaml": ("routes[1].conditions[0]", "Syntax error"),
     "bad_template.yaml": ("routes[0].path", "duplicate"),
+    "insecure_jwks_url.yaml": (
+        "issuers[0].jwks_url",
+        "jwks_url 'http://idp.example/jwks' is plain http:// to a host that is not loopback",
+    ),
+    "insecure_discovery_issuer.yaml": ("issuers[0].issuer", "set allow_insecure_http: true"),
+    "missing_ca_file.yaml": ("issuers[0].ca_file", "pki/idp-ca.pem as a CA bundle"),
 }
 
 

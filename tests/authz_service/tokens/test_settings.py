@@ -125,3 +125,97 @@ def test_settings_are_frozen() -> None:
     s = make(jwks_url="https://x.test/j")
     with pytest.raises(ValidationError):
         s.issuer = "other"
+
+
+# -- plain http only on loopback -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8082/jwks",
+        "http://127.9.9.9/jwks",
+        "http://localhost:8082/jwks",
+        "http://LOCALHOST/jwks",
+        "http://[::1]:8082/jwks",
+        "https://idp.example.test/jwks",
+    ],
+)
+def test_https_and_loopback_http_jwks_urls_are_accepted(url: str) -> None:
+    assert make(jwks_url=url).jwks_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://idp.example.test/jwks",
+        "http://10.0.0.5/jwks",
+        "http://128.0.0.1/jwks",
+        "http://localhost.example.test/jwks",
+        "http://[::ffff:10.0.0.1]/jwks",
+    ],
+)
+def test_plain_http_jwks_url_off_loopback_is_refused(url: str) -> None:
+    data = {**BASE, "jwks_url": url}
+    with pytest.raises(ConfigError) as err:
+        validate_model(IssuerSettings, data, "authz.yaml")
+    assert err.value.key == "jwks_url"
+    assert "plain http:// to a host that is not loopback" in err.value.reason
+    assert "allow_insecure_http: true" in err.value.reason
+    assert make(jwks_url=url, allow_insecure_http=True).jwks_url == url
+
+
+def test_plain_http_issuer_off_loopback_is_refused() -> None:
+    for sources in ({"discovery": True}, {"jwks_url": "https://idp.example.test/jwks"}):
+        data = {**BASE, "issuer": "http://idp.example.test", **sources}
+        with pytest.raises(ConfigError) as err:
+            validate_model(IssuerSettings, data, "authz.yaml")
+        assert (err.value.key, err.value.reason.split(" ")[0]) == ("issuer", "issuer")
+    allowed = make(issuer="http://idp.example.test", discovery=True, allow_insecure_http=True)
+    assert allowed.allow_insecure_http
+    assert make(issuer="http://127.0.0.1:8082", discovery=True).discovery  # the dev stack
+    assert make(issuer="my-idp", jwks_file="jwks.json").issuer == "my-idp"  # not a URL
+
+
+# -- a private CA for the IdP's TLS ------------------------------------------------------------
+
+
+def test_ca_file_is_resolved_against_the_config_and_must_hold_a_ca(tmp_path: Path) -> None:
+    from tests.authz_service.tokens.network import PrivateCa
+
+    PrivateCa(tmp_path / "pki")
+    data = {**BASE, "discovery": True, "ca_file": "pki/ca.pem"}
+    settings = validate_model(IssuerSettings, data, tmp_path / "authz.yaml")
+    assert settings.ca_file == tmp_path / "pki" / "ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, "No such file"), ("not a certificate", "no certificate"), ("", "cannot use")],
+)
+def test_unusable_ca_file_is_a_located_config_error(
+    tmp_path: Path, content: str | None, reason: str
+) -> None:
+    if content is not None:
+        (tmp_path / "ca.pem").write_text(content)
+    data = {**BASE, "discovery": True, "ca_file": "ca.pem"}
+    with pytest.raises(ConfigError) as err:
+        validate_model(IssuerSettings, data, tmp_path / "authz.yaml")
+    assert err.value.key == "ca_file"
+    assert reason in err.value.reason
+
+
+@pytest.mark.parametrize(
+    "jwks",
+    [
+        {"unknown_kid_cooldown_seconds": -1},
+        {"unknown_kid_refetches_per_minute": 0},
+        {"unknown_kid_refetch_burst": 0},
+        {"unknown_kid_absent_seconds": -1},
+        {"check_wait_seconds": 0},
+        {"fetch_timeout_seconds": 0},
+    ],
+)
+def test_refetch_and_deadline_bounds(jwks: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        JwksSettings(**jwks)
