@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from authz_service.credentials import extract_bearer
+from authz_service.credentials import MAX_DISTINCT_NAMES, extract_bearer
 
 COOKIES = frozenset({"access_token"})
 
@@ -183,3 +183,17 @@ def test_another_scheme_plus_a_query_token_is_still_ambiguous() -> None:
 def test_empty_bearer_gives_empty_token() -> None:
     # An empty token is "no credentials"; the pipeline answers 401 with a plain challenge.
     assert _extract("Bearer ") == ("", None)
+
+
+def test_too_many_distinct_names_is_ambiguous_but_many_repeats_are_fine() -> None:
+    many = ";".join(f"c{i}=1" for i in range(MAX_DISTINCT_NAMES + 1))
+    assert _extract("Bearer a.b.c", cookie=many) == (None, "ambiguous_credentials")
+    enough = "&".join(f"p{i}=1" for i in range(MAX_DISTINCT_NAMES))
+    assert _extract("Bearer a.b.c", query=enough) == ("a.b.c", None)
+    repeated = "&".join(["id=1"] * 5000)  # ids=1&ids=2&...: one name
+    assert _extract("Bearer a.b.c", query=repeated) == ("a.b.c", None)
+
+
+def test_a_token_name_after_thousands_of_pairs_is_still_found() -> None:
+    query = "&".join(["id=1"] * 5000) + "&%61ccess_token=x"
+    assert _extract("Bearer a.b.c", query=query) == (None, "ambiguous_credentials")
