@@ -163,7 +163,13 @@ def authz_config(
     audit: bool = True,
 ) -> dict[str, Any]:
     return {
-        "server": {"listen": listen, "tls": tls or {"mode": "plaintext"}, "workers": workers},
+        "server": {
+            "listen": listen,
+            "tls": tls or {"mode": "plaintext"},
+            "workers": workers,
+            # Nothing balances away from a bench sidecar while it stops: no drain window.
+            "drain_period_seconds": 0,
+        },
         "issuers": [
             {
                 "issuer": ISSUER,
@@ -249,7 +255,13 @@ def ratelimit_settings(
             "max_connections": 256,
         }
     return {
-        "server": {"listen": listen, "tls": tls or {"mode": "plaintext"}, "workers": workers},
+        "server": {
+            "listen": listen,
+            "tls": tls or {"mode": "plaintext"},
+            "workers": workers,
+            # Nothing balances away from a bench sidecar while it stops: no drain window.
+            "drain_period_seconds": 0,
+        },
         "rules": str(rules_dir),
         "store": store,
         "failure_mode": "fail_open",

@@ -203,6 +203,8 @@ class Stack:
             pki_dir=str(self.pki.root),
             issuer=self.issuer,
         )
+        # The local stack stops Envoy first, so a drain window would only slow the stop.
+        data["server"]["drain_period_seconds"] = 0
         path = self.config_dir / "authz.yaml"
         path.write_text(configs.dump(data, configs.AUTHZ_DEMO))
         return [sys.executable, "-m", "authz_service", "serve", "--config", str(path)]
@@ -216,6 +218,7 @@ class Stack:
             redis_url=self.redis_url,
             failure_mode=self.options.failure_mode,
         )
+        data["server"]["drain_period_seconds"] = 0
         path = self.config_dir / "ratelimit.yaml"
         path.write_text(configs.dump(data, configs.RATELIMIT_DEMO))
         return [sys.executable, "-m", "ratelimit_service", "serve", "--settings", str(path)]
