@@ -11,11 +11,13 @@ stale. Regenerate them with:
 The request path through the listener (HTTP filters, in order):
 
     0. header_mutation  strip spoofable request headers; security headers on every response
-    1. health_check     /healthz answered here, from the sidecar clusters' health
-    2. ratelimit        stage 0, descriptor (remote_address) -- before any JWT work
-    3. ext_authz        gRPC to authz_service, fail closed
-    4. ratelimit        stage 1, descriptor (subject) from ext_authz's dynamic metadata
-    5. router           to the upstream API
+    1. lua              the request guard: header count and size (431), two Hosts (400)
+    2. health_check     /healthz answered here, from the sidecar clusters' health
+    3. ratelimit        stage 0, descriptor (remote_address) -- before any JWT work
+    4. buffer           the request body, whole, up to the route's limit (413 over it)
+    5. ext_authz        gRPC to authz_service, fail closed
+    6. ratelimit        stage 1, descriptor (subject) from ext_authz's dynamic metadata
+    7. router           to the upstream API: a request with a body on a connection of its own
 
 Security invariants (TLS floor, fail-closed authz, header sanitising, the filter order) are
 not parameters: only addresses, files, timeouts and sizes are.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from devstack.edge_hygiene import (
+    SPOOFABLE_REQUEST_HEADERS,
+    check_spoofable,
+    removal,
+    request_guard_lua,
+)
 
 Config = dict[str, Any]
 
@@ -42,8 +52,10 @@ HEADER = (
 )
 
 AUTHZ_CLUSTER = "authz"
+BUFFER_FILTER = "envoy.filters.http.buffer"
 RATELIMIT_CLUSTER = "ratelimit"
 UPSTREAM_CLUSTER = "upstream"
+UPSTREAM_BODY_CLUSTER = "upstream_body"
 TRACING_CLUSTER = "otel_collector"
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"
@@ -67,18 +79,12 @@ IDENTITY_HEADERS = (
     "x-auth-roles",
     "x-auth-client-id",
 )
-# Client-asserted proxy headers that upstream frameworks tend to trust for the client's
-# address, host or URL. Envoy itself overwrites x-forwarded-for and x-forwarded-proto.
-SPOOFABLE_PROXY_HEADERS = (
-    "forwarded",
-    "x-real-ip",
-    "x-client-ip",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-original-url",
-    "x-rewrite-url",
-)
+# The header the authz sidecar sets on every allow (authz_service IdentitySettings).
+DECISION_ID_HEADER = "x-decision-id"
+# Headers an allow may add beyond what the request had: the identity headers and the
+# decision id. The request guard keeps this much room under Envoy's limits (docs/edge.md).
+AUTHZ_MUTABLE_HEADERS = (*IDENTITY_HEADERS, DECISION_ID_HEADER)
+AUTHZ_ADDED_HEADERS = len(AUTHZ_MUTABLE_HEADERS)
 # Upstream response headers that fingerprint the stack.
 FINGERPRINT_RESPONSE_HEADERS = ("server", "x-powered-by")
 # TLS 1.2 suites: ECDHE key exchange and AEAD ciphers only (BoringSSL names; `[a|b]` is an
@@ -142,8 +148,24 @@ class EnvoyParams:
     stream_idle_timeout_ms: int = 30_000
     connection_idle_timeout_ms: int = 300_000
 
+    # The request's headers when the filters start (every entry, pseudo-headers and the
+    # few Envoy adds included): over either limit, 431 from the request guard.
     max_request_headers_kb: int = 32
     max_headers_count: int = 64
+    # Room above those limits for what an allow adds (identity headers, decision id):
+    # Envoy's own codec limits are these sums, and ext_authz answers 500 for an allow
+    # that would cross them. The byte room covers identity values of up to ~3x the
+    # largest token payload authz accepts (6 KiB by default), in their escaped encoding.
+    authz_headroom_count: int = 8
+    authz_headroom_kb: int = 16
+    # Request bodies: the whole body is buffered, and over the limit the client gets 413
+    # before any byte reaches the upstream. `route_body_limits` sets other limits for path
+    # prefixes, e.g. (("/api/v1/uploads/", 10485760),); the longest prefix wins.
+    max_request_body_bytes: int = 1 << 20
+    route_body_limits: tuple[tuple[str, int], ...] = ()
+    # Stripped from every request before ext_authz (devstack.edge_hygiene for the list and
+    # where each comes from); an entry ending in "*" is a prefix.
+    spoofable_request_headers: tuple[str, ...] = SPOOFABLE_REQUEST_HEADERS
     http2_max_concurrent_streams: int = 100
     http2_initial_stream_window_bytes: int = 65_536
     http2_initial_connection_window_bytes: int = 1_048_576
@@ -159,6 +181,12 @@ class EnvoyParams:
     sidecar_max_pending_requests: int = 256
     upstream_max_requests: int = 1024
     upstream_max_pending_requests: int = 256
+    # Envoy closes an idle upstream connection after this; upstreams must keep theirs
+    # open longer (the demo's: 75 s), or Envoy may send a request on a closing connection.
+    upstream_idle_timeout_ms: int = 30_000
+    # Requests on one connection to the upstream for requests with a body (1: never
+    # reused). Raise it only for upstreams known to read every body or close (docs/edge.md).
+    upstream_body_requests_per_connection: int = 1
 
     # Tracing hook: "host:port" of an OTLP/gRPC collector; None leaves tracing off.
     otlp_collector: str | None = None
@@ -180,12 +208,22 @@ class EnvoyParams:
             raise ValueError(f"admin_address: {self.admin_address} is not a loopback address")
         if self.require_client_certificate and self.listener_client_ca is None:
             raise ValueError("require_client_certificate: needs listener_client_ca")
-        if not _positive_int(self.sidecar_streams_per_connection):
-            raise ValueError("sidecar_streams_per_connection: must be a positive integer")
+        for name in ("sidecar_streams_per_connection", "upstream_body_requests_per_connection"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name}: must be a positive integer")
         if not 0 <= self.trace_sampling_percent <= 100:
             raise ValueError("trace_sampling_percent: must be within 0..100")
         if self.otlp_collector is not None:
             _split_host_port(self.otlp_collector, "otlp_collector")
+        if self.authz_headroom_count < AUTHZ_ADDED_HEADERS:
+            raise ValueError(f"authz_headroom_count: an allow adds up to {AUTHZ_ADDED_HEADERS}")
+        check_spoofable(self.spoofable_request_headers)
+        for prefix, limit in self.route_body_limits:
+            if not prefix.startswith("/") or not _positive_int(limit):
+                raise ValueError(
+                    f"route_body_limits: ({prefix!r}, {limit!r}) needs a /path prefix and a "
+                    "positive byte count"
+                )
 
 
 _POSITIVE_INT_SUFFIXES = ("_ms", "_kb", "_bytes", "_count", "_requests", "_connections")
@@ -322,10 +360,10 @@ def _downstream_tls(p: EnvoyParams) -> Config:
     }
 
 
-def _header_mutation_filter() -> Config:
-    request: list[Config] = [
-        {"remove": name} for name in (*IDENTITY_HEADERS, *SPOOFABLE_PROXY_HEADERS)
-    ]
+def _header_mutation_filter(p: EnvoyParams) -> Config:
+    request: list[Config] = [removal(name) for name in IDENTITY_HEADERS]
+    # First in the chain, so ext_authz decides on what the upstream will see.
+    request += [removal(name) for name in p.spoofable_request_headers]
     # Internal headers a client could use to steer Envoy or the upstream (retries, timeouts,
     # original path, ...). Nothing of ours needs a client-sent one.
     request.append({"remove_on_match": {"key_matcher": {"prefix": "x-envoy-"}}})
@@ -341,6 +379,50 @@ def _header_mutation_filter() -> Config:
         "typed_config": _typed(
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
             mutations={"request_mutations": request, "response_mutations": response},
+        ),
+    }
+
+
+def _request_guard_filter(p: EnvoyParams) -> Config:
+    """The edge's own header limits and Host checks, in Lua (devstack.edge_hygiene).
+
+    Why Lua: Envoy has one limit for both the codec and the header map, and ext_authz
+    answers an empty 500 when an allow's headers would cross it (stat
+    `ext_authz.request_header_limits_reached`). The codec's limit is therefore raised by
+    the authz headroom, and the edge's limit enforced here, where a request over it gets
+    a 431 and an allow can never be refused. No built-in filter counts header entries.
+    """
+    source = request_guard_lua(
+        max_count=p.max_headers_count, max_bytes=p.max_request_headers_kb * 1024
+    )
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.lua.v3.Lua",
+            default_source_code={"inline_string": source},
+        ),
+    }
+
+
+def _buffer_filter(p: EnvoyParams) -> Config:
+    """The request body limit (ARCHITECTURE.md section 5: 413 over the route's limit).
+
+    The buffer filter holds the whole body (Envoy answers 413 the moment it would hold more
+    than the limit) and only then lets the request go on, with a content-length added for
+    chunked and HTTP/2 bodies. So an over-limit body never reaches the upstream at all,
+    whatever its framing; a streaming limit could only cut a request off after part of it
+    had gone upstream. It sits before ext_authz, which clears the route cache, so the
+    route is chosen again knowing whether there is a body (that content-length): requests
+    with one go to `upstream_body`, whose connections are never reused (see
+    _upstream_clusters). Stage 0 has already limited the client's request rate, and the
+    overload manager bounds what all buffered bodies may hold. Routes override the limit
+    (`route_body_limits`).
+    """
+    return {
+        "name": BUFFER_FILTER,
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.buffer.v3.Buffer",
+            max_request_bytes=p.max_request_body_bytes,
         ),
     }
 
@@ -401,22 +483,41 @@ def _ext_authz_filter(p: EnvoyParams) -> Config:
             failure_mode_allow=False,
             status_on_error={"code": "ServiceUnavailable"},
             include_peer_certificate=True,
+            # Route again after the decision, now that the buffer filter has given every
+            # request with a body a content-length: such requests take `upstream_body`.
+            clear_route_cache=True,
             include_tls_session=True,
             # allowed_headers is unset: over gRPC every request header is sent (the sidecar
             # needs authorization, and cookie to refuse a second token). They arrive as the
             # `headers` map (lower-case names, repeated headers joined with ','; the sidecar
             # reads a comma in Authorization as a second header), which the sidecar uses
             # as it is: `encode_raw_headers` would cost it ~5 us per request to rebuild.
+            # An allow whose header is not a valid name or value fails the request (500)
+            # instead of reaching the upstream half-applied.
             validate_mutations=True,
+            # An allow may touch only the identity headers and the decision id; anything
+            # else is an error (fail closed), never silently applied or dropped.
+            decoder_header_mutation_rules={
+                "disallow_system": True,
+                "disallow_all": True,
+                "allow_expression": {"regex": _exact_names_regex(AUTHZ_MUTABLE_HEADERS)},
+                "disallow_is_error": True,
+            },
         ),
     }
 
 
+def _exact_names_regex(names: Sequence[str]) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
 def _http_filters(p: EnvoyParams) -> list[Config]:
     return [
-        _header_mutation_filter(),
+        _header_mutation_filter(p),
+        _request_guard_filter(p),
         _health_check_filter(),
         _ratelimit_filter(p, 0),
+        _buffer_filter(p),
         _ext_authz_filter(p),
         _ratelimit_filter(p, 1),
         {
@@ -449,7 +550,37 @@ def _rate_limits() -> list[Config]:
     return [client, subject]
 
 
+# A request with a body, once the buffer filter has run (it adds the content-length).
+HAS_BODY = {"name": "content-length", "string_match": {"safe_regex": {"regex": "^[1-9][0-9]*$"}}}
+
+
+def _routes(p: EnvoyParams, prefix: str, body_limit: int | None) -> list[Config]:
+    """Two routes for `prefix`: requests with a body first (their own cluster), then the rest."""
+    routes: list[Config] = []
+    for cluster, headers in ((UPSTREAM_BODY_CLUSTER, [HAS_BODY]), (UPSTREAM_CLUSTER, [])):
+        match: Config = {"prefix": prefix}
+        if headers:
+            match["headers"] = headers
+        route: Config = {
+            "match": match,
+            "route": {"cluster": cluster, "timeout": _duration(p.upstream_timeout_ms)},
+        }
+        if body_limit is not None:
+            route["typed_per_filter_config"] = {
+                BUFFER_FILTER: _typed(
+                    "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                    buffer={"max_request_bytes": body_limit},
+                )
+            }
+        routes.append(route)
+    return routes
+
+
 def _route_config(p: EnvoyParams) -> Config:
+    # Longest prefix first: Envoy takes the first route that matches.
+    limits = sorted(p.route_body_limits, key=lambda item: len(item[0]), reverse=True)
+    routes = [r for prefix, limit in limits for r in _routes(p, prefix, limit)]
+    routes += _routes(p, "/", None)
     return {
         "name": "edge",
         "virtual_hosts": [
@@ -458,15 +589,7 @@ def _route_config(p: EnvoyParams) -> Config:
                 "domains": ["*"],
                 # On the virtual host so every route inherits both stages.
                 "rate_limits": _rate_limits(),
-                "routes": [
-                    {
-                        "match": {"prefix": "/"},
-                        "route": {
-                            "cluster": UPSTREAM_CLUSTER,
-                            "timeout": _duration(p.upstream_timeout_ms),
-                        },
-                    }
-                ],
+                "routes": routes,
             }
         ],
     }
@@ -531,18 +654,39 @@ def _local_reply_config() -> Config:
     }
     # Only the filter's own error path: a denial from the sidecar keeps the sidecar's body.
     authz_unavailable = {
-        "filter": {
-            "extension_filter": {
-                "name": "envoy.access_loggers.extension_filters.cel",
-                "typed_config": _typed(
-                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                    expression="response.code_details == 'ext_authz_error'",
-                ),
-            }
-        },
+        "filter": _cel_filter("response.code_details == 'ext_authz_error'"),
         "body_format_override": _json_error("authorization_unavailable"),
     }
-    return {"mappers": [rate_limited, authz_unavailable]}
+    # The buffer filter's 413 (a 413 from the upstream or the sidecar keeps its own body).
+    too_large = {
+        "filter": _cel_filter("response.code_details == 'request_payload_too_large'"),
+        "body_format_override": _json_error("payload_too_large"),
+    }
+    # The codec's and the request guard's 431 (header count or size).
+    headers_too_large = {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": 431, "runtime_key": "edge.local_reply.431"},
+                }
+            }
+        },
+        "body_format_override": _json_error("request_header_fields_too_large"),
+    }
+    return {"mappers": [rate_limited, authz_unavailable, too_large, headers_too_large]}
+
+
+def _cel_filter(expression: str) -> Config:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                expression=expression,
+            ),
+        }
+    }
 
 
 def _tracing(p: EnvoyParams) -> Config | None:
@@ -601,13 +745,15 @@ def _http_connection_manager(p: EnvoyParams) -> Config:
         "strip_any_host_port": True,
         # No server header of ours; the upstream's is removed by header_mutation.
         "server_header_transformation": "PASS_THROUGH",
-        "max_request_headers_kb": p.max_request_headers_kb,
+        # The codec's limits leave the authz headroom above the request guard's (see
+        # _request_guard_filter): a request over them is refused (431) before any filter.
+        "max_request_headers_kb": p.max_request_headers_kb + p.authz_headroom_kb,
         "request_headers_timeout": _duration(p.request_headers_timeout_ms),
         "request_timeout": _duration(p.request_timeout_ms),
         "stream_idle_timeout": _duration(p.stream_idle_timeout_ms),
         "common_http_protocol_options": {
             "idle_timeout": _duration(p.connection_idle_timeout_ms),
-            "max_headers_count": p.max_headers_count,
+            "max_headers_count": p.max_headers_count + p.authz_headroom_count,
             "headers_with_underscores_action": "REJECT_REQUEST",
         },
         "http2_protocol_options": {
@@ -668,11 +814,13 @@ def _endpoint_cluster(name: str, host: str, port: int, connect_timeout_ms: int) 
     return cluster
 
 
-def _http_protocol_options(explicit: Config) -> Config:
+def _http_protocol_options(explicit: Config, common: Config | None = None) -> Config:
+    options: Config = {"explicit_http_config": explicit}
+    if common is not None:
+        options["common_http_protocol_options"] = common
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            explicit_http_config=explicit,
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", **options
         )
     }
 
@@ -759,15 +907,18 @@ def _sidecar_cluster(p: EnvoyParams, name: str, host: str, port: int) -> Config:
     return cluster
 
 
-def _upstream_cluster(p: EnvoyParams) -> Config:
+def _upstream_cluster(p: EnvoyParams, name: str, requests_per_connection: int | None) -> Config:
     cluster = _endpoint_cluster(
-        UPSTREAM_CLUSTER, p.upstream_host, p.upstream_port, p.upstream_connect_timeout_ms
+        name, p.upstream_host, p.upstream_port, p.upstream_connect_timeout_ms
     )
+    common: Config = {"idle_timeout": _duration(p.upstream_idle_timeout_ms)}
+    if requests_per_connection is not None:
+        common["max_requests_per_connection"] = requests_per_connection
     cluster.update(
         {
             "per_connection_buffer_limit_bytes": p.connection_buffer_limit_bytes,
             "typed_extension_protocol_options": _http_protocol_options(
-                {"http_protocol_options": {}}
+                {"http_protocol_options": {}}, common
             ),
             "circuit_breakers": _circuit_breakers(
                 p.upstream_max_requests, p.upstream_max_pending_requests
@@ -775,6 +926,24 @@ def _upstream_cluster(p: EnvoyParams) -> Config:
         }
     )
     return cluster
+
+
+def _upstream_clusters(p: EnvoyParams) -> list[Config]:
+    """The upstream API twice: HTTP/1.1 keep-alive for requests without a body, and a
+    connection per request (by default) for requests with one.
+
+    Why two: on a kept-alive connection, body bytes the upstream leaves unread become the
+    next request on it (someone else's, with no authz). Envoy cannot see what an upstream
+    read. It does close a connection whose answer said `connection: close`, or came while
+    the request was still being encoded; but a buffered body is encoded at once, so an
+    answer that comes while the body is still on its way (measured: a 16 MiB body) leaves
+    the connection in the pool, out of step. A request without a body leaves nothing
+    unread, so only requests with one pay for a fresh connection.
+    """
+    return [
+        _upstream_cluster(p, UPSTREAM_CLUSTER, None),
+        _upstream_cluster(p, UPSTREAM_BODY_CLUSTER, p.upstream_body_requests_per_connection),
+    ]
 
 
 def _tracing_cluster(p: EnvoyParams) -> Config | None:
@@ -792,7 +961,7 @@ def _clusters(p: EnvoyParams) -> list[Config]:
     clusters = [
         _sidecar_cluster(p, AUTHZ_CLUSTER, p.authz_host, p.authz_port),
         _sidecar_cluster(p, RATELIMIT_CLUSTER, p.ratelimit_host, p.ratelimit_port),
-        _upstream_cluster(p),
+        *_upstream_clusters(p),
     ]
     tracing = _tracing_cluster(p)
     if tracing is not None:
@@ -850,9 +1019,23 @@ def build(params: EnvoyParams) -> Config:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the request guard's Lua) as literal blocks, readable in review."""
+
+
+def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
 def render(params: EnvoyParams) -> str:
     """`build(params)` as YAML, under the 'generated' header."""
-    body = yaml.safe_dump(build(params), sort_keys=False, default_flow_style=False, width=100)
+    body = yaml.dump(
+        build(params), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100
+    )
     return HEADER + body
 
 
@@ -871,7 +1054,18 @@ def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
         return int(raw)
     if kind.startswith("float"):
         return float(raw)
+    if kind.startswith("tuple[tuple"):  # route_body_limits: /prefix=bytes,/other=bytes
+        pairs = [item.rpartition("=") for item in _items(raw)]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"expected PREFIX=BYTES[,PREFIX=BYTES...], got {raw!r}")
+        return tuple((prefix, int(limit)) for prefix, _, limit in pairs)
+    if kind.startswith("tuple"):  # a list of names: a,b,c
+        return tuple(_items(raw))
     return raw
+
+
+def _items(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
 
 
 def apply_overrides(params: EnvoyParams, overrides: Sequence[str]) -> EnvoyParams:

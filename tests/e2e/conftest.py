@@ -46,6 +46,7 @@ from authz_service.identity_encoding import decode_item, decode_list
 from devstack.envoy_config import SECURITY_HEADERS
 from devstack.idp_keys import mint_token
 from devstack.stack import Ports, Stack, StackOptions
+from devstack.upstream import DemoUpstream
 from tests.support.https import Reply
 from tests.support.processes import free_port, wait_until
 
@@ -332,6 +333,14 @@ def edge(stack: Edge) -> Edge:
     """The module's stack with every rate-limit bucket full."""
     stack.reset_limits()
     return stack
+
+
+@pytest.fixture
+def upstream(edge: Edge) -> DemoUpstream:
+    """The stack's demo upstream (in this process), its record of served requests emptied."""
+    [server] = [t for t in edge.stack._threads if isinstance(t, DemoUpstream)]
+    server.served.clear()
+    return server
 
 
 # --- assertions shared by the modules ----------------------------------------------------------

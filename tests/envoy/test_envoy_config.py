@@ -75,20 +75,22 @@ def config(request: pytest.FixtureRequest) -> dict[str, Any]:
 # --- filter chain ---------------------------------------------------------------------------
 
 
-def test_filter_order_is_headers_health_ratelimit_authz_ratelimit_router(
+def test_filter_order_is_headers_guard_health_ratelimit_body_authz_ratelimit_router(
     config: dict[str, Any],
 ) -> None:
     assert _filter_types(config) == [
         "HeaderMutation",
+        "Lua",
         "HealthCheck",
         "RateLimit",
+        "Buffer",
         "ExtAuthz",
         "RateLimit",
         "Router",
     ]
     stages = [f["typed_config"].get("stage") for f in _filters(config)]
-    assert stages[2] == 0
-    assert stages[4] == 1
+    assert stages[3] == 0
+    assert stages[6] == 1
 
 
 def test_ext_authz_fails_closed_over_grpc_v3(config: dict[str, Any]) -> None:
@@ -136,8 +138,8 @@ def test_route_rate_limits_key_client_address_then_subject(config: dict[str, Any
     assert "default_value" not in action
     assert action["skip_if_absent"] is False
     routes = vhost["routes"]
-    assert [r["match"] for r in routes] == [{"prefix": "/"}]
-    assert routes[0]["route"]["cluster"] == "upstream"
+    assert [r["match"]["prefix"] for r in routes] == ["/", "/"]
+    assert [r["route"]["cluster"] for r in routes] == ["upstream_body", "upstream"]
     assert all("rate_limits" not in r["route"] for r in routes)  # would replace the vhost's
 
 
@@ -223,10 +225,11 @@ def test_connection_manager_is_hardened_for_the_edge(config: dict[str, Any]) -> 
     assert hcm["generate_request_id"] is True
     assert hcm["preserve_external_request_id"] is False
     assert hcm["forward_client_cert_details"] == "SANITIZE"
-    assert hcm["max_request_headers_kb"] == 32
+    # The codec's limits: the request guard's (32 KiB, 64) plus the authz headroom.
+    assert hcm["max_request_headers_kb"] == 32 + 16
     common = hcm["common_http_protocol_options"]
     assert common["headers_with_underscores_action"] == "REJECT_REQUEST"
-    assert common["max_headers_count"] == 64
+    assert common["max_headers_count"] == 64 + 8
     assert common["idle_timeout"] == "300s"
     for timeout in ("request_headers_timeout", "request_timeout", "stream_idle_timeout"):
         assert hcm[timeout].endswith("s")
@@ -375,6 +378,7 @@ def test_local_profile_matches_the_stack_contract() -> None:
         "authz": {"address": "127.0.0.1", "port_value": 9001},
         "ratelimit": {"address": "127.0.0.1", "port_value": 9002},
         "upstream": {"address": "127.0.0.1", "port_value": 8081},
+        "upstream_body": {"address": "127.0.0.1", "port_value": 8081},
     }
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
     assert listener == {"address": "127.0.0.1", "port_value": 8443}
