@@ -12,15 +12,20 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from authz_service.engine import Engine, EngineHolder, compile_engine, load_engine
 from authz_service.policy import RequestFacts
+from authz_service.readiness import ReadinessMonitor
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from authz_service.settings import AuthzSettings, load_settings
 from authz_service.telemetry import AuthzTelemetry
+from authz_service.tokens import ProxyConfig
+from authz_service.tokens.algorithms import allow_list
+from authz_service.tokens.describe import describe_token
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
 from sidecar_runtime.errors import ConfigError
@@ -63,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return asyncio.run(_explain(args))
         settings = load_settings(args.config)  # refuse to start on a bad config, before workers
+        _proxies()  # and on unusable proxy variables
         configure_logging("authz", args.log_level)
         if settings.server.workers > 1 and worker_index() is None:
             return run_workers(settings.server.workers)
@@ -71,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _proxies() -> ProxyConfig:
+    """HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and lowercase) for JWKS and discovery fetches."""
+    try:
+        return ProxyConfig.from_env()
+    except ValueError as exc:
+        variable, _, reason = str(exc).partition(": ")
+        raise ConfigError("<environment>", variable, reason) from None
 
 
 def _check_config(path: Path) -> int:
@@ -82,17 +97,20 @@ def _check_config(path: Path) -> int:
 
 async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> None:
     clock = SystemClock()
+    proxies = _proxies()
     telemetry = AuthzTelemetry(
         setup_telemetry("authz", settings.telemetry, worker=worker_index() or 0),
         settings.telemetry,
     )
-    engine = await load_engine(path, clock=clock, telemetry=telemetry, settings=settings)
+    engine = await load_engine(
+        path, clock=clock, telemetry=telemetry, settings=settings, proxies=proxies
+    )
     audit = (
         AuditSink(settings.audit.target, max_backlog=settings.audit.max_backlog)
         if settings.audit.enabled
         else None
     )
-    holder = EngineHolder(engine, clock=clock, telemetry=telemetry)
+    holder = EngineHolder(engine, clock=clock, telemetry=telemetry, proxies=proxies)
     telemetry.attach(holder)
     servicer = AuthorizationServicer(holder, audit, telemetry)
 
@@ -101,7 +119,11 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
         lambda server: add_to_server(servicer, server),
     )
     server = SidecarServer(settings.server, [binding], reuse_port=reuse_port)
-    port = await server.start()
+    # Health is SERVING only while the issuers have keys (authz_service.readiness).
+    readiness = ReadinessMonitor(holder, server.set_serving)
+    port = await server.start(serving=False)
+    await readiness.update()
+    readiness.start()
     log.info(
         "authz-service serving", extra={"fields": {"listen": settings.server.listen, "port": port}}
     )
@@ -116,6 +138,7 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
     try:
         await serve_until_signalled(server, on_reload=holder.reload)
     finally:
+        await readiness.stop()
         if watcher is not None:
             await watcher.stop()
         await holder.current.close()
@@ -134,7 +157,7 @@ def _watched_files(engine: Engine) -> list[Path]:
 
 
 async def _explain(args: argparse.Namespace) -> int:
-    engine = await load_engine(args.config, clock=SystemClock())
+    engine = await load_engine(args.config, clock=SystemClock(), proxies=_proxies())
     try:
         headers: dict[str, str] = {}
         authorization: list[str] = []
@@ -159,10 +182,45 @@ async def _explain(args: argparse.Namespace) -> int:
         decision = await engine.authorizer.decide(
             facts, authorization=tuple(authorization), cookie=cookie
         )
-        print(json.dumps(_explanation(engine, facts, decision), indent=2))
+        explanation = _explanation(engine, facts, decision)
+        token = _bearer(authorization)
+        if token is not None:
+            # What the token claims next to what the config expects (never the token).
+            explanation["token"] = describe_token(token)
+            explanation["expected"] = _expected(engine, explanation["token"].get("iss"))
+        print(json.dumps(explanation, indent=2))
         return 0 if decision.allowed else 1
     finally:
         await engine.close()
+
+
+def _bearer(authorization: Sequence[str]) -> str | None:
+    for value in authorization:
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _expected(engine: Engine, iss: object) -> dict[str, Any]:
+    """The config's side for a token claiming issuer `iss`: what it must match."""
+    by_name = {issuer.issuer: issuer for issuer in engine.settings.issuers}
+    chosen = by_name.get(iss) if isinstance(iss, str) else None
+    if chosen is None:
+        return {"issuer": None, "configured_issuers": sorted(by_name)}
+    source = engine.authorizer.verifier.key_sources()[chosen.issuer]
+    ring = source.current()
+    return {
+        "issuer": chosen.issuer,
+        "audiences": list(chosen.audiences),
+        "algorithms": sorted(allow_list(chosen.algorithms)),
+        "kids": None if ring is None else sorted(str(key.kid) for key in ring.keys),
+        "keys_error": source.last_error(),
+        "required_typ": chosen.required_typ,
+        "leeway_seconds": chosen.leeway_seconds,
+        "max_token_age_seconds": chosen.max_token_age_seconds,
+        "now": int(time.time()),
+    }
 
 
 def _explanation(engine: Engine, facts: RequestFacts, decision: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ identity:    header names and metadata claims emitted on allow
 credentials: cookie names that count as a second credential
 audit:       where decision lines go
 reload:      file watching
+health:      when gRPC health says SERVING (see authz_service.readiness)
 routes:      the policy (see authz_service.policy)
 """
 
@@ -91,6 +92,12 @@ class ReloadSettings(Frozen):
     interval_seconds: float = Field(default=1.0, ge=0.1, le=3600)
 
 
+class HealthSettings(Frozen):
+    # NOT_SERVING while any issuer (true) or every issuer (false) has no usable key set.
+    require_all_issuers: bool = True
+    check_interval_seconds: float = Field(default=1.0, ge=0.05, le=60)
+
+
 class AuthzSettings(Frozen):
     server: ServerSettings = ServerSettings(listen="127.0.0.1:9001")
     issuers: list[IssuerSettings] = Field(default_factory=list)
@@ -100,6 +107,7 @@ class AuthzSettings(Frozen):
     credentials: CredentialSettings = CredentialSettings()
     audit: AuditSettings = AuditSettings()
     reload: ReloadSettings = ReloadSettings()
+    health: HealthSettings = HealthSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     routes: list[RouteSettings] = Field(min_length=1)
 

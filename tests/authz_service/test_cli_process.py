@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.authz_service.conftest import write_config
+from devstack.idp_keys import IdpKeys
+from tests.authz_service.conftest import AUDIENCE, write_config
+from tests.authz_service.tokens.conftest import LocalIdp, Reply
 from tests.support.grpcurl import grpcurl
 from tests.support.processes import children_of, free_port, running, wait_until
 
 pytestmark = [pytest.mark.grpc, pytest.mark.slow]
 
 
-def _serving(address: str) -> bool:
+def _health(address: str) -> str | None:
     out = grpcurl(address, "grpc.health.v1.Health/Check")
-    return out.returncode == 0 and '"SERVING"' in out.stdout
+    return str(json.loads(out.stdout)["status"]) if out.returncode == 0 else None
+
+
+def _serving(address: str) -> bool:
+    return _health(address) == "SERVING"
 
 
 def _check(address: str, path: str) -> str:
@@ -77,3 +85,45 @@ def test_two_workers_share_one_port_and_stop_together(config_dir: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_health_is_not_serving_while_the_idp_is_down_and_says_why(
+    config_dir: Path, idp: IdpKeys
+) -> None:
+    provider = LocalIdp()
+    provider.set("/.well-known/openid-configuration", Reply(status=503))
+    address = f"127.0.0.1:{free_port()}"
+    config = {
+        "server": {"listen": address},
+        "issuers": [
+            {
+                "issuer": provider.base,
+                "discovery": True,
+                "audiences": [AUDIENCE],
+                "algorithms": ["RS256"],
+                "jwks": {"retry_seconds": 0.2, "fetch_timeout_seconds": 1},
+            }
+        ],
+        "audit": {"enabled": False},
+        "reload": {"watch": False},
+        "health": {"check_interval_seconds": 0.1},
+        "routes": [{"name": "p", "methods": ["GET"], "path": "/p", "public": True}],
+    }
+    path = config_dir / "authz.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = config_dir / "health.log"
+    try:
+        with running(["authz_service", "serve", "--config", str(path)], log=log) as proc:
+            assert wait_until(lambda: _health(address) == "NOT_SERVING"), log.read_text()
+            lines = [json.loads(line) for line in log.read_text().splitlines() if "{" in line]
+            (line,) = [x for x in lines if x["msg"].startswith("health NOT_SERVING")]
+            assert line["issuers_without_keys"] == {provider.base: "discovery answered HTTP 503"}
+            doc = {"issuer": provider.base, "jwks_uri": provider.url("/jwks")}
+            provider.set("/jwks", Reply.json(idp.public_jwks()))
+            provider.set("/.well-known/openid-configuration", Reply.json(doc))
+            assert wait_until(lambda: _serving(address)), log.read_text()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+    finally:
+        provider.stop()
+    assert '"msg":"health SERVING: every issuer has a usable key set"' in log.read_text()

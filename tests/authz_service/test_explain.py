@@ -83,3 +83,81 @@ def test_explain_bad_path_and_unmatched(
     assert (out["status"], out["reason"]) == (400, "bad_path")
     _, out = _explain(capsys, "--config", str(config), "--path", "/nowhere")
     assert (out["status"], out["reason"], out["match"]) == (403, "no_route", {"rule": None})
+
+
+def _explain_token(
+    capsys: pytest.CaptureFixture[str], config: Path, token: str
+) -> dict[str, object]:
+    _, out = _explain(
+        capsys, "--config", str(config), "--path", "/api/v1/users/alice", "--token", token
+    )
+    assert token not in json.dumps(out)  # the token is never printed
+    return out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"audience": "api://other"}, "wrong_audience"),
+        ({"issuer": "https://other.idp"}, "unknown_issuer"),
+        ({"header": {"kid": "retired-key"}}, "unknown_key"),
+        ({"alg": "Ed25519", "header": {"kid": "x"}}, "unknown_key"),
+        ({"ttl": -3600}, "expired"),
+        ({"subject": " alice"}, "bad_sub"),
+    ],
+)
+def test_explain_shows_the_tokens_side_next_to_the_configs(
+    config_dir: Path,
+    mint: Mint,
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, object],
+    reason: str,
+) -> None:
+    config = write_config(config_dir)
+    subject = str(overrides.pop("subject", "alice"))
+    token = mint(subject, scope="users:read", **overrides)
+    out = _explain_token(capsys, config, token)
+    assert (out["status"], out["reason"]) == (401, reason)
+    shown = out["token"]
+    assert isinstance(shown, dict)
+    assert {"iss", "aud", "alg", "kid"} <= set(shown)
+    expected = out["expected"]
+    assert isinstance(expected, dict)
+    if reason == "unknown_issuer":
+        assert expected == {"issuer": None, "configured_issuers": ["https://idp.test"]}
+        return
+    assert expected["issuer"] == shown["iss"] == "https://idp.test"
+    assert expected["audiences"] == ["api://demo"]
+    assert expected["algorithms"] == ["Ed25519", "EdDSA", "RS256"]
+    assert isinstance(expected["kids"], list)
+    assert len(expected["kids"]) == 2  # the dev IdP's RSA and Ed25519 keys
+    assert expected["keys_error"] is None
+    assert isinstance(expected["now"], int)
+
+
+def test_explain_shows_what_a_malformed_token_lets_it_read(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(config_dir)
+    out = _explain_token(capsys, config, "not.a.jwt")
+    assert out["reason"] == "malformed"
+    assert out["token"] == {"unreadable": ["a segment is not base64url-encoded JSON"] * 2}
+    assert out["expected"] == {"issuer": None, "configured_issuers": ["https://idp.test"]}
+    out = _explain_token(capsys, config, "only-one-part")
+    assert out["token"] == {"shape": "1 dot-separated parts, a compact JWS has 3"}
+
+
+def test_explain_on_allow_shows_the_token_side_too(
+    config_dir: Path, mint: Mint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(config_dir)
+    out = _explain_token(capsys, config, mint("alice", scope="users:read"))
+    assert out["decision"] == "allow"
+    token = out["token"]
+    assert isinstance(token, dict)
+    assert (token["iss"], token["aud"], token["alg"], token["sub"]) == (
+        "https://idp.test",
+        "api://demo",
+        "RS256",
+        "alice",
+    )

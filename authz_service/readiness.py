@@ -1,0 +1,107 @@
+"""gRPC health for the authz sidecar: SERVING only while the configured issuers have keys.
+
+An authz sidecar whose issuer has no usable key set (the IdP was down at start, discovery
+names another issuer, the JWKS holds no usable key) answers every token of that issuer
+with 503. Reporting SERVING meanwhile would let Envoy and orchestrators route to it as if
+it worked, so health says NOT_SERVING, and the log says which issuer and why:
+
+    health.require_all_issuers: true    (default) every configured issuer must have keys
+    health.require_all_issuers: false   at least one must (a multi-IdP deployment that
+                                        prefers partial service to none)
+
+With no issuers configured (public routes only) there is nothing to wait for. The state is
+re-read every `health.check_interval_seconds` from the current engine, so it follows
+reloads and IdPs that come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from authz_service.engine import EngineHolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether to report SERVING, and the issuers without keys with the reason for each."""
+
+    serving: bool
+    without_keys: Mapping[str, str] = field(default_factory=dict)
+
+
+def readiness(*, issuers: int, without_keys: Mapping[str, str], require_all: bool) -> Readiness:
+    """Decide health from how many issuers there are and which of them lack keys."""
+    enough = not without_keys if require_all else len(without_keys) < issuers
+    return Readiness(issuers == 0 or enough, dict(without_keys))
+
+
+def current_readiness(holder: EngineHolder) -> Readiness:
+    """The readiness of the engine in force now."""
+    engine = holder.current
+    return readiness(
+        issuers=len(engine.settings.issuers),
+        without_keys=engine.authorizer.verifier.issuers_without_keys(),
+        require_all=engine.settings.health.require_all_issuers,
+    )
+
+
+class ReadinessMonitor:
+    """Polls the current engine's key sources and sets gRPC health when the answer changes."""
+
+    def __init__(
+        self, holder: EngineHolder, set_serving: Callable[[bool], Awaitable[None]]
+    ) -> None:
+        self._holder = holder
+        self._set_serving = set_serving
+        self._reported: Readiness | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def update(self) -> Readiness:
+        """Re-check now; set health and log when the state (or the reasons) changed."""
+        state = current_readiness(self._holder)
+        previous, self._reported = self._reported, state
+        if previous is None or state.serving != previous.serving:
+            await self._set_serving(state.serving)
+        if previous is None or state != previous:
+            _log(state)
+        return state
+
+    def start(self) -> None:
+        """Re-check every `health.check_interval_seconds` until stopped."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._holder.current.settings.health.check_interval_seconds)
+            try:
+                await self.update()
+            except Exception:  # health must keep being re-checked whatever one pass hit
+                log.exception("health re-check failed")
+
+
+def _log(state: Readiness) -> None:
+    fields = {"serving": state.serving, "issuers_without_keys": dict(state.without_keys)}
+    if state.serving and not state.without_keys:
+        log.info("health SERVING: every issuer has a usable key set", extra={"fields": fields})
+    elif state.serving:
+        log.warning(
+            "health SERVING, but some issuers have no usable key set (their tokens get 503)",
+            extra={"fields": fields},
+        )
+    else:
+        log.warning(
+            "health NOT_SERVING: issuers without a usable key set", extra={"fields": fields}
+        )
