@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from authz_service.tokens import (
     HttpFetcher,
     InvalidToken,
     JwksSettings,
+    ProxyConfig,
     RemoteKeySource,
     TokenVerifier,
 )
@@ -22,6 +24,7 @@ from authz_service.tokens.remote import ttl_from_headers
 from sidecar_runtime.clock import ManualClock
 from tests.authz_service.tokens.conftest import Keys, LocalIdp, Reply, issuer
 from tests.authz_service.tokens.factory import ISSUER, SigningKey, claims, jwks, mint
+from tests.authz_service.tokens.network import LocalProxy, PrivateCa
 
 # Background refreshes far away unless a test asks otherwise; a real but short fetch timeout.
 QUIET = JwksSettings(
@@ -503,3 +506,46 @@ async def test_discovered_plain_http_jwks_uri_off_loopback_is_refused(
     assert error is not None
     assert "allow_insecure_http" in error
     await v.close()
+
+
+# -- ca_file and proxies reach each issuer's fetcher ------------------------------------------
+
+
+async def test_issuer_ca_file_and_proxies_are_used_for_its_fetches(
+    tmp_path: Path, clock: ManualClock, keys: Keys
+) -> None:
+    ca = PrivateCa(tmp_path / "ca")
+    other = PrivateCa(tmp_path / "other")
+    name = "idp.example.test"  # reached only through the proxy, which maps it to loopback
+    tls_idp = LocalIdp(tls=ca.server_context("localhost", name), host="localhost")
+    tls_idp.set("/jwks", Reply.json(jwks(keys.rsa)))
+    proxy = LocalProxy({name: "127.0.0.1"})
+    try:
+        good = issuer(jwks_url=tls_idp.url("/jwks"), ca_file=ca.ca_file, jwks=QUIET)
+        v = TokenVerifier([good], clock=clock)
+        await v.start()
+        assert (await v.verify(mint(keys.rsa, claims()))).key_id == "rsa-1"
+        await v.close()
+
+        wrong = issuer(jwks_url=tls_idp.url("/jwks"), ca_file=other.ca_file, jwks=QUIET)
+        v = TokenVerifier([wrong], clock=clock)
+        await v.start()
+        error = v.key_sources()[ISSUER].last_error()
+        assert error is not None
+        assert "certificate" in error
+        assert await reason_of(v, mint(keys.rsa, claims())) == "keys_unavailable"
+        await v.close()
+        assert tls_idp.hits["/jwks"] == 1  # the wrong CA never got as far as a request
+
+        proxied = issuer(
+            jwks_url=f"https://{name}:{tls_idp.port}/jwks", ca_file=ca.ca_file, jwks=QUIET
+        )
+        proxies = ProxyConfig.from_env({"HTTPS_PROXY": proxy.url})
+        v = TokenVerifier([proxied], clock=clock, proxies=proxies)
+        await v.start()
+        assert (await v.verify(mint(keys.rsa, claims()))).key_id == "rsa-1"
+        assert proxy.log.requests == {("CONNECT", f"{name}:{tls_idp.port}"): 1}
+        await v.close()
+    finally:
+        proxy.stop()
+        tls_idp.stop()
