@@ -391,6 +391,9 @@ def _request_guard_filter(p: EnvoyParams) -> Config:
     `ext_authz.request_header_limits_reached`). The codec's limit is therefore raised by
     the authz headroom, and the edge's limit enforced here, where a request over it gets
     a 431 and an allow can never be refused. No built-in filter counts header entries.
+    Cost, measured here: ~9 us of Envoy CPU per request (h2load on /healthz, 30,000
+    requests, with and without this filter: 32-33 against 23-24 us), next to the ~2,000 us
+    a request costs the whole edge (ARCHITECTURE.md section 6).
     """
     source = request_guard_lua(
         max_count=p.max_headers_count, max_bytes=p.max_request_headers_kb * 1024
