@@ -80,6 +80,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     trickle: float = 0.0  # seconds between body bytes: one byte at a time when set
+    content_length: bool = True  # False: the body ends when the connection closes
 
     @classmethod
     def json(
@@ -135,7 +136,8 @@ class LocalIdp:
             handler.send_response(reply.status)
             for name, value in reply.headers.items():
                 handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(reply.body)))
+            if reply.content_length:
+                handler.send_header("Content-Length", str(len(reply.body)))
             handler.end_headers()
             if not reply.trickle:
                 handler.wfile.write(reply.body)

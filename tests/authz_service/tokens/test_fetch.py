@@ -95,10 +95,12 @@ async def test_size_cap_with_and_without_content_length(idp: LocalIdp) -> None:
     with pytest.raises(FetchError, match="over 100 bytes"):
         await fetcher.fetch(idp.url("/big"), timeout_seconds=1, max_bytes=100)
     assert await get(fetcher, idp.url("/big"), cap=101) == b"x" * 101
-    # No Content-Length (close-delimited): counted as it arrives.
-    idp.set("/stream", Reply(body=b"y" * 150, trickle=0.001))
+    # No Content-Length (the body ends when the connection closes): counted as it arrives.
+    idp.set("/stream", Reply(body=b"y" * 150, content_length=False))
     with pytest.raises(FetchError, match="over 100 bytes"):
         await fetcher.fetch(idp.url("/stream"), timeout_seconds=2, max_bytes=100)
+    idp.set("/stream", Reply(body=b"y" * 100, content_length=False))
+    assert await get(fetcher, idp.url("/stream"), cap=100) == b"y" * 100
 
 
 async def test_error_statuses_are_answers_without_a_body(idp: LocalIdp) -> None:
