@@ -13,11 +13,18 @@ The request path through the listener (HTTP filters, in order):
     0. header_mutation  strip spoofable request headers; security headers on every response
     1. lua              the request guard: header count and size (431), two Hosts (400)
     2. health_check     /healthz answered here, from the sidecar clusters' health
-    3. ratelimit        stage 0, descriptor (remote_address) -- before any JWT work
+    3. stage 0          per client address, before any JWT work (`stage0`, below)
     4. buffer           the request body, whole, up to the route's limit (413 over it)
     5. ext_authz        gRPC to authz_service, fail closed
-    6. ratelimit        stage 1, descriptor (subject) from ext_authz's dynamic metadata
+    6. ratelimit        stage 1: ONE call with every descriptor of the request (_rate_limits)
     7. router           to the upstream API: a request with a body on a connection of its own
+
+`stage0` picks the profile (docs/edge.md, "Profiles: two calls or three"):
+
+    local   (default) local_ratelimit in Envoy: a bucket per client address in this Envoy
+            instance, no sidecar call. Two sidecar calls per request.
+    global  a ShouldRateLimit call (descriptor remote_address) to the rate-limit sidecar: one
+            pre-authentication limit shared by every Envoy instance. Three calls per request.
 
 Security invariants (TLS floor, fail-closed authz, header sanitising, the filter order) are
 not parameters: only addresses, files, timeouts and sizes are.
@@ -33,7 +40,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -98,6 +105,15 @@ TLS12_CIPHERS = (
 # Command-line flags that belong with this config (they have no bootstrap field): the JSON
 # access log goes to stdout through Envoy's file flusher, every 10 s by default.
 RUN_FLAGS = ("--file-flush-interval-msec", "1000")
+Stage0 = Literal["local", "global"]
+STAGE0_PROFILES: tuple[str, ...] = get_args(Stage0)
+# The after-authentication descriptors (config/ratelimit/rules/edge.yaml has their rules).
+SUBJECT_KEY = "subject"  # [subject=<token sub>], from ext_authz's dynamic metadata
+AUTHENTICATED_KEY = "authenticated"  # [authenticated=true, remote_address=<client address>]
+RULE_KEY = "rule"  # [rule=<authz route name>], from ext_authz's dynamic metadata
+# local_ratelimit refills `tokens_per_fill` every `fill_interval`; with 1 s, tokens_per_fill
+# is the rate per second, and a denied client has a token again within 1 s at the latest.
+LOCAL_FILL_INTERVAL_S = 1
 SIDECAR_GRPC_SERVICES = {
     AUTHZ_CLUSTER: "envoy.service.auth.v3.Authorization",
     RATELIMIT_CLUSTER: "envoy.service.ratelimit.v3.RateLimitService",
@@ -135,6 +151,19 @@ class EnvoyParams:
     sidecar_client_key: str = ".dev/pki/client-key.pem"
     sidecar_ca: str = ".dev/pki/ca.pem"
     sidecar_server_name: str = "localhost"
+
+    # Stage 0, the per-client-address limit before authentication: "local" in this Envoy
+    # (local_ratelimit, no sidecar call: two calls per request) or "global" in the rate-limit
+    # sidecar (one limit across every Envoy instance, at the cost of a third call).
+    stage0: Stage0 = "local"
+    # The local stage 0's bucket per client address (ARCHITECTURE.md section 4: 20/s, burst
+    # 40, the same as the global profile's `per-client-address` rule), and how many client
+    # addresses it keeps a bucket for (least recently used dropped first). A dropped
+    # address starts again with a full burst, so an attacker needs this many addresses
+    # active at once to gain anything. The global profile takes its figures from the rules.
+    stage0_requests_per_second: int = 20
+    stage0_burst: int = 40
+    stage0_max_addresses: int = 100_000
 
     ratelimit_domain: str = "edge"
     ratelimit_timeout_ms: int = 50
@@ -208,7 +237,15 @@ class EnvoyParams:
             raise ValueError(f"admin_address: {self.admin_address} is not a loopback address")
         if self.require_client_certificate and self.listener_client_ca is None:
             raise ValueError("require_client_certificate: needs listener_client_ca")
-        for name in ("sidecar_streams_per_connection", "upstream_body_requests_per_connection"):
+        if self.stage0 not in STAGE0_PROFILES:
+            raise ValueError(f"stage0: {self.stage0!r} is not one of {', '.join(STAGE0_PROFILES)}")
+        for name in (
+            "sidecar_streams_per_connection",
+            "upstream_body_requests_per_connection",
+            "stage0_requests_per_second",
+            "stage0_burst",
+            "stage0_max_addresses",
+        ):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"{name}: must be a positive integer")
         if not 0 <= self.trace_sampling_percent <= 100:
@@ -452,6 +489,7 @@ def _grpc_service(cluster: str, timeout_ms: int) -> Config:
 
 
 def _ratelimit_filter(p: EnvoyParams, stage: int) -> Config:
+    """A call to the rate-limit sidecar with the virtual host's descriptors of `stage`."""
     return {
         "name": f"envoy.filters.http.ratelimit.stage{stage}",
         "typed_config": _typed(
@@ -474,6 +512,55 @@ def _ratelimit_filter(p: EnvoyParams, stage: int) -> Config:
             },
         ),
     }
+
+
+def _always(percent: int, runtime_key: str) -> Config:
+    return {
+        "default_value": {"numerator": percent, "denominator": "HUNDRED"},
+        "runtime_key": runtime_key,
+    }
+
+
+def _local_ratelimit_filter(p: EnvoyParams) -> Config:
+    """Stage 0 in Envoy: a token bucket per client address, in this Envoy instance.
+
+    A descriptor entry with a key and no value is a dynamic descriptor: each distinct
+    remote address gets its own bucket, at most `stage0_max_addresses` of them (LRU). The
+    filter's own `rate_limits` make the descriptor, so the virtual host's (stage 1) are
+    not touched. `retry-after` (RFC 9110 section 10.2.3) is added to the 429 only
+    (`response_headers_to_add`): one fill interval, by when a token is back at the latest.
+    """
+    refill = {
+        "max_tokens": p.stage0_burst,
+        "tokens_per_fill": p.stage0_requests_per_second,
+        "fill_interval": f"{LOCAL_FILL_INTERVAL_S}s",
+    }
+    # Required, and used only by a request no descriptor matches, which cannot happen
+    # (every request has a remote address): it never limits.
+    unused = {"max_tokens": 1 << 30, "tokens_per_fill": 1 << 30, "fill_interval": "1s"}
+    retry_after = _set_header("retry-after", str(LOCAL_FILL_INTERVAL_S))["append"]
+    return {
+        "name": "envoy.filters.http.local_ratelimit.stage0",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            stat_prefix="stage0",
+            token_bucket=unused,
+            always_consume_default_token_bucket=False,
+            # Unset, both are 0 %: the filter would neither run nor enforce.
+            filter_enabled=_always(100, "edge.stage0.enabled"),
+            filter_enforced=_always(100, "edge.stage0.enforced"),
+            descriptors=[{"entries": [{"key": "remote_address"}], "token_bucket": refill}],
+            max_dynamic_descriptors=p.stage0_max_addresses,
+            rate_limits=[{"actions": [{"remote_address": {}}]}],
+            response_headers_to_add=[retry_after],
+            enable_x_ratelimit_headers="DRAFT_VERSION_03",
+            rate_limited_as_resource_exhausted=True,
+        ),
+    }
+
+
+def _stage0_filter(p: EnvoyParams) -> Config:
+    return _local_ratelimit_filter(p) if p.stage0 == "local" else _ratelimit_filter(p, 0)
 
 
 def _ext_authz_filter(p: EnvoyParams) -> Config:
@@ -519,7 +606,7 @@ def _http_filters(p: EnvoyParams) -> list[Config]:
         _header_mutation_filter(p),
         _request_guard_filter(p),
         _health_check_filter(),
-        _ratelimit_filter(p, 0),
+        _stage0_filter(p),
         _buffer_filter(p),
         _ext_authz_filter(p),
         _ratelimit_filter(p, 1),
@@ -533,24 +620,53 @@ def _http_filters(p: EnvoyParams) -> list[Config]:
     ]
 
 
-def _rate_limits() -> list[Config]:
-    client = {"stage": 0, "actions": [{"remote_address": {}}]}
-    subject = {
+def _ext_authz_metadata(descriptor_key: str, metadata_key: str) -> Config:
+    return {
+        "metadata": {
+            "descriptor_key": descriptor_key,
+            "metadata_key": {"key": EXT_AUTHZ_NAMESPACE, "path": [{"key": metadata_key}]},
+            "source": "DYNAMIC",
+            # Absent (e.g. no subject on a public route): this descriptor is not generated
+            # at all. (skip_if_absent would send one without this entry.)
+            "skip_if_absent": False,
+        }
+    }
+
+
+def _rate_limits(p: EnvoyParams) -> list[Config]:
+    """The virtual host's descriptors. Stage 1 is one call after ext_authz with every
+    descriptor of the request, decided all-or-nothing by the sidecar:
+
+        [subject=<sub>]                              per subject (authenticated only)
+        [authenticated=true, remote_address=<addr>]  per address, authenticated traffic
+                                                     (local profile only)
+        [rule=<authz route name>]                    per route (only rules edge.yaml names)
+
+    The authenticated per-address descriptor exists only when ext_authz set the subject
+    header (a client's copy is stripped by the first filter). With `stage0: global`, stage
+    0 already limits every request per address across all instances, so it is left out:
+    the same limit twice. A public route has no subject: its call carries the route only.
+    """
+    subject = {"stage": 1, "actions": [_ext_authz_metadata(SUBJECT_KEY, "subject")]}
+    authenticated = {
         "stage": 1,
         "actions": [
             {
-                "metadata": {
-                    "descriptor_key": "subject",
-                    "metadata_key": {"key": EXT_AUTHZ_NAMESPACE, "path": [{"key": "subject"}]},
-                    "source": "DYNAMIC",
-                    # No subject (a public route): this descriptor is not generated at all,
-                    # so no stage-1 call. (skip_if_absent would send an empty descriptor.)
-                    "skip_if_absent": False,
+                "header_value_match": {
+                    "descriptor_key": AUTHENTICATED_KEY,
+                    "descriptor_value": "true",
+                    "expect_match": True,
+                    "headers": [{"name": IDENTITY_HEADERS[0], "present_match": True}],
                 }
-            }
+            },
+            {"remote_address": {}},
         ],
     }
-    return [client, subject]
+    route = {"stage": 1, "actions": [_ext_authz_metadata(RULE_KEY, "rule")]}
+    if p.stage0 == "global":
+        client = {"stage": 0, "actions": [{"remote_address": {}}]}
+        return [client, subject, route]
+    return [subject, authenticated, route]
 
 
 # A request with a body, once the buffer filter has run (it adds the content-length).
@@ -590,8 +706,8 @@ def _route_config(p: EnvoyParams) -> Config:
             {
                 "name": "api",
                 "domains": ["*"],
-                # On the virtual host so every route inherits both stages.
-                "rate_limits": _rate_limits(),
+                # On the virtual host so every route inherits them.
+                "rate_limits": _rate_limits(p),
                 "routes": routes,
             }
         ],
@@ -651,8 +767,17 @@ def _json_error(error: str) -> Config:
 
 def _local_reply_config() -> Config:
     """JSON bodies for Envoy's own 429 and authz-failure 503 (the sidecar writes its denials)."""
+    # The rate-limit filter's 429 (response flag RL); local_ratelimit's, whose flag is set
+    # only after its reply has been mapped, by its code details.
     rate_limited = {
-        "filter": {"response_flag_filter": {"flags": ["RL"]}},
+        "filter": {
+            "or_filter": {
+                "filters": [
+                    {"response_flag_filter": {"flags": ["RL"]}},
+                    _cel_filter("response.code_details == 'local_rate_limited'"),
+                ]
+            }
+        },
         "body_format_override": _json_error("rate_limited"),
     }
     # Only the filter's own error path: a denial from the sidecar keeps the sidecar's body.

@@ -57,11 +57,17 @@ class RunningEnvoy:
         *,
         method: str = "GET",
         headers: Sequence[tuple[str, str]] = (),
+        source: str = "127.0.0.1",
     ) -> Reply:
-        """One HTTPS/1.1 request to the listener; repeated header names are sent repeated."""
+        """One HTTPS/1.1 request to the listener; repeated header names are sent repeated.
+        `source`: the client address (any of 127.0.0.0/8), i.e. the per-address bucket."""
         context = ssl.create_default_context(cafile=str(self.pki.ca))
         conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.params.listener_port, context=context, timeout=10
+            "127.0.0.1",
+            self.params.listener_port,
+            context=context,
+            timeout=10,
+            source_address=(source, 0),
         )
         try:
             conn.putrequest(method, path, skip_accept_encoding=True)

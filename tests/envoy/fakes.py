@@ -3,8 +3,9 @@
 They speak the real protocols (gRPC over mTLS with the test PKI, gRPC health, HTTP/1.1)
 but decide by test-chosen rules and record what Envoy sent them.
 
-- FakeAuthz: `x-test-subject: S` allows as S (identity header + dynamic metadata `subject`),
-  `x-test-public: 1` allows with no identity, anything else is a 401 JSON denial.
+- FakeAuthz: `x-test-subject: S` allows as S (identity header + dynamic metadata `subject`
+  and `rule: test`), `x-test-public: 1` allows with no identity (metadata `rule: public`),
+  anything else is a 401 JSON denial.
 - FakeRateLimit: OVER_LIMIT when a descriptor value is in `over_limit_values`.
 - EchoUpstream: answers with the request it got, as JSON, plus fingerprinting headers.
 """
@@ -101,9 +102,11 @@ class FakeAuthz(GrpcSidecar, external_auth_pb2_grpc.AuthorizationServicer):  # t
             return response
         if headers.get("x-test-public"):
             ok = external_auth_pb2.OkHttpResponse(headers_to_remove=["x-auth-subject"])
-            return external_auth_pb2.CheckResponse(
+            response = external_auth_pb2.CheckResponse(
                 status=status_pb2.Status(code=code_pb2.OK), ok_response=ok
             )
+            response.dynamic_metadata.update({"rule": "public"})
+            return response
         denied = external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=http_status_pb2.Unauthorized),
             body=json.dumps({"error": "unauthorized", "request_id": "x"}),

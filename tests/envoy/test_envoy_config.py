@@ -75,9 +75,26 @@ def config(request: pytest.FixtureRequest) -> dict[str, Any]:
 # --- filter chain ---------------------------------------------------------------------------
 
 
-def test_filter_order_is_headers_guard_health_ratelimit_body_authz_ratelimit_router(
+def test_filter_order_is_headers_guard_health_local_limit_body_authz_ratelimit_router(
     config: dict[str, Any],
 ) -> None:
+    # The default profile: stage 0 in Envoy, one rate-limit call (stage 1) after ext_authz.
+    assert _filter_types(config) == [
+        "HeaderMutation",
+        "Lua",
+        "HealthCheck",
+        "LocalRateLimit",
+        "Buffer",
+        "ExtAuthz",
+        "RateLimit",
+        "Router",
+    ]
+    [ratelimit] = [f for f in _filters(config) if f["typed_config"]["@type"].endswith(".RateLimit")]
+    assert ratelimit["typed_config"]["stage"] == 1
+
+
+def test_global_stage0_is_a_second_ratelimit_call_before_the_body_and_authz() -> None:
+    config = build(dataclasses.replace(local_profile(), stage0="global"))
     assert _filter_types(config) == [
         "HeaderMutation",
         "Lua",
@@ -89,8 +106,50 @@ def test_filter_order_is_headers_guard_health_ratelimit_body_authz_ratelimit_rou
         "Router",
     ]
     stages = [f["typed_config"].get("stage") for f in _filters(config)]
-    assert stages[3] == 0
-    assert stages[6] == 1
+    assert (stages[3], stages[6]) == (0, 1)
+    assert "LocalRateLimit" not in _filter_types(config)
+
+
+def test_local_stage0_is_a_bucket_per_client_address_with_the_429_headers(
+    config: dict[str, Any],
+) -> None:
+    local = _typed_filter(config, "LocalRateLimit")
+    # A key with no value: a bucket per distinct client address, at most 100,000 (LRU).
+    assert local["descriptors"] == [
+        {
+            "entries": [{"key": "remote_address"}],
+            "token_bucket": {"max_tokens": 40, "tokens_per_fill": 20, "fill_interval": "1s"},
+        }
+    ]
+    assert local["max_dynamic_descriptors"] == 100_000
+    assert local["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+    # The default bucket (required) is never used for a limit.
+    assert local["always_consume_default_token_bucket"] is False
+    assert local["token_bucket"]["max_tokens"] >= 1 << 30
+    for name in ("filter_enabled", "filter_enforced"):
+        assert local[name]["default_value"] == {"numerator": 100, "denominator": "HUNDRED"}
+    assert local["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
+    assert local["response_headers_to_add"] == [
+        {
+            "header": {"key": "retry-after", "value": "1"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    assert local["rate_limited_as_resource_exhausted"] is True
+    assert "local_rate_limit_per_downstream_connection" not in local  # per instance
+    # After the header mutation (its encoder adds the security headers to the 429).
+    types = _filter_types(config)
+    assert types.index("HeaderMutation") < types.index("LocalRateLimit") < types.index("Buffer")
+
+
+def test_local_stage0_has_the_global_rules_figures() -> None:
+    """The two profiles enforce one demo limit (ARCHITECTURE.md section 4)."""
+    rules = yaml.safe_load((REPO / "config/ratelimit/rules/edge.yaml").read_text())
+    [address] = [d for d in rules["descriptors"] if d["key"] == "remote_address"]
+    params = local_profile()
+    assert address["rate_limit"]["unit"] == "second"
+    assert address["rate_limit"]["requests_per_unit"] == params.stage0_requests_per_second
+    assert address["rate_limit"]["burst"] == params.stage0_burst
 
 
 def test_ext_authz_fails_closed_over_grpc_v3(config: dict[str, Any]) -> None:
@@ -107,12 +166,16 @@ def test_ext_authz_fails_closed_over_grpc_v3(config: dict[str, Any]) -> None:
     assert "with_request_body" not in authz
 
 
-def test_rate_limit_stages_share_domain_and_fail_open_to_the_sidecar(
-    config: dict[str, Any],
-) -> None:
-    for stage in (0, 1):
-        rl = _typed_filter(config, "RateLimit", stage)
-        assert rl["stage"] == stage
+@pytest.mark.parametrize("stage0", ["local", "global"])
+def test_rate_limit_calls_share_domain_and_fail_open_to_the_sidecar(stage0: str) -> None:
+    config = build(dataclasses.replace(local_profile(), stage0=stage0))
+    calls = [
+        f["typed_config"]
+        for f in _filters(config)
+        if f["typed_config"]["@type"].endswith(".RateLimit")
+    ]
+    assert [rl["stage"] for rl in calls] == ([1] if stage0 == "local" else [0, 1])
+    for rl in calls:
         assert rl["domain"] == "edge"
         assert rl["failure_mode_deny"] is False
         assert rl["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
@@ -122,25 +185,83 @@ def test_rate_limit_stages_share_domain_and_fail_open_to_the_sidecar(
         assert rl.get("rate_limited_status") is None  # 429, the default
 
 
-def test_route_rate_limits_key_client_address_then_subject(config: dict[str, Any]) -> None:
-    vhost = _hcm(config)["route_config"]["virtual_hosts"][0]
-    by_stage = {rl["stage"]: rl["actions"] for rl in vhost["rate_limits"]}
-    assert by_stage[0] == [{"remote_address": {}}]
-    [metadata] = by_stage[1]
-    action = metadata["metadata"]
-    assert action["descriptor_key"] == "subject"
-    assert action["source"] == "DYNAMIC"
-    assert action["metadata_key"] == {
-        "key": "envoy.filters.http.ext_authz",
-        "path": [{"key": "subject"}],
+def _ext_authz_metadata(descriptor_key: str, key: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "descriptor_key": descriptor_key,
+            "metadata_key": {"key": "envoy.filters.http.ext_authz", "path": [{"key": key}]},
+            "source": "DYNAMIC",
+            # No default and no skip: without the key, the descriptor is not sent at all.
+            "skip_if_absent": False,
+        }
     }
-    # No default and no skip: a request without a subject sends no stage-1 descriptor.
-    assert "default_value" not in action
-    assert action["skip_if_absent"] is False
+
+
+SUBJECT = [_ext_authz_metadata("subject", "subject")]
+ROUTE = [_ext_authz_metadata("rule", "rule")]
+AUTHENTICATED_ADDRESS = [
+    {
+        "header_value_match": {
+            "descriptor_key": "authenticated",
+            "descriptor_value": "true",
+            "expect_match": True,
+            "headers": [{"name": "x-auth-subject", "present_match": True}],
+        }
+    },
+    {"remote_address": {}},
+]
+
+
+def _vhost_rate_limits(config: dict[str, Any]) -> list[tuple[int, list[Any]]]:
+    vhost = _hcm(config)["route_config"]["virtual_hosts"][0]
+    return [(rl["stage"], rl["actions"]) for rl in vhost["rate_limits"]]
+
+
+def test_one_call_after_authz_carries_subject_authenticated_address_and_route(
+    config: dict[str, Any],
+) -> None:
+    assert _vhost_rate_limits(config) == [
+        (1, SUBJECT),
+        (1, AUTHENTICATED_ADDRESS),
+        (1, ROUTE),
+    ]
+    vhost = _hcm(config)["route_config"]["virtual_hosts"][0]
     routes = vhost["routes"]
     assert [r["match"]["prefix"] for r in routes] == ["/", "/"]
     assert [r["route"]["cluster"] for r in routes] == ["upstream_body", "upstream"]
     assert all("rate_limits" not in r["route"] for r in routes)  # would replace the vhost's
+
+
+def test_global_stage0_keys_the_client_address_and_drops_the_duplicate_after_authz() -> None:
+    config = build(dataclasses.replace(local_profile(), stage0="global"))
+    assert _vhost_rate_limits(config) == [
+        (0, [{"remote_address": {}}]),
+        (1, SUBJECT),
+        (1, ROUTE),
+    ]
+
+
+def test_every_descriptor_has_a_rule_and_every_route_limit_names_an_authz_route() -> None:
+    rules = yaml.safe_load((REPO / "config/ratelimit/rules/edge.yaml").read_text())
+    keys = {d["key"] for d in rules["descriptors"]}
+    assert keys == {"remote_address", "authenticated", "subject", "rule"}
+    [authenticated] = [d for d in rules["descriptors"] if d["key"] == "authenticated"]
+    assert authenticated["value"] == "true"
+    assert [d["key"] for d in authenticated["descriptors"]] == ["remote_address"]
+    policy = yaml.safe_load((REPO / "config/authz/demo.yaml").read_text())
+    route_names = {route["name"] for route in policy["routes"]}
+    limited = {d["value"] for d in rules["descriptors"] if d["key"] == "rule"}
+    assert limited
+    assert limited <= route_names
+
+
+def test_the_subject_header_the_address_limit_reads_is_stripped_from_clients(
+    config: dict[str, Any],
+) -> None:
+    # [authenticated=true, ...] must mean "ext_authz set it": a client's copy goes first.
+    request = _mutations(config)["request_mutations"]
+    assert {"remove": "x-auth-subject"} in request
+    assert IDENTITY_HEADERS[0] == "x-auth-subject"
 
 
 def test_health_check_answers_healthz_from_sidecar_health(config: dict[str, Any]) -> None:
@@ -152,7 +273,21 @@ def test_health_check_answers_healthz_from_sidecar_health(config: dict[str, Any]
         "ratelimit": {"value": 100},
     }
     types = _filter_types(config)
-    assert types.index("HealthCheck") < types.index("RateLimit") < types.index("ExtAuthz")
+    assert types.index("HealthCheck") < types.index("LocalRateLimit") < types.index("ExtAuthz")
+
+
+def test_both_429s_get_the_json_denial_body(config: dict[str, Any]) -> None:
+    [mapper] = [
+        m
+        for m in _hcm(config)["local_reply_config"]["mappers"]
+        if m["body_format_override"]["json_format"]["error"] == "rate_limited"
+    ]
+    either = mapper["filter"]["or_filter"]["filters"]
+    assert {"response_flag_filter": {"flags": ["RL"]}} in either
+    # local_ratelimit sets the RL flag only after its reply went through the mappers.
+    [cel] = [f for f in either if "extension_filter" in f]
+    expression = cel["extension_filter"]["typed_config"]["expression"]
+    assert expression == "response.code_details == 'local_rate_limited'"
 
 
 # --- headers --------------------------------------------------------------------------------
@@ -458,6 +593,9 @@ def test_every_address_port_and_path_is_a_parameter() -> None:
         ({"listener_client_ca": None, "require_client_certificate": True}, "require_client"),
         ({"trace_sampling_percent": 101.0}, "trace_sampling_percent"),
         ({"sidecar_streams_per_connection": 0}, "sidecar_streams_per_connection"),
+        ({"stage0": "remote"}, "stage0"),
+        ({"stage0_burst": 0}, "stage0_burst"),
+        ({"stage0_max_addresses": -1}, "stage0_max_addresses"),
     ],
 )
 def test_bad_parameters_are_refused_by_name(changes: dict[str, Any], message: str) -> None:
@@ -529,8 +667,15 @@ def test_cli_rejects_bad_overrides(override: str) -> None:
 def test_overrides_coerce_by_field_type() -> None:
     params = apply_overrides(
         local_profile(),
-        ["require_client_certificate=true", "trace_sampling_percent=2.5", "otlp_collector=c:4317"],
+        [
+            "require_client_certificate=true",
+            "trace_sampling_percent=2.5",
+            "otlp_collector=c:4317",
+            "stage0=global",
+            "stage0_burst=80",
+        ],
     )
+    assert (params.stage0, params.stage0_burst) == ("global", 80)
     assert params.require_client_certificate is True
     assert params.trace_sampling_percent == 2.5
     assert params.otlp_collector == "c:4317"

@@ -7,12 +7,14 @@ header sanitising, local replies, TLS, /healthz. The real sidecars are the e2e s
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import re
 import socket
 import ssl
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from devstack.pki import Pki, ensure_pki
 from tests.envoy.envoy_process import RunningEnvoy, free_port_params, running_envoy
 from tests.envoy.fakes import EchoUpstream, FakeAuthz, FakeRateLimit
 from tests.support.https import Reply
-from tests.support.processes import wait_until
+from tests.support.processes import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +68,24 @@ def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
 def edge(stack: Stack) -> Stack:
     stack.reset()
     return stack
+
+
+@pytest.fixture(scope="module")
+def global_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second Envoy, with `stage0: global`, in front of the same fakes."""
+    params = dataclasses.replace(
+        stack.envoy.params, stage0="global", listener_port=free_port(), admin_port=free_port()
+    )
+    with running_envoy(params, stack.envoy.pki, tmp_path_factory.mktemp("envoy-global")) as envoy:
+        healthy = wait_until(lambda: envoy.request("/healthz").status == 200, timeout=20)
+        assert healthy, envoy.log_text()
+        yield Stack(envoy, stack.authz, stack.ratelimit, stack.upstream)
+
+
+@pytest.fixture
+def global_edge(global_stack: Stack) -> Stack:
+    global_stack.reset()
+    return global_stack
 
 
 def _assert_hardened(resp: Reply) -> None:
@@ -170,31 +190,73 @@ def test_ext_authz_gets_the_client_certificate_when_one_is_presented(edge: Stack
     assert source.principal == "spiffe://edgeguard.dev/envoy"
 
 
-def test_descriptors_client_address_then_subject(edge: Stack) -> None:
+# --- rate limits: the default profile (stage 0 in Envoy, one call after ext_authz) ----------
+
+
+def test_one_call_after_authz_with_subject_authenticated_address_and_route(edge: Stack) -> None:
     edge.envoy.request(
         "/api/v1/users/alice",
         headers=[("x-test-subject", "alice"), ("x-forwarded-for", "6.6.6.6")],
     )
     calls = [(c.domain, c.descriptors) for c in edge.ratelimit.calls]
     assert calls == [
-        ("edge", [[("remote_address", "127.0.0.1")]]),  # the spoofed address is not the key
-        ("edge", [[("subject", "alice")]]),
+        (
+            "edge",
+            [
+                [("subject", "alice")],
+                # The spoofed address is not the key.
+                [("authenticated", "true"), ("remote_address", "127.0.0.1")],
+                [("rule", "test")],
+            ],
+        )
     ]
 
 
-def test_public_request_sends_no_stage_one_descriptor(edge: Stack) -> None:
+def test_public_request_carries_only_its_route(edge: Stack) -> None:
     resp = edge.envoy.request("/api/v1/public/ping", headers=[("x-test-public", "1")])
     assert resp.status == 200
-    assert [c.descriptors for c in edge.ratelimit.calls] == [[[("remote_address", "127.0.0.1")]]]
+    assert [c.descriptors for c in edge.ratelimit.calls] == [[[("rule", "public")]]]
 
 
-def test_client_over_limit_is_429_before_any_authz_work(edge: Stack) -> None:
-    edge.ratelimit.over_limit_values.add("127.0.0.1")
-    resp = edge.envoy.request("/api/v1/users/alice", headers=[("x-test-subject", "alice")])
-    assert resp.status == 429
-    assert edge.authz.checks == []
-    assert edge.upstream.requests == []
-    _assert_rate_limited(resp)
+def test_a_client_sent_subject_header_does_not_make_a_request_authenticated(edge: Stack) -> None:
+    resp = edge.envoy.request(
+        "/api/v1/public/ping", headers=[("x-test-public", "1"), ("x-auth-subject", "mallory")]
+    )
+    assert resp.status == 200
+    assert [c.descriptors for c in edge.ratelimit.calls] == [[[("rule", "public")]]]
+
+
+def _flood(edge: Stack, count: int, *, source: str, headers: list[tuple[str, str]]) -> list[Reply]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(
+            pool.map(
+                lambda _: edge.envoy.request("/api/v1/users/alice", headers=headers, source=source),
+                range(count),
+            )
+        )
+
+
+def test_client_over_the_local_limit_is_429_in_envoy_before_any_sidecar_call(
+    edge: Stack,
+) -> None:
+    replies = _flood(edge, 60, source="127.0.0.2", headers=[("x-test-subject", "alice")])
+    statuses = [r.status for r in replies]
+    admitted = statuses.count(200)
+    assert 40 <= admitted < 60, statuses  # the burst, plus what refilled meanwhile
+    # Only admitted requests reached the sidecars: a 429 cost neither of them a call.
+    assert len(edge.authz.checks) == admitted
+    assert len(edge.ratelimit.calls) == admitted
+    assert len(edge.upstream.requests) == admitted
+    for resp in replies:
+        if resp.status == 429:
+            _assert_rate_limited(resp)
+            assert resp.all("x-ratelimit-limit") == ["40"]  # the bucket's size
+            assert resp.all("x-ratelimit-reset") == ["1"]
+    # Per address: another client is served at once.
+    other = edge.envoy.request(
+        "/api/v1/users/alice", headers=[("x-test-subject", "alice")], source="127.0.0.3"
+    )
+    assert other.status == 200
 
 
 def test_subject_over_limit_is_429_after_authz(edge: Stack) -> None:
@@ -202,8 +264,59 @@ def test_subject_over_limit_is_429_after_authz(edge: Stack) -> None:
     resp = edge.envoy.request("/api/v1/users/bob", headers=[("x-test-subject", "bob")])
     assert resp.status == 429
     assert len(edge.authz.checks) == 1
+    assert len(edge.ratelimit.calls) == 1
     assert edge.upstream.requests == []
     _assert_rate_limited(resp)
+
+
+def test_route_over_limit_is_429_after_authz(edge: Stack) -> None:
+    edge.ratelimit.over_limit_values.add("public")
+    resp = edge.envoy.request("/api/v1/public/ping", headers=[("x-test-public", "1")])
+    assert resp.status == 429
+    assert len(edge.authz.checks) == 1
+    assert edge.upstream.requests == []
+    _assert_rate_limited(resp)
+
+
+def test_authenticated_address_limit_spares_public_requests(edge: Stack) -> None:
+    edge.ratelimit.over_limit_values.add("127.0.0.1")
+    resp = edge.envoy.request("/api/v1/users/alice", headers=[("x-test-subject", "alice")])
+    assert resp.status == 429
+    _assert_rate_limited(resp)
+    assert edge.envoy.request("/api/v1/public/ping", headers=[("x-test-public", "1")]).status == 200
+
+
+# --- rate limits: the profile stage0 global (three calls) ---------------------------------------
+
+
+def test_global_stage0_calls_before_authz_then_once_after(global_edge: Stack) -> None:
+    global_edge.envoy.request(
+        "/api/v1/users/alice",
+        headers=[("x-test-subject", "alice"), ("x-forwarded-for", "6.6.6.6")],
+    )
+    calls = [(c.domain, c.descriptors) for c in global_edge.ratelimit.calls]
+    assert calls == [
+        ("edge", [[("remote_address", "127.0.0.1")]]),
+        ("edge", [[("subject", "alice")], [("rule", "test")]]),
+    ]
+
+
+def test_global_stage0_over_limit_is_429_before_any_authz_work(global_edge: Stack) -> None:
+    global_edge.ratelimit.over_limit_values.add("127.0.0.1")
+    resp = global_edge.envoy.request("/api/v1/users/alice", headers=[("x-test-subject", "alice")])
+    assert resp.status == 429
+    assert global_edge.authz.checks == []
+    assert global_edge.upstream.requests == []
+    _assert_rate_limited(resp)
+
+
+def test_global_public_request_makes_both_calls(global_edge: Stack) -> None:
+    resp = global_edge.envoy.request("/api/v1/public/ping", headers=[("x-test-public", "1")])
+    assert resp.status == 200
+    assert [c.descriptors for c in global_edge.ratelimit.calls] == [
+        [[("remote_address", "127.0.0.1")]],
+        [[("rule", "public")]],
+    ]
 
 
 def _assert_rate_limited(resp: Reply) -> None:

@@ -64,6 +64,14 @@ def test_fresh_render_validates(
     _assert_valid(target)
 
 
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_global_stage0_render_validates(profile: str, pki: Pki, tmp_path: Path) -> None:
+    params = dataclasses.replace(PROFILES[profile](pki_dir=str(pki.root)), stage0="global")
+    target = tmp_path / "envoy.yaml"
+    target.write_text(render(params), encoding="utf-8")
+    _assert_valid(target)
+
+
 def test_validate_rejects_a_broken_config(pki: Pki, tmp_path: Path) -> None:
     """The check has teeth: an unknown field and a missing file both fail, with the reason."""
     params = PROFILES["local"](pki_dir=str(pki.root))
