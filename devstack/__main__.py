@@ -1,6 +1,8 @@
 """`python -m devstack run | token | envoy-config`.
 
-run            the whole local stack in the foreground (what `make run` calls)
+run            the whole local stack in the foreground (what `make run` calls);
+               --stage0 global: the per-address limit before authentication in the
+               rate-limit sidecar (three calls per request) instead of in Envoy (two)
 token          mint a dev access token, e.g.
                token --sub alice --scope "users:read" --roles admin --alg EdDSA
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from devstack.configs import write_compose_files
+from devstack.envoy_config import STAGE0_PROFILES
 from devstack.http_thread import BackgroundHttpServer
 from devstack.idp_keys import ED25519_ALGS, ensure_idp_keys, mint_token
 from devstack.idp_server import IdpServer
@@ -31,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole stack in the foreground")
     run.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
     run.add_argument("--port-offset", type=int, default=0, help="shift every port by N")
+    run.add_argument(
+        "--stage0",
+        choices=STAGE0_PROFILES,
+        default="local",
+        help="per-address limit before authn: in Envoy (local, default) or the sidecar (global)",
+    )
     init = sub.add_parser("init", help="make the dev PKI and IdP keys")
     init.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
     idp = sub.add_parser("idp", help="serve the dev IdP")
@@ -73,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_compose_files():
             print(f"wrote {path.relative_to(REPO)}")
         return 0
-    return _run(env_options(dev_dir=args.dev_dir, port_offset=args.port_offset))
+    return _run(env_options(dev_dir=args.dev_dir, port_offset=args.port_offset, stage0=args.stage0))
 
 
 def _serve_forever(server: BackgroundHttpServer) -> int:
@@ -133,6 +142,12 @@ def _run(options: StackOptions) -> int:
     return 0
 
 
+def _stage0_note(stage0: str) -> str:
+    if stage0 == "global":
+        return "stage0 global: per-address limit in the rate-limit sidecar (3 calls per request)"
+    return "stage0 local: per-address limit in Envoy (2 sidecar calls per request)"
+
+
 def _banner(stack: Stack) -> str:
     p = stack.options.ports
     dev = os.path.relpath(stack.options.dev_dir)
@@ -143,6 +158,7 @@ def _banner(stack: Stack) -> str:
     mtls = f"-cacert $CA -cert {dev}/pki/client.pem -key {dev}/pki/client-key.pem"
     return f"""
 edgeguard is up: Envoy https://127.0.0.1:{p.envoy}   (store: {stack.store_note})
+  {_stage0_note(stack.options.stage0)}
   authz_service :{p.authz}  ratelimit_service :{p.ratelimit}  demo API :{p.upstream}
   dev IdP http://127.0.0.1:{p.idp}  admin http://127.0.0.1:{p.admin}  logs {dev}/logs/
   Ctrl-C stops everything.

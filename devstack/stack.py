@@ -54,6 +54,9 @@ class StackOptions:
     memory_store: bool = False  # force the in-process store
     base_id: int = 0  # Envoy's shared-memory id; distinct per concurrent Envoy
     failure_mode: str = "fail_open"
+    # Where the per-address limit before authentication lives: "local" (in Envoy, two
+    # sidecar calls per request) or "global" (a rate-limit call of its own, three calls).
+    stage0: envoy_config.Stage0 = "local"
 
 
 @dataclass
@@ -233,6 +236,7 @@ class Stack:
             authz_port=ports.authz,
             ratelimit_port=ports.ratelimit,
             upstream_port=ports.upstream,
+            stage0=self.options.stage0,
             otlp_collector=_otlp_collector(),
             trace_sampling_percent=100.0,
         )
@@ -270,14 +274,18 @@ def _terminate(name: str, proc: subprocess.Popen[bytes], grace: float = 10.0) ->
         proc.wait(timeout=5)
 
 
-def env_options(*, dev_dir: Path | None = None, port_offset: int = 0) -> StackOptions:
+def env_options(
+    *, dev_dir: Path | None = None, port_offset: int = 0, stage0: envoy_config.Stage0 = "local"
+) -> StackOptions:
     """Options for `make run`: REDIS_URL honoured, everything else per ARCHITECTURE.md.
 
-    `port_offset` shifts every port (a second stack beside the first, or a test)."""
+    `port_offset` shifts every port (a second stack beside the first, or a test); `stage0`
+    picks the profile (devstack.envoy_config)."""
     ports = Ports(**{f.name: getattr(Ports(), f.name) + port_offset for f in fields(Ports)})
     return StackOptions(
         dev_dir=dev_dir or REPO / ".dev",
         ports=ports,
         redis_url=os.environ.get("REDIS_URL") or None,
         base_id=port_offset,
+        stage0=stage0,
     )
