@@ -1,7 +1,10 @@
-"""The grpc.aio server both sidecars run: TLS/mTLS, grpc.health.v1, reflection, limits,
-keepalive enforcement and graceful shutdown.
+"""The gRPC server both sidecars run: TLS/mTLS, grpc.health.v1, reflection, limits,
+keepalive enforcement and graceful shutdown, on the stack `server.stack` names (grpc.aio
+on asyncio's or uvloop's loop, or grpcio's thread-pool server: `grpc_servers`).
 
 A sidecar hands in its services as `ServiceBinding`s; this module knows nothing of Envoy.
+A binding registers handlers of the server's kind: coroutines on grpc.aio, plain
+functions on the threaded server (`is_aio` tells which).
 
 Shutdown (SIGTERM or SIGINT), in three steps, so a rolling restart costs no failed call:
 1. drain: health says NOT_SERVING at once, and for good, while every call is still
@@ -24,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from sidecar_runtime.health import DrainingHealthServicer
+from sidecar_runtime.grpc_servers import AioGrpc, GrpcServer, ThreadedGrpc
 from sidecar_runtime.settings import ServerSettings
 from sidecar_runtime.tls import server_credentials
 
@@ -42,20 +45,30 @@ class ServiceBinding:
     """One gRPC service: its full name (for health and reflection) and how to add it."""
 
     name: str
-    register: Callable[[grpc.aio.Server], None]
+    register: Callable[[Any], None]  # given a grpc.aio.Server or a grpc.Server
+
+
+def is_aio(server: Any) -> bool:
+    """Does `server` (handed to a binding) take coroutine handlers (grpc.aio), or plain
+    functions (grpcio's thread-pool server)?"""
+    return isinstance(server, grpc.aio.Server)
+
+
+BytesHandler = Callable[[Any, Any], Coroutine[Any, Any, bytes]] | Callable[[Any, Any], bytes]
 
 
 def add_bytes_method(
-    server: grpc.aio.Server,
+    server: Any,
     service: str,
     method: str,
-    handler: Callable[[Any, Any], Coroutine[Any, Any, bytes]],
+    handler: BytesHandler,
     *,
     request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> None:
     """Register one unary method whose handler returns its answer already serialized
     (no response serializer: the bytes go out as they are). Without a
-    `request_deserializer` the handler gets the request's bytes too."""
+    `request_deserializer` the handler gets the request's bytes too. Either server kind:
+    a coroutine function for grpc.aio, a plain function for the threaded server."""
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
             handler, request_deserializer=request_deserializer
@@ -92,7 +105,7 @@ def grpc_options(settings: ServerSettings, *, reuse_port: bool) -> list[tuple[st
 
 
 class SidecarServer:
-    """A started-once, stopped-once grpc.aio server with health and reflection."""
+    """A started-once, stopped-once gRPC server with health and reflection."""
 
     def __init__(
         self,
@@ -102,15 +115,13 @@ class SidecarServer:
         reuse_port: bool = False,
     ) -> None:
         self.settings = settings
-        self.health = DrainingHealthServicer()
         self._service_names = [s.name for s in services]
-        self._server = grpc.aio.server(options=grpc_options(settings, reuse_port=reuse_port))
+        self._grpc = _grpc_server(settings, reuse_port=reuse_port)
         for binding in services:
-            binding.register(self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+            binding.register(self._grpc.server)
         if settings.reflection:
             names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-            reflection.enable_server_reflection(names, self._server)
+            self._grpc.add_reflection(names)
         self.port = 0
 
     async def start(self, *, serving: bool = True) -> int:
@@ -118,14 +129,10 @@ class SidecarServer:
 
         `serving=False` starts with health NOT_SERVING, for a sidecar that must check a
         dependency first (the rate limiter's Redis)."""
-        creds = server_credentials(self.settings.tls)
-        if creds is None:
-            self.port = self._server.add_insecure_port(self.settings.listen)
-        else:
-            self.port = self._server.add_secure_port(self.settings.listen, creds)
+        self.port = self._grpc.add_port(self.settings.listen, server_credentials(self.settings.tls))
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.listen}")
-        await self._server.start()
+        await self._grpc.start()
         await self.set_serving(serving)
         return self.port
 
@@ -134,14 +141,14 @@ class SidecarServer:
         status = SERVING if serving else NOT_SERVING
         names = [service] if service is not None else ["", *self._service_names]
         for name in names:
-            await self.health.set(name, status)
+            await self._grpc.set_health(name, status)
 
     async def drain(
         self, seconds: float | None = None, *, interrupt: asyncio.Event | None = None
     ) -> bool:
         """Report NOT_SERVING for good, and keep serving calls for `seconds` (default: the
         settings' drain period) or until `interrupt` is set. True if it was cut short."""
-        await self.health.enter_graceful_shutdown()
+        await self._grpc.enter_graceful_shutdown()
         seconds = self.settings.drain_period_seconds if seconds is None else seconds
         log.info(
             "shutting down",  # health NOT_SERVING; calls still served for drain_s
@@ -164,11 +171,20 @@ class SidecarServer:
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, end health Watch streams, refuse new calls, and let calls in
         flight finish within `grace` (default: the settings' grace period)."""
-        await self.health.close_watches()
-        await self._server.stop(self.settings.grace_period_seconds if grace is None else grace)
+        await self._grpc.close_watches()
+        await self._grpc.stop(self.settings.grace_period_seconds if grace is None else grace)
 
     async def wait_for_termination(self) -> None:
-        await self._server.wait_for_termination()
+        await self._grpc.wait_for_termination()
+
+
+def _grpc_server(settings: ServerSettings, *, reuse_port: bool) -> GrpcServer:
+    options = grpc_options(settings, reuse_port=reuse_port)
+    if settings.stack == "sync":
+        return ThreadedGrpc(
+            options, threads=settings.threads, max_concurrent_rpcs=settings.max_concurrent_rpcs
+        )
+    return AioGrpc(options)  # aio and uvloop: the loop is the process's (sidecar_runtime.loops)
 
 
 async def serve_until_signalled(

@@ -1,11 +1,12 @@
-"""The `server:` section both sidecars share: listener, TLS/mTLS, workers, limits."""
+"""The `server:` section both sidecars share: listener, server stack, TLS/mTLS, workers,
+limits."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sidecar_runtime.config import Frozen, resolve_path
 
@@ -46,8 +47,27 @@ class KeepaliveSettings(Frozen):
     max_connection_idle_seconds: float | None = Field(default=300.0, gt=0)
 
 
+# Which grpcio server serves the calls (docs/operations.md, "Server stack"):
+#   aio      grpc.aio on asyncio's own event loop
+#   uvloop   grpc.aio on uvloop's event loop
+#   sync     grpcio's thread-pool server: handlers run on `threads` worker threads, and what
+#            is asynchronous (JWKS fetches, Redis, reloads, health) on one event loop
+# Measured on a trivial Check behind Envoy (µs of CPU per call, server / Envoy): aio
+# 288 / 165, uvloop 257 / 161, sync with 4 threads 161 / 129 (ARCHITECTURE.md 6).
+Stack = Literal["aio", "uvloop", "sync"]
+
+
 class ServerSettings(Frozen):
     listen: str = "127.0.0.1:9001"
+    stack: Stack = "aio"
+    # sync only: the worker threads that run handlers. One interpreter lock serves them
+    # all, so more threads buy overlap with waiting (Redis, a JWKS fetch), not more CPU.
+    threads: int = Field(default=4, ge=1, le=256)
+    # sync only: calls in progress (running or waiting for a thread) at most; beyond it a
+    # call is refused at once with RESOURCE_EXHAUSTED instead of queueing without bound.
+    # A call queued longer than its caller's timeout (Envoy: 20 ms for the rate limiter,
+    # 200 ms for ext_authz by default) is wasted work.
+    max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
     tls: TlsSettings = TlsSettings()
     reflection: bool = True
     workers: int = Field(default=1, ge=1, le=64)
@@ -65,6 +85,14 @@ class ServerSettings(Frozen):
     max_send_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_concurrent_streams: int = Field(default=1000, ge=1)
     keepalive: KeepaliveSettings = KeepaliveSettings()
+
+    @field_validator("max_concurrent_rpcs")
+    @classmethod
+    def _room_for_every_thread(cls, value: int, info: ValidationInfo) -> int:
+        threads = info.data.get("threads")
+        if threads is not None and value < threads:
+            raise ValueError(f"is below threads ({threads}): some threads would never get a call")
+        return value
 
     @model_validator(mode="after")
     def _listen_has_port(self) -> ServerSettings:

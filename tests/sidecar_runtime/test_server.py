@@ -9,15 +9,22 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.pki import Pki
-from sidecar_runtime.server import ServiceBinding, SidecarServer, add_bytes_method, grpc_options
-from sidecar_runtime.settings import ServerSettings, TlsSettings
+from sidecar_runtime.server import (
+    ServiceBinding,
+    SidecarServer,
+    add_bytes_method,
+    grpc_options,
+    is_aio,
+)
+from sidecar_runtime.settings import ServerSettings, Stack, TlsSettings
+from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.grpc_clients import channel
 from tests.support.grpcurl import grpcurl
 
 pytestmark = pytest.mark.grpc
 
 
-def _settings(pki: Pki | None = None, **kw: object) -> ServerSettings:
+def _settings(stack: Stack = "aio", pki: Pki | None = None, **kw: object) -> ServerSettings:
     tls = (
         TlsSettings()
         if pki is None
@@ -25,7 +32,9 @@ def _settings(pki: Pki | None = None, **kw: object) -> ServerSettings:
             mode="mtls", cert_file=pki.sidecar_cert, key_file=pki.sidecar_key, ca_file=pki.ca
         )
     )
-    return ServerSettings.model_validate({"listen": "127.0.0.1:0", "tls": tls, **kw})
+    return ServerSettings.model_validate(
+        {"listen": "127.0.0.1:0", "tls": tls, "stack": stack, **kw}
+    )
 
 
 async def _health(address: str, pki: Pki | None = None, *, client_cert: bool = True) -> int:
@@ -35,8 +44,9 @@ async def _health(address: str, pki: Pki | None = None, *, client_cert: bool = T
         return int(resp.status)
 
 
-async def test_plaintext_health_serving_then_not_serving() -> None:
-    server = SidecarServer(_settings(), [])
+@ALSO_ON_UVLOOP
+async def test_plaintext_health_serving_then_not_serving(stack: Stack) -> None:
+    server = SidecarServer(_settings(stack), [])
     port = await server.start()
     try:
         assert await _health(f"127.0.0.1:{port}") == health_pb2.HealthCheckResponse.SERVING
@@ -46,8 +56,8 @@ async def test_plaintext_health_serving_then_not_serving() -> None:
         await server.stop(0)
 
 
-async def test_mtls_requires_client_certificate(pki: Pki) -> None:
-    server = SidecarServer(_settings(pki), [])
+async def test_mtls_requires_client_certificate(pki: Pki, stack: Stack) -> None:
+    server = SidecarServer(_settings(stack, pki), [])
     port = await server.start()
     address = f"127.0.0.1:{port}"
     try:
@@ -61,8 +71,8 @@ async def test_mtls_requires_client_certificate(pki: Pki) -> None:
         await server.stop(0)
 
 
-async def test_grpcurl_lists_services_and_checks_health_over_mtls(pki: Pki) -> None:
-    server = SidecarServer(_settings(pki), [])
+async def test_grpcurl_lists_services_and_checks_health_over_mtls(pki: Pki, stack: Stack) -> None:
+    server = SidecarServer(_settings(stack, pki), [])
     port = await server.start()
     try:
         listed = await asyncio.to_thread(grpcurl, f"127.0.0.1:{port}", "list", pki=pki)
@@ -77,8 +87,8 @@ async def test_grpcurl_lists_services_and_checks_health_over_mtls(pki: Pki) -> N
         await server.stop(0)
 
 
-async def test_reflection_can_be_switched_off() -> None:
-    server = SidecarServer(_settings(reflection=False), [])
+async def test_reflection_can_be_switched_off(stack: Stack) -> None:
+    server = SidecarServer(_settings(stack, reflection=False), [])
     port = await server.start()
     try:
         listed = await asyncio.to_thread(grpcurl, f"127.0.0.1:{port}", "list")
@@ -87,11 +97,11 @@ async def test_reflection_can_be_switched_off() -> None:
         await server.stop(0)
 
 
-async def test_second_server_on_same_port_is_refused_without_reuse_port() -> None:
-    first = SidecarServer(_settings(), [])
+async def test_second_server_on_same_port_is_refused_without_reuse_port(stack: Stack) -> None:
+    first = SidecarServer(_settings(stack), [])
     port = await first.start()
     try:
-        second = SidecarServer(_settings(listen=f"127.0.0.1:{port}"), [])
+        second = SidecarServer(_settings(stack, listen=f"127.0.0.1:{port}"), [])
         with pytest.raises(RuntimeError):
             await second.start()
     finally:
@@ -105,10 +115,10 @@ def test_grpc_options_carry_limits_and_keepalive() -> None:
     assert opts["grpc.http2.min_recv_ping_interval_without_data_ms"] == 10_000
 
 
-async def test_healthcheck_cli_over_mtls_and_plaintext(pki: Pki) -> None:
+async def test_healthcheck_cli_over_mtls_and_plaintext(pki: Pki, stack: Stack) -> None:
     from sidecar_runtime.healthcheck import check
 
-    server = SidecarServer(_settings(pki), [])
+    server = SidecarServer(_settings(stack, pki), [])
     port = await server.start()
     address = f"127.0.0.1:{port}"
     try:
@@ -133,11 +143,18 @@ async def _sleep_then_echo(body: bytes, _context: Any) -> bytes:
     return body
 
 
+def _sleep_then_echo_on_a_thread(body: bytes, _context: Any) -> bytes:
+    """The same, as a handler of the threaded server."""
+    time.sleep(body[0] / 10 if body else 0)
+    return body
+
+
 def _slow_binding() -> ServiceBinding:
-    return ServiceBinding(
-        SLOW_SERVICE,
-        lambda server: add_bytes_method(server, SLOW_SERVICE, "Echo", _sleep_then_echo),
-    )
+    def register(server: Any) -> None:
+        handler = _sleep_then_echo if is_aio(server) else _sleep_then_echo_on_a_thread
+        add_bytes_method(server, SLOW_SERVICE, "Echo", handler)
+
+    return ServiceBinding(SLOW_SERVICE, register)
 
 
 async def _echo(address: str, tenths: int = 0) -> bytes:
@@ -165,8 +182,11 @@ async def _until(predicate: Any, within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_drain_says_not_serving_and_keeps_serving_then_stop_ends_watches() -> None:
-    server = SidecarServer(_settings(drain_period_seconds=60), [_slow_binding()])
+@ALSO_ON_UVLOOP
+async def test_drain_says_not_serving_and_keeps_serving_then_stop_ends_watches(
+    stack: Stack,
+) -> None:
+    server = SidecarServer(_settings(stack, drain_period_seconds=60), [_slow_binding()])
     port = await server.start()
     address = f"127.0.0.1:{port}"
     seen: list[int] = []
@@ -198,8 +218,8 @@ async def test_drain_says_not_serving_and_keeps_serving_then_stop_ends_watches()
         await server.stop(0)
 
 
-async def test_drain_runs_out_by_itself_and_zero_means_none() -> None:
-    server = SidecarServer(_settings(drain_period_seconds=0.2), [])
+async def test_drain_runs_out_by_itself_and_zero_means_none(stack: Stack) -> None:
+    server = SidecarServer(_settings(stack, drain_period_seconds=0.2), [])
     await server.start()
     try:
         assert await asyncio.wait_for(server.drain(), timeout=10) is False
@@ -224,3 +244,65 @@ def test_drain_period_default_outlasts_envoy_s_sidecar_health_checks() -> None:
         interval = seconds(check["interval"])
         out_of_rotation = interval * check["unhealthy_threshold"] + seconds(check["timeout"])
         assert ServerSettings().drain_period_seconds > out_of_rotation
+
+
+# -- the threaded server (stack: sync) ------------------------------------------------------
+async def test_sync_refuses_calls_beyond_max_concurrent_rpcs_at_once() -> None:
+    settings = _settings("sync", threads=1, max_concurrent_rpcs=2)
+    server = SidecarServer(settings, [_slow_binding()])
+    port = await server.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        # One call on the thread, one waiting for it: the limit is reached.
+        busy = [asyncio.create_task(_echo(address, tenths=15)) for _ in range(2)]
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _echo(address)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 1.0  # at once, not after a queue
+        assert await asyncio.wait_for(asyncio.gather(*busy), timeout=10) == [b"\x0f"] * 2
+        assert await _echo(address) == b"\x00"  # room again
+    finally:
+        await server.stop(0)
+
+
+async def test_sync_watch_and_reflection_streams_hold_no_worker_thread() -> None:
+    server = SidecarServer(_settings("sync", threads=1), [_slow_binding()])
+    port = await server.start()
+    address = f"127.0.0.1:{port}"
+    seen: list[list[int]] = [[], [], []]
+    watches = [asyncio.create_task(_watch(address, s)) for s in seen]
+    try:
+        await _until(lambda: all(s == [SERVING] for s in seen))
+        assert await asyncio.wait_for(_echo(address), timeout=5) == b"\x00"
+        # The one worker thread busy with a call, reflection still answers.
+        busy = asyncio.create_task(_echo(address, tenths=30))
+        await asyncio.sleep(0.3)
+        listed = await asyncio.to_thread(grpcurl, address, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert SLOW_SERVICE in listed.stdout.split()
+        assert not busy.done()
+        await server.set_serving(False)
+        await _until(lambda: all(s == [SERVING, NOT_SERVING] for s in seen))
+        assert await asyncio.wait_for(busy, timeout=10) == b"\x1e"
+    finally:
+        await server.stop(0)
+        for watch in watches:
+            assert await asyncio.wait_for(watch, timeout=5) == grpc.StatusCode.UNAVAILABLE
+
+
+@ALSO_ON_UVLOOP
+async def test_the_uvloop_stack_is_grpc_aio_on_uvloop_s_loop(stack: Stack) -> None:
+    import uvloop
+
+    from tests.sidecar_runtime.stacks import running_stack
+
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert running_stack(stack) == ("uvloop" if on_uvloop and stack == "aio" else stack)
+    server = SidecarServer(_settings(stack), [_slow_binding()])
+    port = await server.start()
+    try:
+        assert await _echo(f"127.0.0.1:{port}", tenths=1) == b"\x01"
+    finally:
+        await server.stop(0)
