@@ -6,18 +6,30 @@ upstream, every port from `free_port`, a tmp dev dir (its own PKI and IdP keys),
 Envoy's `--base-id` set to the admin port (free, so no other Envoy here can hold it).
 Teardown stops every process by its pid (`Stack.stop`) and checks that none is left.
 
-Rate limits and test isolation. Stage 0 keys on the client address, and every request of
-the suite comes from 127.0.0.1, so one test's flood would starve the next test's requests.
-Two things keep tests independent of each other and of their order:
+The Envoy profile. A module runs against the default profile (`stage0: local`: the
+per-address limit before authentication in Envoy) unless it names the profiles it wants in
+a module-level `STAGE0_PROFILES = ("local", "global")`: then every test that uses the
+stack runs once per profile, each profile on a stack of its own (`stage0` fixture).
+
+Rate limits and test isolation. Stage 0 keys on the client address, so one test's flood
+would starve the next test's requests. Three things keep tests independent of each other
+and of their order:
 
 * the flood tests (and the fault tests, which stop processes) live in their own modules,
   so each of those has a Stack, and buckets, of its own;
-* the `edge` fixture, which every test uses, empties Redis (FLUSHALL) before each test.
-  That alone is not enough: the rate-limit sidecar keeps a per-process cache of buckets
-  known to be empty, for at most one token interval (1/20 s for stage 0, 1/10 s for
-  stage 1 in config/ratelimit/rules/edge.yaml), which FLUSHALL cannot reach. So the client
+* the `edge` fixture, which every test uses, gives the client a fresh source address
+  (any of 127.0.0.0/8 reaches the listener) and empties Redis (FLUSHALL) before each
+  test: a new address has full per-address buckets in Envoy (which nothing else can
+  refill) and in Redis, and FLUSHALL refills the per-subject and per-route buckets;
+* the rate-limit sidecar keeps a per-process cache of buckets known to be empty, for at
+  most one token interval (1/20 s per address, 1/10 s per subject, 1/5 s for the admin
+  route in config/ratelimit/rules/edge.yaml), which FLUSHALL cannot reach. So the client
   notes when it last saw a 429, and `edge` waits until that is more than
   `EMPTY_CACHE_WAIT_S` ago. Tests that never see a 429 pay nothing.
+
+The raw-socket, nghttp and curl clients (HTTP/2, byte-exact requests) come from
+127.0.0.1, which the stdlib client never uses: few requests per module, all on their own
+per-address bucket.
 
 Every token minted through `mint` is remembered, so a test can check that none of them
 ever shows up in a log file.
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import re
 import socket
@@ -52,8 +65,8 @@ from tests.support.processes import free_port, wait_until
 
 AUDIENCE = "api://demo"
 SERVER_NAME = "localhost"  # SNI and Host; the listener certificate's SAN
-# Longest "known empty" interval of the demo rules (stage 1: 10/s), with headroom.
-EMPTY_CACHE_WAIT_S = 0.25
+# Longest "known empty" interval of the demo rules (the admin route: 5/s), with headroom.
+EMPTY_CACHE_WAIT_S = 0.35
 STACK_NAMES = ("redis", "ratelimit", "authz", "envoy")
 IDENTITY_LIST_HEADERS = ("x-auth-scopes", "x-auth-roles")
 
@@ -62,15 +75,31 @@ IDENTITY_LIST_HEADERS = ("x-auth-scopes", "x-auth-roles")
 
 
 class _Connection(http.client.HTTPSConnection):
-    """HTTPS to 127.0.0.1 with SNI (and Host) `localhost`: no resolver, no ::1 surprises."""
+    """HTTPS to 127.0.0.1 with SNI (and Host) `localhost`: no resolver, no ::1 surprises;
+    from `source`, the client address Envoy sees."""
 
-    def __init__(self, port: int, context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(self, port: int, context: ssl.SSLContext, timeout: float, source: str) -> None:
         super().__init__(SERVER_NAME, port, context=context, timeout=timeout)
         self._tls_context = context
+        self._source = source
 
     def connect(self) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        sock = socket.create_connection(
+            ("127.0.0.1", self.port), self.timeout, source_address=(self._source, 0)
+        )
         self.sock = self._tls_context.wrap_socket(sock, server_hostname=SERVER_NAME)
+
+
+# Client addresses for the stdlib client: 127.0.1.1, 127.0.1.2, ... (never 127.0.0.1, the
+# raw clients' address), one per test, so every test starts with full per-address buckets.
+_SOURCE_NUMBERS = itertools.count(1 << 8)
+
+
+def _next_source() -> str:
+    while True:
+        n = next(_SOURCE_NUMBERS)
+        if n & 0xFF not in (0, 255):
+            return f"127.{(n >> 16) & 0xFF}.{(n >> 8) & 0xFF}.{n & 0xFF}"
 
 
 Headers = Sequence[tuple[str, str]]
@@ -82,15 +111,22 @@ class EdgeClient:
     * `path` goes on the request line byte for byte (raw `%2F`, `..`, query strings);
     * `headers` is a list of pairs, so a name may repeat (two Authorization headers);
     * `context(minimum=, maximum=)` pins TLS versions; `tls_version` says what was agreed;
-    * `session()` keeps one connection alive for a bounded series of requests (floods).
+    * `session()` keeps one connection alive for a bounded series of requests (floods);
+    * `source` is the client address Envoy sees (`new_source()` moves to another).
     """
 
     def __init__(self, port: int, ca: Path, *, timeout: float = 10.0) -> None:
         self.port = port
         self.ca = ca
         self.timeout = timeout
+        self.source = _next_source()
         self.last_429 = 0.0  # monotonic time of the last 429 seen (see the module docstring)
         self._lock = threading.Lock()
+
+    def new_source(self) -> str:
+        """Another client address: full per-address buckets, in Envoy and in Redis."""
+        self.source = _next_source()
+        return self.source
 
     def context(
         self,
@@ -132,7 +168,7 @@ class EdgeClient:
     @contextlib.contextmanager
     def session(self, *, context: ssl.SSLContext | None = None) -> Iterator[Callable[..., Reply]]:
         """A keep-alive connection; reconnects if Envoy closed it (e.g. after a 400)."""
-        conn = _Connection(self.port, context or self.context(), self.timeout)
+        conn = _Connection(self.port, context or self.context(), self.timeout, self.source)
 
         def send(
             path: str, *, method: str = "GET", headers: Headers = (), token: str | None = None
@@ -272,11 +308,16 @@ class Edge:
         assert self.stack.redis_url is not None, "the e2e stack runs its own redis-server"
         return redis.Redis.from_url(self.stack.redis_url, socket_timeout=2)
 
+    @property
+    def stage0(self) -> str:
+        return self.stack.options.stage0
+
     def reset_limits(self) -> None:
         """Every bucket full again (see the module docstring)."""
         wait = self.client.last_429 + EMPTY_CACHE_WAIT_S - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        self.client.new_source()
         client = self.redis()
         try:
             client.flushall()
@@ -321,10 +362,24 @@ def running_stack(dev_dir: Path, **options: Any) -> Iterator[Edge]:
         assert not left, f"stack processes still running: {left}"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module's STAGE0_PROFILES: its tests run once per profile (module docstring)."""
+    profiles = getattr(metafunc.module, "STAGE0_PROFILES", None)
+    if profiles and "stage0" in metafunc.fixturenames:
+        metafunc.parametrize("stage0", profiles, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    """One whole stack for the test module (see the module docstring)."""
-    with running_stack(tmp_path_factory.mktemp("e2e-stack")) as edge:
+def stage0(request: pytest.FixtureRequest) -> str:
+    """The Envoy profile of the module's stack: "local" unless the module names others."""
+    profile: str = getattr(request, "param", "local")
+    return profile
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, stage0: str) -> Iterator[Edge]:
+    """One whole stack for the test module and profile (see the module docstring)."""
+    with running_stack(tmp_path_factory.mktemp(f"e2e-stack-{stage0}"), stage0=stage0) as edge:
         yield edge
 
 

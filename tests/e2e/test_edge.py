@@ -427,7 +427,7 @@ def test_request_id_in_denial_body_header_access_log_and_audit_agree(edge: Edge)
     assert reply.json()["request_id"] == request_id
     entry = edge.access_log_entry(request_id)
     assert (entry["status"], entry["method"], entry["path"]) == (403, "GET", "/api/v1/users/bob")
-    assert entry["client_address"] == "127.0.0.1"
+    assert entry["client_address"] == edge.client.source
     assert entry["authz_rule"] == "get-user"
     [audit] = [line for line in _audit_lines(edge) if line.get("request_id") == request_id]
     assert (audit["decision"], audit["status"], audit["subject"]) == ("deny", 403, "alice")

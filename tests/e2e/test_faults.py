@@ -1,9 +1,10 @@
 """Faults through the whole stack: a sidecar or Redis stopped, then back (ARCHITECTURE.md
-section 5, "Failure").
+section 5, "Failure"), in both Envoy profiles (docs/edge.md, "Profiles: two calls or three").
 
-These tests stop processes of the stack, so they have a stack of their own (module-scoped
-`stack`), and each one restarts what it stopped even when it fails, so the next test starts
-from a healthy stack. Every wait is bounded; every request goes to loopback.
+These tests stop processes of the stack, so they have a stack of their own per profile
+(module-scoped `stack`), and each one restarts what it stopped even when it fails, so the
+next test starts from a healthy stack. Every wait is bounded; every request goes to
+loopback.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.support.https import Reply
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
+STAGE0_PROFILES = ("local", "global")
 
 RATELIMIT_SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 
@@ -104,15 +106,21 @@ def test_redis_stopped_fails_open_reports_unhealthy_and_recovers(faults: Edge) -
 
     edge.stack.kill("redis")
 
-    # fail_open: still served, and no flood is ever cut (no bucket to drain).
+    # fail_open: still served. Profile global: no flood is cut (stage 0's bucket is in
+    # Redis); profile local: stage 0 is Envoy's own bucket, which needs no Redis.
     assert identity_at_upstream(edge.client.request("/api/v1/users/carol", token=token))
-    flood = edge.client.burst(60, "/api/v1/users/alice")
-    assert [r.status for r in flood] == [401] * 60
+    statuses = [r.status for r in edge.client.burst(60, "/api/v1/users/alice")]
+    if edge.stage0 == "global":
+        assert statuses == [401] * 60
+    else:
+        assert statuses[:39] == [401] * 39  # 40, less the request above
+        assert 429 in statuses, statuses
     # The rate limiter says NOT_SERVING, so Envoy's /healthz goes unhealthy...
     assert wait_until(lambda: edge.healthz() == 503, timeout=15)
     assert _sidecar_health(edge, "ratelimit", RATELIMIT_SERVICE) == "NOT_SERVING"
     assert _sidecar_health(edge, "authz") == "SERVING"
     # ...while requests are still served.
+    edge.client.new_source()
     reply = edge.client.request("/api/v1/users/carol", token=token)
     assert identity_at_upstream(reply)["x-auth-subject"] == "carol"
     assert_hardened(reply)
@@ -123,15 +131,23 @@ def test_redis_stopped_fails_open_reports_unhealthy_and_recovers(faults: Edge) -
     assert wait_until(lambda: edge.healthz() == 200, timeout=30)
     assert _sidecar_health(edge, "ratelimit", RATELIMIT_SERVICE) == "SERVING"
     assert edge.stack.process("ratelimit").pid == ratelimit_pid
-    # Limits are enforced again.
-    statuses = [r.status for r in edge.client.burst(60, "/api/v1/users/alice")]
-    assert statuses[:40] == [401] * 40
+    # The limits in Redis are enforced again: per address (global) and per subject (both).
+    edge.client.new_source()
+    if edge.stage0 == "global":
+        statuses = [r.status for r in edge.client.burst(60, "/api/v1/users/alice")]
+        assert statuses[:40] == [401] * 40
+        assert 429 in statuses, statuses
+        edge.client.new_source()
+    statuses = [r.status for r in edge.client.burst(30, "/api/v1/users/carol", token=token)]
+    assert statuses[:20] == [200] * 20, statuses  # carol's burst (nothing kept while down)
     assert 429 in statuses, statuses
 
 
-def test_redis_stopped_with_fail_closed_denies_with_429_and_recovers(tmp_path: Path) -> None:
+def test_redis_stopped_with_fail_closed_denies_with_429_and_recovers(
+    tmp_path: Path, stage0: str
+) -> None:
     # The other failure mode, on a stack of its own (`failure_mode` is a stack option).
-    with running_stack(tmp_path, failure_mode="fail_closed") as edge:
+    with running_stack(tmp_path, failure_mode="fail_closed", stage0=stage0) as edge:
         token = edge.mint("dave", scope="users:read")
         assert identity_at_upstream(edge.client.request("/api/v1/users/dave", token=token))
         before = edge.upstream_requests()
@@ -144,7 +160,14 @@ def test_redis_stopped_with_fail_closed_denies_with_429_and_recovers(tmp_path: P
         assert_hardened(reply)
         assert edge.upstream_requests() == before
         assert wait_until(lambda: edge.healthz() == 503, timeout=15)
-        assert edge.client.request("/api/v1/public/ping").status == 429
+        # The public route: profile global, stage 0's call fails closed. Profile local, its
+        # one call carries only its route, which no rule limits: nothing is left undecided
+        # (Envoy's per-address bucket still applies).
+        ping = edge.client.request("/api/v1/public/ping")
+        assert ping.status == (429 if stage0 == "global" else 200), ping.body
+        # A route with a limit of its own is refused in both.
+        admin = edge.mint("root", roles=["admin"])
+        assert edge.client.request("/api/v1/admin/stats", token=admin).status == 429
 
         edge.stack.restart("redis")
         assert wait_until(lambda: edge.healthz() == 200, timeout=30)
