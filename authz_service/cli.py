@@ -26,10 +26,12 @@ from authz_service.telemetry import AuthzTelemetry
 from authz_service.tokens import ProxyConfig
 from authz_service.tokens.algorithms import allow_list
 from authz_service.tokens.describe import describe_token
+from sidecar_runtime import loops
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
 from sidecar_runtime.errors import ConfigError
 from sidecar_runtime.logs import configure_logging
+from sidecar_runtime.loops import LoopBridge
 from sidecar_runtime.reload import FileWatcher
 from sidecar_runtime.server import ServiceBinding, SidecarServer, serve_until_signalled
 from sidecar_runtime.telemetry import setup_telemetry
@@ -72,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("authz", args.log_level)
         if settings.server.workers > 1 and worker_index() is None:
             return run_workers(settings.server.workers)
-        asyncio.run(_serve(args.config, settings, reuse_port=settings.server.workers > 1))
+        reuse_port = settings.server.workers > 1
+        loops.run(_serve(args.config, settings, reuse_port=reuse_port), stack=settings.server.stack)
         return 0
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -112,7 +115,9 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
     )
     holder = EngineHolder(engine, clock=clock, telemetry=telemetry, proxies=proxies)
     telemetry.attach(holder)
-    servicer = AuthorizationServicer(holder, audit, telemetry)
+    # On the sync stack, Checks run on worker threads and hand key fetches to this loop.
+    bridge = LoopBridge(asyncio.get_running_loop())
+    servicer = AuthorizationServicer(holder, audit, telemetry, bridge=bridge)
 
     binding = ServiceBinding(
         SERVICE_NAME,
@@ -125,7 +130,14 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
     await readiness.update()
     readiness.start()
     log.info(
-        "authz-service serving", extra={"fields": {"listen": settings.server.listen, "port": port}}
+        "authz-service serving",
+        extra={
+            "fields": {
+                "listen": settings.server.listen,
+                "port": port,
+                "stack": settings.server.stack,
+            }
+        },
     )
     watcher = None
     if settings.reload.watch:

@@ -9,11 +9,16 @@
 
 A denial is a `Decision`, never an exception. Anything unexpected is turned into a 503 deny
 by the servicer (fail closed).
+
+The pipeline is synchronous and does no I/O (`decide_now`): when the token needs keys the
+issuer's current set lacks, it answers `NeedKeys` and the caller fetches them (on the event
+loop) and decides again with the keys there are then (`decide_fetched`). `decide` does
+both for an asyncio caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from authz_service.credentials import extract_bearer
@@ -22,11 +27,12 @@ from authz_service.policy import (
     CompiledPolicy,
     PolicyOutcome,
     RequestFacts,
-    RouteMatch,
     evaluate,
 )
 from authz_service.principal import Principal
-from authz_service.tokens import InvalidToken, TokenVerifier
+from authz_service.tokens import InvalidToken, NeedKeys, TokenVerifier
+
+__all__ = ["INTERNAL_ERROR", "Authorizer", "Decision", "NeedKeys", "deny"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +79,36 @@ class Authorizer:
     async def decide(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
     ) -> Decision:
-        """Decide one request. Never raises for a deny."""
+        """Decide one request, fetching keys if its token needs them. Never raises for a
+        deny."""
+        decided = self.decide_now(facts, authorization=authorization, cookie=cookie)
+        if isinstance(decided, NeedKeys):
+            await self.verifier.fetch_keys(decided)
+            return self.decide_fetched(facts, authorization=authorization, cookie=cookie)
+        return decided
+
+    def decide_now(
+        self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
+    ) -> Decision | NeedKeys:
+        """Decide with the keys known now, or say which keys to fetch first. No I/O."""
+        return self._decide(facts, authorization, cookie, self.verifier.verify_now)
+
+    def decide_fetched(
+        self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
+    ) -> Decision:
+        """Decide again after `verifier.fetch_keys`, with the keys there are now."""
+        decided = self._decide(facts, authorization, cookie, self.verifier.verify_fetched)
+        if isinstance(decided, NeedKeys):  # not reached: verify_fetched never asks
+            return deny(503, "keys_unavailable", "temporarily_unavailable")
+        return decided
+
+    def _decide(
+        self,
+        facts: RequestFacts,
+        authorization: Sequence[str],
+        cookie: str,
+        verify: Callable[[str], Principal | NeedKeys],
+    ) -> Decision | NeedKeys:
         query = facts.raw_path.partition("?")[2]
         creds = extract_bearer(
             authorization, raw_query=query, cookie_header=cookie, cookie_names=self._cookie_names
@@ -90,15 +125,14 @@ class Authorizer:
             return _from_outcome(evaluate(match, None, facts), None)
         if not creds.token:
             return deny(401, "no_credentials", "unauthorized", rule=match.rule.name)
-        return await self._authenticated(match, facts, creds.token)
-
-    async def _authenticated(self, match: RouteMatch, facts: RequestFacts, token: str) -> Decision:
         try:
-            principal = await self.verifier.verify(token)
+            principal = verify(creds.token)
         except InvalidToken as exc:
             if exc.reason == "keys_unavailable":
                 return deny(503, exc.reason, "temporarily_unavailable", rule=match.rule.name)
             return deny(401, exc.reason, "invalid_token", rule=match.rule.name)
+        if isinstance(principal, NeedKeys):
+            return principal
         return _from_outcome(evaluate(match, principal, facts), principal)
 
 

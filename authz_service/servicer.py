@@ -1,4 +1,4 @@
-"""The gRPC adapter: envoy.service.auth.v3.Authorization/Check.
+"""The gRPC adapter: envoy.service.auth.v3.Authorization/Check, on either server kind.
 
 Reads the current Engine once per call (so a reload never mixes two configs in one
 decision), decides, answers, and queues one audit line. Any unexpected error denies with
@@ -9,9 +9,10 @@ joins Envoy's access log, the audit log and the trace.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -20,14 +21,15 @@ from google.protobuf.message import DecodeError
 from opentelemetry.trace import SpanKind
 
 from authz_service.audit_line import CheckAudit
-from authz_service.decision import INTERNAL_ERROR, Decision
+from authz_service.decision import INTERNAL_ERROR, Decision, NeedKeys
 from authz_service.engine import Engine, EngineHolder
 from authz_service.envoy_adapter import CheckInputs, read_check_request
 from authz_service.policy import RequestFacts
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.ids import DecisionIds
-from sidecar_runtime.server import add_bytes_method
+from sidecar_runtime.loops import LoopBridge
+from sidecar_runtime.server import add_bytes_method, is_aio
 from sidecar_runtime.telemetry import (
     DISABLED,
     TelemetrySettings,
@@ -47,63 +49,64 @@ _TRACEPARENT_ONLY = ("traceparent",)
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """Check on either server kind: a coroutine on grpc.aio (`check_wire`), a plain
+    function on grpcio's thread-pool server (`check_wire_sync`). Both run the same
+    synchronous decision; only a token whose keys are not known yet waits, for a fetch
+    on the event loop (awaited, or handed over through `bridge` from a worker thread)."""
+
     def __init__(
         self,
         holder: EngineHolder,
         audit: AuditSink | None,
         telemetry: AuthzTelemetry | None = None,
+        *,
+        bridge: LoopBridge | None = None,
     ) -> None:
         self._holder = holder
         self._audit = audit
         self._t = telemetry or AuthzTelemetry(DISABLED, TelemetrySettings())
         self._ids = DecisionIds()
+        self._bridge = bridge
 
     async def Check(  # noqa: N802 - the gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> bytes:
         """The serialized CheckResponse (see `add_to_server`)."""
-        started = time.perf_counter()
-        engine = self._holder.current
-        decision_id = self._ids.next()
-        facts: RequestFacts | None = None
-        trace_id: str | None = None
+        call = _Call(self._holder.current, self._ids.next())
         try:
             inputs = read_check_request(request)
-            facts = inputs.facts
-            carrier: Mapping[str, str] | None = None
-            if self._t.tracing:
-                carrier = _trace_carrier(context, facts.headers)
-                parent = parse_trace_context(carrier.get("traceparent"))
-                # Envoy decided not to sample: the sampler would drop this span anyway.
-                traced = parent is None or parent.sampled or not self._t.drops_unsampled
-            else:
-                parent = _request_trace(context, facts.headers)
-                traced = False
+            call.facts = inputs.facts
+            traced, carrier = self._trace_plan(call, context)
             if traced:
-                decision, trace_id = await self._traced_decide(
-                    engine, inputs, carrier if parent else None, decision_id
-                )
+                with self._span(carrier) as span:
+                    decision = await _decide_awaiting_keys(call.engine, inputs)
+                    call.trace_id = self._end_span(span, decision, call)
             else:
-                decision = await _decide(engine, inputs)
-                trace_id = parent.trace_id if parent else None
+                decision = await _decide_awaiting_keys(call.engine, inputs)
         except Exception:
             log.exception("check failed; denying")
             decision = INTERNAL_ERROR
-        request_id = facts.request_id if facts is not None else ""
+        return self._answer(call, decision)
+
+    def check_sync(self, request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
+        """`Check` on a worker thread of the threaded server: the same decision, and a
+        token that needs keys waits for their fetch on the event loop (at most the
+        issuer's check_wait_seconds), then is decided with the keys there are."""
+        call = _Call(self._holder.current, self._ids.next())
         try:
-            response = engine.responses.wire(decision, request_id, decision_id)
+            inputs = read_check_request(request)
+            call.facts = inputs.facts
+            traced, carrier = self._trace_plan(call, context)
+            if traced:
+                with self._span(carrier) as span:
+                    decision = self._decide_waiting_for_keys(call.engine, inputs)
+                    call.trace_id = self._end_span(span, decision, call)
+            else:
+                decision = self._decide_waiting_for_keys(call.engine, inputs)
         except Exception:
-            # E.g. an identity with no exact header encoding: deny, never a lossy allow.
-            log.exception("answer failed; denying")
+            log.exception("check failed; denying")
             decision = INTERNAL_ERROR
-            response = engine.responses.wire(decision, request_id, decision_id)
-        elapsed = time.perf_counter() - started
-        self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
-        if self._audit is not None:
-            self._audit.emit(
-                CheckAudit(time.time(), decision, facts, elapsed, decision_id, trace_id)
-            )
-        return response
+        return self._answer(call, decision)
 
     async def check_wire(self, body: bytes, context: Any) -> bytes:
         """Check on the request's bytes, as grpc hands them over (see `add_to_server`).
@@ -117,33 +120,105 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_REQUEST)
         return await self.Check(request, context)
 
-    async def _traced_decide(
-        self,
-        engine: Engine,
-        inputs: CheckInputs,
-        carrier: Mapping[str, str] | None,
-        decision_id: str,
-    ) -> tuple[Decision, str]:
+    def check_wire_sync(self, body: bytes, context: Any) -> bytes:
+        """`check_wire` on a worker thread of the threaded server."""
+        try:
+            request = external_auth_pb2.CheckRequest.FromString(body)
+        except DecodeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_REQUEST)
+        return self.check_sync(request, context)
+
+    def _decide_waiting_for_keys(self, engine: Engine, inputs: CheckInputs) -> Decision:
+        authorizer = engine.authorizer
+        facts, authorization, cookie = inputs.facts, inputs.authorization, inputs.cookie
+        decided = authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
+        if not isinstance(decided, NeedKeys):
+            return decided  # the hot path: the keys were known, no hop to the loop
+        if self._bridge is None:
+            raise RuntimeError("no event loop to fetch keys on")
+        fetch = self._bridge.submit(authorizer.verifier.fetch_keys(decided))
+        # concurrent.futures.TimeoutError is TimeoutError: past the wait, the fetch goes
+        # on for later Checks and this one is decided with the keys there are (a deny if
+        # its kid is still unknown). Any other error denies (the caller's 503).
+        with contextlib.suppress(TimeoutError):
+            fetch.result(timeout=decided.wait_s)
+        return authorizer.decide_fetched(facts, authorization=authorization, cookie=cookie)
+
+    def _trace_plan(self, call: _Call, context: Any) -> tuple[bool, Mapping[str, str] | None]:
+        """Whether this Check gets a span, and its parent's carrier; the trace id of an
+        untraced Check (for the audit line) goes into `call`."""
+        headers = call.facts.headers if call.facts is not None else {}
+        if self._t.tracing:
+            carrier = _trace_carrier(context, headers)
+            parent = parse_trace_context(carrier.get("traceparent"))
+            # Envoy decided not to sample: the sampler would drop this span anyway.
+            if parent is None or parent.sampled or not self._t.drops_unsampled:
+                return True, carrier if parent else None
+        else:
+            parent = _request_trace(context, headers)
+        call.trace_id = parent.trace_id if parent else None
+        return False, None
+
+    def _span(self, carrier: Mapping[str, str] | None) -> Any:
         parent = parent_context(carrier) if carrier is not None else None
-        with self._t.tracer.start_as_current_span(
+        return self._t.tracer.start_as_current_span(
             "authz.Check", context=parent, kind=SpanKind.SERVER
-        ) as span:
-            decision = await _decide(engine, inputs)
-            if span.is_recording():
-                span.set_attributes(span_attributes(decision, decision_id, inputs.facts.method))
-            return decision, f"{span.get_span_context().trace_id:032x}"
+        )
+
+    @staticmethod
+    def _end_span(span: Any, decision: Decision, call: _Call) -> str:
+        if span.is_recording() and call.facts is not None:
+            span.set_attributes(span_attributes(decision, call.decision_id, call.facts.method))
+        return f"{span.get_span_context().trace_id:032x}"
+
+    def _answer(self, call: _Call, decision: Decision) -> bytes:
+        """The serialized answer, with the decision recorded and audited."""
+        engine = call.engine
+        request_id = call.facts.request_id if call.facts is not None else ""
+        try:
+            response = engine.responses.wire(decision, request_id, call.decision_id)
+        except Exception:
+            # E.g. an identity with no exact header encoding: deny, never a lossy allow.
+            log.exception("answer failed; denying")
+            decision = INTERNAL_ERROR
+            response = engine.responses.wire(decision, request_id, call.decision_id)
+        elapsed = time.perf_counter() - call.started
+        self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
+        if self._audit is not None:
+            self._audit.emit(
+                CheckAudit(
+                    time.time(), decision, call.facts, elapsed, call.decision_id, call.trace_id
+                )
+            )
+        return response
 
 
-def _decide(engine: Engine, inputs: CheckInputs) -> Coroutine[Any, Any, Decision]:
-    return engine.authorizer.decide(
+class _Call:
+    """One Check's state from its arrival to its answer."""
+
+    __slots__ = ("decision_id", "engine", "facts", "started", "trace_id")
+
+    def __init__(self, engine: Engine, decision_id: str) -> None:
+        self.started = time.perf_counter()
+        # Read once per call, so a reload never mixes two configs in one decision.
+        self.engine = engine
+        self.decision_id = decision_id
+        self.facts: RequestFacts | None = None
+        self.trace_id: str | None = None
+
+
+async def _decide_awaiting_keys(engine: Engine, inputs: CheckInputs) -> Decision:
+    return await engine.authorizer.decide(
         inputs.facts, authorization=inputs.authorization, cookie=inputs.cookie
     )
 
 
 def add_to_server(servicer: AuthorizationServicer, server: Any) -> None:
-    """Register Check. It parses its own request (`check_wire`), and its answers are
+    """Register Check, as a coroutine on grpc.aio and as a plain function on the
+    threaded server. It parses its own request (`check_wire`), and its answers are
     already serialized (allows come from byte templates), so they go out as they are."""
-    add_bytes_method(server, SERVICE_NAME, "Check", servicer.check_wire)
+    handler = servicer.check_wire if is_aio(server) else servicer.check_wire_sync
+    add_bytes_method(server, SERVICE_NAME, "Check", handler)
 
 
 def _trace_carrier(context: Any, headers: Mapping[str, str]) -> Mapping[str, str]:

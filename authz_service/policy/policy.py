@@ -15,6 +15,8 @@ The object is immutable once built; a reload builds a new one and swaps it whole
 
 from __future__ import annotations
 
+import contextlib
+
 from authz_service.policy.conditions import (
     CompiledCondition,
     ConditionCompileError,
@@ -82,7 +84,9 @@ class CompiledPolicy:
         if len(facts.raw_path) <= _MAX_MEMO_PATH:
             matches = self._matches
             if len(matches) >= _MATCH_MEMO_SIZE:
-                del matches[next(iter(matches))]
+                # Another thread (the `sync` stack) may change the memo meanwhile.
+                with contextlib.suppress(KeyError, RuntimeError):
+                    del matches[next(iter(matches))]
             matches[key] = found
         return found
 

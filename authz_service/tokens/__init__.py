@@ -4,6 +4,8 @@
                   proxies, config_dir, stats)
         await .start() / await .close()
         await .verify(token) -> Principal          raises InvalidToken, never anything else
+        .verify_now(token) -> Principal | NeedKeys  the same with the keys known now, no I/O
+        await .fetch_keys(need); .verify_fetched(token) -> Principal    then, with the keys
         .key_sources() -> Mapping[issuer, KeySource]
         .issuers_without_keys() -> dict[issuer, reason]      for health
         .reusable_key_sources(issuers, config_dir=) -> dict[issuer, KeySource]
@@ -26,7 +28,12 @@ from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
 from authz_service.tokens.remote import RemoteKeySource
 from authz_service.tokens.settings import IssuerSettings, JwksSettings, TokenLimits
 from authz_service.tokens.sources import FileKeySource, KeySource, StaticKeySource
-from authz_service.tokens.verifier import TokenVerifier, VerifierStats, build_key_source
+from authz_service.tokens.verifier import (
+    NeedKeys,
+    TokenVerifier,
+    VerifierStats,
+    build_key_source,
+)
 
 __all__ = [
     "REASONS",
@@ -40,6 +47,7 @@ __all__ = [
     "JwksSettings",
     "KeyRing",
     "KeySource",
+    "NeedKeys",
     "ProxyConfig",
     "Reason",
     "RefetchPolicy",

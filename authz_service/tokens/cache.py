@@ -13,6 +13,8 @@ junk.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 
 from authz_service.principal import Principal
@@ -31,7 +33,11 @@ class CachedToken:
 
 
 class VerifiedTokenCache:
-    """Exact token string -> CachedToken, evicting the oldest insertion when full."""
+    """Exact token string -> CachedToken, evicting the oldest insertion when full.
+
+    Safe from several threads (the `sync` server stack): a lookup is one dict operation;
+    an insertion, which may evict, takes a lock (it follows a signature check, so the
+    lock's cost does not show)."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
@@ -39,6 +45,7 @@ class VerifiedTokenCache:
         self._capacity = capacity
         # dicts keep insertion order, so the first key is always the oldest entry.
         self._entries: dict[str, CachedToken] = {}
+        self._insert_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,9 +58,11 @@ class VerifiedTokenCache:
         """Remember a verified token, evicting the oldest entry when at capacity."""
         if self._capacity == 0:
             return
-        if token not in self._entries and len(self._entries) >= self._capacity:
-            del self._entries[next(iter(self._entries))]
-        self._entries[token] = entry
+        entries = self._entries
+        with self._insert_lock:
+            if token not in entries and len(entries) >= self._capacity:
+                _drop_oldest(entries)
+            entries[token] = entry
 
     def discard(self, token: str) -> None:
         """Forget a token (its window ended or its key is gone)."""
@@ -62,3 +71,9 @@ class VerifiedTokenCache:
     def clear(self) -> None:
         """Forget everything."""
         self._entries.clear()
+
+
+def _drop_oldest(entries: dict[str, CachedToken]) -> None:
+    # discard() and clear() take no lock: the dict may change under the iterator.
+    with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+        del entries[next(iter(entries))]

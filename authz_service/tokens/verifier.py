@@ -4,6 +4,13 @@ The pipeline reads like RFC 8725 §3: caps and shape (compact.py) -> issuer chos
 unverified `iss` -> `alg` against that issuer's allow-list -> `typ` -> key by `kid` and
 key type -> one signature check -> claims (claims.py) -> Principal, cached until it
 expires or its key leaves the JWKS.
+
+The pipeline itself is synchronous and does no I/O (`verify_now`), like h11: when the
+issuer has no key set yet, or the token's kid is not in it, it answers `NeedKeys(issuer,
+kid)` instead of waiting. The caller then has the keys fetched (`fetch_keys`, on the event
+loop, at most the issuer's `check_wait_seconds`) and verifies once more with whatever
+keys there are then (`verify_fetched`). `verify` does the three steps for an asyncio
+caller; a handler on a worker thread does the same with the fetch handed to the loop.
 """
 
 from __future__ import annotations
@@ -83,6 +90,16 @@ def _source_signature(settings: IssuerSettings, config_dir: Path | None) -> tupl
     ca_file = None if settings.ca_file is None else _resolve(settings.ca_file, config_dir)
     transport = (ca_file, settings.allow_insecure_http)
     return (settings.issuer, path, settings.jwks_url, settings.discovery, settings.jwks, transport)
+
+
+@dataclass(frozen=True, slots=True)
+class NeedKeys:
+    """The token's issuer has no key set yet, or the set lacks the token's kid: fetch
+    (`TokenVerifier.fetch_keys`), waiting `wait_s` at most, then verify again."""
+
+    issuer: str
+    kid: str | None
+    wait_s: float  # the issuer's jwks.check_wait_seconds
 
 
 @dataclass(slots=True)
@@ -217,7 +234,44 @@ class TokenVerifier:
         return reusable
 
     async def verify(self, token: str) -> Principal:
-        """Verify a compact JWS bearer token; raise InvalidToken (and nothing else) if refused."""
+        """Verify a compact JWS bearer token, fetching keys if it needs them; raise
+        InvalidToken (and nothing else) if refused."""
+        found = self.verify_now(token)
+        if isinstance(found, NeedKeys):
+            await self.fetch_keys(found)
+            return self.verify_fetched(token)
+        return found
+
+    def verify_now(self, token: str) -> Principal | NeedKeys:
+        """Verify with the keys known now: the Principal, or what must be fetched first.
+        Raises InvalidToken (and nothing else) if refused. No I/O, no waiting."""
+        return self._verify(token, may_need_keys=True)
+
+    def verify_fetched(self, token: str) -> Principal:
+        """Verify after `fetch_keys`, with the keys there are now (none, or still not the
+        token's kid: the token is refused). Raises InvalidToken if refused."""
+        found = self._verify(token, may_need_keys=False)
+        if isinstance(found, NeedKeys):  # not reached: _verify asks only when allowed to
+            raise InvalidToken("keys_unavailable")
+        return found
+
+    async def fetch_keys(self, need: NeedKeys) -> None:
+        """Refetch `need.issuer`'s keys (gated and shared by its key source), waiting
+        `need.wait_s` at most: past it the Check goes on with the keys it has, while the
+        fetch (shielded in the source) finishes in the background for later Checks. A
+        failure is logged, never raised: the keys there are then decide."""
+        issuer = self._issuers.get(need.issuer)
+        if issuer is None:
+            return
+        try:
+            async with asyncio.timeout(need.wait_s):
+                await issuer.source.refresh_for_unknown_kid(need.kid)
+        except TimeoutError:
+            return
+        except Exception as exc:
+            _log_unexpected("key fetch for a token failed unexpectedly", exc)
+
+    def _verify(self, token: str, *, may_need_keys: bool) -> Principal | NeedKeys:
         try:
             cached = self._from_cache(token)
             if cached is not None:
@@ -226,23 +280,16 @@ class TokenVerifier:
             issuer = self._issuer_for(parsed)
             ring = issuer.source.current()
             if ring is None or (parsed.kid is not None and not ring.has_kid(parsed.kid)):
-                ring = await self._refreshed_ring(issuer, ring, parsed.kid)
+                if may_need_keys:
+                    return NeedKeys(issuer.rules.issuer, parsed.kid, issuer.check_wait)
+                if ring is None:
+                    raise InvalidToken("keys_unavailable")
             key = _check_signature(parsed, ring)
             return self._admit(token, parsed, issuer, key)
         except InvalidToken:
             raise
         except Exception as exc:
-            # Fail closed. Log where, never the message (it could quote token content).
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error(
-                "token verification failed unexpectedly",
-                extra={
-                    "fields": {
-                        "exc_type": type(exc).__name__,
-                        "at": f"{where.filename}:{where.lineno}",
-                    }
-                },
-            )
+            _log_unexpected("token verification failed unexpectedly", exc)
             raise InvalidToken("internal_error") from None
 
     def _from_cache(self, token: str) -> Principal | None:
@@ -277,22 +324,6 @@ class TokenVerifier:
         check_typ(parsed.header, issuer.rules)
         return issuer
 
-    @staticmethod
-    async def _refreshed_ring(issuer: _Issuer, ring: KeyRing | None, kid: str | None) -> KeyRing:
-        """The key set after a (gated, shared) refetch for an unknown kid or a missing set.
-
-        One deadline bounds the whole wait, however many fetches the source needs (OIDC
-        discovery, then the JWKS): past it the Check goes on with the keys it has, while
-        the fetch (shielded in the source) finishes in the background for later Checks."""
-        try:
-            async with asyncio.timeout(issuer.check_wait):
-                ring = await issuer.source.refresh_for_unknown_kid(kid) or ring
-        except TimeoutError:
-            ring = issuer.source.current() or ring
-        if ring is None:
-            raise InvalidToken("keys_unavailable")
-        return ring
-
     def _admit(
         self, token: str, parsed: ParsedJws, issuer: _Issuer, key: VerificationKey
     ) -> Principal:
@@ -304,6 +335,13 @@ class TokenVerifier:
         )
         self._cache.put(token, entry)
         return principal
+
+
+def _log_unexpected(message: str, exc: Exception) -> None:
+    """Fail closed. Log where, never the message (it could quote token content)."""
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    at = f"{where.filename}:{where.lineno}"
+    log.error(message, extra={"fields": {"exc_type": type(exc).__name__, "at": at}})
 
 
 def _check_signature(parsed: ParsedJws, ring: KeyRing) -> VerificationKey:

@@ -1,9 +1,11 @@
-"""Fixtures for the authz sidecar: dev IdP keys, a config file, a running servicer."""
+"""Fixtures for the authz sidecar: dev IdP keys, a config file, a running servicer (on
+each in-process server stack)."""
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from devstack.idp_keys import IdpKeys, ensure_idp_keys, mint_token
 from devstack.pki import Pki
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
+from sidecar_runtime.loops import LoopBridge
 from sidecar_runtime.server import ServiceBinding, SidecarServer
+from sidecar_runtime.settings import Stack
+from tests.sidecar_runtime.stacks import IN_PROCESS_STACKS, loop_factories
 
 ISSUER = "https://idp.test"
 AUDIENCE = "api://demo"
@@ -59,7 +64,10 @@ def write_config(
     server: dict[str, Any] | None = None,
     audit_file: Path | None = None,
     routes: str = ROUTES,
+    keys: dict[str, Any] | None = None,
 ) -> Path:
+    """An authz config in `directory`; the issuer's keys from `idp/jwks.json` unless
+    `keys` says otherwise (e.g. `{"jwks_url": ..., "jwks": {...}}`)."""
     config: dict[str, Any] = {
         "server": server or {"listen": "127.0.0.1:0"},
         "issuers": [
@@ -67,7 +75,7 @@ def write_config(
                 "issuer": ISSUER,
                 "audiences": [AUDIENCE],
                 "algorithms": ["RS256", "EdDSA", "Ed25519"],
-                "jwks_file": "idp/jwks.json",
+                **(keys or {"jwks_file": "idp/jwks.json"}),
             }
         ],
         "audit": {"enabled": audit_file is not None, "target": str(audit_file or "stdout")},
@@ -76,6 +84,19 @@ def write_config(
     path = directory / "authz.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False) + routes)
     return path
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return loop_factories(item)
+
+
+@pytest.fixture(params=IN_PROCESS_STACKS)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The server stack of an in-process server (aio, sync)."""
+    stack: Stack = request.param
+    return stack
 
 
 @pytest.fixture(scope="session")
@@ -113,10 +134,12 @@ class RunningAuthz:
 
 
 async def start_authz(config: Path, *, audit_file: Path | None = None) -> RunningAuthz:
+    """The servicer in an in-process server on the stack the config's `server` names."""
     engine = await load_engine(config, clock=SystemClock())
     holder = EngineHolder(engine, clock=SystemClock())
     audit = AuditSink(str(audit_file)) if audit_file else None
-    servicer = AuthorizationServicer(holder, audit)
+    bridge = LoopBridge(asyncio.get_running_loop())
+    servicer = AuthorizationServicer(holder, audit, bridge=bridge)
     binding = ServiceBinding(
         SERVICE_NAME,
         lambda s: add_to_server(servicer, s),
@@ -134,19 +157,21 @@ async def stop_authz(running: RunningAuthz) -> None:
 
 
 @pytest.fixture
-async def authz(config_dir: Path) -> AsyncIterator[RunningAuthz]:
+async def authz(config_dir: Path, stack: Stack) -> AsyncIterator[RunningAuthz]:
     audit_file = config_dir / "audit.log"
+    server = {"listen": "127.0.0.1:0", "stack": stack}
     running = await start_authz(
-        write_config(config_dir, audit_file=audit_file), audit_file=audit_file
+        write_config(config_dir, server=server, audit_file=audit_file), audit_file=audit_file
     )
     yield running
     await stop_authz(running)
 
 
 @pytest.fixture
-async def authz_mtls(config_dir: Path, pki: Pki) -> AsyncIterator[RunningAuthz]:
+async def authz_mtls(config_dir: Path, pki: Pki, stack: Stack) -> AsyncIterator[RunningAuthz]:
     server = {
         "listen": "127.0.0.1:0",
+        "stack": stack,
         "tls": {
             "mode": "mtls",
             "cert_file": str(pki.sidecar_cert),

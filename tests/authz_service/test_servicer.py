@@ -1,9 +1,12 @@
-"""The real servicer in a grpc.aio server on a free port, called with xds-protos stubs."""
+"""The real servicer in an in-process server on a free port (grpc.aio, and grpcio's
+thread-pool server: the `stack` fixture), called with xds-protos stubs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,19 @@ from authz_service.decision import Decision
 from authz_service.identity_encoding import decode_item, decode_list
 from authz_service.principal import Principal
 from authz_service.servicer import SERVICE_NAME
+from devstack.idp_keys import IdpKeys
 from devstack.pki import Pki
-from tests.authz_service.conftest import ISSUER, Mint, RunningAuthz
+from sidecar_runtime.settings import Stack
+from tests.authz_service.conftest import (
+    ISSUER,
+    Mint,
+    RunningAuthz,
+    start_authz,
+    stop_authz,
+    write_config,
+)
+from tests.authz_service.tokens.conftest import LocalIdp, Reply
+from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.grpc_clients import channel
 from tests.support.grpcurl import grpcurl
 
@@ -262,10 +276,10 @@ async def test_undecodable_path_is_400(authz: RunningAuthz, mint: Mint) -> None:
 async def test_unexpected_error_denies_with_503(
     authz: RunningAuthz, mint: Mint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def boom(*_a: Any, **_k: Any) -> Any:
+    def boom(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(authz.holder.current.authorizer, "decide", boom)
+    monkeypatch.setattr(authz.holder.current.authorizer, "decide_now", boom)
     status, _, body = denied(await check(authz.address, check_request("/api/v1/public/ping")))
     assert (status, body["error"]) == (503, "temporarily_unavailable")
 
@@ -276,10 +290,10 @@ async def test_an_identity_with_no_exact_encoding_denies_with_503(
     # The token parser refuses lone surrogates; should one get through, no lossy header.
     lone = Principal("\ud800", ISSUER, (), frozenset(), frozenset(), {}, 2e9)
 
-    async def allow(*_a: Any, **_k: Any) -> Decision:
+    def allow(*_a: Any, **_k: Any) -> Decision:
         return Decision(True, 200, "allowed", rule="get-user", principal=lone)
 
-    monkeypatch.setattr(authz.holder.current.authorizer, "decide", allow)
+    monkeypatch.setattr(authz.holder.current.authorizer, "decide_now", allow)
     resp = await check(authz.address, check_request("/api/v1/users/alice"))
     status, _, body = denied(resp)
     assert (status, body["error"]) == (503, "temporarily_unavailable")
@@ -407,3 +421,98 @@ async def test_undecodable_bytes_are_invalid_argument_and_the_server_still_answe
             await raw(check_request("/api/v1/public/ping").SerializeToString(), timeout=5)
         )
     assert answer.status.code == code_pb2.OK
+
+
+# -- a token whose keys are not known yet -------------------------------------------------
+# The Check's decision is synchronous; only then does it wait for a fetch (on the loop; on
+# the sync stack from a worker thread through the bridge), at most check_wait_seconds.
+CHECK_WAIT_S = 0.3
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[LocalIdp]:
+    server = LocalIdp()
+    yield server
+    server.stop()
+
+
+def _published(idp: IdpKeys, *algs: str) -> dict[str, Any]:
+    """The dev IdP's JWKS with only the keys of `algs` (RS256 and/or EdDSA)."""
+    keys = idp.public_jwks()["keys"]
+    return {"keys": [key for key in keys if key["alg"] in algs]}
+
+
+@pytest.fixture
+async def authz_remote(
+    config_dir: Path, idp: IdpKeys, jwks_server: LocalIdp, stack: Stack
+) -> AsyncIterator[RunningAuthz]:
+    """authz whose issuer's keys come from `jwks_server`, which publishes the RS256 key."""
+    jwks_server.set("/jwks", Reply.json(_published(idp, "RS256")))
+    keys = {
+        "jwks_url": jwks_server.url("/jwks"),
+        "jwks": {"check_wait_seconds": CHECK_WAIT_S, "unknown_kid_cooldown_seconds": 0},
+    }
+    server = {"listen": "127.0.0.1:0", "stack": stack}
+    running = await start_authz(write_config(config_dir, server=server, keys=keys))
+    yield running
+    await stop_authz(running)
+
+
+@ALSO_ON_UVLOOP
+async def test_a_rotated_in_key_is_fetched_and_the_check_allowed(
+    authz_remote: RunningAuthz, jwks_server: LocalIdp, idp: IdpKeys, mint: Mint
+) -> None:
+    rs256 = mint("alice", scope="users:read")
+    allowed(await check(authz_remote.address, check_request("/api/v1/users/alice", token=rs256)))
+    assert jwks_server.hits["/jwks"] == 1
+    jwks_server.set("/jwks", Reply.json(_published(idp, "RS256", "EdDSA")))  # rotation
+    eddsa = mint("alice", alg="EdDSA", scope="users:read")
+    resp = await check(authz_remote.address, check_request("/api/v1/users/alice", token=eddsa))
+    headers, _, _ = allowed(resp)
+    assert headers["x-auth-subject"] == '"alice"'
+    assert jwks_server.hits["/jwks"] == 2  # one refetch for the unknown kid
+    # Known now: no further fetch.
+    allowed(await check(authz_remote.address, check_request("/api/v1/users/alice", token=eddsa)))
+    assert jwks_server.hits["/jwks"] == 2
+
+
+async def test_an_unknown_kid_waits_at_most_check_wait_then_is_refused(
+    authz_remote: RunningAuthz, jwks_server: LocalIdp, idp: IdpKeys, mint: Mint
+) -> None:
+    # The IdP answers the refetch, with the new key, only after 1 s.
+    jwks_server.set("/jwks", Reply.json(_published(idp, "RS256", "EdDSA"), delay=1.0))
+    eddsa = mint("alice", alg="EdDSA", scope="users:read")
+    started = time.monotonic()
+    status, _, body = denied(
+        await check(authz_remote.address, check_request("/api/v1/users/alice", token=eddsa))
+    )
+    waited = time.monotonic() - started
+    assert (status, body["error"]) == (401, "invalid_token")  # fail closed: unknown key
+    assert CHECK_WAIT_S * 0.8 < waited < CHECK_WAIT_S + 0.5
+    # The fetch went on after the Check stopped waiting; later Checks use its keys.
+    deadline = time.monotonic() + 5
+    while True:
+        resp = await check(authz_remote.address, check_request("/api/v1/users/alice", token=eddsa))
+        if resp.WhichOneof("http_response") == "ok_response":
+            break
+        assert time.monotonic() < deadline, "the rotated-in key never arrived"
+        await asyncio.sleep(0.1)
+
+
+async def test_an_issuer_without_keys_is_503_after_check_wait(
+    config_dir: Path, jwks_server: LocalIdp, stack: Stack, mint: Mint
+) -> None:
+    jwks_server.set("/jwks", Reply(status=503))  # the IdP is down at start
+    keys = {"jwks_url": jwks_server.url("/jwks"), "jwks": {"check_wait_seconds": CHECK_WAIT_S}}
+    server = {"listen": "127.0.0.1:0", "stack": stack}
+    running = await start_authz(write_config(config_dir, server=server, keys=keys))
+    try:
+        jwks_server.set("/jwks", Reply(status=503, delay=2.0))  # and slow to say so
+        token = mint("alice", scope="users:read")
+        started = time.monotonic()
+        resp = await check(running.address, check_request("/api/v1/users/alice", token=token))
+        status, _, body = denied(resp)
+        assert (status, body["error"]) == (503, "temporarily_unavailable")
+        assert time.monotonic() - started < CHECK_WAIT_S + 0.5
+    finally:
+        await stop_authz(running)

@@ -1,7 +1,9 @@
-"""Spans, metrics and decision correlation with in-memory exporters and readers."""
+"""Spans, metrics and decision correlation with in-memory exporters and readers, on each
+in-process server stack."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -23,7 +25,9 @@ from devstack.idp_server import IdpServer
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
 from sidecar_runtime.histograms import InMemoryReader
+from sidecar_runtime.loops import LoopBridge
 from sidecar_runtime.server import ServiceBinding, SidecarServer
+from sidecar_runtime.settings import Stack
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
 from tests.authz_service.conftest import AUDIENCE, ROUTES
 from tests.authz_service.test_servicer import check_request
@@ -48,13 +52,13 @@ class Observed:
 
 
 @pytest.fixture
-async def observed(tmp_path: Path, idp: IdpKeys) -> AsyncIterator[Observed]:
+async def observed(tmp_path: Path, idp: IdpKeys, stack: Stack) -> AsyncIterator[Observed]:
     server_idp = IdpServer(idp, port=0)  # issuer: http://127.0.0.1:<the bound port>
     issuer = server_idp.issuer
     server_idp.start()
     config = tmp_path / "authz.yaml"
     settings = {
-        "server": {"listen": "127.0.0.1:0"},
+        "server": {"listen": "127.0.0.1:0", "stack": stack},
         "issuers": [
             {
                 "issuer": issuer,
@@ -82,7 +86,8 @@ async def observed(tmp_path: Path, idp: IdpKeys) -> AsyncIterator[Observed]:
     telemetry.attach(holder)
     audit_file = tmp_path / "audit.log"
     audit = AuditSink(str(audit_file))
-    servicer = AuthorizationServicer(holder, audit, telemetry)
+    bridge = LoopBridge(asyncio.get_running_loop())
+    servicer = AuthorizationServicer(holder, audit, telemetry, bridge=bridge)
     binding = ServiceBinding(
         SERVICE_NAME,
         lambda s: add_to_server(servicer, s),

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from authz_service.principal import Principal
 from authz_service.tokens import (
     REASONS,
     InvalidToken,
@@ -20,6 +21,7 @@ from authz_service.tokens import (
 from authz_service.tokens import verifier as verifier_module
 from authz_service.tokens.encoding import b64url_decode, b64url_encode
 from authz_service.tokens.settings import IssuerSettings
+from authz_service.tokens.verifier import NeedKeys
 from sidecar_runtime.clock import ManualClock
 from tests.authz_service.tokens.conftest import Keys, issuer
 from tests.authz_service.tokens.factory import (
@@ -643,3 +645,57 @@ def _json_token(payload: Any) -> str:
     head = encode_json({"alg": "RS256", "kid": "rsa-1"})
     body = b64url_encode(json.dumps(payload).encode())
     return f"{head}.{body}.{b64url_encode(hmac.new(b'k', body.encode(), hashlib.sha256).digest())}"
+
+
+# -- the synchronous pipeline: keys known now, or which to fetch ---------------------------
+def test_verify_now_needs_no_loop_when_the_keys_are_known(
+    verifier: TokenVerifier, keys: Keys
+) -> None:
+    principal = verifier.verify_now(mint(keys.rsa, claims()))
+    assert isinstance(principal, Principal)
+    assert principal.key_id == "rsa-1"
+
+
+def test_an_unknown_kid_or_no_key_set_asks_for_keys_instead_of_waiting(
+    clock: ManualClock, keys: Keys
+) -> None:
+    source = StaticKeySource(ring_of(keys.rsa))
+    settings = issuer(jwks={"check_wait_seconds": 0.25})
+    v = make_verifier(clock, source, settings)
+    assert v.verify_now(mint(keys.rsa_b, claims())) == NeedKeys(ISSUER, "rsa-2", 0.25)
+    assert source.unknown_kid_refreshes == 0  # asking is not fetching
+    empty = make_verifier(clock, StaticKeySource(None), settings)
+    assert empty.verify_now(mint(keys.rsa, claims())) == NeedKeys(ISSUER, "rsa-1", 0.25)
+
+
+async def test_after_a_fetch_the_keys_there_are_decide(clock: ManualClock, keys: Keys) -> None:
+    source = StaticKeySource(ring_of(keys.rsa))
+    v = make_verifier(clock, source)
+    token = mint(keys.rsa_b, claims())
+    need = v.verify_now(token)
+    assert isinstance(need, NeedKeys)
+    await v.fetch_keys(need)
+    assert source.unknown_kid_refreshes == 1
+    with pytest.raises(InvalidToken) as still_unknown:
+        v.verify_fetched(token)
+    assert still_unknown.value.reason == "unknown_key"
+    source.ring = ring_of(keys.rsa, keys.rsa_b)  # what a refetch would have brought
+    assert v.verify_fetched(token).key_id == "rsa-2"
+    with pytest.raises(InvalidToken) as none_at_all:
+        make_verifier(clock, StaticKeySource(None)).verify_fetched(token)
+    assert none_at_all.value.reason == "keys_unavailable"
+
+
+async def test_a_failing_fetch_is_logged_not_raised(
+    clock: ManualClock, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(StaticKeySource):
+        async def refresh_for_unknown_kid(self, kid: str | None = None) -> KeyRing | None:
+            raise RuntimeError("secret-looking detail")
+
+    v = make_verifier(clock, Broken(ring_of(keys.rsa)))
+    need = v.verify_now(mint(keys.rsa_b, claims()))
+    assert isinstance(need, NeedKeys)
+    await v.fetch_keys(need)
+    assert "secret-looking detail" not in caplog.text
+    assert "key fetch for a token failed unexpectedly" in caplog.text
