@@ -1,21 +1,22 @@
-"""`make bench` / `python -m bench [--smoke]`: the benchmark harness (issue 6).
+"""`make bench` / `python -m bench [--smoke]`: the benchmark harness (issue 16).
 
-Sections, in one run (ratios are taken within it):
-  1. sidecar ceilings next to a floor server      (bench.sidecars)
-     the targets' ratios in alternating rounds     (bench.rounds)
-     and telemetry off/on in alternating rounds    (bench.telemetry_cost)
-  2. the whole edge through Envoy, three ways     (bench.edge)
-  3. Redis commands and memory per bucket          (bench.footprint)
-  4. each sidecar's peak RSS                       (bench.footprint)
-  and profiles of the sidecars under load          (bench.profiling, bench.hotpath)
+Sections, in one run (every ratio is taken within it):
+  edge      the whole edge side by side in alternating rounds: Envoy alone, Envoy's
+            built-ins, the product's default profile on each sidecar stack, and its
+            `stage0: global` profile; then each at half of its saturation rate
+            (bench.edge_section)
+  exact     global limits with two rate-limit replicas and one key (bench.exact)
+  sidecars  each sidecar alone per stack, in alternating rounds (bench.sidecars)
+  footprint Redis commands and bytes per bucket, each sidecar's peak RSS (bench.footprint)
 
 Bounded: a time budget (default 585 s) is checked before every step; a step that would
-overrun it is skipped and said so. Loopback only; fixed durations and counts. Every
-process the harness starts is stopped by its pid when it ends, on an exception, on Ctrl-C
-and on SIGTERM.
+overrun it is skipped or shortened, and the notes say so. Loopback only; fixed durations
+and counts. Every process the harness starts is stopped when it ends, on an exception,
+on Ctrl-C and on SIGTERM.
 
 A full run writes bench/results/latest.json and the tables in docs/benchmarks.md.
-`--smoke` runs every code path with tiny counts and writes only into its work directory.
+`--smoke` runs every path of the full run with tiny counts and writes only into its work
+directory; so does `--sections` (a development loop: only the sections named).
 """
 
 from __future__ import annotations
@@ -33,17 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import (
-    edge,
-    footprint,
-    hotpath,
-    machine,
-    profiling,
-    report,
-    rounds,
-    sidecars,
-    telemetry_cost,
-)
+from bench import edge_section, exact, footprint, machine, report, sidecars, targets
 from bench.context import SMOKE, Ctx, Timing, stage
 from bench.procs import REPO, Procs, wait_quiet
 from devstack.idp_keys import ensure_idp_keys
@@ -51,6 +42,7 @@ from devstack.idp_keys import ensure_idp_keys
 RESULTS = REPO / "bench" / "results" / "latest.json"
 DOC = REPO / "docs" / "benchmarks.md"
 DEFAULT_BUDGET_S = 585.0
+SECTIONS = ("edge", "exact", "sidecars", "footprint")
 
 
 class Interrupted(BaseException):
@@ -63,42 +55,23 @@ def _on_term(_sig: int, _frame: FrameType | None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny counts; proves the harness works"
-    )
-    parser.add_argument("--work", type=Path, help="work directory (logs, configs, raw h2load logs)")
-    parser.add_argument(
-        "--results", type=Path, help=f"JSON result (default: {RESULTS.relative_to(REPO)})"
-    )
-    parser.add_argument(
-        "--doc", type=Path, help=f"Markdown file (default: {DOC.relative_to(REPO)})"
-    )
+    parser.add_argument("--smoke", action="store_true", help="tiny counts; proves the harness")
+    parser.add_argument("--work", type=Path, help="work directory (logs, configs, h2load logs)")
+    parser.add_argument("--results", type=Path, help=f"JSON (default {RESULTS.relative_to(REPO)})")
+    parser.add_argument("--doc", type=Path, help=f"Markdown (default {DOC.relative_to(REPO)})")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     parser.add_argument(
-        "--rows",
-        metavar="W:ROW,...",
-        help="development loop: section 1 only, these rows (e.g. 1:floor,1:check-pool-rs256);"
-        " writes only into the work directory",
-    )
-    parser.add_argument(
-        "--telemetry-cost",
-        action="store_true",
-        help="development loop: the telemetry cost rounds (with --rows: after those rows);"
-        " writes only into the work directory",
-    )
-    parser.add_argument(
-        "--rounds",
-        action="store_true",
-        help="development loop: the targets' ratios in alternating rounds (after --rows);"
-        " writes only into the work directory",
+        "--sections",
+        metavar="NAME,...",
+        help=f"development loop: only these of {','.join(SECTIONS)}; writes only into the"
+        " work directory",
     )
     parser.add_argument(
         "--render",
         type=Path,
         metavar="JSON",
-        help="measure nothing: re-evaluate the targets of a stored result and rewrite the"
-        " Markdown (and the JSON's targets) from it",
+        help="measure nothing: judge a stored result again and rewrite the Markdown from it",
     )
     return parser
 
@@ -106,31 +79,51 @@ def _parser() -> argparse.ArgumentParser:
 def render(source: Path, doc: Path) -> int:
     """Targets, commands and Markdown again from a stored result (no measurement)."""
     result = json.loads(source.read_text())
-    result["targets"] = report.evaluate_targets(result)
-    result["commands"] = report.collect_commands(result)
-    report.write_json(source, result)
+    if result.get("schema") == report.SCHEMA:
+        result["targets"] = targets.evaluate(result)
+        result["commands"] = report.collect_commands(result)
+        report.write_json(source, result)
     report.write_markdown(doc, result)
     print(f"[bench] rendered {doc} from {source}", file=sys.stderr)
     return 0
 
 
-def _row_plan(spec: str) -> dict[int, list[str]]:
-    plan: dict[int, list[str]] = {}
-    for item in spec.split(","):
-        workers, _, name = item.strip().rpartition(":")
-        plan.setdefault(int(workers or 1), []).append(name)
-    return plan
+def _chosen(spec: str | None) -> tuple[str, ...]:
+    if spec is None:
+        return SECTIONS
+    chosen = tuple(s.strip() for s in spec.split(",") if s.strip())
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--sections: unknown {', '.join(sorted(unknown))}")
+    return chosen
+
+
+def measure(ctx: Ctx, chosen: tuple[str, ...], sections: dict[str, Any]) -> None:
+    """The sections in order; the footprint last (its 100,000-subject drives stop at the
+    time budget, see bench.footprint)."""
+    with stage(ctx, "setup: Redis, tokens, request bodies"):
+        ctx.start_redis()
+        material = sidecars.prepare(ctx) if "sidecars" in chosen else None
+    if "edge" in chosen:
+        sections["edge"] = edge_section.run_section(ctx)
+    if "exact" in chosen:
+        sections["exact"] = exact.run_section(ctx)
+    if material is not None:
+        sections["sidecars"] = sidecars.run_section(ctx, material)
+    if "footprint" in chosen:
+        sections["redis"], sections["memory"] = footprint.run_sections(ctx)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.render is not None:
         return render(args.render, args.doc or DOC)
+    chosen = _chosen(args.sections)
     started = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = (args.work or REPO / ".dev" / "bench" / stamp).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    scratch = args.smoke or args.rows is not None or args.telemetry_cost or args.rounds
+    scratch = args.smoke or args.sections is not None
     results = args.results or (work / "latest.json" if scratch else RESULTS)
     doc = args.doc or (work / "benchmarks.md" if scratch else DOC)
     # The sidecars' telemetry stays at its default (off): an OTEL_* variable in the caller's
@@ -141,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     procs = Procs(work / "logs")
     timing = SMOKE if args.smoke else Timing()
     result: dict[str, Any] = {
-        "schema": 1,
+        "schema": report.SCHEMA,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "smoke" if args.smoke else ("rows" if scratch else "full"),
+        "mode": "smoke" if args.smoke else ("sections" if scratch else "full"),
         **machine.describe(),
         "timing": {k: getattr(timing, k) for k in timing.__dataclass_fields__},
         "harness_command": shlex.join([sys.executable, "-m", "bench", *(argv or sys.argv[1:])]),
@@ -155,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs=procs,
         keys=ensure_idp_keys(work / "idp"),
         timing=timing,
-        smoke=args.smoke,
         deadline=started + args.budget,
     )
     status = 0
@@ -164,32 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.smoke and not args.no_wait:
             waited, foreign = wait_quiet(max_wait=30, log=ctx.log)
         result["quiet"] = {"waited_s": round(waited, 1), "foreign_cores": round(foreign, 2)}
-        with stage(ctx, "setup: Redis, tokens, request bodies"):
-            ctx.start_redis()
-            material = sidecars.prepare(ctx)
-        sections = result["sections"]
-        plan = sidecars.SMOKE_PLAN if args.smoke else sidecars.FULL_PLAN
-        cost_groups = telemetry_cost.SMOKE_GROUPS if args.smoke else telemetry_cost.FULL_GROUPS
-        target_groups = rounds.SMOKE_TARGET_GROUPS if args.smoke else rounds.TARGET_GROUPS
-        if args.rows is not None or args.telemetry_cost or args.rounds:
-            if args.rows:
-                sections["sidecars"] = sidecars.run_section(ctx, material, _row_plan(args.rows))
-            if args.rounds:
-                sections["rounds"] = rounds.run_section(ctx, material, target_groups)
-            if args.telemetry_cost:
-                sections["telemetry_cost"] = rounds.run_section(ctx, material, cost_groups)
-            return status
-        sections["sidecars"] = sidecars.run_section(
-            ctx, material, plan, saturation_elsewhere=rounds.judged_rows(target_groups)
-        )
-        sections["rounds"] = rounds.run_section(ctx, material, target_groups)
-        rounds.fill_saturation(sections["sidecars"], sections["rounds"])
-        sections["telemetry_cost"] = rounds.run_section(ctx, material, cost_groups)
-        sections["edge"] = edge.run_section(ctx)
-        sections["profiles"] = profiling.run_section(ctx, material)
-        sections["hotpath"] = hotpath.run_section(ctx, material)
-        # Last: their 100,000-subject drives stop at the time budget (see bench.footprint).
-        sections["redis"], sections["memory"] = footprint.run_sections(ctx, material)
+        measure(ctx, chosen, result["sections"])
     except (KeyboardInterrupt, Interrupted):
         ctx.notes.append("interrupted: results are partial")
         status = 130
@@ -207,19 +174,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["notes"] = ctx.notes
         result["duration_s"] = round(time.monotonic() - started, 1)
         result.setdefault("quiet", {"waited_s": 0.0, "foreign_cores": 0.0})
-        result["targets"] = report.evaluate_targets(result)
+        result["targets"] = targets.evaluate(result)
         result["commands"] = report.collect_commands(result)
         report.write_json(results, result)
         report.write_markdown(doc, result)
         ctx.log(f"[bench] wrote {results} and {doc} in {result['duration_s']:.0f} s")
         for target in result["targets"]:
-            mark = {True: "holds", False: "DOES NOT HOLD", None: "not decided by this run"}[
-                target["holds"]
-            ]
-            if target["measured"] is None:
-                mark = "not measured"
-            ctx.log(f"[bench] {target['target']}: {target['measured']} -> {mark}")
+            ctx.log(f"[bench] {target['target']}: {target['measured']} -> {_mark(target)}")
     return status
+
+
+def _mark(target: dict[str, Any]) -> str:
+    if target.get("report"):
+        return "reported"
+    if target["measured"] is None:
+        return "not measured"
+    return {True: "holds", False: "DOES NOT HOLD", None: "not decided"}[target["holds"]]
 
 
 if __name__ == "__main__":

@@ -1,21 +1,20 @@
-"""The sidecar configs the bench runs: a 30-route policy, bench rate-limit rules.
+"""The configs of the sidecars the bench runs alone: a 31-route policy, rate-limit settings.
 
-Section 1 runs each sidecar alone, in plaintext (h2load cannot present a client
-certificate; the mTLS path is measured through Envoy in section 2), with the project's
-defaults for everything the brief does not change. The authz policy is the demo policy of
-ARCHITECTURE.md section 4 plus 26 more routes of a realistic API (literal, `{param}` and
-`{rest...}` segments, several methods, scopes, roles, CEL ownership and tenant conditions),
-so route matching walks a real trie. The request under load, `GET /api/v1/users/{sub}`
-with the subject's own token, matches `get-user`: scope `users:read` and the CEL
-ownership condition `params.user_id == token.sub || 'admin' in token.roles`.
+The sidecars alone (bench.sidecars) and the footprint (bench.footprint) run each sidecar
+in plaintext (h2load cannot present a client certificate; the mTLS path is the edge's),
+with the project's defaults for everything not named here. The authz policy is the demo
+policy of ARCHITECTURE.md section 4 plus 26 more routes of a realistic API (literal,
+`{param}` and `{rest...}` segments, several methods, scopes, roles, CEL ownership and
+tenant conditions), so route matching walks a real trie. The request under load,
+`GET /api/v1/users/{sub}` with the subject's own token, matches `get-user`: scope
+`users:read` and the CEL ownership condition
+`params.user_id == token.sub || 'admin' in token.roles`.
 
-Rate-limit rules, domain `edge` (what Envoy sends):
-- `bench` rules: the demo's two descriptors with limits so high that no request is ever
-  denied, so every request does the full work (match, plan, one Redis script call);
-- `redis-cost` rules: a per-subject limit of 1,000/day (a bucket's TTL is then about
-  86 s) and per address 100/minute with a burst of 1,000,000 (never empty; its TTL grows
-  by 0.6 s per call), so no call is denied and every bucket of section 3 is still there
-  to be counted.
+Rate-limit rules, domain `edge`: the sidecars alone use the demo rules with every limit
+raised (bench.edge_configs.bench_rules); the footprint uses `REDIS_COST_RULES`: a
+per-subject limit of 1,000/day (a bucket's TTL is then about 86 s) and per address
+100/minute with a burst of 1,000,000 (never empty; its TTL grows by 0.6 s per call), so
+no call is denied and every bucket is still there to be counted.
 """
 
 from __future__ import annotations
@@ -157,16 +156,12 @@ def authz_config(
     listen: str,
     jwks_file: Path,
     audit_file: Path,
-    cache_size: int = 10_000,
-    workers: int = 1,
-    tls: dict[str, Any] | None = None,
-    audit: bool = True,
 ) -> dict[str, Any]:
     return {
         "server": {
             "listen": listen,
-            "tls": tls or {"mode": "plaintext"},
-            "workers": workers,
+            "tls": {"mode": "plaintext"},
+            "workers": 1,
             # Nothing balances away from a bench sidecar while it stops: no drain window.
             "drain_period_seconds": 0,
         },
@@ -180,36 +175,12 @@ def authz_config(
                 "roles_claim": "roles",
             }
         ],
-        "verified_token_cache_size": cache_size,
+        "verified_token_cache_size": 10_000,
         "identity": {"realm": "edgeguard", "tenant_claim": "tenant", "plan_claim": "plan"},
-        "audit": {"enabled": audit, "target": str(audit_file)},
+        "audit": {"enabled": True, "target": str(audit_file)},
         "routes": ROUTES,
     }
 
-
-BENCH_RULES: dict[str, Any] = {
-    "domain": "edge",
-    "descriptors": [
-        {
-            "key": "remote_address",
-            "rate_limit": {
-                "name": "bench-per-client-address",
-                "unit": "second",
-                "requests_per_unit": 1_000_000,
-                "burst": 1_000_000,
-            },
-        },
-        {
-            "key": "subject",
-            "rate_limit": {
-                "name": "bench-per-subject",
-                "unit": "second",
-                "requests_per_unit": 1_000_000,
-                "burst": 1_000_000,
-            },
-        },
-    ],
-}
 
 REDIS_COST_RULES: dict[str, Any] = {
     "domain": "edge",
@@ -241,8 +212,6 @@ def ratelimit_settings(
     listen: str,
     rules_dir: Path,
     redis_url: str | None,
-    workers: int = 1,
-    tls: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The demo settings (config/ratelimit/service.yaml's values) with the bench's
     listener, rules and store."""
@@ -257,8 +226,8 @@ def ratelimit_settings(
     return {
         "server": {
             "listen": listen,
-            "tls": tls or {"mode": "plaintext"},
-            "workers": workers,
+            "tls": {"mode": "plaintext"},
+            "workers": 1,
             # Nothing balances away from a bench sidecar while it stops: no drain window.
             "drain_period_seconds": 0,
         },

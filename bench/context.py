@@ -25,45 +25,39 @@ REDIS_RT_PRIORITY = 1  # the lowest real-time priority: above every ordinary thr
 
 @dataclass(frozen=True)
 class Timing:
-    """Fixed durations and counts; `smoke` shrinks every one of them."""
+    """Fixed durations and counts; `SMOKE` shrinks every one of them."""
 
-    saturation_s: float = 2.5
-    fixed_s: float = 2.0
-    warmup_s: float = 0.5
-    edge_saturation_s: float = 3.0
-    edge_fixed_s: float = 2.5
-    sidecar_fixed_rps: int = 1000
-    edge_rates: tuple[int, ...] = (500, 1000)
-    pool_size: int = 1000
-    distinct_subjects: int = 100_000
-    command_count_calls: int = 5_000
-    profile_calls: int = 3_000
-    clients: int = 10  # h2load processes (distinct bodies) per load
+    warmup_s: float = 0.5  # before every measured window
+    edge_rounds: int = 5  # alternating rounds over the edge configurations
+    edge_saturation_s: float = 3.0  # one configuration's load in one round
+    half_rate_s: float = 4.0  # the fixed-rate load at half of a configuration's saturation
+    exact_burst: int = 300  # the one key's burst in the exactness check
+    sidecar_rounds: int = 3  # alternating rounds over the sidecars alone
+    sidecar_saturation_s: float = 2.0
+    pool_size: int = 1000  # distinct tokens warmed into the authz cache (sidecar rows)
+    distinct_subjects: int = 100_000  # footprint: buckets and RSS
+    command_count_calls: int = 5_000  # footprint: Redis commands per call
+    clients: int = 10  # h2load processes (distinct tokens or bodies) per load
     conns: int = 2  # connections per h2load process
-    streams: int = 4  # streams per connection at saturation
+    streams: int = 4  # streams per connection at saturation, sidecars alone
     edge_streams: int = 1  # the same through Envoy (see bench.edge: sidecar timeouts)
     fixed_streams: int = 16  # streams per connection at a fixed rate (never the limit)
-    cost_s: float = 1.5  # one load of a round (bench.rounds)
-    rounds_warmup_s: float = 0.5  # before each load of a round (the servers are warm)
 
 
 SMOKE = Timing(
-    saturation_s=1,
-    fixed_s=1,
     warmup_s=0,
+    edge_rounds=2,
     edge_saturation_s=1,
-    edge_fixed_s=1,
-    sidecar_fixed_rps=200,
-    edge_rates=(100,),
+    half_rate_s=1,
+    exact_burst=20,
+    sidecar_rounds=1,
+    sidecar_saturation_s=1,
     pool_size=20,
     distinct_subjects=300,
     command_count_calls=200,
-    profile_calls=300,
     clients=2,
     conns=1,
     fixed_streams=8,
-    cost_s=1,
-    rounds_warmup_s=0,
 )
 
 
@@ -90,7 +84,6 @@ class Ctx:
     procs: Procs
     keys: IdpKeys
     timing: Timing
-    smoke: bool
     deadline: float
     redis: RedisProc | None = None
     notes: list[str] = field(default_factory=list)
@@ -178,6 +171,15 @@ def _ping(client: redis.Redis) -> bool:
     with contextlib.suppress(redis.RedisError):
         return bool(client.ping())
     return False
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the notes: a gRPC error's code and details, else the first line."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"gRPC {code()}: {details()}"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 @contextlib.contextmanager

@@ -1,12 +1,10 @@
-"""Where the edge's CPU goes: µs of CPU per answered request, by process (section 2).
+"""Where the edge's CPU goes: µs of CPU per answered request, by process.
 
 At saturation the machine's cores are the bound, so each process's CPU share divided by
 the answered rate is what one request costs it. The servers' sum (every process but the
-load generator and the harness, which stand for clients elsewhere) bounds the rate the
-edge could reach with every core of the machine to itself. No work saved inside the
-sidecars can lift the edge above the ceiling of the same configuration with sidecars that
-do nothing (`envoy-floor-sidecars`): that ceiling is what the edge target is measured
-against when it cannot hold.
+load generator and the harness, which stand for clients elsewhere) is the edge's price
+per request, and bounds the rate it could reach with every core of the machine to
+itself (the ceiling). It moves far less between machines and days than the rate does.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ from typing import Any
 # Not part of a deployed edge: the load generator and the bench's own process.
 CLIENT_SIDE = frozenset({"loadgen", "harness"})
 PROCESS_ORDER = ("envoy", "authz", "ratelimit", "redis")
-# The three-call design with sidecars that answer at once.
-DESIGN_FLOOR = "envoy-floor-sidecars"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,63 +35,64 @@ class Budget:
         return self.cores * 1e6 / self.server_us if self.server_us > 0 else float("inf")
 
 
-def budget(config: dict[str, Any], cores: int) -> Budget | None:
-    """The CPU budget of one edge configuration's saturation load, or None without one."""
-    load = config.get("saturation") or {}
+def budget(name: str, load: dict[str, Any] | None, cores: int) -> Budget | None:
+    """The CPU budget of one saturation load, or None without its CPU figures."""
+    load = load or {}
     cpu = load.get("cpu")
     rate = load.get("rate_rps") or 0.0
     if not cpu or rate <= 0 or cores <= 0:
         return None
     shares: dict[str, float] = cpu["cores"]
+    others = sorted(set(shares) - set(PROCESS_ORDER) - CLIENT_SIDE)
     servers = {
-        name: shares[name] * 1e6 / rate
-        for name in (*PROCESS_ORDER, *sorted(set(shares) - set(PROCESS_ORDER) - CLIENT_SIDE))
-        if shares.get(name, 0) > 0
+        process: shares[process] * 1e6 / rate
+        for process in (*PROCESS_ORDER, *others)
+        if shares.get(process, 0) > 0
     }
-    client = sum(shares.get(name, 0.0) for name in CLIENT_SIDE) * 1e6 / rate
-    return Budget(config["name"], rate, servers, client, cores)
+    client = sum(shares.get(process, 0.0) for process in CLIENT_SIDE) * 1e6 / rate
+    return Budget(name, rate, servers, client, cores)
+
+
+def server_us(load: dict[str, Any]) -> float:
+    """Server CPU per request of one load (inf without CPU figures: sorts last)."""
+    b = budget("", load, 1)
+    return b.server_us if b is not None else float("inf")
+
+
+def cores_of(result: dict[str, Any]) -> int:
+    return int(result.get("machine", {}).get("nproc_available") or 0)
 
 
 def budgets(result: dict[str, Any]) -> list[Budget]:
-    cores = int(result.get("machine", {}).get("nproc_available") or 0)
+    """Per edge configuration: the round with the median server CPU per request."""
     configs = result.get("sections", {}).get("edge", {}).get("configs", [])
-    return [b for b in (budget(c, cores) for c in configs) if b is not None]
+    found = (budget(c["name"], c.get("cpu_load"), cores_of(result)) for c in configs)
+    return [b for b in found if b is not None]
 
 
-def design_ceiling(result: dict[str, Any]) -> str | None:
-    """Why the edge target cannot hold, in the run's own figures, or None without them."""
-    floor = next((b for b in budgets(result) if b.name == DESIGN_FLOOR), None)
-    if floor is None:
-        return None
-    return (
-        f"{DESIGN_FLOOR} (three sidecar calls, sidecars that do nothing) spent "
-        f"{floor.server_us:.0f} µs of server CPU per request: at most "
-        f"{floor.ceiling_rps:.0f} req/s on {floor.cores} cores"
-    )
-
-
-def markdown(result: dict[str, Any]) -> list[str]:
+def markdown(result: dict[str, Any], reference: str = "envoy-builtin") -> list[str]:
     rows = budgets(result)
     if not rows:
         return []
     names = [n for n in PROCESS_ORDER if any(n in b.us_by_process for b in rows)]
     names += sorted({n for b in rows for n in b.us_by_process} - set(names))
-    cores = rows[0].cores
+    ref = next((b.server_us for b in rows if b.name == reference), None)
     out = [
         "",
-        "CPU per request at saturation (µs; each process's cores divided by the answered "
-        "rate). *Ceiling*: the rate at which the servers alone (not the load generator) "
-        f"would use all {cores} cores; no work saved inside the sidecars lifts a "
-        f"configuration above the ceiling of its do-nothing twin (`{DESIGN_FLOOR}` for "
-        "the project's three calls).",
+        "CPU per request at saturation, µs (each process's cores over the answered rate; per"
+        " configuration the round with the median server total). *Servers*: Envoy, the"
+        " sidecars and Redis, what a deployment pays per request. *Ceiling*: the rate at"
+        f" which the servers alone would use all {rows[0].cores} cores.",
         "",
-        "| configuration | " + " | ".join(names) + " | servers | load generator | ceiling req/s |",
-        "|---|" + "---|" * (len(names) + 3),
-    ]
+        "| configuration | " + " | ".join(names)
+        + f" | servers | ÷ {reference} | load generator | ceiling req/s |",
+        "|---|" + "---|" * (len(names) + 4),
+    ]  # fmt: skip
     for b in rows:
         cells = [f"{b.us_by_process[n]:.0f}" if n in b.us_by_process else "-" for n in names]
+        versus = f"{b.server_us / ref:.1f}x" if ref else "-"
         out.append(
-            f"| {b.name} | " + " | ".join(cells) + f" | {b.server_us:.0f} | {b.client_us:.0f} | "
-            f"{b.ceiling_rps:.0f} |"
+            f"| {b.name} | " + " | ".join(cells) + f" | **{b.server_us:.0f}** | {versus}"
+            f" | {b.client_us:.0f} | {b.ceiling_rps:.0f} |"
         )
     return out

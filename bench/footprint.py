@@ -1,6 +1,8 @@
-"""Sections 3 and 4: Redis commands and memory per bucket; each sidecar's peak RSS.
+"""The footprint: Redis commands and memory per bucket; each sidecar's peak RSS.
 
-Section 3, Redis cost (rate-limit sidecar, one worker, the `redis-cost` rules):
+Both sidecars run here on their default stack, one worker, in plaintext.
+
+Redis cost (the rate-limit sidecar with the `redis-cost` rules):
 - commands per ShouldRateLimit: `INFO commandstats` before and after a fixed number of
   2-descriptor calls from h2load (`-n`), every command's delta divided by the calls; the
   sidecar's own health probe (PING once a second) is listed, not hidden;
@@ -9,8 +11,8 @@ Section 3, Redis cost (rate-limit sidecar, one worker, the `redis-cost` rules):
   is SCANned for its TTL (a key without one would be a leak), and a few keys' own
   `MEMORY USAGE` is sampled.
 
-Section 4, peak RSS (`VmHWM` from /proc/PID/status) of each sidecar after 100,000 requests
-with 100,000 distinct subjects: the rate-limit sidecar of section 3, and the authz
+Peak RSS (`VmHWM` from /proc/PID/status) of each sidecar after 100,000 requests with
+100,000 distinct subjects: the rate-limit sidecar of the Redis cost, and the authz
 sidecar (one worker, default 10,000-entry verified-token cache, audit on) fed 100,000
 distinct EdDSA tokens (pre-minted before the clock starts).
 
@@ -34,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import configs, driver
-from bench.context import Ctx, stage
-from bench.load import GRPC_HEADERS, Client, Shape, run
+from bench.context import Ctx, describe, stage
+from bench.load import GRPC_HEADERS, Client, Shape, grpc_frame, run
 from bench.messages import Token, check_request, fast_eddsa_tokens, ratelimit_request
 from bench.procs import REPO, free_port, port_open, wait_until
-from bench.sidecars import AUTHZ_PATH, RL_PATH, Material, listening_sockets, store_failures
+from bench.sidecars import AUTHZ_PATH, RL_PATH, listening_sockets, store_failures
 
 
 def script_commands() -> set[str]:
@@ -105,10 +107,23 @@ def _rl_bodies(count: int) -> Iterator[bytes]:
         )
 
 
-def redis_and_ratelimit(ctx: Ctx, material: Material) -> tuple[dict[str, Any], dict[str, Any]]:
+def _cost_bodies(ctx: Ctx) -> list[Path]:
+    """One 2-descriptor body per h2load process (address, subject), as `REDIS_COST_RULES`
+    expects."""
+    out = []
+    for i in range(ctx.timing.clients):
+        path = ctx.dir("bodies") / f"redis-cost-{i}.bin"
+        descriptors = [[("remote_address", f"10.0.0.{i + 1}")], [("subject", f"u{i}")]]
+        path.write_bytes(grpc_frame(ratelimit_request(descriptors)))
+        out.append(path)
+    return out
+
+
+def redis_and_ratelimit(ctx: Ctx) -> tuple[dict[str, Any], dict[str, Any]]:
     assert ctx.redis is not None
     r = ctx.redis
     t = ctx.timing
+    bodies = _cost_bodies(ctx)
     port = free_port()
     cfg_dir = ctx.dir("configs", "redis-cost")
     configs.write_yaml(cfg_dir / "rules" / "edge.yaml", configs.REDIS_COST_RULES)
@@ -123,7 +138,7 @@ def redis_and_ratelimit(ctx: Ctx, material: Material) -> tuple[dict[str, Any], d
     cost: dict[str, Any] = {"server_command": shlex.join([sys.executable, *args])}
     mem: dict[str, Any] = {}
     try:
-        for body in material.rl_bodies:  # loads the script (SCRIPT LOAD) before counting
+        for body in bodies:  # loads the script (SCRIPT LOAD) before counting
             problem = driver.check_rate_ok(
                 driver.call_once(address, RL_PATH, body.read_bytes()[5:])
             )
@@ -132,9 +147,7 @@ def redis_and_ratelimit(ctx: Ctx, material: Material) -> tuple[dict[str, Any], d
         # Commands per call, from h2load's fixed count of 2-descriptor calls.
         before = r.commandstats()
         started = time.monotonic()
-        clients = [
-            Client(f"http://{address}{RL_PATH}", b, GRPC_HEADERS) for b in material.rl_bodies
-        ]
+        clients = [Client(f"http://{address}{RL_PATH}", b, GRPC_HEADERS) for b in bodies]
         res = run(
             ctx.procs,
             clients,
@@ -185,7 +198,7 @@ def redis_and_ratelimit(ctx: Ctx, material: Material) -> tuple[dict[str, Any], d
             processes=DRIVER_PROCESSES,
             seconds=_drive_seconds(ctx, share=RATELIMIT_SHARE),
         )
-        _note_if_stopped(ctx, "section 3 (Redis memory, rate-limit RSS)", drove, n)
+        _note_if_stopped(ctx, "Redis memory and rate-limit RSS", drove, n)
         info = r.client.info("memory")
         keys = int(r.client.dbsize())
         ttl_stats = _ttls(r.client)
@@ -264,7 +277,7 @@ def _ttls(client: Any) -> dict[str, Any]:
     }
 
 
-def authz_rss(ctx: Ctx, material: Material) -> dict[str, Any]:
+def authz_rss(ctx: Ctx) -> dict[str, Any]:
     """The authz sidecar fed distinct EdDSA tokens (one driver process: the sidecar, not
     the driver, is the bound here)."""
     n = ctx.timing.distinct_subjects
@@ -276,7 +289,7 @@ def authz_rss(ctx: Ctx, material: Material) -> dict[str, Any]:
     audit = ctx.dir("audit") / "authz-rss.jsonl"
     audit.unlink(missing_ok=True)
     data = configs.authz_config(
-        listen=f"127.0.0.1:{port}", jwks_file=material.jwks_file, audit_file=audit
+        listen=f"127.0.0.1:{port}", jwks_file=ctx.keys.jwks_file, audit_file=audit
     )
     cfg = configs.write_yaml(cfg_dir / "authz.yaml", data)
     args = ["-m", "authz_service", "serve", "--config", str(cfg)]
@@ -297,7 +310,7 @@ def authz_rss(ctx: Ctx, material: Material) -> dict[str, Any]:
             work=ctx.dir("runs", "authz-rss"),
             seconds=_drive_seconds(ctx, share=1.0),
         )
-        _note_if_stopped(ctx, "section 4 (authz RSS)", drove, n)
+        _note_if_stopped(ctx, "authz RSS", drove, n)
         time.sleep(0.5)  # let the audit writer drain
         after = memory_status(pid)
     finally:
@@ -320,20 +333,20 @@ def authz_rss(ctx: Ctx, material: Material) -> dict[str, Any]:
     }
 
 
-def run_sections(ctx: Ctx, material: Material) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_sections(ctx: Ctx) -> tuple[dict[str, Any], dict[str, Any]]:
     redis_cost: dict[str, Any] = {}
     rss: list[dict[str, Any]] = []
-    with stage(ctx, "sections 3+4: Redis cost and rate-limit sidecar RSS"):
+    with stage(ctx, "footprint: Redis cost and rate-limit sidecar RSS"):
         if not ctx.out_of_time(60):
             try:
-                redis_cost, rl_rss = redis_and_ratelimit(ctx, material)
+                redis_cost, rl_rss = redis_and_ratelimit(ctx)
                 rss.append(rl_rss)
             except Exception as exc:
-                ctx.notes.append(f"redis cost: failed: {exc}")
-    with stage(ctx, "section 4: authz sidecar RSS"):
+                ctx.notes.append(f"redis cost: failed: {describe(exc)}")
+    with stage(ctx, "footprint: authz sidecar RSS"):
         if not ctx.out_of_time(60):
             try:
-                rss.append(authz_rss(ctx, material))
+                rss.append(authz_rss(ctx))
             except Exception as exc:
-                ctx.notes.append(f"authz RSS: failed: {exc}")
+                ctx.notes.append(f"authz RSS: failed: {describe(exc)}")
     return redis_cost, {"sidecars": rss}

@@ -50,9 +50,6 @@ class Client:
     url: str
     body: Path | None = None  # gRPC: the framed request
     headers: tuple[str, ...] = ()
-    # Paced: one connection, one stream, at most this many requests/s, whatever the
-    # shape (e.g. the sampled share of a load whose other clients saturate).
-    paced_rps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,6 @@ class LoadResult:
     cpu: CpuWindow | None
     commands: list[str] = field(default_factory=list)
     probe_delta: dict[str, int] | None = None
-    requests_per_client: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -145,16 +141,13 @@ _REQUESTS = re.compile(
 
 def command(client: Client, shape: Shape, log_file: Path) -> list[str]:
     """The h2load command line for one client (`shape.requests` is per client here)."""
-    paced = client.paced_rps is not None
     argv = [
         H2LOAD,
         "-t", "1",
-        "-c", "1" if paced else str(shape.conns),
-        "-m", "1" if paced else str(shape.streams),
+        "-c", str(shape.conns),
+        "-m", str(shape.streams),
         "--log-file", str(log_file),
     ]  # fmt: skip
-    if client.paced_rps is not None:
-        argv += ["--rps", f"{client.paced_rps:g}"]
     if shape.requests is not None:
         argv += ["-n", str(shape.requests)]
     else:
@@ -205,7 +198,7 @@ def run(
             log_file.unlink(missing_ok=True)
             out_file.unlink(missing_ok=True)
             argv = command(client, per_client, log_file)
-            if per_conn_rps is not None and client.paced_rps is None:
+            if per_conn_rps is not None:
                 argv[-1:-1] = ["--rps", f"{per_conn_rps:g}"]
             commands.append(shlex.join(argv))
             proc = procs.spawn(f"h2load-{index}", argv, stdout=out_file)
@@ -234,14 +227,12 @@ def run(
     requests = succeeded = failed = 0
     durations: list[int] = []
     statuses: Counter[str] = Counter()
-    counts: list[int] = []
     for _proc, log_file, out_file in running:
         text = out_file.read_text(errors="replace") if out_file.exists() else ""
         m = _FINISHED.search(text)
         if m:
             rate += float(m.group(1))
         r = _REQUESTS.search(text)
-        counts.append(int(r.group(3)) if r else 0)
         if r:
             requests += int(r.group(3))
             succeeded += int(r.group(4))
@@ -266,7 +257,6 @@ def run(
         cpu=cpu,
         commands=commands,
         probe_delta=probe_delta,
-        requests_per_client=counts,
     )
 
 

@@ -81,6 +81,7 @@ def describe() -> dict[str, Any]:
             "hiredis": _pkg("hiredis"),
             "joserfc": _pkg("joserfc"),
             "cryptography": _pkg("cryptography"),
+            "uvloop": _pkg("uvloop"),
             "envoy": envoy_version(),
             "redis-server": next(
                 (p.split("=", 1)[1] for p in redis_version.split() if p.startswith("v=")),

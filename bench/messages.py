@@ -144,7 +144,7 @@ def check_request(
         headers.append(("authorization", f"Bearer {token}"))
     for name, value in headers:
         http.headers[name] = value
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
 def ratelimit_request(
@@ -156,4 +156,4 @@ def ratelimit_request(
         d = request.descriptors.add()
         for key, value in descriptor:
             d.entries.add(key=key, value=value)
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
