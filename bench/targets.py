@@ -73,7 +73,7 @@ def _target(text: str, measured: str | None, holds: bool | None, **extra: Any) -
 
 
 def _unless_unbacked(config: Config, target: Target) -> Target:
-    worst = max((unbacked_share(load) for load in config.get("rounds", [])), default=0.0)
+    worst = _worst_unbacked(config)
     if worst > TROUBLE_LIMIT and target["holds"] is not None:
         target["measured"] += (
             f"; not decided: {100 * worst:.1f}% of a round's requests had no full answer"
@@ -143,16 +143,22 @@ def _versus_builtin(ours: Config, builtin: Config, cores: int) -> Target:
     return _target(f"{ours['name']} ÷ {REFERENCE}", text, None, report=True)
 
 
+def _worst_unbacked(config: Config) -> float:
+    return max((unbacked_share(load) for load in config.get("rounds", [])), default=0.0)
+
+
 def cheapest(result: dict[str, Any]) -> dict[str, Any] | None:
-    """Among the default profile's stacks: the cheapest per request and the fastest."""
+    """Among the default profile's stacks that answered with every sidecar's decision:
+    the cheapest per request and the fastest (None without any)."""
     cores = edge_budget.cores_of(result)
     mine = [c for c in edge_configs(result).values() if c.get("profile") == "local"]
+    sound = [c for c in mine if c.get("saturation") and _worst_unbacked(c) <= TROUBLE_LIMIT]
     costs = {
         c["stack"]: b.server_us
-        for c in mine
+        for c in sound
         if (b := edge_budget.budget(c["name"], c.get("cpu_load"), cores)) is not None
     }
-    rates = {c["stack"]: c["saturation"]["rate_rps"] for c in mine if c.get("saturation")}
+    rates = {c["stack"]: c["saturation"]["rate_rps"] for c in sound}
     if not costs or not rates:
         return None
     return {
@@ -160,19 +166,24 @@ def cheapest(result: dict[str, Any]) -> dict[str, Any] | None:
         "by_rate": max(rates, key=lambda s: rates[s]),
         "cpu_us": costs,
         "rate_rps": rates,
+        "left_out": sorted(c["stack"] for c in mine if c not in sound),
     }
 
 
-def _cheapest_target(result: dict[str, Any]) -> Target | None:
+def _cheapest_target(result: dict[str, Any]) -> Target:
+    goal = "the sidecars' stack, default profile"
     found = cheapest(result)
     if found is None:
-        return None
+        text = "no stack answered every round with the sidecars' decisions"
+        return _target(goal, text, None, report=True)
     per = "; ".join(
         f"{s}: {found['cpu_us'][s]:.0f} µs, {found['rate_rps'].get(s, 0):.0f} req/s"
         for s in found["cpu_us"]
     )
     text = f"cheapest per request: {found['by_cpu']}, fastest: {found['by_rate']} ({per})"
-    return _target("the sidecars' stack, default profile", text, None, report=True)
+    if found["left_out"]:
+        text += f"; left out, answered without every decision: {', '.join(found['left_out'])}"
+    return _target(goal, text, None, report=True)
 
 
 def _exact(section: dict[str, Any]) -> Target:
@@ -208,7 +219,6 @@ def evaluate(result: dict[str, Any]) -> list[Target]:
     else:
         out.append(_target(f"edge req/s at saturation >= {TARGET_RPS:,.0f}", None, None))
     out.append(_exact(result.get("sections", {}).get("exact", {})))
-    chosen = _cheapest_target(result)
-    if chosen is not None:
-        out.append(chosen)
+    if any(c.get("profile") == "local" for c in configs.values()):
+        out.append(_cheapest_target(result))
     return out

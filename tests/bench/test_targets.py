@@ -124,7 +124,19 @@ def test_the_builtins_and_the_stacks_are_reported_not_judged() -> None:
         "by_rate": "sync",
         "cpu_us": {"aio": pytest.approx(2000.0), "sync": pytest.approx(1333.33, abs=0.01)},
         "rate_rps": {"aio": 800.0, "sync": 900.0},
+        "left_out": [],
     }
+
+
+def test_a_stack_that_answered_without_the_sidecars_is_never_the_cheapest() -> None:
+    ours = _config("edgeguard-aio", [800.0], cores=1.6)
+    broken = _config("edgeguard-sync", [2000.0], cores=0.5)  # fast: nothing was decided
+    broken["rounds"][0]["sidecar_trouble"] = {"cluster.upstream.ratelimit.stage1.error": 6000}
+    chosen = _by_start(_result(ours, broken))["the sidecars' stack"]
+    assert chosen["measured"].startswith("cheapest per request: aio, fastest: aio")
+    assert chosen["measured"].endswith("left out, answered without every decision: sync")
+    alone = _by_start(_result(broken))["the sidecars' stack"]
+    assert alone["measured"] == "no stack answered every round with the sidecars' decisions"
 
 
 def test_exactness_is_judged_from_its_section() -> None:
