@@ -50,7 +50,12 @@ from sidecar_runtime.settings import ServerSettings
 from sidecar_runtime.settings import Stack as ServerStack
 
 PLAIN_ISSUER = "http://127.0.0.1:8082"  # envoy-builtin's issuer (inline JWKS, no IdP)
-STACK_LABELS = {"aio": "grpc.aio", "uvloop": "grpc.aio + uvloop", "sync": "sync server"}
+THREADS = ServerSettings.model_fields["threads"].default
+STACK_LABELS = {
+    "aio": "grpc.aio",
+    "uvloop": "grpc.aio + uvloop",
+    "sync": f"sync server, {THREADS} threads",
+}
 
 
 def sidecar_stacks() -> tuple[tuple[str, ...], str]:
@@ -106,7 +111,6 @@ class Edge:
     pki: Pki
     stop: Callable[[], None]
     command: str
-    config_file: Path
     stack: BenchStack | None = None
 
     def clients(self) -> list[Client]:
@@ -207,7 +211,6 @@ def start_stack(
         stack.pki,
         stack.stop,
         shlex.join(str(a) for a in cast("list[str]", stack.process("envoy").args)),
-        stack.config_dir / "envoy.yaml",
         stack,
     )
 
@@ -247,7 +250,6 @@ def start_plain(ctx: Ctx, spec: Spec) -> Edge:
         pki,
         lambda: ctx.procs.stop(proc),
         shlex.join(argv),
-        path,
     )
 
 
