@@ -39,7 +39,7 @@ import contextlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -97,6 +97,15 @@ def pack(*args: str | int | float | bytes) -> bytes:
 _Pending = tuple["asyncio.Future[Any]", float, "asyncio.TimerHandle | None"]
 
 
+class _Transport(Protocol):
+    """What a connection uses of its transport. uvloop's transports have these methods
+    but do not derive from asyncio.Transport, so no isinstance check on the class."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class _Connection(asyncio.Protocol):
     """One socket: commands out in order, replies matched to the oldest pending future."""
 
@@ -109,13 +118,13 @@ class _Connection(asyncio.Protocol):
         self._pending: deque[_Pending] = deque()
         # Commands queued in this loop iteration: (packed, future, timeout_s).
         self._outbox: list[tuple[bytes, asyncio.Future[Any], float | None]] = []
-        self._transport: asyncio.Transport | None = None
+        self._transport: _Transport | None = None
         self.open = False
         self.lost: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (asyncio's or uvloop's): create_connection made it.
+        self._transport = cast(_Transport, transport)
         self.open = True
 
     def send(self, packed: bytes, timeout_s: float | None) -> asyncio.Future[Any]:

@@ -1,16 +1,33 @@
-"""Fixtures for the rate-limit suite: real redis-server processes and rule files."""
+"""Fixtures for the rate-limit suite: real redis-server processes, rule files, and the
+server stacks an in-process service runs on."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from devstack.pki import Pki, ensure_pki
+from sidecar_runtime.settings import Stack
+from tests.sidecar_runtime.stacks import IN_PROCESS_STACKS, loop_factories
 from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer, RedisTls
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return loop_factories(item)
+
+
+@pytest.fixture(params=IN_PROCESS_STACKS)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The server stack of an in-process service (aio, sync)."""
+    stack: Stack = request.param
+    return stack
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The pipelined Redis client and the standalone store on it, against real redis-servers:
-pipelining, late replies, lost connections, NOSCRIPT, AUTH, SELECT, unix sockets."""
+pipelining, late replies, lost connections, NOSCRIPT, AUTH, SELECT, unix sockets; each on
+asyncio's event loop and on uvloop's."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ratelimit_service.redis_store import StandaloneRedisStore, open_redis_store
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall
 from sidecar_runtime.clock import ManualClock
+from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.redis_servers import RedisServer
 
 HOURLY = BucketSpec(interval_us=3_600_000_000 / 1000, capacity=1000)  # no refill in a test
@@ -92,6 +94,7 @@ def test_urls_with_options_fall_back_to_redis_py() -> None:
 
 # -- pipelining ----------------------------------------------------------------------------
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_concurrent_calls_share_one_connection_and_get_their_own_answers(
     one_connection: StandaloneRedisStore, redis_server: RedisServer
 ) -> None:
@@ -107,6 +110,7 @@ async def test_concurrent_calls_share_one_connection_and_get_their_own_answers(
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_a_tuple_s_command_is_packed_once_and_never_reused_for_another(
     one_connection: StandaloneRedisStore,
 ) -> None:
@@ -128,6 +132,7 @@ async def test_a_tuple_s_command_is_packed_once_and_never_reused_for_another(
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_calls_spread_over_the_connections(redis_server: RedisServer) -> None:
     store = standalone(redis_server.url, pipelined_connections=3)
     try:
@@ -142,6 +147,7 @@ async def test_calls_spread_over_the_connections(redis_server: RedisServer) -> N
 
 # -- deadlines -----------------------------------------------------------------------------
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_a_late_reply_is_dropped_and_the_connection_kept(own_redis: RedisServer) -> None:
     store = standalone(own_redis.url, pipelined_connections=1)
     try:
@@ -173,6 +179,7 @@ def _guard(store: StandaloneRedisStore, *, probe_timeout_s: float) -> StoreGuard
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_the_guard_answers_a_late_reply_by_the_failure_mode_and_keeps_the_connection(
     own_redis: RedisServer,
 ) -> None:
@@ -194,6 +201,7 @@ async def test_the_guard_answers_a_late_reply_by_the_failure_mode_and_keeps_the_
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_a_probe_answered_in_time_but_read_late_keeps_the_breaker_closed(
     own_redis: RedisServer,
 ) -> None:
@@ -214,6 +222,7 @@ async def test_a_probe_answered_in_time_but_read_late_keeps_the_breaker_closed(
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_a_connection_with_a_far_overdue_reply_is_closed(own_redis: RedisServer) -> None:
     pipe = RedisPipe(Endpoint(own_redis.host, own_redis.port), connections=1, stale_after_s=0.2)
     try:
@@ -232,6 +241,7 @@ async def test_a_connection_with_a_far_overdue_reply_is_closed(own_redis: RedisS
 
 # -- lost connections ----------------------------------------------------------------------
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_pending_calls_fail_when_the_server_dies_and_the_next_call_recovers(
     own_redis: RedisServer,
 ) -> None:
@@ -254,6 +264,7 @@ async def test_pending_calls_fail_when_the_server_dies_and_the_next_call_recover
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_a_killed_connection_is_reopened(
     one_connection: StandaloneRedisStore, redis_server: RedisServer
 ) -> None:
@@ -268,6 +279,7 @@ async def test_a_killed_connection_is_reopened(
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_an_unreachable_server_is_a_store_error(tmp_path: Path) -> None:
     server = RedisServer.start(tmp_path)
     url = server.url
@@ -284,6 +296,7 @@ async def test_an_unreachable_server_is_a_store_error(tmp_path: Path) -> None:
 
 # -- the script ----------------------------------------------------------------------------
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_noscript_reloads_once_for_concurrent_calls(
     one_connection: StandaloneRedisStore, redis_server: RedisServer
 ) -> None:
@@ -311,6 +324,7 @@ def protected_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_auth_with_the_password_from_the_environment(
     protected_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -330,6 +344,7 @@ async def _store_error(attempt: Callable[[], Awaitable[object]]) -> str:
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_a_wrong_password_is_a_clear_store_error(
     protected_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,6 +361,7 @@ async def test_a_wrong_password_is_a_clear_store_error(
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_no_password_for_a_protected_server_is_a_store_error(
     protected_redis: RedisServer,
 ) -> None:
@@ -357,6 +373,7 @@ async def test_no_password_for_a_protected_server_is_a_store_error(
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_the_db_of_the_url_is_selected(redis_server: RedisServer) -> None:
     store = standalone(f"redis://127.0.0.1:{redis_server.port}/3")
     try:
@@ -375,6 +392,7 @@ async def test_the_db_of_the_url_is_selected(redis_server: RedisServer) -> None:
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_a_unix_socket(tmp_path: Path) -> None:
     socket_path = tmp_path / "redis.sock"
     server = RedisServer.start(tmp_path, args=("--unixsocket", str(socket_path)))

@@ -3,7 +3,9 @@ a `url:` gets it; through redis-py, as a URL with query options gets it; both ag
 TLS, rediss://; and found through a real Sentinel), and a real 3-master Redis Cluster.
 
 Limits here refill slowly (per hour), so the few milliseconds a test takes against a real
-server never add a token and every store must give exactly the same decisions.
+server never add a token and every store must give exactly the same decisions. Every test
+runs on asyncio's event loop and on uvloop's (whose transports the pipelined client must
+take as they are).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from ratelimit_service.redis_store import RedisStore, StandaloneRedisStore, open
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall, BucketStore, MemoryStore
 from sidecar_runtime.clock import ManualClock
+from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer
 
 HOURLY = BucketSpec(interval_us=3_600_000_000 / 5, capacity=5)  # 5 per hour, burst 5
+
+pytestmark = ALSO_ON_UVLOOP
 
 
 @dataclass
