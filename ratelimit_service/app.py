@@ -13,13 +13,14 @@ from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
 from ratelimit_service.redis_store import open_redis_store
 from ratelimit_service.rules import RuleSet
 from ratelimit_service.service import RateLimitService
-from ratelimit_service.servicer import binding
+from ratelimit_service.servicer import RateLimitServicer, binding
 from ratelimit_service.settings import ServiceSettings, StoreSettings
 from ratelimit_service.store import BucketStore, MemoryStore
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import Clock, SystemClock
 from sidecar_runtime.errors import ConfigError
+from sidecar_runtime.loops import LoopBridge
 from sidecar_runtime.reload import FileWatcher
 from sidecar_runtime.server import SidecarServer, serve_until_signalled
 from sidecar_runtime.telemetry import setup_telemetry
@@ -114,9 +115,11 @@ class App:
             sink=decision_sink,
         )
         self.telemetry.attach(self)
-        self.server = SidecarServer(
-            settings.server, [binding(self.service, self.telemetry)], reuse_port=reuse_port
-        )
+        # On the sync stack, handlers on worker threads reach the store through this
+        # process's event loop; `start` binds it.
+        self.bridge = LoopBridge()
+        servicer = RateLimitServicer(self.service, self.telemetry, bridge=self.bridge)
+        self.server = SidecarServer(settings.server, [binding(servicer)], reuse_port=reuse_port)
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: FileWatcher | None = None
         self.reloads_ok = 0
@@ -127,6 +130,7 @@ class App:
 
     async def start(self) -> int:
         """Bind and serve; returns the port. Health follows the store from the first probe."""
+        self.bridge.bind(asyncio.get_running_loop())
         port = await self.server.start(serving=False)
         # Health says SERVING only once the store has answered (or at once for memory).
         await self.service.guard.probe()
@@ -149,6 +153,7 @@ class App:
                     "port": port,
                     "listen": self.settings.server.listen,
                     "store": self.store.name,
+                    "stack": self.settings.server.stack,
                     "domains": sorted(self.service.rules.domains),
                 }
             },

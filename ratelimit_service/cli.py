@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from ratelimit_service.config import load_rules
 from ratelimit_service.planner import DescriptorRequest, Plan, Request, cost_of, plan
 from ratelimit_service.rules import Limit, RuleSet
 from ratelimit_service.settings import ServiceSettings, load_settings
+from sidecar_runtime import loops
 from sidecar_runtime.config import read_yaml
 from sidecar_runtime.errors import ConfigError
 from sidecar_runtime.logs import configure_logging
@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         return run_workers(workers, [sys.executable, "-m", "ratelimit_service", *argv])
     from ratelimit_service.app import serve  # grpc and redis only for `serve`
 
-    return asyncio.run(serve(settings, reuse_port=workers > 1))
+    return loops.run(serve(settings, reuse_port=workers > 1), stack=settings.server.stack)
 
 
 def _is_settings_file(path: Path) -> bool:

@@ -11,12 +11,22 @@ The guard counts and logs every answer of the failure mode (rate-limited), opens
 breaker after repeated failures (gRPC health NOT_SERVING), and a probe or a successful call
 closes it again (SERVING), with no restart. Never a queue: when `max_in_flight` calls are
 out, the next one is answered at once.
+
+On the `sync` stack the guard (breaker, counters, the pipe) still lives on the event loop
+only; a handler on a worker thread asks it through `acquire_from_thread`, which hands the
+call to the loop with the handler's deadline and waits for the answer. The loop gives the
+store what is left of that deadline, so the store's own deadline, not the thread's wait,
+decides a timeout (and trips the breaker); a call the loop picks up with nothing left is
+answered by the failure mode without asking the store, and without counting against it
+(the process was late, not the store). The thread waits half a timeout longer than the
+deadline, in case the loop itself is stuck; then it answers by the failure mode too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -30,10 +40,14 @@ from ratelimit_service.errors import StoreError
 from ratelimit_service.protection import CircuitBreaker
 from ratelimit_service.store import Acquired, BucketCall, BucketStore, DeadlineStore
 from ratelimit_service.telemetry import RateLimitTelemetry
+from sidecar_runtime.loops import LoopBridge, LoopUnavailableError
 
 log = logging.getLogger(__name__)
 
 HealthCallback = Callable[[bool], Awaitable[None]]
+
+# How much longer than its deadline a worker thread waits for the loop's answer.
+_LOOP_GRACE = 0.5  # of the call timeout
 
 
 @dataclass
@@ -43,6 +57,8 @@ class GuardStats:
     failure_mode_answers: int = 0
     short_circuited: int = 0
     overloaded: int = 0
+    late: int = 0  # calls the loop picked up after their deadline (sync stack)
+    loop_stuck: int = 0  # calls a worker thread stopped waiting for (sync stack)
     health_changes: int = 0
 
 
@@ -77,8 +93,11 @@ class StoreGuard:
     def healthy(self) -> bool:
         return self._breaker.is_closed
 
-    async def acquire(self, calls: Sequence[BucketCall]) -> Sequence[Outcome] | None:
-        """The store's outcomes, or None when the failure mode must answer."""
+    async def acquire(
+        self, calls: Sequence[BucketCall], *, timeout_s: float | None = None
+    ) -> Sequence[Outcome] | None:
+        """The store's outcomes, or None when the failure mode must answer. `timeout_s`
+        (default: the configured call timeout) bounds a remote store's answer."""
         if self._in_flight >= self._max_in_flight:
             self.stats.overloaded += 1
             self._answered_by_failure_mode("too many store calls in flight")
@@ -90,8 +109,9 @@ class StoreGuard:
         self._in_flight += 1
         self.stats.store_calls += 1
         started = time.perf_counter()
+        timeout = self._call_timeout_s if timeout_s is None else timeout_s
         try:
-            acquired = await self._call_store(calls)
+            acquired = await self._call_store(calls, timeout)
         except TimeoutError:
             await self._failed("timeout")
             return None
@@ -105,32 +125,71 @@ class StoreGuard:
             await self._health_changed(True)
         return acquired.outcomes
 
-    def _call_store(self, calls: Sequence[BucketCall]) -> Coroutine[Any, Any, Acquired]:
+    def acquire_from_thread(
+        self, calls: Sequence[BucketCall], bridge: LoopBridge
+    ) -> Sequence[Outcome] | None:
+        """`acquire` for a handler on a worker thread (not the loop's): the call goes to
+        the loop, and this thread waits (holding no lock) until the answer comes, at most
+        the call timeout and a grace (see the module's docstring)."""
+        timeout = self._call_timeout_s
+        deadline = time.monotonic() + timeout
+        gave_up = threading.Event()
+        try:
+            answer = bridge.submit(self._acquire_by(calls, deadline, gave_up))
+        except LoopUnavailableError as exc:  # shutting down
+            self._answered_by_failure_mode(str(exc))
+            return None
+        try:
+            return answer.result(timeout=timeout * (1 + _LOOP_GRACE))
+        except TimeoutError:
+            gave_up.set()  # a call the loop picks up from now on is dropped, uncounted
+            answer.cancel()
+            self.stats.loop_stuck += 1
+            self._answered_by_failure_mode("the event loop did not answer in time")
+            return None
+
+    async def _acquire_by(
+        self, calls: Sequence[BucketCall], deadline: float, gave_up: threading.Event
+    ) -> Sequence[Outcome] | None:
+        if gave_up.is_set():  # answered (and counted) by the thread already
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self.stats.late += 1
+            self._answered_by_failure_mode("the call reached the event loop after its deadline")
+            return None
+        return await self.acquire(calls, timeout_s=left)
+
+    def _call_store(
+        self, calls: Sequence[BucketCall], timeout_s: float
+    ) -> Coroutine[Any, Any, Acquired]:
         store = self.store
         if not store.remote:  # in-process: cannot hang, and a timer per call costs ~10 us
             return store.acquire(calls)
         # A child span only under a recording parent: an unsampled call costs no span.
         if self._telemetry.tracing and get_current_span().is_recording():
-            return self._traced(calls)
-        return self._bounded(calls)
+            return self._traced(calls, timeout_s)
+        return self._bounded(calls, timeout_s)
 
-    def _bounded(self, calls: Sequence[BucketCall]) -> Coroutine[Any, Any, Acquired]:
+    def _bounded(
+        self, calls: Sequence[BucketCall], timeout_s: float
+    ) -> Coroutine[Any, Any, Acquired]:
         if self._timed is not None:
-            return self._timed.acquire_within(calls, timeout_s=self._call_timeout_s)
-        return self._under_timeout(calls)
+            return self._timed.acquire_within(calls, timeout_s=timeout_s)
+        return self._under_timeout(calls, timeout_s)
 
-    async def _under_timeout(self, calls: Sequence[BucketCall]) -> Acquired:
-        async with asyncio.timeout(self._call_timeout_s):
+    async def _under_timeout(self, calls: Sequence[BucketCall], timeout_s: float) -> Acquired:
+        async with asyncio.timeout(timeout_s):
             return await self.store.acquire(calls)
 
-    async def _traced(self, calls: Sequence[BucketCall]) -> Acquired:
+    async def _traced(self, calls: Sequence[BucketCall], timeout_s: float) -> Acquired:
         with self._telemetry.tracer.start_as_current_span(
             "ratelimit.store.acquire",
             kind=SpanKind.CLIENT,
             attributes={"db.system": self.store.name, "ratelimit.buckets": len(calls)},
         ) as span:
             try:
-                return await self._bounded(calls)
+                return await self._bounded(calls, timeout_s)
             except (TimeoutError, StoreError) as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise

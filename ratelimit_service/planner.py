@@ -9,6 +9,7 @@ plans of requests that repeat (bounded, per rule set).
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -233,7 +234,10 @@ class Planner:
         plans = self._plans
         cached = plans.get(request)
         if cached is not None:
-            plans.move_to_end(request)
+            # Threads of the `sync` stack share the cache: another may have evicted the
+            # entry since the get (KeyError), or emptied it (a plan is a plan either way).
+            with contextlib.suppress(KeyError):
+                plans.move_to_end(request)
             return cached
         domain = self.rules.domain(request.domain)
         if domain is None:
@@ -242,7 +246,8 @@ class Planner:
         if _cacheable(request):
             plans[request] = fresh
             if len(plans) > self._max_plans:
-                plans.popitem(last=False)
+                with contextlib.suppress(KeyError):
+                    plans.popitem(last=False)
         return fresh
 
 

@@ -1,10 +1,14 @@
 """What keeps Redis trouble and floods cheap: a circuit breaker and the empty-bucket cache.
 
-Both are pure state machines over an injected clock's monotonic time.
+Both are pure state machines over an injected clock's monotonic time. The breaker lives on
+the event loop only; the cache is also used from the worker threads of the `sync` stack,
+where each of its operations tolerates another thread's (every entry is only a hint that a
+bucket is empty, so a lost one costs one store call).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from enum import Enum
@@ -123,7 +127,7 @@ class EmptyBucketCache:
             return 0.0, 0.0
         now = self._clock.monotonic()
         if entry[0] <= now:
-            del self._until[key]
+            self._until.pop(key, None)
             return 0.0, 0.0
         return entry[0] - now, entry[1] - now
 
@@ -140,10 +144,12 @@ class EmptyBucketCache:
         if token_in <= 0:
             return
         now = self._clock.monotonic()
-        self._until[key] = (now + token_in, now + max(full_in, token_in))
-        self._until.move_to_end(key)
-        while len(self._until) > self._max:
-            self._until.popitem(last=False)
+        until = self._until
+        until[key] = (now + token_in, now + max(full_in, token_in))
+        with contextlib.suppress(KeyError):  # another thread may have dropped it meanwhile
+            until.move_to_end(key)
+            while len(until) > self._max:
+                until.popitem(last=False)
 
     def clear(self) -> None:
         self._until.clear()

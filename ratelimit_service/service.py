@@ -1,5 +1,10 @@
 """The decision: from a plain request to a plain answer.
 
+Synchronous and without I/O (`decide_now`), like h11: a request that needs the store
+yields a `StoreRound` (its calls) instead of waiting; the caller makes the round trip
+(awaited on the event loop, or handed to it from a worker thread of the `sync` stack) and
+hands the outcomes to `finish`. `should_rate_limit` does both for an asyncio caller.
+
 Per request: plan the bucket checks (rules, replaces, hits_addend, keys); answer what can
 be answered locally (rules that block everything, costs above the burst, buckets the
 empty-bucket cache knows are empty); otherwise ask the store once, all-or-nothing, through
@@ -31,6 +36,7 @@ from ratelimit_service.planner import (
 )
 from ratelimit_service.protection import EmptyBucketCache
 from ratelimit_service.rules import Limit, RuleSet
+from ratelimit_service.store import BucketCall
 
 FailureMode = Literal["fail_open", "fail_closed"]
 
@@ -74,6 +80,21 @@ class Stats:
     cache_hits: int = 0
     over_limit_by_rule: Counter[str] = field(default_factory=Counter)
     shadow_by_rule: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRound:
+    """A decision waiting for its one store round trip: `calls`, all-or-nothing, through
+    the guard; `RateLimitService.finish` takes their outcomes. Either the plan's direct
+    path (`direct`), or the general one (`results` known locally, `needs` pairing each
+    check still open with its call)."""
+
+    calls: Sequence[BucketCall]
+    request: Request
+    plan: Plan
+    direct: Direct | None
+    results: list[_Result | None] | None = None
+    needs: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -125,13 +146,24 @@ class RateLimitService:
             self._cache.clear()
 
     async def should_rate_limit(self, request: Request) -> Decision:
+        """Decide one request, with its one store round trip (if it needs one) awaited
+        through the guard."""
+        step = self.decide_now(request)
+        if isinstance(step, Decision):
+            return step
+        return self.finish(step, await self.guard.acquire(step.calls))
+
+    def decide_now(self, request: Request) -> Decision | StoreRound:
+        """The decision, when no store call is needed; else the store round trip it
+        waits for (hand its outcomes to `finish`). No I/O."""
         self.stats.requests += 1
         the_plan = self._planner.plan(request)
         if the_plan is None:  # no rules for the domain
             return Decision(Code.OK, (NO_LIMIT,) * len(request.descriptors))
         direct = the_plan.direct
         if direct is not None and (self._cache is None or not self._cache.knows_any(direct.keys)):
-            return await self._direct(request, the_plan, direct)
+            # The common case, the work precomputed in the plan: the store is asked at once.
+            return StoreRound(direct.calls, request, the_plan, direct)
         if not the_plan.checks:
             return self._decide(request, the_plan, [])
         results: list[_Result | None] = [self._local(check) for check in the_plan.checks]
@@ -143,24 +175,32 @@ class RateLimitService:
             ]
             return self._decide(request, the_plan, known)
         calls, needs = store_calls(the_plan.checks, [r is None for r in results])
-        if calls:
-            outcomes = await self.guard.acquire(calls)
-            if outcomes is None:
-                return self._failure_decision(request, the_plan)
-            for result_index, call_index in needs:
-                results[result_index] = self._stored(
-                    the_plan.checks[result_index], outcomes[call_index]
-                )
-        return self._decide(request, the_plan, [r for r in results if r is not None])
+        if not calls:
+            return self._decide(request, the_plan, [r for r in results if r is not None])
+        # A list, not a tuple: the Redis store remembers packed commands of tuples (plans).
+        return StoreRound(calls, request, the_plan, None, results, tuple(needs))
 
-    async def _direct(self, request: Request, the_plan: Plan, direct: Direct) -> Decision:
-        """The common case, with the work precomputed in the plan: nothing to answer
-        locally, so the store is asked at once; when every bucket admits the request the
-        statuses come straight from the outcomes. Same decision as the general path (a
-        test compares them); any denial goes through the general path's `_decide`."""
-        outcomes = await self.guard.acquire(direct.calls)
+    def finish(self, step: StoreRound, outcomes: Sequence[Outcome] | None) -> Decision:
+        """The decision from the store's outcomes for `step.calls` (None: the store gave
+        no answer, and the failure mode answers)."""
         if outcomes is None:
-            return self._failure_decision(request, the_plan)
+            return self._failure_decision(step.request, step.plan)
+        if step.direct is not None:
+            return self._direct(step.request, step.plan, step.direct, outcomes)
+        results = step.results
+        assert results is not None  # a StoreRound is either direct or carries results
+        for result_index, call_index in step.needs:
+            results[result_index] = self._stored(
+                step.plan.checks[result_index], outcomes[call_index]
+            )
+        return self._decide(step.request, step.plan, [r for r in results if r is not None])
+
+    def _direct(
+        self, request: Request, the_plan: Plan, direct: Direct, outcomes: Sequence[Outcome]
+    ) -> Decision:
+        """The common case: when every bucket admits the request the statuses come
+        straight from the outcomes. Same decision as the general path (a test compares
+        them); any denial goes through the general path's `_decide`."""
         checks = the_plan.checks
         call_of = direct.call_of
         for outcome in outcomes:

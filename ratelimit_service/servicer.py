@@ -1,4 +1,5 @@
-"""The gRPC edge: envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit.
+"""The gRPC edge: envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit, on either
+server kind.
 
 The only module that touches Envoy's generated types (xds-protos): it turns the request
 into plain values, lets the service decide, and turns the decision into the response.
@@ -14,25 +15,28 @@ denials and failure-mode answers are flagged the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, cast
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.trace import SpanKind
 
+from ratelimit_service.bucket import Outcome
 from ratelimit_service.decision_log import Correlation, current_call
 from ratelimit_service.errors import InvalidRequestError
 from ratelimit_service.planner import MAX_UINT32, DescriptorRequest, Override, Request
 from ratelimit_service.rules import Limit
-from ratelimit_service.service import Code, Decision, RateLimitService, Status
+from ratelimit_service.service import Code, Decision, RateLimitService, Status, StoreRound
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
-from sidecar_runtime.server import ServiceBinding, add_bytes_method
+from sidecar_runtime.loops import LoopBridge
+from sidecar_runtime.server import BytesHandler, ServiceBinding, add_bytes_method, is_aio
 from sidecar_runtime.telemetry import (
     call_metadata,
     parent_context,
@@ -128,7 +132,10 @@ class RequestReader:
         plain = to_request(message)
         if len(body) <= self._max_body_bytes:
             if len(known) >= self._max_entries:
-                del known[next(iter(known))]  # dicts keep insertion order: the oldest
+                # dicts keep insertion order: the oldest (another thread of the `sync`
+                # stack may have dropped it, or changed the dict, meanwhile).
+                with contextlib.suppress(KeyError, RuntimeError):
+                    del known[next(iter(known))]
             known[body] = plain
         return plain
 
@@ -257,15 +264,29 @@ def to_response(decision: Decision, domain: str, decision_id: str = "") -> Any:
     return response
 
 
+Answer = Generator[StoreRound, Sequence[Outcome] | None, bytes]
+
+
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    """ShouldRateLimit on either server kind: a coroutine on grpc.aio, a plain function
+    on grpcio's thread-pool server (`should_rate_limit_sync`, which needs `bridge`). One
+    answer for both (`_answer`): a generator that yields the store round trip its
+    decision needs, if any, and returns the serialized response; each server kind makes
+    the round trip its own way (awaited, or handed to the loop from the worker thread)."""
+
     def __init__(
-        self, service: RateLimitService, telemetry: RateLimitTelemetry | None = None
+        self,
+        service: RateLimitService,
+        telemetry: RateLimitTelemetry | None = None,
+        *,
+        bridge: LoopBridge | None = None,
     ) -> None:
         self._service = service
         self._t = telemetry or RateLimitTelemetry()
         self._ids = DecisionIds()
         self._reader = RequestReader()
         self._writer = ResponseWriter()
+        self.bridge = bridge
 
     async def ShouldRateLimit(  # noqa: N802 - the gRPC method name
         self, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
@@ -277,12 +298,38 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             plain = self._reader.read(body)
         except InvalidRequestError as exc:
             await context.abort(exc.grpc_status, str(exc))
-        decision, decision_id = await self._answer(plain, context, started)
-        return self._writer.write(decision, plain.domain, decision_id)
+        answer = self._answer(plain, context, started)
+        try:
+            step = next(answer)
+            while True:
+                step = answer.send(await self._service.guard.acquire(step.calls))
+        except StopIteration as done:
+            return cast(bytes, done.value)
+        finally:
+            answer.close()
 
-    async def _answer(
-        self, plain: Request, context: grpc.aio.ServicerContext[Any, Any], started: float
-    ) -> tuple[Decision, str]:
+    def should_rate_limit_sync(self, body: bytes, context: Any) -> bytes:
+        """`ShouldRateLimit` on a worker thread: the decision here, the store round trip
+        on the event loop (through the guard), this thread waiting meanwhile."""
+        started = time.perf_counter()
+        try:
+            plain = self._reader.read(body)
+        except InvalidRequestError as exc:
+            context.abort(exc.grpc_status, str(exc))
+        guard, bridge = self._service.guard, self.bridge
+        if bridge is None:
+            raise RuntimeError("a worker-thread handler needs the loop bridge")
+        answer = self._answer(plain, context, started)
+        try:
+            step = next(answer)
+            while True:
+                step = answer.send(guard.acquire_from_thread(step.calls, bridge))
+        except StopIteration as done:
+            return cast(bytes, done.value)
+        finally:
+            answer.close()
+
+    def _answer(self, plain: Request, context: Any, started: float) -> Answer:
         call: Correlation
         if self._t.tracing:
             carrier = _metadata(context)
@@ -290,21 +337,21 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
                 # Envoy decided not to sample: the sampler would drop this span anyway, and
                 # the decision id is drawn only if a line or the response needs it.
                 call = _LazyCall(self._ids, context, started, carried=carrier)
-                decision = await self._decide(plain, call)
+                decision = yield from self._decide(plain, call)
             else:
-                decision, call = await self._traced(plain, carrier, started)
+                decision, call = yield from self._traced(plain, carrier, started)
         else:
             # Telemetry off: no span, and the call's metadata is read (for the request and
             # trace ids) only if a decision line is written.
             call = _LazyCall(self._ids, context, started)
-            decision = await self._decide(plain, call)
+            decision = yield from self._decide(plain, call)
         needs_id = decision.reason != "ok" or decision.metadata
         self._t.record(decision.code.name, decision.reason, started)
-        return decision, call.decision_id if needs_id else ""
+        return self._writer.write(decision, plain.domain, call.decision_id if needs_id else "")
 
-    async def _traced(
+    def _traced(
         self, plain: Request, carrier: dict[str, str], started: float
-    ) -> tuple[Decision, Correlation]:
+    ) -> Generator[StoreRound, Sequence[Outcome] | None, tuple[Decision, Correlation]]:
         parent = parse_trace_context(carrier.get("traceparent"))
         context_in = parent_context(carrier) if parent is not None else None
         with self._t.tracer.start_as_current_span(
@@ -313,15 +360,23 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             trace_id = f"{span.get_span_context().trace_id:032x}"
             request_id = carrier.get("x-request-id", "")
             call = DecisionContext(self._ids.next(), request_id, trace_id, started)
-            decision = await self._decide(plain, call)
+            decision = yield from self._decide(plain, call)
             if span.is_recording():
                 span.set_attributes(span_attributes(decision, plain, call.decision_id))
         return decision, call
 
-    async def _decide(self, plain: Request, call: Correlation) -> Decision:
+    def _decide(
+        self, plain: Request, call: Correlation
+    ) -> Generator[StoreRound, Sequence[Outcome] | None, Decision]:
+        """The decision; the store round trip it needs, if any, is yielded (the span and
+        the call's correlation stay current meanwhile, for the store's child span)."""
         token = current_call.set(call)
         try:
-            return await self._service.should_rate_limit(plain)
+            step = self._service.decide_now(plain)
+            if isinstance(step, Decision):
+                return step
+            outcomes = yield step
+            return self._service.finish(step, outcomes)
         finally:
             current_call.reset(token)
 
@@ -388,17 +443,19 @@ def span_attributes(decision: Decision, request: Request, decision_id: str) -> d
     }
 
 
-def binding(
-    service: RateLimitService, telemetry: RateLimitTelemetry | None = None
-) -> ServiceBinding:
+def binding(servicer: RateLimitServicer) -> ServiceBinding:
     """The ServiceBinding that registers the servicer with the shared SidecarServer."""
-    servicer = RateLimitServicer(service, telemetry)
     return ServiceBinding(
         name=SERVICE_NAME, register=lambda server: add_to_server(servicer, server)
     )
 
 
 def add_to_server(servicer: RateLimitServicer, server: Any) -> None:
-    """Register ShouldRateLimit with bytes in and out: the servicer parses (and
-    remembers) requests and serializes answers itself."""
-    add_bytes_method(server, SERVICE_NAME, "ShouldRateLimit", servicer.ShouldRateLimit)
+    """Register ShouldRateLimit with bytes in and out (the servicer parses, and
+    remembers, requests and serializes answers itself): a coroutine on grpc.aio, a plain
+    function on the threaded server."""
+    if is_aio(server):
+        handler: BytesHandler = servicer.ShouldRateLimit
+    else:
+        handler = servicer.should_rate_limit_sync
+    add_bytes_method(server, SERVICE_NAME, "ShouldRateLimit", handler)

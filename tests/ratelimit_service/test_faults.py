@@ -1,4 +1,5 @@
-"""Redis trouble with a real redis-server: stopped, frozen, restarted under a running service.
+"""Redis trouble with a real redis-server: stopped, frozen, restarted under a running service
+(on each in-process server stack: on `sync` the calls wait on worker threads for the loop).
 
 Calls must keep answering within the per-call timeout with the configured failure mode,
 gRPC health must turn NOT_SERVING, and everything must come back by itself.
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ratelimit_service.app import App
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings
+from sidecar_runtime.settings import Stack
 from tests.support.grpc_clients import channel
 from tests.support.redis_servers import RedisServer
 
@@ -35,7 +37,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def settings(tmp_path: Path, redis: RedisServer, failure_mode: str) -> ServiceSettings:
+def settings(
+    tmp_path: Path, redis: RedisServer, failure_mode: str, stack: Stack = "aio"
+) -> ServiceSettings:
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         "domain: edge\ndescriptors:\n  - key: remote_address\n"
@@ -43,7 +47,7 @@ def settings(tmp_path: Path, redis: RedisServer, failure_mode: str) -> ServiceSe
     )
     return ServiceSettings.model_validate(
         {
-            "server": {"listen": "127.0.0.1:0"},
+            "server": {"listen": "127.0.0.1:0", "stack": stack},
             "rules": str(rules),
             "store": {"type": "redis", "url": redis.url, "timeouts": {"call_ms": CALL_TIMEOUT_MS}},
             "failure_mode": failure_mode,
@@ -91,9 +95,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
 
 @pytest.fixture
 async def running(
-    tmp_path: Path, own_redis: RedisServer, request: pytest.FixtureRequest
+    tmp_path: Path, own_redis: RedisServer, request: pytest.FixtureRequest, stack: Stack
 ) -> AsyncIterator[tuple[App, Client]]:
-    app = App(settings(tmp_path, own_redis, request.param))
+    app = App(settings(tmp_path, own_redis, request.param, stack))
     port = await app.start()
     client = Client(f"127.0.0.1:{port}")
     try:

@@ -1,5 +1,6 @@
-"""The real servicer in an in-process grpc.aio server, called with the xds-protos stubs,
-over plaintext and mTLS, and with the real grpcurl."""
+"""The real servicer in an in-process server (grpc.aio, and grpcio's thread-pool server:
+the `stack` fixture), called with the xds-protos stubs, over plaintext and mTLS, and with
+the real grpcurl."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from ratelimit_service.app import App
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings
 from sidecar_runtime.clock import ManualClock
+from sidecar_runtime.settings import Stack
 from tests.ratelimit_service.request_bodies import AT_THE_CAPS, MALFORMED
+from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.grpc_clients import channel
 from tests.support.grpcurl import grpcurl
 from tests.support.redis_servers import RedisServer
@@ -40,7 +43,7 @@ descriptors:
 Response = rls_pb2.RateLimitResponse
 
 
-def make_settings(tmp_path: Path, pki: Pki | None = None) -> ServiceSettings:
+def make_settings(tmp_path: Path, pki: Pki | None = None, stack: Stack = "aio") -> ServiceSettings:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     tls: dict[str, Any] = {"mode": "plaintext"}
@@ -53,7 +56,7 @@ def make_settings(tmp_path: Path, pki: Pki | None = None) -> ServiceSettings:
         }
     return ServiceSettings.model_validate(
         {
-            "server": {"listen": "127.0.0.1:0", "tls": tls},
+            "server": {"listen": "127.0.0.1:0", "tls": tls, "stack": stack},
             "rules": str(rules),
             "store": {"type": "memory"},
             "reload": {"watch": False},
@@ -62,10 +65,10 @@ def make_settings(tmp_path: Path, pki: Pki | None = None) -> ServiceSettings:
 
 
 @pytest.fixture
-async def plaintext_app(tmp_path: Path) -> AsyncIterator[tuple[App, str]]:
+async def plaintext_app(tmp_path: Path, stack: Stack) -> AsyncIterator[tuple[App, str]]:
     # A stopped clock: 41 calls in a row must not see a token refill (one per 50 ms) on a
     # slow machine, and reset times are exact.
-    app = App(make_settings(tmp_path), clock=ManualClock())
+    app = App(make_settings(tmp_path, stack=stack), clock=ManualClock())
     port = await app.start()
     try:
         yield app, f"127.0.0.1:{port}"
@@ -162,8 +165,8 @@ async def test_proto_rules_and_caps_over_grpc(plaintext_app: tuple[App, str]) ->
             assert answer.overall_code == Response.OK, name
 
 
-async def test_mtls_requires_the_client_certificate(tmp_path: Path, pki: Pki) -> None:
-    app = App(make_settings(tmp_path, pki))
+async def test_mtls_requires_the_client_certificate(tmp_path: Path, pki: Pki, stack: Stack) -> None:
+    app = App(make_settings(tmp_path, pki, stack))
     port = await app.start()
     address = f"127.0.0.1:{port}"
     try:
@@ -194,8 +197,10 @@ async def test_health_reports_the_service(plaintext_app: tuple[App, str]) -> Non
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_grpcurl_lists_calls_and_checks_health_over_mtls(tmp_path: Path, pki: Pki) -> None:
-    app = App(make_settings(tmp_path, pki))
+async def test_grpcurl_lists_calls_and_checks_health_over_mtls(
+    tmp_path: Path, pki: Pki, stack: Stack
+) -> None:
+    app = App(make_settings(tmp_path, pki, stack))
     port = await app.start()
     address = f"127.0.0.1:{port}"
     try:
@@ -227,10 +232,12 @@ async def test_grpcurl_lists_calls_and_checks_health_over_mtls(tmp_path: Path, p
         await app.close()
 
 
-async def test_health_is_not_serving_from_the_start_when_redis_is_down(tmp_path: Path) -> None:
+async def test_health_is_not_serving_from_the_start_when_redis_is_down(
+    tmp_path: Path, stack: Stack
+) -> None:
     from tests.support.processes import free_port
 
-    base = make_settings(tmp_path).model_dump(mode="json")
+    base = make_settings(tmp_path, stack=stack).model_dump(mode="json")
     settings = ServiceSettings.model_validate(
         {**base, "store": {"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"}}
     )
@@ -247,10 +254,11 @@ async def test_health_is_not_serving_from_the_start_when_redis_is_down(tmp_path:
 
 
 @pytest.mark.redis
+@ALSO_ON_UVLOOP
 async def test_one_evalsha_per_call_through_the_servicer(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, stack: Stack
 ) -> None:
-    base = make_settings(tmp_path).model_dump(mode="json")
+    base = make_settings(tmp_path, stack=stack).model_dump(mode="json")
     settings = ServiceSettings.model_validate(
         {**base, "store": {"type": "redis", "url": redis_server.url}}
     )

@@ -6,11 +6,14 @@ import asyncio
 import dataclasses
 import logging
 import random
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from ratelimit_service.bucket import BucketSpec
 from ratelimit_service.config import load_rule_file
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
@@ -18,9 +21,10 @@ from ratelimit_service.guard import StoreGuard
 from ratelimit_service.planner import DescriptorRequest, Plan, Planner, Request
 from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
 from ratelimit_service.rules import RuleSet
-from ratelimit_service.service import Code, Decision, FailureMode, RateLimitService
+from ratelimit_service.service import Code, Decision, FailureMode, RateLimitService, StoreRound
 from ratelimit_service.store import Acquired, BucketCall, BucketStore, MemoryStore
 from sidecar_runtime.clock import ManualClock
+from sidecar_runtime.loops import LoopBridge
 
 RULES = """
 domain: edge
@@ -428,3 +432,70 @@ async def test_the_direct_path_answers_with_the_failure_mode(tmp_path: Path) -> 
     assert planned.direct is not None
     answer = await h.service.should_rate_limit(request)
     assert (answer.code, answer.reason) == (Code.OVER_LIMIT, "store_failure")
+
+
+# -- the synchronous core and the way in from a worker thread (the sync stack) --------------
+async def test_decide_now_asks_for_one_round_trip_and_finish_decides(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    request = Request("edge", (DescriptorRequest((("remote_address", "192.0.2.50"),)),), 0)
+    step = h.service.decide_now(request)
+    assert isinstance(step, StoreRound)
+    assert [c.key for c in step.calls] == [c.key for c in step.plan.checks]
+    assert isinstance(h.store, CountingStore)
+    assert h.store.calls == 0  # asking is not calling
+    decision = h.service.finish(step, await h.guard.acquire(step.calls))
+    assert (decision.code, decision.statuses[0].remaining) == (Code.OK, 39)
+    again = h.service.decide_now(request)
+    assert isinstance(again, StoreRound)
+    failed = h.service.finish(again, None)
+    assert (failed.code, failed.reason) == (Code.OK, "store_failure")  # fail open
+    # Nothing to ask the store: a Decision at once.
+    blocked = Request("edge", (DescriptorRequest((("blocked", "x"),)),), 0)
+    assert isinstance(h.service.decide_now(blocked), Decision)
+
+
+SPEC = BucketSpec(interval_us=1000.0, capacity=10)
+
+
+async def test_a_worker_thread_gets_the_loop_s_answer(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    bridge = LoopBridge(asyncio.get_running_loop())
+    calls = [BucketCall("rl:thread", SPEC, 1)]
+    outcomes = await asyncio.to_thread(h.guard.acquire_from_thread, calls, bridge)
+    assert outcomes is not None
+    assert outcomes[0].allowed
+    assert h.guard.stats.store_calls == 1
+
+
+async def test_a_hung_store_answers_a_worker_thread_within_the_timeout(tmp_path: Path) -> None:
+    h = Harness(tmp_path, store=BrokenStore(ManualClock(), hang=True))
+    bridge = LoopBridge(asyncio.get_running_loop())
+    started = time.monotonic()
+    outcomes = await asyncio.to_thread(
+        h.guard.acquire_from_thread, [BucketCall("rl:hung", SPEC, 1)], bridge
+    )
+    assert outcomes is None  # the failure mode answers
+    assert time.monotonic() - started < 0.05 * 1.5 + 0.2
+    # The loop's own deadline decided it: a store error, counted and logged once.
+    assert (h.guard.stats.store_errors, h.guard.stats.failure_mode_answers) == (1, 1)
+    assert h.guard.stats.loop_stuck == 0
+
+
+async def test_a_stuck_loop_is_given_up_on_and_a_late_call_spares_the_store(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    bridge = LoopBridge(asyncio.get_running_loop())
+    calls = [BucketCall("rl:stuck", SPEC, 1)]
+    waiting = asyncio.get_running_loop().run_in_executor(
+        None, h.guard.acquire_from_thread, calls, bridge
+    )
+    time.sleep(0.3)  # noqa: ASYNC251 - the loop is stuck: the thread gives up after 1.5 call timeouts
+    assert await waiting is None
+    assert (h.guard.stats.loop_stuck, h.guard.stats.failure_mode_answers) == (1, 1)
+    await asyncio.sleep(0.05)
+    assert h.guard.stats.store_calls == 0  # the abandoned call never reached the store
+    # A call that reaches the loop after its deadline is not sent to the store either,
+    # and is not held against it (the breaker stays closed).
+    assert await h.guard._acquire_by(calls, time.monotonic() - 0.001, threading.Event()) is None
+    assert (h.guard.stats.late, h.guard.stats.store_calls, h.guard.healthy) == (1, 0, True)

@@ -22,6 +22,7 @@ from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import ManualClock
 from sidecar_runtime.histograms import InMemoryReader
+from sidecar_runtime.settings import Stack
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
 from tests.ratelimit_service.test_grpc import make_settings
 from tests.support.grpc_clients import channel
@@ -64,15 +65,17 @@ async def _observed(settings: ServiceSettings, tmp_path: Path) -> Observed:
 
 
 @pytest.fixture
-async def memory_app(tmp_path: Path) -> AsyncIterator[Observed]:
-    observed = await _observed(make_settings(tmp_path), tmp_path)
+async def memory_app(tmp_path: Path, stack: Stack) -> AsyncIterator[Observed]:
+    observed = await _observed(make_settings(tmp_path, stack=stack), tmp_path)
     yield observed
     await observed.app.close()
 
 
 @pytest.fixture
-async def redis_app(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Observed]:
-    base = make_settings(tmp_path).model_dump(mode="json")
+async def redis_app(
+    tmp_path: Path, redis_server: RedisServer, stack: Stack
+) -> AsyncIterator[Observed]:
+    base = make_settings(tmp_path, stack=stack).model_dump(mode="json")
     settings = ServiceSettings.model_validate(
         {**base, "store": {"type": "redis", "url": redis_server.url}}
     )
