@@ -1,7 +1,8 @@
-"""SIGTERM drains both sidecars as processes: health NOT_SERVING at once while calls are
-still served for the drain period, then new calls refused, an open health Watch stream
-ended (not waited for through the grace period), and exit code 0. A second signal cuts
-the drain short.
+"""SIGTERM drains both sidecars as processes, on each server stack (aio, uvloop, sync):
+health NOT_SERVING at once while calls are still served for the drain period, then new
+calls refused, an open health Watch stream ended (not waited for through the grace
+period), and exit code 0. A second signal cuts the drain short. Before the signal, each
+answers its call, health, and grpcurl through reflection.
 
 Drain periods here are short; every bound is generous (a slow, busy machine must pass).
 """
@@ -27,9 +28,11 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.idp_keys import ensure_idp_keys
+from sidecar_runtime.settings import Stack
 from tests.authz_service.conftest import write_config
 from tests.ratelimit_service.service_process import write_settings
 from tests.support.grpc_clients import channel
+from tests.support.grpcurl import grpcurl
 from tests.support.processes import free_port, running
 
 pytestmark = [pytest.mark.grpc, pytest.mark.slow]
@@ -48,6 +51,7 @@ class Sidecar:
     name: str
     start: Callable[[Path, dict[str, Any]], contextlib.AbstractContextManager[Running]]
     call: Callable[[grpc.aio.Channel], Awaitable[object]]
+    service: str
 
 
 @dataclass
@@ -55,6 +59,14 @@ class Running:
     process: subprocess.Popen[bytes]
     address: str
     log: Path
+
+    def stacks(self) -> list[str]:
+        """The server stacks the log says it serves on."""
+        out = []
+        for raw in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                out.append(json.loads(raw).get("stack", ""))
+        return [stack for stack in out if stack]
 
     def events(self) -> list[str]:
         out = []
@@ -119,9 +131,12 @@ async def _check(ch: grpc.aio.Channel) -> object:
 
 
 SIDECARS = [
-    Sidecar("ratelimit", _ratelimit, _should_rate_limit),
-    Sidecar("authz", _authz, _check),
+    Sidecar(
+        "ratelimit", _ratelimit, _should_rate_limit, "envoy.service.ratelimit.v3.RateLimitService"
+    ),
+    Sidecar("authz", _authz, _check, "envoy.service.auth.v3.Authorization"),
 ]
+STACKS: tuple[Stack, ...] = ("aio", "uvloop", "sync")
 
 
 async def _health(address: str) -> int:
@@ -173,11 +188,18 @@ async def _refused(sidecar: Sidecar, address: str, within: float = 10.0) -> grpc
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("sidecar", SIDECARS, ids=lambda s: s.name)
-async def test_sigterm_drains_then_stops_and_exits_0(sidecar: Sidecar, tmp_path: Path) -> None:
-    server = {"drain_period_seconds": DRAIN_S, "grace_period_seconds": GRACE_S}
+async def test_sigterm_drains_then_stops_and_exits_0(
+    sidecar: Sidecar, stack: Stack, tmp_path: Path
+) -> None:
+    server = {"drain_period_seconds": DRAIN_S, "grace_period_seconds": GRACE_S, "stack": stack}
     with sidecar.start(tmp_path, server) as proc:
         await _until_serving(proc.address)
+        listed = await asyncio.to_thread(grpcurl, proc.address, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert sidecar.service in listed.stdout.split()  # reflection
+        assert stack in proc.stacks()  # the one asked for
         seen: list[int] = []
         watch = asyncio.create_task(_watch(proc.address, seen))
         async with channel(proc.address) as before:  # a connection made before the signal
@@ -207,8 +229,9 @@ async def test_sigterm_drains_then_stops_and_exits_0(sidecar: Sidecar, tmp_path:
     assert steps == ["draining", "drained", "stopped"]
 
 
-async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
-    server = {"drain_period_seconds": 120, "grace_period_seconds": GRACE_S}
+@pytest.mark.parametrize("stack", ["aio", "sync"])
+async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path, stack: Stack) -> None:
+    server = {"drain_period_seconds": 120, "grace_period_seconds": GRACE_S, "stack": stack}
     with _ratelimit(tmp_path, server) as proc:
         await _until_serving(proc.address)
         proc.process.send_signal(signal.SIGTERM)
