@@ -802,7 +802,42 @@ def _local_reply_config() -> Config:
         },
         "body_format_override": _json_error("request_header_fields_too_large"),
     }
-    return {"mappers": [rate_limited, authz_unavailable, too_large, headers_too_large]}
+    specific = [rate_limited, authz_unavailable, too_large, headers_too_large]
+    return {"mappers": [*specific, *_other_error_mappers()]}
+
+
+# Envoy's remaining error replies (a path it refuses, bad framing, no route, an upstream
+# that is down or slow) get the same JSON denial body instead of Envoy's plain text, which
+# names internals (`upstream connect error ... reset reason`). The sidecar's own denials
+# (code details `ext_authz_denied`) keep their body; an upstream's answers never come here.
+_LOCAL_ERROR_NAMES = (
+    (400, "invalid_request"),
+    (404, "not_found"),
+    (405, "method_not_allowed"),
+    (408, "request_timeout"),
+    (500, "internal_error"),
+    (502, "bad_gateway"),
+    (503, "unavailable"),
+    (504, "upstream_timeout"),
+)
+
+
+def _other_error_mappers() -> list[Config]:
+    not_from_authz = "response.code_details != 'ext_authz_denied'"
+    mappers = [
+        {
+            "filter": _cel_filter(f"response.code == {code} && {not_from_authz}"),
+            "body_format_override": _json_error(name),
+        }
+        for code, name in _LOCAL_ERROR_NAMES
+    ]
+    mappers.append(
+        {
+            "filter": _cel_filter(f"response.code >= 400 && {not_from_authz}"),
+            "body_format_override": _json_error("request_failed"),
+        }
+    )
+    return mappers
 
 
 def _cel_filter(expression: str) -> Config:

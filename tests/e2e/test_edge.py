@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     assert_no_tokens_logged,
     identity_at_upstream,
 )
+from tests.e2e.raw_clients import h1_exchange
 from tests.support.grpcurl import grpcurl
 from tests.support.https import Reply
 
@@ -325,7 +326,28 @@ def test_escaped_slashes_and_nul_in_the_path_are_400(edge: Edge, path: str) -> N
 
     reply = edge.client.request(path, token=token)
 
+    # Envoy's own reply, refused before a request id is given out: the JSON denial body
+    # of every other denial, with a null id.
     assert reply.status == 400, reply.body
+    assert reply.header("content-type") == "application/json"
+    assert reply.json() == {"error": "invalid_request", "request_id": None}
+    assert_hardened(reply)
+    _upstream_untouched(edge, before)
+
+
+def test_ambiguous_framing_is_a_json_400_from_envoy(edge: Edge) -> None:
+    before = edge.upstream_requests()
+    head = (
+        b"POST /api/v1/public/ping HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+    reply = h1_exchange(edge.client.port, edge.client.ca, head, b"0\r\n\r\n")
+
+    assert reply.status == 400
+    assert reply.header("content-type") == "application/json"
+    assert reply.json()["error"] == "invalid_request"
+    assert b"chunked" not in reply.body.lower()  # nothing of Envoy's codec text
     assert_hardened(reply)
     _upstream_untouched(edge, before)
 
