@@ -1,4 +1,5 @@
-"""The sidecar as users run it: a process, signals, workers, reload."""
+"""The sidecar as users run it: a process, signals, workers, reload (on each server stack
+where the stack matters)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from devstack.idp_keys import IdpKeys
+from sidecar_runtime.settings import Stack
 from tests.authz_service.conftest import AUDIENCE, write_config
 from tests.authz_service.tokens.conftest import LocalIdp, Reply
 from tests.support.grpcurl import grpcurl
@@ -35,10 +37,10 @@ def _check(address: str, path: str) -> str:
     return out.stdout
 
 
-def test_serve_reload_on_sighup_and_graceful_stop(config_dir: Path) -> None:
+def test_serve_reload_on_sighup_and_graceful_stop(config_dir: Path, stack: Stack) -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"
-    config = write_config(config_dir, server={"listen": address})
+    config = write_config(config_dir, server={"listen": address, "stack": stack})
     with running(
         ["authz_service", "serve", "--config", str(config)], log=config_dir / "out.log"
     ) as proc:
@@ -73,9 +75,9 @@ def test_file_change_reloads_without_a_signal(config_dir: Path) -> None:
         assert wait_until(lambda: "ok_response" not in _check(address, "/api/v1/public/ping"))
 
 
-def test_two_workers_share_one_port_and_stop_together(config_dir: Path) -> None:
+def test_two_workers_share_one_port_and_stop_together(config_dir: Path, stack: Stack) -> None:
     address = f"127.0.0.1:{free_port()}"
-    config = write_config(config_dir, server={"listen": address, "workers": 2})
+    config = write_config(config_dir, server={"listen": address, "workers": 2, "stack": stack})
     with running(
         ["authz_service", "serve", "--config", str(config)], log=config_dir / "w.log"
     ) as proc:

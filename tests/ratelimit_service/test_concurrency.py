@@ -1,6 +1,7 @@
 """Exactness under concurrency: two service processes share one Redis, and hundreds of
 concurrent calls for one key admit exactly the burst, plus what the refill allows in the
-measured elapsed time and not a token more."""
+measured elapsed time and not a token more; on grpc.aio and on the threaded server (where
+the calls run on several worker threads at once)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
+from sidecar_runtime.settings import Stack
 from tests.ratelimit_service.service_process import ServiceProcess, start_service, write_settings
 from tests.support.grpc_clients import channel
 from tests.support.redis_servers import RedisServer
@@ -60,13 +62,14 @@ async def burst(addresses: list[str], key: str) -> tuple[int, float]:
 
 
 async def test_two_processes_admit_exactly_the_burst(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, stack: Stack
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     settings = write_settings(
         tmp_path / "service.yaml",
         rules,
+        server={"stack": stack},
         store={"type": "redis", "url": redis_server.url, "timeouts": {"call_ms": 5000}},
         failure_mode="fail_closed",  # a failure could only lower the count, never raise it
         reload={"watch": False},

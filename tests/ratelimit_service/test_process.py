@@ -14,6 +14,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ratelimit_service.cli import main
+from sidecar_runtime.settings import Stack
 from tests.ratelimit_service.service_process import (
     ServiceProcess,
     serving,
@@ -66,10 +67,12 @@ def test_serve_refuses_bad_rules(
     assert f"error: {bad}: descriptors[1]: duplicate descriptor" in capsys.readouterr().err
 
 
-async def test_sighup_reloads_and_bad_rules_keep_the_old(tmp_path: Path) -> None:
+async def test_sighup_reloads_and_bad_rules_keep_the_old(tmp_path: Path, stack: Stack) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(rules_named("first"))
-    settings = write_settings(tmp_path / "service.yaml", rules, reload={"watch": False})
+    settings = write_settings(
+        tmp_path / "service.yaml", rules, server={"stack": stack}, reload={"watch": False}
+    )
     with serving(settings, tmp_path / "service.log") as service:
         assert await limit_name(service) == "first"
         replace(rules, rules_named("second"))
@@ -104,7 +107,7 @@ async def test_file_change_reloads_by_itself(tmp_path: Path) -> None:
 
 @pytest.mark.redis
 async def test_workers_share_one_port_and_one_redis(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, stack: Stack
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(rules_named("shared"))
@@ -112,7 +115,7 @@ async def test_workers_share_one_port_and_one_redis(
     settings = write_settings(
         tmp_path / "service.yaml",
         rules,
-        server={"listen": f"127.0.0.1:{port}", "workers": 2},
+        server={"listen": f"127.0.0.1:{port}", "workers": 2, "stack": stack},
         store={"type": "redis", "url": redis_server.url, "timeouts": {"call_ms": 1000}},
         reload={"watch": False},
     )
