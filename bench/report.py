@@ -63,6 +63,7 @@ def markdown(result: dict[str, Any]) -> str:
     )
     lines += _edge_md(result)
     lines += edge_budget.markdown(result, targets.REFERENCE)
+    lines += _builtin_md(result)
     lines += _exact_md(result)
     lines += _sidecars_md(result)
     lines += _redis_md(result)
@@ -163,11 +164,15 @@ def _edge_md(result: dict[str, Any]) -> list[str]:
             f" **{found['by_rate']}**; the sidecars' default stack in this run:"
             f" {section.get('default_stack')}.",
         ]
-    cannot = section.get("builtin_cannot_express", [])
-    if cannot:
-        out += ["", "What `envoy-builtin` cannot express of the demo policy and contract:", ""]
-        out += [f"- {c}" for c in cannot]
     return out
+
+
+def _builtin_md(result: dict[str, Any]) -> list[str]:
+    cannot = result.get("sections", {}).get("edge", {}).get("builtin_cannot_express", [])
+    if not cannot:
+        return []
+    out = ["", "What `envoy-builtin` cannot express of the demo policy and contract:", ""]
+    return out + [f"- {c}" for c in cannot]
 
 
 def _exact_md(result: dict[str, Any]) -> list[str]:
@@ -314,12 +319,12 @@ def collect_commands(result: dict[str, Any]) -> dict[str, str]:
     configs = sections.get("edge", {}).get("configs", [])
     for c in configs:
         cmds[f"Envoy, {c['name']}"] = c.get("envoy_command", "")
-    first = next((c for c in configs if c.get("saturation")), None)
-    if first:
-        n = first["saturation"]["processes"]
-        cmds[f"edge load at saturation (1 of {n} processes)"] = first["saturation"]["command"]
-        if first.get("half"):
-            cmds[f"edge load at half the rate (1 of {n} processes)"] = first["half"]["command"]
+    ours = targets.edge_configs(result).get(f"edgeguard-{targets.default_stack(result)}")
+    if ours and ours.get("saturation"):
+        n = ours["saturation"]["processes"]
+        cmds[f"edge load at saturation (1 of {n} processes)"] = ours["saturation"]["command"]
+        if ours.get("half"):
+            cmds[f"edge load at half the rate (1 of {n} processes)"] = ours["half"]["command"]
     if sections.get("exact", {}).get("command"):
         cmds["exactness load (1 of the processes)"] = sections["exact"]["command"]
     for r in sections.get("sidecars", {}).get("rows", []):
