@@ -12,19 +12,24 @@ breaker after repeated failures (gRPC health NOT_SERVING), and a probe or a succ
 closes it again (SERVING), with no restart. Never a queue: when `max_in_flight` calls are
 out, the next one is answered at once.
 
-On the `sync` stack the guard (breaker, counters, the pipe) still lives on the event loop
-only; a handler on a worker thread asks it through `acquire_from_thread`, which hands the
-call to the loop with the handler's deadline and waits for the answer. The loop gives the
-store what is left of that deadline, so the store's own deadline, not the thread's wait,
-decides a timeout (and trips the breaker); a call the loop picks up with nothing left is
-answered by the failure mode without asking the store, and without counting against it
-(the process was late, not the store). The thread waits half a timeout longer than the
-deadline, in case the loop itself is stuck; then it answers by the failure mode too.
+On the `sync` stack a handler on a worker thread calls `acquire_on_thread`. A store that
+a thread can call itself (`BlockingStore`: the standalone Redis store, on a connection of
+the thread's own, and the memory store) is called right there, with the same timeout,
+breaker and cap; a change of health is handed to the event loop, which reports the
+breaker's state as it is then (so reports from several threads cannot land out of order).
+Other stores (redis-py's: Sentinel, Cluster) live on the loop, and the call is handed to it
+(`acquire_from_thread`) with the handler's deadline. The loop gives the store what is left
+of it, so the store's own deadline, not the thread's wait, decides a timeout (and trips
+the breaker); a call the loop picks up with nothing left is answered by the failure mode
+without asking the store, and without counting against it (the process was late, not the
+store). The thread waits half a timeout longer than the deadline, in case the loop itself
+is stuck; then it answers by the failure mode too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -38,7 +43,13 @@ from ratelimit_service.bucket import Outcome
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.protection import CircuitBreaker
-from ratelimit_service.store import Acquired, BucketCall, BucketStore, DeadlineStore
+from ratelimit_service.store import (
+    Acquired,
+    BlockingStore,
+    BucketCall,
+    BucketStore,
+    DeadlineStore,
+)
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.loops import LoopBridge, LoopUnavailableError
 
@@ -85,9 +96,12 @@ class StoreGuard:
         self._max_in_flight = max_in_flight
         self._on_health = on_health
         self._in_flight = 0
+        self._lock = threading.Lock()  # the cap and the counters, among threads
+        self._reported_healthy = True  # what health was last told
         self.stats = GuardStats()
         self._telemetry = telemetry or RateLimitTelemetry()
         self._timed = store if isinstance(store, DeadlineStore) else None
+        self._blocking = store if isinstance(store, BlockingStore) else None
 
     @property
     def healthy(self) -> bool:
@@ -98,16 +112,8 @@ class StoreGuard:
     ) -> Sequence[Outcome] | None:
         """The store's outcomes, or None when the failure mode must answer. `timeout_s`
         (default: the configured call timeout) bounds a remote store's answer."""
-        if self._in_flight >= self._max_in_flight:
-            self.stats.overloaded += 1
-            self._answered_by_failure_mode("too many store calls in flight")
+        if not self._admit():
             return None
-        if not self._breaker.allow():
-            self.stats.short_circuited += 1
-            self.stats.failure_mode_answers += 1
-            return None
-        self._in_flight += 1
-        self.stats.store_calls += 1
         started = time.perf_counter()
         timeout = self._call_timeout_s if timeout_s is None else timeout_s
         try:
@@ -119,11 +125,90 @@ class StoreGuard:
             await self._failed(str(exc))
             return None
         finally:
-            self._in_flight -= 1
-            self._telemetry.record_store_call(started)
+            self._done(started)
         if self._breaker.record_success():
             await self._health_changed(True)
         return acquired.outcomes
+
+    def acquire_on_thread(
+        self, calls: Sequence[BucketCall], bridge: LoopBridge
+    ) -> Sequence[Outcome] | None:
+        """`acquire` for a handler on a worker thread of the sync stack: on this thread
+        when the store allows it, else through the loop (see the module's docstring)."""
+        store = self._blocking
+        if store is None:
+            return self.acquire_from_thread(calls, bridge)
+        if not self._admit():
+            return None
+        started = time.perf_counter()
+        try:
+            acquired = self._call_blocking(store, calls)
+        except TimeoutError:
+            self._failed_on_thread("timeout", bridge)
+            return None
+        except StoreError as exc:
+            self._failed_on_thread(str(exc), bridge)
+            return None
+        finally:
+            self._done(started)
+        if self._breaker.record_success():
+            self._report_health_on_loop(bridge)
+        return acquired.outcomes
+
+    def _admit(self) -> bool:
+        """Take a slot for one store call, or count why not (the failure mode answers)."""
+        with self._lock:
+            overloaded = self._in_flight >= self._max_in_flight
+            if overloaded:
+                self.stats.overloaded += 1
+            elif not self._breaker.allow():
+                self.stats.short_circuited += 1
+                self.stats.failure_mode_answers += 1
+                return False
+            else:
+                self._in_flight += 1
+                self.stats.store_calls += 1
+                return True
+        self._answered_by_failure_mode("too many store calls in flight")
+        return False
+
+    def _done(self, started: float) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._telemetry.record_store_call(started)
+
+    def _call_blocking(self, store: BlockingStore, calls: Sequence[BucketCall]) -> Acquired:
+        timeout = self._call_timeout_s
+        # A child span only for a remote store under a recording parent, as on the loop.
+        traced = self.store.remote and self._telemetry.tracing
+        if not (traced and get_current_span().is_recording()):
+            return store.acquire_blocking(calls, timeout_s=timeout)
+        with self._telemetry.tracer.start_as_current_span(
+            "ratelimit.store.acquire",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system": self.store.name, "ratelimit.buckets": len(calls)},
+        ) as span:
+            try:
+                return store.acquire_blocking(calls, timeout_s=timeout)
+            except (TimeoutError, StoreError) as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+
+    def _failed_on_thread(self, error: str, bridge: LoopBridge) -> None:
+        self.stats.store_errors += 1
+        self._answered_by_failure_mode(error)
+        if self._breaker.record_failure():
+            self._report_health_on_loop(bridge)
+
+    def _report_health_on_loop(self, bridge: LoopBridge) -> None:
+        with contextlib.suppress(LoopUnavailableError):  # shutting down: health is final
+            bridge.submit(self._report_health())
+
+    async def _report_health(self) -> None:
+        """Health as the breaker is now (not as it was when a thread saw it change)."""
+        serving = self.healthy
+        if serving != self._reported_healthy:
+            await self._health_changed(serving)
 
     def acquire_from_thread(
         self, calls: Sequence[BucketCall], bridge: LoopBridge
@@ -233,6 +318,7 @@ class StoreGuard:
             await self._health_changed(False)
 
     async def _health_changed(self, serving: bool) -> None:
+        self._reported_healthy = serving
         self.stats.health_changes += 1
         log.warning(
             "store reachable again" if serving else "store unreachable; circuit open",

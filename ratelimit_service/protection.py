@@ -1,14 +1,15 @@
 """What keeps Redis trouble and floods cheap: a circuit breaker and the empty-bucket cache.
 
-Both are pure state machines over an injected clock's monotonic time. The breaker lives on
-the event loop only; the cache is also used from the worker threads of the `sync` stack,
-where each of its operations tolerates another thread's (every entry is only a hint that a
-bucket is empty, so a lost one costs one store call).
+Both are pure state machines over an injected clock's monotonic time, used from the event
+loop and from the worker threads of the `sync` stack: the breaker's transitions take a
+lock; each of the cache's operations tolerates another thread's (every entry is only a
+hint that a bucket is empty, so a lost one costs one store call).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from enum import Enum
@@ -53,6 +54,8 @@ class CircuitBreaker:
         self._first_failure_at = 0.0
         self._opened_at = 0.0
         self.state = BreakerState.CLOSED
+        # The event loop (probes) and the sync stack's worker threads (calls) share it.
+        self._lock = threading.Lock()
 
     @property
     def is_closed(self) -> bool:
@@ -60,40 +63,48 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go to the store now?"""
-        if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.OPEN:
-            if self._clock.monotonic() - self._opened_at >= self._open_seconds:
-                self.state = BreakerState.HALF_OPEN
+        with self._lock:
+            if self.state is BreakerState.CLOSED:
                 return True
-            return False
-        return False  # half-open: the trial call is still out
+            if self.state is BreakerState.OPEN:
+                if self._clock.monotonic() - self._opened_at >= self._open_seconds:
+                    self.state = BreakerState.HALF_OPEN
+                    return True
+                return False
+            return False  # half-open: the trial call is still out
 
     def record_success(self) -> bool:
         """Returns True when this success closes the breaker."""
-        self._failures = 0
-        if self.state is BreakerState.CLOSED:
-            return False
-        self.state = BreakerState.CLOSED
-        return True
+        with self._lock:
+            self._failures = 0
+            if self.state is BreakerState.CLOSED:
+                return False
+            self.state = BreakerState.CLOSED
+            return True
 
     def record_failure(self) -> bool:
         """Returns True when this failure opens a closed breaker."""
-        now = self._clock.monotonic()
-        if self._failures == 0:
-            self._first_failure_at = now
-        self._failures += 1
-        if self.state is BreakerState.HALF_OPEN:
-            return self.trip()
-        if self.state is BreakerState.CLOSED:
-            if self._failures >= self._threshold and now - self._first_failure_at >= self._span:
-                return self.trip()
-        else:
-            self._opened_at = now
-        return False
+        with self._lock:
+            now = self._clock.monotonic()
+            if self._failures == 0:
+                self._first_failure_at = now
+            self._failures += 1
+            if self.state is BreakerState.HALF_OPEN:
+                return self._trip()
+            if self.state is BreakerState.CLOSED:
+                span_ok = now - self._first_failure_at >= self._span
+                if self._failures >= self._threshold and span_ok:
+                    return self._trip()
+            else:
+                self._opened_at = now
+            return False
 
     def trip(self) -> bool:
         """Open now (e.g. a health probe failed). Returns True if it was closed."""
+        with self._lock:
+            return self._trip()
+
+    def _trip(self) -> bool:
         was_closed = self.state is BreakerState.CLOSED
         self.state = BreakerState.OPEN
         self._opened_at = self._clock.monotonic()

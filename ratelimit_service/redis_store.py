@@ -1,6 +1,7 @@
 """The Redis bucket stores: standalone, Sentinel or Cluster.
 
-With `redis_pipe` (the pipelined client), the only modules that talk to Redis. Every call
+With `redis_pipe` (the pipelined client) and `redis_blocking` (a connection per worker
+thread, for the `sync` stack), the only modules that talk to Redis. Every call
 runs `gcra.lua`, loaded once per server with SCRIPT LOAD and then called by SHA (EVALSHA);
 a NOSCRIPT answer (a restarted or flushed server) reloads it once and retries.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +47,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ratelimit_service.bucket import Outcome
 from ratelimit_service.errors import StoreError, StoreReplyError
+from ratelimit_service.redis_blocking import ThreadRedis
 from ratelimit_service.redis_pipe import RedisPipe, endpoint_from_url, pack
 from ratelimit_service.redis_script import (
     SCRIPT,
@@ -75,15 +78,22 @@ def open_redis_store(settings: StoreSettings) -> BucketStore:
         )
         if endpoint is not None:
             call_timeout_s = settings.timeouts.call_ms / 1000
+            tls = settings.tls.context() if settings.tls is not None else None
+            connect_timeout_s = settings.timeouts.connect_ms / 1000
+            # Far beyond any call's deadline: only a hung server gets here.
+            stale_after_s = max(1.0, 50 * call_timeout_s)
             pipe = RedisPipe(
                 endpoint,
                 connections=settings.pipelined_connections,
-                connect_timeout_s=settings.timeouts.connect_ms / 1000,
-                # Far beyond any call's deadline: only a hung server gets here.
-                stale_after_s=max(1.0, 50 * call_timeout_s),
-                tls=settings.tls.context() if settings.tls is not None else None,
+                connect_timeout_s=connect_timeout_s,
+                stale_after_s=stale_after_s,
+                tls=tls,
             )
-            return StandaloneRedisStore(pipe)
+            # Opens connections only for worker threads that call it (the sync stack).
+            threads = ThreadRedis(
+                endpoint, connect_timeout_s=connect_timeout_s, stale_after_s=stale_after_s, tls=tls
+            )
+            return StandaloneRedisStore(pipe, threads)
     return RedisStore.from_settings(settings)
 
 
@@ -106,14 +116,16 @@ def _password(settings: StoreSettings) -> str | None:
 
 
 class StandaloneRedisStore:
-    """Buckets in one standalone Redis, over the pipelined client."""
+    """Buckets in one standalone Redis, over the pipelined client on the event loop, and
+    (`acquire_blocking`, the sync stack's worker threads) over a connection per thread."""
 
     name = "redis"
     hash_tags = False
     remote = True
 
-    def __init__(self, pipe: RedisPipe) -> None:
+    def __init__(self, pipe: RedisPipe, threads: ThreadRedis) -> None:
         self.pipe = pipe
+        self.threads = threads
         self._loaded = False
         self._generation = 0  # bumped by every SCRIPT LOAD
         self._load_lock = asyncio.Lock()
@@ -138,6 +150,21 @@ class StandaloneRedisStore:
             if exc.code != "NOSCRIPT":
                 raise
             reply = await self._reload_and_retry(packed, generation, timeout_s)
+        committed, outcomes = parse_reply(reply, len(calls))
+        return Acquired(committed, tuple(outcomes))
+
+    def acquire_blocking(self, calls: Sequence[BucketCall], *, timeout_s: float) -> Acquired:
+        """`acquire_within` on the calling thread's own connection (see redis_blocking).
+        After a NOSCRIPT, the SCRIPT LOAD and the retry share the rest of `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        packed = self._packed(calls)
+        try:
+            reply = self.threads.execute(packed, timeout_s=timeout_s)
+        except StoreReplyError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+            check_loaded_sha(self.threads.execute(_LOAD, timeout_s=_left(deadline)))
+            reply = self.threads.execute(packed, timeout_s=_left(deadline))
         committed, outcomes = parse_reply(reply, len(calls))
         return Acquired(committed, tuple(outcomes))
 
@@ -192,6 +219,11 @@ class StandaloneRedisStore:
 
     async def close(self) -> None:
         await self.pipe.close()
+        self.threads.close()
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 1e-3)
 
 
 class RedisStore:

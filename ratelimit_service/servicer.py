@@ -272,7 +272,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     on grpcio's thread-pool server (`should_rate_limit_sync`, which needs `bridge`). One
     answer for both (`_answer`): a generator that yields the store round trip its
     decision needs, if any, and returns the serialized response; each server kind makes
-    the round trip its own way (awaited, or handed to the loop from the worker thread)."""
+    the round trip its own way (awaited, or made from the worker thread)."""
 
     def __init__(
         self,
@@ -309,8 +309,9 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             answer.close()
 
     def should_rate_limit_sync(self, body: bytes, context: Any) -> bytes:
-        """`ShouldRateLimit` on a worker thread: the decision here, the store round trip
-        on the event loop (through the guard), this thread waiting meanwhile."""
+        """`ShouldRateLimit` on a worker thread: the decision here, and the store round
+        trip through the guard from this thread (on a Redis connection of its own, or
+        handed to the event loop for stores that live there)."""
         started = time.perf_counter()
         try:
             plain = self._reader.read(body)
@@ -323,7 +324,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         try:
             step = next(answer)
             while True:
-                step = answer.send(guard.acquire_from_thread(step.calls, bridge))
+                step = answer.send(guard.acquire_on_thread(step.calls, bridge))
         except StopIteration as done:
             return cast(bytes, done.value)
         finally:

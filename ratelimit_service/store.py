@@ -7,6 +7,7 @@ what to answer, failure modes) belongs to the service, not to the store.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -77,11 +78,23 @@ class DeadlineStore(Protocol):
         ...
 
 
+@runtime_checkable
+class BlockingStore(Protocol):
+    """Optional ability: a store that a worker thread of the `sync` stack calls itself,
+    blocking, safe from several threads at once (no hand-over to the event loop)."""
+
+    def acquire_blocking(self, calls: Sequence[BucketCall], *, timeout_s: float) -> Acquired:
+        """`acquire` on the calling thread; TimeoutError when no answer came within
+        `timeout_s`, StoreError when the store fails."""
+        ...
+
+
 class MemoryStore:
     """Buckets in this process only: exact, but not shared between replicas or workers.
 
     Time is the injected clock's monotonic time, so tests advance it instead of sleeping.
     Full buckets are dropped by an amortised sweep, so memory follows the active keys.
+    A lock makes each call all-or-nothing among threads too (the `sync` stack).
     """
 
     name = "memory"
@@ -92,6 +105,7 @@ class MemoryStore:
         self._clock = clock or SystemClock()
         self._buckets: dict[str, BucketState] = {}
         self._writes_since_sweep = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -100,19 +114,27 @@ class MemoryStore:
         return self._buckets.get(key)
 
     async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
-        now = round(self._clock.monotonic() * 1_000_000)
-        buckets = self._buckets
-        verdicts = [
-            evaluate(c.spec, buckets.get(c.key, EMPTY_STATE), cost=c.cost, now_us=now)
-            for c in calls
-        ]
-        committed = must_commit(verdicts, calls)
-        if committed:
-            for call, verdict in zip(calls, verdicts, strict=True):
-                if verdict.new_state is not None:
-                    buckets[call.key] = verdict.new_state
-                    self._writes_since_sweep += 1
-            self._maybe_sweep(now)
+        return self._acquire(calls)
+
+    def acquire_blocking(self, calls: Sequence[BucketCall], *, timeout_s: float) -> Acquired:
+        """`acquire` on the calling thread (in-process: never waits on anything else)."""
+        return self._acquire(calls)
+
+    def _acquire(self, calls: Sequence[BucketCall]) -> Acquired:
+        with self._lock:
+            now = round(self._clock.monotonic() * 1_000_000)
+            buckets = self._buckets
+            verdicts = [
+                evaluate(c.spec, buckets.get(c.key, EMPTY_STATE), cost=c.cost, now_us=now)
+                for c in calls
+            ]
+            committed = must_commit(verdicts, calls)
+            if committed:
+                for call, verdict in zip(calls, verdicts, strict=True):
+                    if verdict.new_state is not None:
+                        buckets[call.key] = verdict.new_state
+                        self._writes_since_sweep += 1
+                self._maybe_sweep(now)
         return Acquired(committed, tuple(report(v, committed=committed) for v in verdicts))
 
     def _maybe_sweep(self, now: float) -> None:

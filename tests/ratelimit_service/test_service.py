@@ -499,3 +499,40 @@ async def test_a_stuck_loop_is_given_up_on_and_a_late_call_spares_the_store(
     # and is not held against it (the breaker stays closed).
     assert await h.guard._acquire_by(calls, time.monotonic() - 0.001, threading.Event()) is None
     assert (h.guard.stats.late, h.guard.stats.store_calls, h.guard.healthy) == (1, 0, True)
+
+
+class BlockingBrokenStore(BrokenStore):
+    """A broken store that worker threads call themselves (a `BlockingStore`)."""
+
+    def acquire_blocking(self, calls: Sequence[BucketCall], *, timeout_s: float) -> Acquired:
+        if not self.working:
+            raise StoreError("ConnectionError: connection refused")
+        return self.memory._acquire(calls)
+
+
+async def test_a_blocking_store_is_called_on_the_worker_thread_itself(tmp_path: Path) -> None:
+    h = Harness(tmp_path, store=MemoryStore(ManualClock()))
+    no_loop = LoopBridge()  # any hand-over to a loop would fail
+    outcomes = await asyncio.to_thread(
+        h.guard.acquire_on_thread, [BucketCall("rl:own", SPEC, 1)], no_loop
+    )
+    assert outcomes is not None
+    assert outcomes[0].remaining == 9
+    assert (h.guard.stats.store_calls, h.guard.stats.failure_mode_answers) == (1, 0)
+
+
+async def test_health_changes_seen_on_threads_are_reported_on_the_loop(tmp_path: Path) -> None:
+    store = BlockingBrokenStore(ManualClock())
+    h = Harness(tmp_path, store=store)
+    bridge = LoopBridge(asyncio.get_running_loop())
+    calls = [BucketCall("rl:health", SPEC, 1)]
+    for _ in range(2):  # two failures open the breaker
+        assert await asyncio.to_thread(h.guard.acquire_on_thread, calls, bridge) is None
+    await asyncio.sleep(0.05)  # the report runs on the loop
+    assert h.health == [False]
+    assert h.guard.stats.store_errors == 2
+    store.working = True
+    h.clock.advance(1.0)  # the breaker's open period ends: the next call is its trial
+    assert await asyncio.to_thread(h.guard.acquire_on_thread, calls, bridge) is not None
+    await asyncio.sleep(0.05)
+    assert h.health == [False, True]
