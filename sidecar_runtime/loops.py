@@ -2,10 +2,10 @@
 
 Every stack has one event loop, on the main thread (where signals arrive): on `aio` and
 `uvloop` it runs the gRPC server and the handlers; on `sync` it runs what is asynchronous
-(JWKS fetches, the Redis pipe and its probe, reloads, health, telemetry) while grpcio's
-worker threads run the handlers. A handler that needs the loop (a fetch, a Redis round
-trip) hands a coroutine over with `LoopBridge.submit` and waits on the returned future with
-its own deadline; the thread holds no lock meanwhile, so other calls go on.
+(JWKS fetches, reloads, health, the Redis probe, telemetry) while grpcio's worker threads
+run the handlers. A handler that needs the loop (a key fetch; a call to a store that
+lives there) hands a coroutine over with `LoopBridge.submit` and waits on the returned
+future with its own deadline; the thread holds no lock meanwhile, so other calls go on.
 """
 
 from __future__ import annotations
