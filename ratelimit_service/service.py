@@ -168,11 +168,11 @@ class RateLimitService:
             return self._decide(request, the_plan, [])
         results: list[_Result | None] = [self._local(check) for check in the_plan.checks]
         if any(r is not None and r.denied and not r.check.limit.shadow for r in results):
-            # All-or-nothing: nothing will be taken, so the store need not be asked.
-            known = [
-                r or _Result(c, Outcome(True, 0, 0))
-                for r, c in zip(results, the_plan.checks, strict=True)
-            ]
+            # All-or-nothing: nothing will be taken, so the store need not be asked. A
+            # bucket not asked gets no status of its own (no current_limit): reporting it
+            # with 0 remaining would make Envoy's x-ratelimit-* headers name it, not the
+            # limit that denied.
+            known = [r for r in results if r is not None]
             return self._decide(request, the_plan, known)
         calls, needs = store_calls(the_plan.checks, [r is None for r in results])
         if not calls:

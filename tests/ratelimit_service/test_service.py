@@ -262,6 +262,26 @@ async def test_the_empty_bucket_cache_spares_the_store(tmp_path: Path) -> None:
     assert h.store.calls == calls + 1
 
 
+async def test_a_cached_denial_reports_only_the_limit_that_denied(tmp_path: Path) -> None:
+    # Envoy builds x-ratelimit-* from the status with the least remaining: a descriptor
+    # the cached denial never asked about must not report 0 remaining.
+    h = Harness(tmp_path)
+    assert isinstance(h.store, CountingStore)
+    assert await h.admitted(40, ADDRESS) == 40  # the address bucket is now known empty
+    calls = h.store.calls
+
+    denied = await h.ask(ADDRESS, SUBJECT)
+
+    assert denied.code is Code.OVER_LIMIT
+    assert denied.rule == "per-address"
+    address, subject = denied.statuses
+    assert address.code is Code.OVER_LIMIT
+    assert address.limit is not None and address.limit.name == "per-address"
+    assert subject.code is Code.OK
+    assert subject.limit is None  # not asked: no current_limit, no remaining
+    assert h.store.calls == calls  # answered from the empty-bucket cache
+
+
 async def test_fail_open_then_health_then_recovery(tmp_path: Path) -> None:
     clock = ManualClock()
     store = BrokenStore(clock)
