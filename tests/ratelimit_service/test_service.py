@@ -276,7 +276,8 @@ async def test_a_cached_denial_reports_only_the_limit_that_denied(tmp_path: Path
     assert denied.rule == "per-address"
     address, subject = denied.statuses
     assert address.code is Code.OVER_LIMIT
-    assert address.limit is not None and address.limit.name == "per-address"
+    assert address.limit is not None
+    assert address.limit.name == "per-address"
     assert subject.code is Code.OK
     assert subject.limit is None  # not asked: no current_limit, no remaining
     assert h.store.calls == calls  # answered from the empty-bucket cache
