@@ -52,14 +52,17 @@ class KeepaliveSettings(Frozen):
 #   uvloop   grpc.aio on uvloop's event loop
 #   sync     grpcio's thread-pool server: handlers run on `threads` worker threads, and what
 #            is asynchronous (JWKS fetches, reloads, health, the Redis probe) on one loop
-# Measured on a trivial Check behind Envoy (µs of CPU per call, server / Envoy): aio
-# 288 / 165, uvloop 257 / 161, sync with 4 threads 161 / 129 (ARCHITECTURE.md 6).
+# The default is uvloop because it was the cheapest whole edge with the real handlers
+# (`make bench`, default profile, 2 cores, 2026-12-05: server CPU per request aio 1,021
+# µs, uvloop 963, sync 964; req/s 1,660 / 1,754 / 1,700). A trivial Check had favoured
+# sync (server / Envoy µs: aio 288 / 165, uvloop 257 / 161, sync 161 / 129), but the
+# product's handlers on threads gave that lead back. docs/benchmarks.md has the run.
 Stack = Literal["aio", "uvloop", "sync"]
 
 
 class ServerSettings(Frozen):
     listen: str = "127.0.0.1:9001"
-    stack: Stack = "aio"
+    stack: Stack = "uvloop"
     # sync only: the worker threads that run handlers. One interpreter lock serves them
     # all, so more threads buy overlap with waiting (Redis, a JWKS fetch), not more CPU.
     threads: int = Field(default=4, ge=1, le=256)

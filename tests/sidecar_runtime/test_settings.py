@@ -14,9 +14,9 @@ from sidecar_runtime.settings import ServerSettings
 CONFIG = Path("/etc/sidecar/server.yaml")
 
 
-def test_defaults_keep_grpc_aio_and_size_the_threaded_server() -> None:
+def test_defaults_take_uvloop_and_size_the_threaded_server() -> None:
     settings = ServerSettings()
-    assert settings.stack == "aio"
+    assert settings.stack == "uvloop"
     assert settings.threads == 4
     assert settings.max_concurrent_rpcs == 256
 
