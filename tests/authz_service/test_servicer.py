@@ -479,8 +479,8 @@ async def test_a_rotated_in_key_is_fetched_and_the_check_allowed(
 async def test_an_unknown_kid_waits_at_most_check_wait_then_is_refused(
     authz_remote: RunningAuthz, jwks_server: LocalIdp, idp: IdpKeys, mint: Mint
 ) -> None:
-    # The IdP answers the refetch, with the new key, only after 1 s.
-    jwks_server.set("/jwks", Reply.json(_published(idp, "RS256", "EdDSA"), delay=1.0))
+    # The IdP answers the refetch, with the new key, only after 3 s.
+    jwks_server.set("/jwks", Reply.json(_published(idp, "RS256", "EdDSA"), delay=3.0))
     eddsa = mint("alice", alg="EdDSA", scope="users:read")
     started = time.monotonic()
     status, _, body = denied(
@@ -488,9 +488,9 @@ async def test_an_unknown_kid_waits_at_most_check_wait_then_is_refused(
     )
     waited = time.monotonic() - started
     assert (status, body["error"]) == (401, "invalid_token")  # fail closed: unknown key
-    assert CHECK_WAIT_S * 0.8 < waited < CHECK_WAIT_S + 0.5
+    assert CHECK_WAIT_S * 0.8 < waited < CHECK_WAIT_S + 1.5  # not the 3 s fetch
     # The fetch went on after the Check stopped waiting; later Checks use its keys.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while True:
         resp = await check(authz_remote.address, check_request("/api/v1/users/alice", token=eddsa))
         if resp.WhichOneof("http_response") == "ok_response":
@@ -507,12 +507,12 @@ async def test_an_issuer_without_keys_is_503_after_check_wait(
     server = {"listen": "127.0.0.1:0", "stack": stack}
     running = await start_authz(write_config(config_dir, server=server, keys=keys))
     try:
-        jwks_server.set("/jwks", Reply(status=503, delay=2.0))  # and slow to say so
+        jwks_server.set("/jwks", Reply(status=503, delay=4.0))  # and slow to say so
         token = mint("alice", scope="users:read")
         started = time.monotonic()
         resp = await check(running.address, check_request("/api/v1/users/alice", token=token))
         status, _, body = denied(resp)
         assert (status, body["error"]) == (503, "temporarily_unavailable")
-        assert time.monotonic() - started < CHECK_WAIT_S + 0.5
+        assert time.monotonic() - started < CHECK_WAIT_S + 1.5  # not the 4 s IdP
     finally:
         await stop_authz(running)

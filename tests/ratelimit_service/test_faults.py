@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.grpc]
 CALL_TIMEOUT_MS = 50
 # What "within the timeout" means end to end here: the timeout plus gRPC and a busy
 # 2-core machine's scheduling, far below a hung call.
-ANSWER_BOUND_S = 0.5
+ANSWER_BOUND_S = 1.5  # against a Redis that never answers
 
 Response = rls_pb2.RateLimitResponse
 SERVING = health_pb2.HealthCheckResponse.SERVING

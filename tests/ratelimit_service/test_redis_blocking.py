@@ -83,7 +83,7 @@ def test_a_late_reply_is_dropped_and_the_connection_kept(
     started = time.monotonic()
     with own_redis.paused(), pytest.raises(TimeoutError):
         client.execute(pack("ECHO", "late"), timeout_s=0.05)
-    assert time.monotonic() - started < 0.05 + 0.5  # the deadline, not the pause
+    assert time.monotonic() - started < 2.0  # the 50 ms deadline, not the pause
     assert client.execute(pack("ECHO", "next"), timeout_s=5) == b"next"  # not "late"
     assert clients(own_redis) == before  # no reconnect
     assert client.connections() == 1
@@ -127,7 +127,7 @@ def test_a_stopped_server_is_a_store_error_within_the_deadline(
         client.execute(pack("PING"), timeout_s=0.05)
     with pytest.raises(StoreError):  # and a connect refused, again
         client.execute(pack("PING"), timeout_s=0.05)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0
 
 
 def test_error_replies_are_store_reply_errors(

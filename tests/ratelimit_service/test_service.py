@@ -496,7 +496,7 @@ async def test_a_hung_store_answers_a_worker_thread_within_the_timeout(tmp_path:
         h.guard.acquire_from_thread, [BucketCall("rl:hung", SPEC, 1)], bridge
     )
     assert outcomes is None  # the failure mode answers
-    assert time.monotonic() - started < 0.05 * 1.5 + 0.2
+    assert time.monotonic() - started < 2.0  # the 50 ms timeout, not the store (never)
     # The loop's own deadline decided it: a store error, counted and logged once.
     assert (h.guard.stats.store_errors, h.guard.stats.failure_mode_answers) == (1, 1)
     assert h.guard.stats.loop_stuck == 0

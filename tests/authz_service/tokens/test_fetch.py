@@ -57,7 +57,7 @@ async def test_a_trickling_body_is_cut_off_at_the_deadline(idp: LocalIdp) -> Non
     began = time.monotonic()
     with pytest.raises(FetchError, match=r"within 0\.3s"):
         await HttpFetcher().fetch(idp.url("/slow"), timeout_seconds=0.3, max_bytes=1000)
-    assert 0.25 < time.monotonic() - began < 0.6
+    assert 0.25 < time.monotonic() - began < 3.0  # the deadline, not the ~10 s body
 
 
 async def test_a_slow_server_does_not_hold_up_another_fetch(idp: LocalIdp) -> None:
@@ -66,24 +66,22 @@ async def test_a_slow_server_does_not_hold_up_another_fetch(idp: LocalIdp) -> No
     idp.set("/fast", Reply(body=b'{"keys": []}'))
     fetcher = HttpFetcher()
     slow = [
-        asyncio.create_task(fetcher.fetch(idp.url("/slow"), timeout_seconds=1, max_bytes=1000))
+        asyncio.create_task(fetcher.fetch(idp.url("/slow"), timeout_seconds=3, max_bytes=1000))
         for _ in range(40)
     ]
     await asyncio.sleep(0.1)  # every slow fetch is connected and trickling
-    began = time.monotonic()
     assert await get(fetcher, idp.url("/fast")) == b'{"keys": []}'
-    assert time.monotonic() - began < 0.5
-    assert not any(task.done() for task in slow)
+    assert not any(task.done() for task in slow)  # answered while every slow one waits
     results = await asyncio.gather(*slow, return_exceptions=True)
     assert all(isinstance(r, FetchError) for r in results)
 
 
 async def test_a_server_that_never_answers_is_cut_off(idp: LocalIdp) -> None:
-    idp.set("/hang", Reply(body=b"{}", delay=1.0))
+    idp.set("/hang", Reply(body=b"{}", delay=3.0))
     began = time.monotonic()
     with pytest.raises(FetchError, match="within"):
         await HttpFetcher().fetch(idp.url("/hang"), timeout_seconds=0.2, max_bytes=100)
-    assert time.monotonic() - began < 0.5
+    assert time.monotonic() - began < 1.5  # the 0.2 s timeout, not the 3 s server
 
 
 # -- caps, statuses and redirects -----------------------------------------------------------
