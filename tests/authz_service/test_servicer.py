@@ -450,7 +450,11 @@ async def authz_remote(
     jwks_server.set("/jwks", Reply.json(_published(idp, "RS256")))
     keys = {
         "jwks_url": jwks_server.url("/jwks"),
-        "jwks": {"check_wait_seconds": CHECK_WAIT_S, "unknown_kid_cooldown_seconds": 0},
+        "jwks": {
+            "check_wait_seconds": CHECK_WAIT_S,
+            "unknown_kid_cooldown_seconds": 0,
+            "fetch_timeout_seconds": 6,  # longer than the slow IdP below: the fetch completes
+        },
     }
     server = {"listen": "127.0.0.1:0", "stack": stack}
     running = await start_authz(write_config(config_dir, server=server, keys=keys))

@@ -436,7 +436,9 @@ async def test_a_check_waits_at_most_check_wait_for_discovery_plus_jwks(
 async def test_an_unknown_kid_waits_at_most_check_wait(
     started: Any, idp: LocalIdp, keys: Keys
 ) -> None:
-    v = await started(QUIET.model_copy(update={"check_wait_seconds": 0.1}))
+    v = await started(
+        QUIET.model_copy(update={"check_wait_seconds": 0.1, "fetch_timeout_seconds": 3.0})
+    )
     idp.set("/jwks", Reply.json(jwks(keys.rsa, keys.rsa_b), delay=1.0))
     began = time.monotonic()
     assert await reason_of(v, mint(keys.rsa_b, claims())) == "unknown_key"
