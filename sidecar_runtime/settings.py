@@ -52,11 +52,12 @@ class KeepaliveSettings(Frozen):
 #   uvloop   grpc.aio on uvloop's event loop
 #   sync     grpcio's thread-pool server: handlers run on `threads` worker threads, and what
 #            is asynchronous (JWKS fetches, reloads, health, the Redis probe) on one loop
-# The default is uvloop because it was the cheapest whole edge with the real handlers
-# (`make bench`, default profile, 2 cores, 2026-12-05: server CPU per request aio 1,021
-# µs, uvloop 963, sync 964; req/s 1,660 / 1,754 / 1,700). A trivial Check had favoured
-# sync (server / Envoy µs: aio 288 / 165, uvloop 257 / 161, sync 161 / 129), but the
-# product's handlers on threads gave that lead back. docs/benchmarks.md has the run.
+# The default is uvloop: in `make bench` (2 cores, 2026-12-05 10:04 UTC, default profile,
+# the real handlers behind Envoy) it served the most requests, 1,670 req/s against aio's
+# 1,502 and sync's 1,662, at 1,007 µs of server CPU per request (aio 1,126, sync 975).
+# Sync's 3 % less CPU bought no throughput, and alone, without Envoy, sync was the most
+# expensive stack for both sidecars (authz 326 µs per call, uvloop 193). A trivial Check
+# had favoured sync (server / Envoy µs: aio 288 / 165, uvloop 257 / 161, sync 161 / 129).
 Stack = Literal["aio", "uvloop", "sync"]
 
 
