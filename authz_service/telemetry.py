@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -75,10 +75,6 @@ class AuthzTelemetry:
         if self.metering:  # only exported metrics read these
             self.decisions[(decision, reason)] += 1
             self.check_duration.observe(seconds)
-
-    def fetcher_for(self, inner: Fetcher) -> Callable[[str], Fetcher]:
-        """A factory giving each issuer a fetcher that counts (and traces) its fetches."""
-        return lambda issuer: InstrumentedFetcher(inner, issuer=issuer, telemetry=self)
 
     # -- observable callbacks (run at export time, off the hot path) -----------------
     def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:
