@@ -114,7 +114,7 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
         else None
     )
     holder = EngineHolder(engine, clock=clock, telemetry=telemetry, proxies=proxies)
-    telemetry.attach(holder)
+    telemetry.attach(holder.snapshot)
     # On the sync stack, Checks run on worker threads and hand key fetches to this loop.
     bridge = LoopBridge(asyncio.get_running_loop())
     servicer = AuthorizationServicer(holder, audit, telemetry, bridge=bridge)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from authz_service.decision import Authorizer
 from authz_service.envoy_adapter import ResponseBuilder
+from authz_service.instruments import AuthzSnapshot, FetchInstruments
 from authz_service.policy import CompiledPolicy
 from authz_service.settings import AuthzSettings, load_settings
-from authz_service.telemetry import AuthzTelemetry, InstrumentedFetcher
-from authz_service.tokens import Fetcher, ProxyConfig, TokenVerifier
+from authz_service.tokens import Fetcher, KeySource, ProxyConfig, TokenVerifier
 from sidecar_runtime.clock import Clock
 from sidecar_runtime.errors import ConfigError
 
@@ -41,7 +41,7 @@ def compile_engine(
     *,
     clock: Clock,
     previous: Engine | None = None,
-    telemetry: AuthzTelemetry | None = None,
+    telemetry: FetchInstruments | None = None,
     proxies: ProxyConfig | None = None,
 ) -> Engine:
     """Compile `settings` (raises ConfigError). Key sources of unchanged issuers are reused
@@ -71,11 +71,9 @@ def compile_engine(
 
 
 def _instrumenter(
-    telemetry: AuthzTelemetry | None,
+    telemetry: FetchInstruments | None,
 ) -> Callable[[str, Fetcher], Fetcher] | None:
-    if telemetry is None:
-        return None
-    return lambda issuer, inner: InstrumentedFetcher(inner, issuer=issuer, telemetry=telemetry)
+    return None if telemetry is None else telemetry.instrument_fetcher
 
 
 def _warn_about_plain_http(settings: AuthzSettings) -> None:
@@ -93,7 +91,7 @@ async def load_engine(
     *,
     clock: Clock,
     previous: Engine | None = None,
-    telemetry: AuthzTelemetry | None = None,
+    telemetry: FetchInstruments | None = None,
     settings: AuthzSettings | None = None,
     proxies: ProxyConfig | None = None,
 ) -> Engine:
@@ -121,7 +119,7 @@ class EngineHolder:
         engine: Engine,
         *,
         clock: Clock,
-        telemetry: AuthzTelemetry | None = None,
+        telemetry: FetchInstruments | None = None,
         proxies: ProxyConfig | None = None,
     ) -> None:
         self.current = engine
@@ -133,6 +131,12 @@ class EngineHolder:
         self.reloads = 0
         self.reload_failures = 0
         self.stale_reloads = 0
+
+    def snapshot(self) -> AuthzSnapshot:
+        """The figures telemetry exports (a `SnapshotSource` for AuthzTelemetry.attach)."""
+        sources = self.current.authorizer.verifier.key_sources()
+        keys = {issuer: _usable_keys(source) for issuer, source in sources.items()}
+        return AuthzSnapshot(keys, self.reloads, self.reload_failures)
 
     async def reload(self) -> bool:
         """Load the config file again; True if the new engine was installed."""
@@ -171,3 +175,8 @@ class EngineHolder:
             extra={"fields": {"file": str(base.source), "routes": len(new.settings.routes)}},
         )
         return True
+
+
+def _usable_keys(source: KeySource) -> int:
+    ring = source.current()
+    return 0 if ring is None else len(ring)

@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf.message import DecodeError
-from opentelemetry.trace import SpanKind
 
 from authz_service.audit_line import CheckAudit
 from authz_service.decision import INTERNAL_ERROR, Decision, NeedKeys
@@ -35,7 +34,6 @@ from sidecar_runtime.telemetry import (
     TelemetrySettings,
     TraceParent,
     call_metadata,
-    parent_context,
     parse_trace_context,
 )
 
@@ -160,10 +158,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         return False, None
 
     def _span(self, carrier: Mapping[str, str] | None) -> Any:
-        parent = parent_context(carrier) if carrier is not None else None
-        return self._t.tracer.start_as_current_span(
-            "authz.Check", context=parent, kind=SpanKind.SERVER
-        )
+        return self._t.check_span(carrier)
 
     @staticmethod
     def _end_span(span: Any, decision: Decision, call: _Call) -> str:

@@ -13,23 +13,25 @@ Hot-path cost: the decision counter is a plain dict increment read by an observa
 callback at export time; the latency histogram is plain bucket counts
 (sidecar_runtime.histograms), observed only when metrics are enabled. Spans are
 created only when tracing is enabled.
+
+The engine's figures (keys per issuer, reloads) are read through the `SnapshotSource`
+given to `attach` (`EngineHolder.snapshot`); the engine reaches this module only through
+the `FetchInstruments` port (authz_service.instruments), so neither imports the other.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from authz_service.instruments import SnapshotSource
 from authz_service.tokens import Fetcher, FetchResult, VerifierStats
-from sidecar_runtime.telemetry import Telemetry, TelemetrySettings
-
-if TYPE_CHECKING:
-    from authz_service.engine import EngineHolder
+from sidecar_runtime.telemetry import Telemetry, TelemetrySettings, parent_context
 
 
 class AuthzTelemetry:
@@ -42,7 +44,7 @@ class AuthzTelemetry:
         self.decisions: Counter[tuple[str, str]] = Counter()
         self.verifier_stats = VerifierStats()
         self.jwks_fetches: Counter[tuple[str, str]] = Counter()
-        self._holder: EngineHolder | None = None
+        self._snapshot: SnapshotSource | None = None  # until `attach`
         meter = telemetry.meter
         self.check_duration = telemetry.histograms.histogram(
             "authz.check.duration",
@@ -68,8 +70,20 @@ class AuthzTelemetry:
             "authz.config.reloads", [self._observe_reloads], description="config reloads"
         )
 
-    def attach(self, holder: EngineHolder) -> None:
-        self._holder = holder
+    def attach(self, snapshot: SnapshotSource) -> None:
+        """Where the engine's figures come from (`EngineHolder.snapshot`), read at export."""
+        self._snapshot = snapshot
+
+    def instrument_fetcher(self, issuer: str, inner: Fetcher) -> Fetcher:
+        """`inner`, counted and traced per fetch (the engine's FetchInstruments port)."""
+        return InstrumentedFetcher(inner, issuer=issuer, telemetry=self)
+
+    def check_span(self, carrier: Mapping[str, str] | None) -> AbstractContextManager[Span]:
+        """The Check's server span, child of the trace in `carrier` if there is one."""
+        parent = parent_context(carrier) if carrier is not None else None
+        return self.tracer.start_as_current_span(
+            "authz.Check", context=parent, kind=SpanKind.SERVER
+        )
 
     def record(self, decision: str, reason: str, seconds: float) -> None:
         if self.metering:  # only exported metrics read these
@@ -90,17 +104,17 @@ class AuthzTelemetry:
             yield Observation(count, {"issuer": issuer, "outcome": outcome})
 
     def _observe_keys(self, _options: CallbackOptions) -> Iterable[Observation]:
-        if self._holder is None:
+        if self._snapshot is None:
             return
-        for issuer, source in self._holder.current.authorizer.verifier.key_sources().items():
-            ring = source.current()
-            yield Observation(0 if ring is None else len(ring), {"issuer": issuer})
+        for issuer, keys in self._snapshot().keys_by_issuer.items():
+            yield Observation(keys, {"issuer": issuer})
 
     def _observe_reloads(self, _options: CallbackOptions) -> Iterable[Observation]:
-        if self._holder is None:
+        if self._snapshot is None:
             return
-        yield Observation(self._holder.reloads, {"outcome": "ok"})
-        yield Observation(self._holder.reload_failures, {"outcome": "rejected"})
+        snapshot = self._snapshot()
+        yield Observation(snapshot.reloads, {"outcome": "ok"})
+        yield Observation(snapshot.reload_failures, {"outcome": "rejected"})
 
 
 class InstrumentedFetcher:

@@ -83,7 +83,7 @@ async def observed(tmp_path: Path, idp: IdpKeys, stack: Stack) -> AsyncIterator[
     )
     engine = await load_engine(config, clock=SystemClock(), telemetry=telemetry)
     holder = EngineHolder(engine, clock=SystemClock(), telemetry=telemetry)
-    telemetry.attach(holder)
+    telemetry.attach(holder.snapshot)
     audit_file = tmp_path / "audit.log"
     audit = AuditSink(str(audit_file))
     bridge = LoopBridge(asyncio.get_running_loop())
