@@ -9,6 +9,7 @@ import logging
 from ratelimit_service.config import load_rules
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.guard import HealthCallback, StoreGuard
+from ratelimit_service.instruments import RateLimitSnapshot
 from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
 from ratelimit_service.redis_store import open_redis_store
 from ratelimit_service.rules import RuleSet
@@ -114,7 +115,7 @@ class App:
             telemetry=self.telemetry,
             sink=decision_sink,
         )
-        self.telemetry.attach(self)
+        self.telemetry.attach(self.snapshot)
         # On the sync stack, handlers on worker threads reach the store through this
         # process's event loop; `start` binds it.
         self.bridge = LoopBridge()
@@ -124,6 +125,19 @@ class App:
         self._watcher: FileWatcher | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
+
+    def snapshot(self) -> RateLimitSnapshot:
+        """The counters telemetry exports (the `SnapshotSource` it is attached to)."""
+        guard, stats = self.service.guard, self.service.stats
+        return RateLimitSnapshot(
+            store_errors=guard.stats.store_errors,
+            failure_mode_answers=guard.stats.failure_mode_answers,
+            circuit_closed=guard.healthy,
+            over_limit_by_rule=dict(stats.over_limit_by_rule),
+            shadow_by_rule=dict(stats.shadow_by_rule),
+            reloads_ok=self.reloads_ok,
+            reloads_failed=self.reloads_failed,
+        )
 
     async def _health(self, serving: bool) -> None:
         await self.server.set_serving(serving)

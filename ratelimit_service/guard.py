@@ -37,11 +37,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
-
 from ratelimit_service.bucket import Outcome
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
+from ratelimit_service.instruments import NoTelemetry, StoreTelemetry
 from ratelimit_service.protection import CircuitBreaker
 from ratelimit_service.store import (
     Acquired,
@@ -50,7 +49,6 @@ from ratelimit_service.store import (
     BucketStore,
     DeadlineStore,
 )
-from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.loops import LoopBridge, LoopUnavailableError
 
 log = logging.getLogger(__name__)
@@ -85,7 +83,7 @@ class StoreGuard:
         probe_timeout_s: float,
         max_in_flight: int,
         on_health: HealthCallback | None = None,
-        telemetry: RateLimitTelemetry | None = None,
+        telemetry: StoreTelemetry | None = None,
     ) -> None:
         self.store = store
         self._breaker = breaker
@@ -99,7 +97,7 @@ class StoreGuard:
         self._lock = threading.Lock()  # the cap and the counters, among threads
         self._reported_healthy = True  # what health was last told
         self.stats = GuardStats()
-        self._telemetry = telemetry or RateLimitTelemetry()
+        self._telemetry: StoreTelemetry = telemetry or NoTelemetry()
         self._timed = store if isinstance(store, DeadlineStore) else None
         self._blocking = store if isinstance(store, BlockingStore) else None
 
@@ -181,18 +179,10 @@ class StoreGuard:
         timeout = self._call_timeout_s
         # A child span only for a remote store under a recording parent, as on the loop.
         traced = self.store.remote and self._telemetry.tracing
-        if not (traced and get_current_span().is_recording()):
+        if not (traced and self._telemetry.span_recording()):
             return store.acquire_blocking(calls, timeout_s=timeout)
-        with self._telemetry.tracer.start_as_current_span(
-            "ratelimit.store.acquire",
-            kind=SpanKind.CLIENT,
-            attributes={"db.system": self.store.name, "ratelimit.buckets": len(calls)},
-        ) as span:
-            try:
-                return store.acquire_blocking(calls, timeout_s=timeout)
-            except (TimeoutError, StoreError) as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                raise
+        with self._telemetry.store_span(system=self.store.name, buckets=len(calls)):
+            return store.acquire_blocking(calls, timeout_s=timeout)
 
     def _failed_on_thread(self, error: str, bridge: LoopBridge) -> None:
         self.stats.store_errors += 1
@@ -252,7 +242,7 @@ class StoreGuard:
         if not store.remote:  # in-process: cannot hang, and a timer per call costs ~10 us
             return store.acquire(calls)
         # A child span only under a recording parent: an unsampled call costs no span.
-        if self._telemetry.tracing and get_current_span().is_recording():
+        if self._telemetry.tracing and self._telemetry.span_recording():
             return self._traced(calls, timeout_s)
         return self._bounded(calls, timeout_s)
 
@@ -268,16 +258,8 @@ class StoreGuard:
             return await self.store.acquire(calls)
 
     async def _traced(self, calls: Sequence[BucketCall], timeout_s: float) -> Acquired:
-        with self._telemetry.tracer.start_as_current_span(
-            "ratelimit.store.acquire",
-            kind=SpanKind.CLIENT,
-            attributes={"db.system": self.store.name, "ratelimit.buckets": len(calls)},
-        ) as span:
-            try:
-                return await self._bounded(calls, timeout_s)
-            except (TimeoutError, StoreError) as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                raise
+        with self._telemetry.store_span(system=self.store.name, buckets=len(calls)):
+            return await self._bounded(calls, timeout_s)
 
     async def probe(self) -> None:
         """One health probe of the store; drives the breaker and gRPC health."""

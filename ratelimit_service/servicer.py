@@ -24,7 +24,6 @@ from typing import Any, cast
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.message import DecodeError
-from opentelemetry.trace import SpanKind
 
 from ratelimit_service.bucket import Outcome
 from ratelimit_service.decision_log import Correlation, current_call
@@ -355,9 +354,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     ) -> Generator[StoreRound, Sequence[Outcome] | None, tuple[Decision, Correlation]]:
         parent = parse_trace_context(carrier.get("traceparent"))
         context_in = parent_context(carrier) if parent is not None else None
-        with self._t.tracer.start_as_current_span(
-            "ratelimit.ShouldRateLimit", context=context_in, kind=SpanKind.SERVER
-        ) as span:
+        with self._t.server_span(context_in) as span:
             trace_id = f"{span.get_span_context().trace_id:032x}"
             request_id = carrier.get("x-request-id", "")
             call = DecisionContext(self._ids.next(), request_id, trace_id, started)
