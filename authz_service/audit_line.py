@@ -15,7 +15,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, NamedTuple
 
-from authz_service.decision import Decision
+from authz_service.pipeline import Decision
 from authz_service.policy import RequestFacts
 
 AUDIT_SCHEMA_VERSION = 1

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from authz_service.engine import Engine, EngineHolder, compile_engine, load_engine
+from authz_service.compiled_config import Engine, compile_engine, load_engine
+from authz_service.config_holder import EngineHolder
 from authz_service.policy import RequestFacts
 from authz_service.readiness import ReadinessMonitor
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server

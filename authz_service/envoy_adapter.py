@@ -23,8 +23,8 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from authz_service.decision import Decision
 from authz_service.identity_encoding import encode_item, encode_list
+from authz_service.pipeline import Decision
 from authz_service.policy import RequestFacts
 from authz_service.principal import Principal
 from authz_service.settings import IdentitySettings

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from authz_service.engine import EngineHolder
+from authz_service.config_holder import EngineHolder
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from authz_service.audit_line import CheckAudit
-from authz_service.decision import INTERNAL_ERROR, Decision, NeedKeys
-from authz_service.engine import Engine, EngineHolder
+from authz_service.compiled_config import Engine
+from authz_service.config_holder import EngineHolder
 from authz_service.envoy_adapter import CheckInputs, read_check_request
+from authz_service.pipeline import INTERNAL_ERROR, Decision, NeedKeys
 from authz_service.policy import RequestFacts
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink

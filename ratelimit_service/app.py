@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 
+from ratelimit_service.circuit_breaker import CircuitBreaker
 from ratelimit_service.config import load_rules
 from ratelimit_service.decision_log import DecisionLog
-from ratelimit_service.guard import HealthCallback, StoreGuard
+from ratelimit_service.empty_buckets import EmptyBucketCache
+from ratelimit_service.guarded_store import HealthCallback, StoreGuard
 from ratelimit_service.instruments import RateLimitSnapshot
-from ratelimit_service.protection import CircuitBreaker, EmptyBucketCache
 from ratelimit_service.redis_store import open_redis_store
 from ratelimit_service.rules import RuleSet
 from ratelimit_service.service import RateLimitService

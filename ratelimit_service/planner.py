@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ratelimit_service.keys import bucket_key
+from ratelimit_service.bucket_keys import bucket_key
 from ratelimit_service.rules import UNIT_SECONDS, Domain, Limit, Match, RuleSet, make_limit
 from ratelimit_service.store import BucketCall
 

@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 from ratelimit_service.bucket import BucketSpec, Outcome, retry_after_us
 from ratelimit_service.decision_log import DecisionLog
-from ratelimit_service.guard import StoreGuard
+from ratelimit_service.empty_buckets import EmptyBucketCache
+from ratelimit_service.guarded_store import StoreGuard
 from ratelimit_service.planner import (
     MAX_UINT32,
     Check,
@@ -34,7 +35,6 @@ from ratelimit_service.planner import (
     Request,
     store_calls,
 )
-from ratelimit_service.protection import EmptyBucketCache
 from ratelimit_service.rules import Limit, RuleSet
 from ratelimit_service.store import BucketCall
 

@@ -153,7 +153,7 @@ class CacheSettings(Frozen):
 class BreakerSettings(Frozen):
     failure_threshold: int = Field(default=5, ge=1, le=1000)
     # The failures in a row must also span this long: a burst of timeouts from one stall
-    # of a loaded process must not open the breaker (protection.CircuitBreaker).
+    # of a loaded process must not open the breaker (circuit_breaker.CircuitBreaker).
     failure_span_seconds: float = Field(default=0.2, ge=0, le=60)
     open_seconds: float = Field(default=1.0, gt=0, le=300)
     probe_interval_seconds: float = Field(default=1.0, gt=0, le=300)

@@ -42,13 +42,14 @@ CORE = (
     "authz_service.tokens.edwards",
     "authz_service.tokens.encoding",
     "authz_service.tokens.errors",
-    "authz_service.tokens.keys",
+    "authz_service.tokens.jwk",
     "authz_service.tokens.refetch",
     "ratelimit_service.bucket",
     "ratelimit_service.instruments",
-    "ratelimit_service.keys",
+    "ratelimit_service.bucket_keys",
     "ratelimit_service.planner",
-    "ratelimit_service.protection",
+    "ratelimit_service.circuit_breaker",
+    "ratelimit_service.empty_buckets",
     "ratelimit_service.rules",
     "ratelimit_service.store",
     "sidecar_runtime.clock",
@@ -60,13 +61,14 @@ CORE = (
 #   authz_service.tokens.settings   builds ssl contexts from CA files at config load
 #                                   (so `ssl` is banned below only in a core module itself)
 #   authz_service.tokens.{fetch, http1, proxies, remote, sources, verifier}, the tokens
-#   package, and so authz_service.{decision, audit_line, instruments, engine, readiness}:
+#   package, and so authz_service.{pipeline, audit_line, instruments, compiled_config,
+#                                   config_holder, readiness}:
 #                                   fetch JWKS over the network, read key files
 #   authz_service.{envoy_adapter, servicer, cli, settings, telemetry}: the Envoy types,
 #                                   gRPC, file reads, OpenTelemetry
 #   ratelimit_service.config        reads the rules file (load_rules)
 #   ratelimit_service.errors        carries grpc status codes (imports grpc)
-#   ratelimit_service.{guard, service}: await the store under asyncio timeouts
+#   ratelimit_service.{guarded_store, service}: await the store under asyncio timeouts
 #   ratelimit_service.decision_log  writes decision lines through sidecar_runtime.audit
 #   ratelimit_service.{redis_*, app, servicer, cli, settings, telemetry}: Redis, gRPC,
 #                                   files, OpenTelemetry

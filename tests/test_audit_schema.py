@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from authz_service.audit_line import audit_record
-from authz_service.decision import Decision
+from authz_service.pipeline import Decision
 from authz_service.policy import RequestFacts
 from ratelimit_service.decision_log import DecisionLog, current_call
 from sidecar_runtime import correlation

@@ -22,7 +22,7 @@ are the I/O edges; encoding and edwards are leaf helpers.
 
 from authz_service.tokens.errors import REASONS, InvalidToken, Reason
 from authz_service.tokens.fetch import Fetcher, FetchError, FetchResult, HttpFetcher
-from authz_service.tokens.keys import KeyRing, VerificationKey, load_key_ring
+from authz_service.tokens.jwk import KeyRing, VerificationKey, load_key_ring
 from authz_service.tokens.proxies import ProxyConfig
 from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
 from authz_service.tokens.remote import RemoteKeySource

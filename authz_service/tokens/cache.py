@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 
 from authz_service.principal import Principal
-from authz_service.tokens.keys import KeyIdentity
+from authz_service.tokens.jwk import KeyIdentity
 
 
 @dataclass(frozen=True, slots=True)

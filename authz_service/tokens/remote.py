@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from authz_service.tokens.encoding import loads_strict
 from authz_service.tokens.fetch import Fetcher, FetchError
-from authz_service.tokens.keys import KeyRing, load_key_ring
+from authz_service.tokens.jwk import KeyRing, load_key_ring
 from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
 from authz_service.tokens.settings import JwksSettings, check_transport
 from sidecar_runtime.clock import Clock

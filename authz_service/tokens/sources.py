@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from authz_service.tokens.encoding import loads_strict
-from authz_service.tokens.keys import KeyRing, load_key_ring
+from authz_service.tokens.jwk import KeyRing, load_key_ring
 from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
 from authz_service.tokens.settings import JwksSettings
 from sidecar_runtime.clock import Clock

@@ -33,7 +33,7 @@ from authz_service.tokens.claims import ClaimRules, build_principal, check_typ
 from authz_service.tokens.compact import ParsedJws, parse_compact
 from authz_service.tokens.errors import InvalidToken
 from authz_service.tokens.fetch import Fetcher, HttpFetcher
-from authz_service.tokens.keys import KeyRing, VerificationKey
+from authz_service.tokens.jwk import KeyRing, VerificationKey
 from authz_service.tokens.proxies import ProxyConfig
 from authz_service.tokens.remote import RemoteKeySource
 from authz_service.tokens.settings import IssuerSettings, TokenLimits, tls_context

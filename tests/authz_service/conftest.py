@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from authz_service.engine import EngineHolder, load_engine
+from authz_service.compiled_config import load_engine
+from authz_service.config_holder import EngineHolder
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from devstack.idp_keys import IdpKeys, ensure_idp_keys, mint_token
 from devstack.pki import Pki

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from authz_service.audit_line import CheckAudit, audit_record
-from authz_service.decision import Decision, deny
+from authz_service.pipeline import Decision, deny
 from authz_service.policy import RequestFacts
 from authz_service.principal import Principal
 from sidecar_runtime.audit import TimeFormatter

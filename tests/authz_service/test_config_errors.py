@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from authz_service.cli import main
-from authz_service.engine import compile_engine
+from authz_service.compiled_config import compile_engine
 from authz_service.settings import load_settings
 from sidecar_runtime.clock import SystemClock
 from sidecar_runtime.errors import ConfigError

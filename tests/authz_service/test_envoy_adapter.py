@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 
-from authz_service.decision import Decision, deny
 from authz_service.envoy_adapter import ResponseBuilder, read_check_request
 from authz_service.identity_encoding import UnencodableIdentityError
+from authz_service.pipeline import Decision, deny
 from authz_service.principal import Principal
 from authz_service.settings import IdentitySettings
 from sidecar_runtime.ids import DecisionIds

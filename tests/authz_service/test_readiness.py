@@ -15,7 +15,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authz_service.engine import EngineHolder, load_engine
+from authz_service.compiled_config import load_engine
+from authz_service.config_holder import EngineHolder
 from authz_service.readiness import ReadinessMonitor, readiness
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from devstack.idp_keys import IdpKeys

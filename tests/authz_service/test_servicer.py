@@ -16,8 +16,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
-from authz_service.decision import Decision
 from authz_service.identity_encoding import decode_item, decode_list
+from authz_service.pipeline import Decision
 from authz_service.principal import Principal
 from authz_service.servicer import SERVICE_NAME
 from devstack.idp_keys import IdpKeys

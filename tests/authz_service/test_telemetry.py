@@ -17,7 +17,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from authz_service.engine import EngineHolder, load_engine
+from authz_service.compiled_config import load_engine
+from authz_service.config_holder import EngineHolder
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from authz_service.telemetry import AuthzTelemetry
 from devstack.idp_keys import IdpKeys, mint_token

@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from ratelimit_service.bucket import BucketSpec
+from ratelimit_service.circuit_breaker import CircuitBreaker
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
-from ratelimit_service.guard import StoreGuard
-from ratelimit_service.protection import CircuitBreaker
+from ratelimit_service.guarded_store import StoreGuard
 from ratelimit_service.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
 from ratelimit_service.redis_script import evalsha_args
 from ratelimit_service.redis_store import StandaloneRedisStore, open_redis_store

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from ratelimit_service.bucket import BucketSpec, ttl_ms
-from ratelimit_service.keys import bucket_key
+from ratelimit_service.bucket_keys import bucket_key
 from ratelimit_service.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall, BucketStore, MemoryStore

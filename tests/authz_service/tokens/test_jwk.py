@@ -1,3 +1,5 @@
+"""JWKS documents into key rings: which keys load, which are dropped and why."""
+
 from __future__ import annotations
 
 import logging
@@ -9,7 +11,7 @@ from joserfc.jwk import OctKey
 
 from authz_service.tokens.algorithms import ALGORITHMS
 from authz_service.tokens.encoding import b64url_encode
-from authz_service.tokens.keys import KeyRing, UnusableKeyError, load_key, load_key_ring
+from authz_service.tokens.jwk import KeyRing, UnusableKeyError, load_key, load_key_ring
 from tests.authz_service.tokens.conftest import Keys
 from tests.authz_service.tokens.factory import ed_key
 
@@ -116,7 +118,7 @@ def test_ring_logs_one_line_per_dropped_key_without_key_material(
     keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = [keys.rsa.public(use="enc", kid="enc-1"), OctKey.generate_key(256).as_dict(), 42]
-    with caplog.at_level(logging.WARNING, logger="authz_service.tokens.keys"):
+    with caplog.at_level(logging.WARNING, logger="authz_service.tokens.jwk"):
         ring = load_key_ring({"keys": [keys.rsa.public(), *bad]}, origin="iss")
     assert len(ring) == 1
     assert len(caplog.records) == len(bad)

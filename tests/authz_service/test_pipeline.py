@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from authz_service.decision import Authorizer, Decision, NeedKeys
-from authz_service.engine import load_engine
+from authz_service.compiled_config import load_engine
+from authz_service.pipeline import Authorizer, Decision, NeedKeys
 from authz_service.policy import RequestFacts
 from authz_service.tokens import StaticKeySource, TokenVerifier, load_key_ring
 from devstack.idp_keys import IdpKeys

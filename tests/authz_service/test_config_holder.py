@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from authz_service.engine import Engine, EngineHolder, load_engine
+from authz_service.compiled_config import Engine, load_engine
+from authz_service.config_holder import EngineHolder
 from sidecar_runtime.clock import SystemClock
 from tests.authz_service.conftest import AUDIENCE, ISSUER
 from tests.authz_service.tokens.conftest import LocalIdp, Reply
@@ -139,7 +140,7 @@ async def test_allow_insecure_http_is_logged_loudly_at_every_load(
     }
     path = config_dir / "authz.yaml"
     path.write_text(yaml.safe_dump(config))
-    with caplog.at_level(logging.WARNING, logger="authz_service.engine"):
+    with caplog.at_level(logging.WARNING, logger="authz_service.compiled_config"):
         engine = await load_engine(path, clock=SystemClock())
     (record,) = [r for r in caplog.records if "allow_insecure_http is on" in r.getMessage()]
     assert record.levelno == logging.WARNING
