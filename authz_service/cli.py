@@ -19,12 +19,12 @@ from typing import Any
 
 from authz_service.compiled_config import Engine, compile_engine, load_engine
 from authz_service.config_holder import EngineHolder
+from authz_service.jwks import ProxyConfig
 from authz_service.policy import RequestFacts
 from authz_service.readiness import ReadinessMonitor
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from authz_service.settings import AuthzSettings, load_settings
 from authz_service.telemetry import AuthzTelemetry
-from authz_service.tokens import ProxyConfig
 from authz_service.tokens.algorithms import allow_list
 from authz_service.tokens.describe import describe_token
 from sidecar_runtime import loops

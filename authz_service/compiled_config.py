@@ -15,10 +15,11 @@ from pathlib import Path
 
 from authz_service.envoy_adapter import ResponseBuilder
 from authz_service.instruments import FetchInstruments
+from authz_service.jwks import Fetcher, ProxyConfig
 from authz_service.pipeline import Authorizer
 from authz_service.policy import CompiledPolicy
 from authz_service.settings import AuthzSettings, load_settings
-from authz_service.tokens import Fetcher, ProxyConfig, TokenVerifier
+from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import Clock
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import logging
 
 from authz_service.compiled_config import Engine, load_engine
 from authz_service.instruments import AuthzSnapshot, FetchInstruments
-from authz_service.tokens import KeySource, ProxyConfig
+from authz_service.jwks import KeySource, ProxyConfig
 from sidecar_runtime.clock import Clock
 from sidecar_runtime.errors import ConfigError
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from authz_service.tokens import Fetcher, VerifierStats
+from authz_service.jwks import Fetcher
+from authz_service.tokens.verifier import VerifierStats
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,8 @@ from authz_service.policy import (
     evaluate,
 )
 from authz_service.principal import Principal
-from authz_service.tokens import InvalidToken, NeedKeys, TokenVerifier
+from authz_service.tokens import InvalidToken
+from authz_service.tokens.verifier import NeedKeys, TokenVerifier
 
 __all__ = ["INTERNAL_ERROR", "Authorizer", "Decision", "NeedKeys", "deny"]
 

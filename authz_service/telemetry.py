@@ -30,7 +30,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from authz_service.instruments import SnapshotSource
-from authz_service.tokens import Fetcher, FetchResult, VerifierStats
+from authz_service.jwks import Fetcher, FetchResult
+from authz_service.tokens.verifier import VerifierStats
 from sidecar_runtime.telemetry import Telemetry, TelemetrySettings, parent_context
 
 

@@ -34,6 +34,7 @@ CORE = (
     "authz_service.policy.rules",
     "authz_service.policy.settings",
     "authz_service.policy.template",
+    "authz_service.tokens",
     "authz_service.tokens.algorithms",
     "authz_service.tokens.cache",
     "authz_service.tokens.claims",
@@ -60,9 +61,9 @@ CORE = (
 # Left out, and why (each does I/O, or imports what does):
 #   authz_service.tokens.settings   builds ssl contexts from CA files at config load
 #                                   (so `ssl` is banned below only in a core module itself)
-#   authz_service.tokens.{fetch, http1, proxies, remote, sources, verifier}, the tokens
-#   package, and so authz_service.{pipeline, audit_line, instruments, compiled_config,
-#                                   config_holder, readiness}:
+#   authz_service.jwks (all of it), authz_service.tokens.verifier (wires each issuer to
+#   its key source), and so authz_service.{pipeline, audit_line, instruments,
+#                                   compiled_config, config_holder, readiness}:
 #                                   fetch JWKS over the network, read key files
 #   authz_service.{envoy_adapter, servicer, cli, settings, telemetry}: the Envoy types,
 #                                   gRPC, file reads, OpenTelemetry

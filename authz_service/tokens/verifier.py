@@ -26,18 +26,18 @@ from typing import Any
 
 from joserfc.jwa import JWSAlgModel
 
+from authz_service.jwks.fetch import Fetcher, HttpFetcher
+from authz_service.jwks.proxies import ProxyConfig
+from authz_service.jwks.remote import RemoteKeySource
+from authz_service.jwks.sources import FileKeySource, KeySource
 from authz_service.principal import Principal
 from authz_service.tokens.algorithms import ALGORITHMS, allow_list
 from authz_service.tokens.cache import CachedToken, VerifiedTokenCache
 from authz_service.tokens.claims import ClaimRules, build_principal, check_typ
 from authz_service.tokens.compact import ParsedJws, parse_compact
 from authz_service.tokens.errors import InvalidToken
-from authz_service.tokens.fetch import Fetcher, HttpFetcher
 from authz_service.tokens.jwk import KeyRing, VerificationKey
-from authz_service.tokens.proxies import ProxyConfig
-from authz_service.tokens.remote import RemoteKeySource
 from authz_service.tokens.settings import IssuerSettings, TokenLimits, tls_context
-from authz_service.tokens.sources import FileKeySource, KeySource
 from sidecar_runtime.clock import Clock
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from authz_service.compiled_config import load_engine
+from authz_service.jwks import StaticKeySource
 from authz_service.pipeline import Authorizer, Decision, NeedKeys
 from authz_service.policy import RequestFacts
-from authz_service.tokens import StaticKeySource, TokenVerifier, load_key_ring
+from authz_service.tokens import load_key_ring
+from authz_service.tokens.verifier import TokenVerifier
 from devstack.idp_keys import IdpKeys
 from sidecar_runtime.clock import SystemClock
 from tests.authz_service.conftest import ISSUER, Mint, write_config

@@ -14,14 +14,9 @@ from typing import Any
 
 import pytest
 
-from authz_service.tokens import (
-    FetchResult,
-    InvalidToken,
-    JwksSettings,
-    RefetchPolicy,
-    TokenVerifier,
-    UnknownKidGate,
-)
+from authz_service.jwks import FetchResult
+from authz_service.tokens import InvalidToken, JwksSettings, RefetchPolicy, UnknownKidGate
+from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import ManualClock
 from tests.authz_service.tokens.conftest import Keys, issuer
 from tests.authz_service.tokens.factory import SigningKey, claims, jwks, mint

@@ -181,7 +181,7 @@ def test_plain_http_issuer_off_loopback_is_refused() -> None:
 
 
 def test_ca_file_is_resolved_against_the_config_and_must_hold_a_ca(tmp_path: Path) -> None:
-    from tests.authz_service.tokens.network import PrivateCa
+    from tests.authz_service.jwks.network import PrivateCa
 
     PrivateCa(tmp_path / "pki")
     data = {**BASE, "discovery": True, "ca_file": "pki/ca.pem"}

@@ -8,20 +8,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from authz_service.jwks import StaticKeySource
 from authz_service.principal import Principal
-from authz_service.tokens import (
-    REASONS,
-    InvalidToken,
-    KeyRing,
-    StaticKeySource,
-    TokenLimits,
-    TokenVerifier,
-    load_key_ring,
-)
+from authz_service.tokens import REASONS, InvalidToken, KeyRing, TokenLimits, load_key_ring
 from authz_service.tokens import verifier as verifier_module
 from authz_service.tokens.encoding import b64url_decode, b64url_encode
 from authz_service.tokens.settings import IssuerSettings
-from authz_service.tokens.verifier import NeedKeys
+from authz_service.tokens.verifier import NeedKeys, TokenVerifier
 from sidecar_runtime.clock import ManualClock
 from tests.authz_service.tokens.conftest import Keys, issuer
 from tests.authz_service.tokens.factory import (

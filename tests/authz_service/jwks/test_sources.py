@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from authz_service.tokens import FileKeySource, InvalidToken, JwksSettings, TokenVerifier
+from authz_service.jwks import FileKeySource
+from authz_service.tokens import InvalidToken, JwksSettings
+from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import ManualClock
 from sidecar_runtime.errors import ConfigError
 from tests.authz_service.tokens.conftest import Keys, issuer

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from authz_service.tokens import FetchError, HttpFetcher, ProxyConfig
-from authz_service.tokens.fetch import Streams, open_tcp
+from authz_service.jwks import FetchError, HttpFetcher, ProxyConfig
+from authz_service.jwks.fetch import Streams, open_tcp
 from authz_service.tokens.settings import tls_context
+from tests.authz_service.jwks.network import LocalProxy, PrivateCa
 from tests.authz_service.tokens.conftest import LocalIdp, Reply
-from tests.authz_service.tokens.network import LocalProxy, PrivateCa
 
 IDP_NAME = "idp.example.test"  # never resolved: proxies and connectors map it to loopback
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
-from authz_service.tokens import http1
-from authz_service.tokens.proxies import Proxy, ProxyConfig
+from authz_service.jwks import http1
+from authz_service.jwks.proxies import Proxy, ProxyConfig
 from authz_service.tokens.settings import insecure_http, tls_context
 
 MAX_REDIRECTS = 3

@@ -11,20 +11,14 @@ from typing import Any
 
 import pytest
 
-from authz_service.tokens import (
-    FetchError,
-    HttpFetcher,
-    InvalidToken,
-    JwksSettings,
-    ProxyConfig,
-    RemoteKeySource,
-    TokenVerifier,
-)
-from authz_service.tokens.remote import ttl_from_headers
+from authz_service.jwks import FetchError, HttpFetcher, ProxyConfig, RemoteKeySource
+from authz_service.jwks.remote import ttl_from_headers
+from authz_service.tokens import InvalidToken, JwksSettings
+from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import ManualClock
+from tests.authz_service.jwks.network import LocalProxy, PrivateCa
 from tests.authz_service.tokens.conftest import Keys, LocalIdp, Reply, issuer
 from tests.authz_service.tokens.factory import ISSUER, SigningKey, claims, jwks, mint
-from tests.authz_service.tokens.network import LocalProxy, PrivateCa
 
 # Background refreshes far away unless a test asks otherwise; a real but short fetch timeout.
 QUIET = JwksSettings(

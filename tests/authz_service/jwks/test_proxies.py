@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from authz_service.tokens.proxies import Proxy, ProxyConfig
+from authz_service.jwks.proxies import Proxy, ProxyConfig
 
 PROXY = "http://proxy.corp:3128"
 

@@ -4,7 +4,7 @@ Lifecycle (ARCHITECTURE §5a):
   * one fetch at start; a failure there is logged, never raised, and retried;
   * a background task refreshes before the TTL runs out (TTL from `Cache-Control: max-age`
     clamped to [min_ttl, max_ttl], else `ttl_seconds`), or `retry_seconds` after a failure;
-  * an unknown `kid` triggers a refetch when the UnknownKidGate allows it (refetch.py: a
+  * an unknown `kid` triggers a refetch when the UnknownKidGate allows it (tokens/refetch.py: a
     short minimum interval, a per-minute budget, kids a refetch showed absent remembered),
     and every concurrent caller shares the one fetch in flight;
   * a failure of any kind (network, deadline, non-200, not JSON, no usable key) keeps the
@@ -18,8 +18,8 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
+from authz_service.jwks.fetch import Fetcher, FetchError
 from authz_service.tokens.encoding import loads_strict
-from authz_service.tokens.fetch import Fetcher, FetchError
 from authz_service.tokens.jwk import KeyRing, load_key_ring
 from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
 from authz_service.tokens.settings import JwksSettings, check_transport
