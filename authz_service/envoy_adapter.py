@@ -1,4 +1,5 @@
-"""The one module that touches Envoy's ext_authz types (xds-protos).
+"""Envoy's ext_authz messages (xds-protos) in and out; with servicer.py, which decodes the
+CheckRequest and registers the service, the only modules that touch Envoy's types.
 
 `read_check_request` turns a `CheckRequest` into plain values; `ResponseBuilder` turns a
 `Decision` into a `CheckResponse`. Denials carry the RFC 6750 challenge and a JSON body

@@ -45,7 +45,7 @@ from bench.sidecars import AUTHZ_PATH, RL_PATH, listening_sockets, store_failure
 
 def script_commands() -> set[str]:
     """The Redis commands gcra.lua runs (lowercase), read from the script itself."""
-    text = (REPO / "ratelimit_service" / "gcra.lua").read_text()
+    text = (REPO / "ratelimit_service" / "stores" / "gcra.lua").read_text()
     return {m.lower() for m in re.findall(r"redis\.p?call\(\s*['\"](\w+)['\"]", text)}
 
 

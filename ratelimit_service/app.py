@@ -7,17 +7,18 @@ import contextlib
 import logging
 
 from ratelimit_service.circuit_breaker import CircuitBreaker
-from ratelimit_service.config import load_rules
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
 from ratelimit_service.guarded_store import HealthCallback, StoreGuard
 from ratelimit_service.instruments import RateLimitSnapshot
-from ratelimit_service.redis_store import open_redis_store
-from ratelimit_service.rules import RuleSet
+from ratelimit_service.limits.config import load_rules
+from ratelimit_service.limits.rules import RuleSet
 from ratelimit_service.service import RateLimitService
 from ratelimit_service.servicer import RateLimitServicer, binding
 from ratelimit_service.settings import ServiceSettings, StoreSettings
-from ratelimit_service.store import BucketStore, MemoryStore
+from ratelimit_service.store import BucketStore
+from ratelimit_service.stores.memory import MemoryStore
+from ratelimit_service.stores.redis_store import open_redis_store
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import Clock, SystemClock

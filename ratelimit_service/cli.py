@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ratelimit_service.config import load_rules
-from ratelimit_service.planner import DescriptorRequest, Plan, Request, cost_of, plan
-from ratelimit_service.rules import Limit, RuleSet
+from ratelimit_service.limits.config import load_rules
+from ratelimit_service.limits.planner import DescriptorRequest, Plan, Request, cost_of, plan
+from ratelimit_service.limits.rules import Limit, RuleSet
 from ratelimit_service.settings import ServiceSettings, load_settings
 from sidecar_runtime import loops
 from sidecar_runtime.config import read_yaml

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Protocol
 
-from ratelimit_service.bucket import EMPTY_STATE, BucketSpec, BucketState, evaluate
+from ratelimit_service.limits.bucket import EMPTY_STATE, BucketSpec, BucketState, evaluate
 from sidecar_runtime import correlation
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import Clock

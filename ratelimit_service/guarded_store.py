@@ -37,11 +37,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ratelimit_service.bucket import Outcome
 from ratelimit_service.circuit_breaker import CircuitBreaker
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.instruments import NoTelemetry, StoreTelemetry
+from ratelimit_service.limits.bucket import Outcome
 from ratelimit_service.store import (
     Acquired,
     BlockingStore,

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
 
-from ratelimit_service.bucket import BucketSpec, Outcome, retry_after_us
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
 from ratelimit_service.guarded_store import StoreGuard
-from ratelimit_service.planner import (
+from ratelimit_service.limits.bucket import BucketSpec, Outcome, retry_after_us
+from ratelimit_service.limits.planner import (
     MAX_UINT32,
     Check,
     Direct,
@@ -35,7 +35,7 @@ from ratelimit_service.planner import (
     Request,
     store_calls,
 )
-from ratelimit_service.rules import Limit, RuleSet
+from ratelimit_service.limits.rules import Limit, RuleSet
 from ratelimit_service.store import BucketCall
 
 FailureMode = Literal["fail_open", "fail_closed"]

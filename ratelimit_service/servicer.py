@@ -25,11 +25,11 @@ import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.message import DecodeError
 
-from ratelimit_service.bucket import Outcome
 from ratelimit_service.decision_log import Correlation, current_call
 from ratelimit_service.errors import InvalidRequestError
-from ratelimit_service.planner import MAX_UINT32, DescriptorRequest, Override, Request
-from ratelimit_service.rules import Limit
+from ratelimit_service.limits.bucket import Outcome
+from ratelimit_service.limits.planner import MAX_UINT32, DescriptorRequest, Override, Request
+from ratelimit_service.limits.rules import Limit
 from ratelimit_service.service import Code, Decision, RateLimitService, Status, StoreRound
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext

@@ -45,13 +45,14 @@ CORE = (
     "authz_service.tokens.errors",
     "authz_service.tokens.jwk",
     "authz_service.tokens.refetch",
-    "ratelimit_service.bucket",
-    "ratelimit_service.instruments",
-    "ratelimit_service.bucket_keys",
-    "ratelimit_service.planner",
     "ratelimit_service.circuit_breaker",
     "ratelimit_service.empty_buckets",
-    "ratelimit_service.rules",
+    "ratelimit_service.instruments",
+    "ratelimit_service.limits",
+    "ratelimit_service.limits.bucket",
+    "ratelimit_service.limits.bucket_keys",
+    "ratelimit_service.limits.planner",
+    "ratelimit_service.limits.rules",
     "ratelimit_service.store",
     "sidecar_runtime.clock",
     "sidecar_runtime.correlation",
@@ -67,11 +68,12 @@ CORE = (
 #                                   fetch JWKS over the network, read key files
 #   authz_service.{envoy_adapter, servicer, cli, settings, telemetry}: the Envoy types,
 #                                   gRPC, file reads, OpenTelemetry
-#   ratelimit_service.config        reads the rules file (load_rules)
+#   ratelimit_service.limits.config reads the rules file (load_rules)
 #   ratelimit_service.errors        carries grpc status codes (imports grpc)
 #   ratelimit_service.{guarded_store, service}: await the store under asyncio timeouts
 #   ratelimit_service.decision_log  writes decision lines through sidecar_runtime.audit
-#   ratelimit_service.{redis_*, app, servicer, cli, settings, telemetry}: Redis, gRPC,
+#   ratelimit_service.stores (all of it), ratelimit_service.{app, servicer, cli,
+#   settings, telemetry}:           Redis, gRPC,
 #                                   files, OpenTelemetry
 #   sidecar_runtime (the rest)      servers, health, audit files, telemetry, loops, config
 

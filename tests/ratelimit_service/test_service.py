@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit_service.bucket import BucketSpec
 from ratelimit_service.circuit_breaker import CircuitBreaker
-from ratelimit_service.config import load_rule_file
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
 from ratelimit_service.errors import StoreError
 from ratelimit_service.guarded_store import StoreGuard
-from ratelimit_service.planner import DescriptorRequest, Plan, Planner, Request
-from ratelimit_service.rules import RuleSet
+from ratelimit_service.limits.bucket import BucketSpec
+from ratelimit_service.limits.config import load_rule_file
+from ratelimit_service.limits.planner import DescriptorRequest, Plan, Planner, Request
+from ratelimit_service.limits.rules import RuleSet
 from ratelimit_service.service import Code, Decision, FailureMode, RateLimitService, StoreRound
-from ratelimit_service.store import Acquired, BucketCall, BucketStore, MemoryStore
+from ratelimit_service.store import Acquired, BucketCall, BucketStore
+from ratelimit_service.stores.memory import MemoryStore
 from sidecar_runtime.clock import ManualClock
 from sidecar_runtime.loops import LoopBridge
 

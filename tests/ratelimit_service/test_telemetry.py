@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ratelimit_service.app import App
-from ratelimit_service.bucket import BucketSpec
+from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.servicer import RateLimitServicer
 from ratelimit_service.settings import ServiceSettings
 from ratelimit_service.store import BucketCall

@@ -33,7 +33,7 @@ from typing import Any
 import hiredis
 
 from ratelimit_service.errors import StoreError, StoreReplyError
-from ratelimit_service.redis_pipe import Endpoint, pack
+from ratelimit_service.stores.redis_pipe import Endpoint, pack
 
 _READ_BYTES = 65536
 

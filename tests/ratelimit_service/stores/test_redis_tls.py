@@ -17,12 +17,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.pki import Pki
 from ratelimit_service.app import App
-from ratelimit_service.bucket import BucketSpec
 from ratelimit_service.errors import StoreError
-from ratelimit_service.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
+from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings, StoreSettings
 from ratelimit_service.store import BucketCall, BucketStore
+from ratelimit_service.stores.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
 from tests.support.grpc_clients import channel
 from tests.support.redis_servers import RedisServer, RedisTls
 

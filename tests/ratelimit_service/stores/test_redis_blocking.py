@@ -15,11 +15,11 @@ import redis
 
 from devstack.pki import Pki
 from ratelimit_service.errors import StoreError, StoreReplyError
-from ratelimit_service.redis_blocking import ThreadRedis
-from ratelimit_service.redis_pipe import Endpoint, endpoint_from_url, pack
-from ratelimit_service.redis_store import StandaloneRedisStore
 from ratelimit_service.settings import RedisTlsSettings
-from tests.ratelimit_service.test_redis_pipe import call, clients, standalone
+from ratelimit_service.stores.redis_blocking import ThreadRedis
+from ratelimit_service.stores.redis_pipe import Endpoint, endpoint_from_url, pack
+from ratelimit_service.stores.redis_store import StandaloneRedisStore
+from tests.ratelimit_service.stores.test_redis_pipe import call, clients, standalone
 from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis

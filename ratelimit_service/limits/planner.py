@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ratelimit_service.bucket_keys import bucket_key
-from ratelimit_service.rules import UNIT_SECONDS, Domain, Limit, Match, RuleSet, make_limit
+from ratelimit_service.limits.bucket_keys import bucket_key
+from ratelimit_service.limits.rules import UNIT_SECONDS, Domain, Limit, Match, RuleSet, make_limit
 from ratelimit_service.store import BucketCall
 
 MAX_UINT32 = 2**32 - 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ratelimit_service.bucket_keys import MAX_RAW_CHARS, bucket_key
+from ratelimit_service.limits.bucket_keys import MAX_RAW_CHARS, bucket_key
 
 
 def test_crafted_values_do_not_collide() -> None:

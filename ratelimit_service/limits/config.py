@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from ratelimit_service.rules import (
+from ratelimit_service.limits.rules import (
     UNIT_SECONDS,
     Domain,
     Level,

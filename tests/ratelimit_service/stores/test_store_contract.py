@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from ratelimit_service.bucket import BucketSpec, ttl_ms
-from ratelimit_service.bucket_keys import bucket_key
-from ratelimit_service.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
+from ratelimit_service.limits.bucket import BucketSpec, ttl_ms
+from ratelimit_service.limits.bucket_keys import bucket_key
 from ratelimit_service.settings import StoreSettings
-from ratelimit_service.store import BucketCall, BucketStore, MemoryStore
+from ratelimit_service.store import BucketCall, BucketStore
+from ratelimit_service.stores.memory import MemoryStore
+from ratelimit_service.stores.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
 from sidecar_runtime.clock import ManualClock
 from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit_service.config import load_rule_file, load_rules, rule_files
-from ratelimit_service.rules import Limit, RuleSet
+from ratelimit_service.limits.config import load_rule_file, load_rules, rule_files
+from ratelimit_service.limits.rules import Limit, RuleSet
 from sidecar_runtime.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def limits(rules: RuleSet, domain: str, *entries: tuple[str, str]) -> tuple[Limit, ...]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit_service.config import load_rule_file
-from ratelimit_service.planner import (
+from ratelimit_service.limits.config import load_rule_file
+from ratelimit_service.limits.planner import (
     MAX_CACHED_CHARS,
     MAX_CACHED_DESCRIPTORS,
     DescriptorRequest,
@@ -15,7 +15,7 @@ from ratelimit_service.planner import (
     Request,
     plan,
 )
-from ratelimit_service.rules import RuleSet
+from ratelimit_service.limits.rules import RuleSet
 from tests.ratelimit_service.test_service import RULES as SERVICE_RULES
 
 RULES = """

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from ratelimit_service.bucket import Outcome
 from ratelimit_service.errors import StoreError
+from ratelimit_service.limits.bucket import Outcome
 from ratelimit_service.store import BucketCall
 
-SCRIPT = resources.files("ratelimit_service").joinpath("gcra.lua").read_text(encoding="utf-8")
+SCRIPT = (
+    resources.files("ratelimit_service.stores").joinpath("gcra.lua").read_text(encoding="utf-8")
+)
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 import redis
 
-from ratelimit_service.bucket import BucketSpec
 from ratelimit_service.circuit_breaker import CircuitBreaker
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.guarded_store import StoreGuard
-from ratelimit_service.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
-from ratelimit_service.redis_script import evalsha_args
-from ratelimit_service.redis_store import StandaloneRedisStore, open_redis_store
+from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall
+from ratelimit_service.stores.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
+from ratelimit_service.stores.redis_script import evalsha_args
+from ratelimit_service.stores.redis_store import StandaloneRedisStore, open_redis_store
 from sidecar_runtime.clock import ManualClock
 from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.redis_servers import RedisServer

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit_service.config import load_rule_file
-from ratelimit_service.planner import DescriptorRequest, Override, Request, cost_of, plan
-from ratelimit_service.rules import Domain, Pattern
+from ratelimit_service.limits.config import load_rule_file
+from ratelimit_service.limits.planner import DescriptorRequest, Override, Request, cost_of, plan
+from ratelimit_service.limits.rules import Domain, Pattern
 
 RULES = """
 domain: d

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ratelimit_service.bucket import (
+from ratelimit_service.limits.bucket import (
     EMPTY_STATE,
     BucketSpec,
     BucketState,

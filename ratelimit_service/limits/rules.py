@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ratelimit_service.bucket import BucketSpec
+from ratelimit_service.limits.bucket import BucketSpec
 
 # Seconds per unit. A token bucket spreads a month or a year evenly, so these are fixed
 # lengths (30 and 365 days), not calendar periods as in the reference's fixed windows.

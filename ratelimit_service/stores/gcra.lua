@@ -2,7 +2,7 @@
 --[[
 GCRA token buckets, all-or-nothing across the keys of one call.
 
-The same arithmetic as ratelimit_service/bucket.py, operation for operation, so both
+The same arithmetic as ratelimit_service/limits/bucket.py, operation for operation, so both
 stores reach the same decisions. Time is Redis's own clock (TIME), never the caller's.
 
 KEYS    the bucket keys. In Redis Cluster, where one call covers the keys of one node

@@ -45,19 +45,19 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from ratelimit_service.bucket import Outcome
 from ratelimit_service.errors import StoreError, StoreReplyError
-from ratelimit_service.redis_blocking import ThreadRedis
-from ratelimit_service.redis_pipe import RedisPipe, endpoint_from_url, pack
-from ratelimit_service.redis_script import (
+from ratelimit_service.limits.bucket import Outcome
+from ratelimit_service.settings import StoreSettings, host_port
+from ratelimit_service.store import Acquired, BucketCall, BucketStore, refund_outcome
+from ratelimit_service.stores.redis_blocking import ThreadRedis
+from ratelimit_service.stores.redis_pipe import RedisPipe, endpoint_from_url, pack
+from ratelimit_service.stores.redis_script import (
     SCRIPT,
     SCRIPT_SHA,
     check_loaded_sha,
     evalsha_args,
     parse_reply,
 )
-from ratelimit_service.settings import StoreSettings, host_port
-from ratelimit_service.store import Acquired, BucketCall, BucketStore, refund_outcome
 
 __all__ = ["SCRIPT", "SCRIPT_SHA", "RedisStore", "StandaloneRedisStore", "open_redis_store"]
 
