@@ -1,6 +1,6 @@
 """The in-memory bucket store: the `BucketStore` port's in-process adapter.
 
-Runs the same GCRA arithmetic (ratelimit_service.bucket) that gcra.lua runs in Redis, on
+Runs the same GCRA arithmetic (limits/bucket.py) that gcra.lua runs in Redis, on
 a dict, so it is exact within one process and the service's tests need no Redis.
 """
 
