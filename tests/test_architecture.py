@@ -166,13 +166,22 @@ def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
+def _ancestors(module: str) -> list[str]:
+    """The packages whose `__init__` runs before `module` can be imported."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _closure(module: str, graph: Mapping[str, set[str]]) -> set[str]:
-    seen, todo = set(), [module]
+    """What importing `module` runs: its imports, theirs, and every package above each."""
+    seen: set[str] = set()
+    todo = [module]
     while todo:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
             todo.extend(graph[current])
+            todo.extend(a for a in _ancestors(current) if a in graph)
     return seen
 
 
