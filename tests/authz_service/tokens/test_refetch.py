@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -121,11 +122,19 @@ class MemoryIdp:
         return FetchResult(200, json.dumps(self.document).encode(), {})
 
 
-async def started_verifier(clock: ManualClock, idp: MemoryIdp) -> TokenVerifier:
-    # The shipped defaults: what the design's numbers are about.
+@pytest.fixture
+def idp(keys: Keys) -> MemoryIdp:
+    return MemoryIdp(keys.rsa)
+
+
+@pytest.fixture
+async def verifier(clock: ManualClock, idp: MemoryIdp) -> AsyncIterator[TokenVerifier]:
+    """A started verifier on `idp`, with the shipped defaults: what the design's numbers
+    are about."""
     v = TokenVerifier([issuer(jwks=JwksSettings())], clock=clock, fetcher=idp)
     await v.start()
-    return v
+    yield v
+    await v.close()
 
 
 async def accepted(v: TokenVerifier, token: str) -> bool:
@@ -149,39 +158,38 @@ PER_STEP = 3  # forged tokens per round: 30 a second, each with a fresh random k
 
 @pytest.mark.parametrize("signed_before_published", [False, True])
 async def test_rotated_key_verifies_within_seconds_during_a_flood(
-    clock: ManualClock, keys: Keys, signed_before_published: bool
+    clock: ManualClock,
+    keys: Keys,
+    idp: MemoryIdp,
+    verifier: TokenVerifier,
+    signed_before_published: bool,
 ) -> None:
-    idp = MemoryIdp(keys.rsa)
-    v = await started_verifier(clock, idp)
     legit = mint(keys.rsa_b, claims())  # signed with the key the IdP rotates in at t=20
     published_at, first_accept = 20.0, None
     for step in range(int(60 / STEP)):
         now = step * STEP
         for _ in range(PER_STEP):
-            assert not await accepted(v, forged(keys))
+            assert not await accepted(verifier, forged(keys))
         if now >= published_at and len(idp.document["keys"]) == 1:
             idp.publish(keys.rsa, keys.rsa_b)
         # An IdP that signs before it publishes makes the new kid "known absent" first.
         tried = now >= published_at or (signed_before_published and now >= 10)
-        if tried and first_accept is None and await accepted(v, legit):
+        if tried and first_accept is None and await accepted(verifier, legit):
             first_accept = now
         clock.advance(STEP)
     assert first_accept is not None
     assert first_accept - published_at <= 5.0 + STEP  # 60 / per_minute, plus one round
-    await v.close()
 
 
 async def test_a_minute_of_random_kids_costs_a_bounded_number_of_fetches(
-    clock: ManualClock, keys: Keys
+    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
 ) -> None:
-    idp = MemoryIdp(keys.rsa)
-    v = await started_verifier(clock, idp)
     per_minute = []
     for _minute in range(3):
         before = idp.fetches
         for _step in range(int(60 / STEP)):
             for _ in range(PER_STEP):
-                assert not await accepted(v, forged(keys))
+                assert not await accepted(verifier, forged(keys))
             clock.advance(STEP)
         per_minute.append(idp.fetches - before)
     # 5,400 forged tokens a minute; burst 4 + 12 a minute in the first, 12 after that.
@@ -189,47 +197,37 @@ async def test_a_minute_of_random_kids_costs_a_bounded_number_of_fetches(
     assert all(count <= 13 for count in per_minute[1:])  # 12, +1 for where a minute cuts
     assert all(count >= 10 for count in per_minute)  # it does keep looking for new keys
     # Genuine tokens were served throughout.
-    assert await accepted(v, mint(keys.rsa, claims()))
-    await v.close()
+    assert await accepted(verifier, mint(keys.rsa, claims()))
 
 
 async def test_a_repeated_unknown_kid_costs_one_fetch_per_absent_period(
-    clock: ManualClock, keys: Keys
+    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
 ) -> None:
-    idp = MemoryIdp(keys.rsa)
-    v = await started_verifier(clock, idp)
     stale = mint(keys.rsa_b, claims())  # e.g. a client holding a token of a retired key
     for _step in range(int(60 / STEP)):
-        assert not await accepted(v, stale)
+        assert not await accepted(verifier, stale)
         clock.advance(STEP)
     assert idp.fetches == 1 + 2  # start, then once per 30 s of absent_for
     # A new kid is not held back by the remembered one.
     idp.publish(keys.rsa, keys.ed)
-    assert await accepted(v, mint(keys.ed, claims()))
+    assert await accepted(verifier, mint(keys.ed, claims()))
     assert idp.fetches == 4
-    await v.close()
 
 
 async def test_without_a_flood_a_rotated_key_verifies_on_its_first_use(
-    clock: ManualClock, keys: Keys
+    keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
 ) -> None:
-    idp = MemoryIdp(keys.rsa)
-    v = await started_verifier(clock, idp)
     idp.publish(keys.rsa, keys.rsa_b)
-    assert await accepted(v, mint(keys.rsa_b, claims()))
+    assert await accepted(verifier, mint(keys.rsa_b, claims()))
     assert idp.fetches == 2
-    await v.close()
 
 
 async def test_a_failed_refetch_does_not_mark_the_kid_absent(
-    clock: ManualClock, keys: Keys
+    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
 ) -> None:
-    idp = MemoryIdp(keys.rsa)
-    v = await started_verifier(clock, idp)
     idp.document = {"keys": []}  # the IdP answers garbage for a while
     token = mint(keys.rsa_b, claims())
-    assert not await accepted(v, token)
+    assert not await accepted(verifier, token)
     idp.publish(keys.rsa, keys.rsa_b)
     clock.advance(2)  # only the minimum interval, not absent_for
-    assert await accepted(v, token)
-    await v.close()
+    assert await accepted(verifier, token)
