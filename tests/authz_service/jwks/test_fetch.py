@@ -142,7 +142,7 @@ async def test_private_ca_is_trusted_when_configured(tls_idp: LocalIdp, ca: Priv
 
 
 async def test_wrong_ca_or_system_store_refuses_the_idp(tls_idp: LocalIdp, tmp_path: Path) -> None:
-    other = PrivateCa(tmp_path / "other", name="another CA")
+    other = PrivateCa(tmp_path / "other")
     for fetcher in (HttpFetcher(tls=tls_context(other.ca_file)), HttpFetcher()):
         with pytest.raises(FetchError, match="certificate"):
             await fetcher.fetch(tls_idp.url("/jwks"), timeout_seconds=2, max_bytes=100)
