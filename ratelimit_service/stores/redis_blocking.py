@@ -33,7 +33,7 @@ from typing import Any
 import hiredis
 
 from ratelimit_service.errors import StoreError, StoreReplyError
-from ratelimit_service.stores.redis_pipe import Endpoint, pack
+from ratelimit_service.stores.redis_pipe import Endpoint, client_tls, pack
 
 _READ_BYTES = 65536
 
@@ -145,12 +145,10 @@ class ThreadRedis:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         """`tls`: the context for a rediss:// endpoint (default: the system's CAs)."""
-        if tls is not None and not endpoint.tls:
-            raise ValueError(f"a TLS context for {endpoint.label}, which is not rediss://")
         self.endpoint = endpoint
         self._connect_timeout_s = connect_timeout_s
         self._stale_after_s = stale_after_s
-        self._tls = (tls or ssl.create_default_context()) if endpoint.tls else None
+        self._tls = client_tls(endpoint, tls)
         self._local = threading.local()
         self._all: set[_Connection] = set()  # every thread's, to close them all
         self._lock = threading.Lock()

@@ -67,6 +67,16 @@ class Endpoint:
         return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
+def client_tls(endpoint: Endpoint, tls: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The TLS context a client of `endpoint` connects with: `tls`, or the system's CAs,
+    for a rediss:// endpoint; None for a plain one (ValueError if `tls` is given)."""
+    if not endpoint.tls:
+        if tls is not None:
+            raise ValueError(f"a TLS context for {endpoint.label}, which is not rediss://")
+        return None
+    return tls or ssl.create_default_context()
+
+
 def endpoint_from_url(
     url: str, *, db: int = 0, username: str | None = None, password: str | None = None
 ) -> Endpoint | None:
@@ -238,8 +248,6 @@ class RedisPipe:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         """`tls`: the context for a rediss:// endpoint (default: the system's CAs)."""
-        if tls is not None and not endpoint.tls:
-            raise ValueError(f"a TLS context for {endpoint.label}, which is not rediss://")
         self.endpoint = endpoint
         self._connect_timeout_s = connect_timeout_s
         self._stale_after_s = stale_after_s
@@ -248,7 +256,7 @@ class RedisPipe:
         self._next = 0
         self._closed = False
         self.last_error = ""
-        self._tls = (tls or ssl.create_default_context()) if endpoint.tls else None
+        self._tls = client_tls(endpoint, tls)
 
     def connections(self) -> int:
         """How many connections are open now."""

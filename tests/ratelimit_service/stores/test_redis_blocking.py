@@ -4,6 +4,7 @@ deadlines, late replies, restarts, NOSCRIPT, AUTH, SELECT, unix sockets and TLS.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from devstack.pki import Pki
 from ratelimit_service.errors import StoreError, StoreReplyError
 from ratelimit_service.settings import RedisTlsSettings
 from ratelimit_service.stores.redis_blocking import ThreadRedis
-from ratelimit_service.stores.redis_pipe import Endpoint, endpoint_from_url, pack
+from ratelimit_service.stores.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
 from ratelimit_service.stores.redis_store import StandaloneRedisStore
 from tests.ratelimit_service.stores.test_redis_pipe import call, clients, standalone
 from tests.support.redis_servers import RedisServer
@@ -218,3 +219,22 @@ async def test_auth_select_unix_and_tls_on_worker_threads(
             await store.close()
         protected.stop()
         unix.stop()
+
+
+async def test_a_wrong_ca_on_a_worker_thread_is_a_clear_store_error(
+    tls_redis: RedisServer, other_ca: Path
+) -> None:
+    store = standalone(tls_redis.url, tls=RedisTlsSettings(ca_file=other_ca))
+    try:
+        with pytest.raises(StoreError, match="CERTIFICATE_VERIFY_FAILED") as failed:
+            store.acquire_blocking([call("wrong-ca")], timeout_s=5)
+        assert f"127.0.0.1:{tls_redis.port}" in str(failed.value)
+        assert tls_redis.command_calls("evalsha") == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("client", [ThreadRedis, RedisPipe])
+def test_a_tls_context_for_a_plain_endpoint_is_refused(client: Any) -> None:
+    with pytest.raises(ValueError, match="not rediss://"):
+        client(Endpoint(), tls=ssl.create_default_context())
