@@ -180,16 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.write_markdown(doc, result)
         ctx.log(f"[bench] wrote {results} and {doc} in {result['duration_s']:.0f} s")
         for target in result["targets"]:
-            ctx.log(f"[bench] {target['target']}: {target['measured']} -> {_mark(target)}")
+            said = report.verdict(target, holds="holds", fails="DOES NOT HOLD")
+            ctx.log(f"[bench] {target['target']}: {target['measured']} -> {said}")
     return status
-
-
-def _mark(target: dict[str, Any]) -> str:
-    if target.get("report"):
-        return "reported"
-    if target["measured"] is None:
-        return "not measured"
-    return {True: "holds", False: "DOES NOT HOLD", None: "not decided"}[target["holds"]]
 
 
 if __name__ == "__main__":

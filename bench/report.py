@@ -42,12 +42,13 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def _verdict(target: dict[str, Any]) -> str:
+def verdict(target: dict[str, Any], *, holds: str = "**yes**", fails: str = "**no**") -> str:
+    """What a target of targets.evaluate came to, in words (`holds`/`fails` when decided)."""
     if target.get("report"):
         return "reported"
     if target["measured"] is None:
         return "not measured"
-    return {True: "**yes**", False: "**no**", None: "not decided"}[target["holds"]]
+    return {True: holds, False: fails, None: "not decided"}[target["holds"]]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -59,7 +60,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [*_head(result), "", "### Targets (issue 16)", ""]
     lines += _table(
         ["target", "measured", "holds"],
-        ((x["target"], _f(x["measured"]), _verdict(x)) for x in result.get("targets", [])),
+        ((x["target"], _f(x["measured"]), verdict(x)) for x in result.get("targets", [])),
     )
     lines += _edge_md(result)
     lines += edge_budget.markdown(result, targets.REFERENCE)
