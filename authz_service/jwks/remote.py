@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
-from authz_service.jwks.fetch import Fetcher, FetchError
+from authz_service.jwks.fetch import Fetcher, FetchError, FetchResult
 from authz_service.tokens.encoding import loads_strict
 from authz_service.tokens.jwk import KeyRing, load_key_ring
 from authz_service.tokens.refetch import RefetchPolicy, UnknownKidGate
@@ -142,12 +142,7 @@ class RemoteKeySource:
 
     async def _load(self) -> bool:
         try:
-            url = await self._jwks_url()
-            result = await self._fetcher.fetch(
-                url,
-                timeout_seconds=self._settings.fetch_timeout_seconds,
-                max_bytes=self._settings.max_bytes,
-            )
+            result = await self._fetch(await self._jwks_url())
             ring, ttl = self._accept(result.status, result.body, result.headers)
         except (FetchError, ValueError) as exc:
             return self._failed(str(exc))
@@ -185,6 +180,14 @@ class RemoteKeySource:
         log.warning(message, extra={"fields": fields})
         return False
 
+    async def _fetch(self, url: str) -> FetchResult:
+        """One document (the JWKS or the discovery document) within the issuer's limits."""
+        return await self._fetcher.fetch(
+            url,
+            timeout_seconds=self._settings.fetch_timeout_seconds,
+            max_bytes=self._settings.max_bytes,
+        )
+
     async def _jwks_url(self) -> str:
         if self._fixed_url is not None:
             return self._fixed_url
@@ -195,11 +198,7 @@ class RemoteKeySource:
     async def _discover(self) -> str:
         # OIDC Discovery §4: "any terminating / MUST be removed before appending".
         url = self._issuer.rstrip("/") + WELL_KNOWN
-        result = await self._fetcher.fetch(
-            url,
-            timeout_seconds=self._settings.fetch_timeout_seconds,
-            max_bytes=self._settings.max_bytes,
-        )
+        result = await self._fetch(url)
         if result.status != 200:
             raise ValueError(f"discovery answered HTTP {result.status}")
         document = loads_strict(result.body)
