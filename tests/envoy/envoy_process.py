@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import re
 import ssl
 import subprocess
 import sys
@@ -82,6 +83,18 @@ class RunningEnvoy:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stat(self, name: str) -> int:
+        """The admin API's value of the counter or gauge `name` (exactly that name)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.params.admin_port, timeout=5)
+        try:
+            conn.request("GET", f"/stats?filter=^{re.escape(name)}$")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        stat, _, value = text.strip().rpartition(": ")
+        assert stat == name, f"no stat {name!r}: {text!r}"
+        return int(value)
+
 
 def _admin_ready(port: int) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -120,3 +133,12 @@ def running_envoy(
             yield RunningEnvoy(params, pki, proc, log)
         finally:
             stop(proc)
+
+
+@contextlib.contextmanager
+def healthy_envoy(params: EnvoyParams, pki: Pki, workdir: Path) -> Iterator[RunningEnvoy]:
+    """`running_envoy`, yielded once its /healthz says 200 (every sidecar host healthy)."""
+    with running_envoy(params, pki, workdir) as envoy:
+        healthy = wait_until(lambda: envoy.request("/healthz").status == 200, timeout=20)
+        assert healthy, envoy.log_text()
+        yield envoy

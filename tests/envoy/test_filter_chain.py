@@ -7,10 +7,10 @@ header sanitising, local replies, TLS, /healthz. The real sidecars are the e2e s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
-import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -23,7 +23,12 @@ import pytest
 
 from devstack.envoy_config import SECURITY_HEADERS
 from devstack.pki import Pki, ensure_pki
-from tests.envoy.envoy_process import RunningEnvoy, free_port_params, running_envoy
+from tests.envoy.envoy_process import (
+    RunningEnvoy,
+    free_port_params,
+    healthy_envoy,
+    running_envoy,
+)
 from tests.envoy.fakes import EchoUpstream, FakeAuthz, FakeRateLimit
 from tests.support.https import Reply
 from tests.support.processes import free_port, wait_until
@@ -54,9 +59,7 @@ def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     for server in (authz, ratelimit, upstream):
         server.start()
     try:
-        with running_envoy(params, pki, tmp_path_factory.mktemp("envoy")) as envoy:
-            healthy = wait_until(lambda: envoy.request("/healthz").status == 200, timeout=20)
-            assert healthy, envoy.log_text()
+        with healthy_envoy(params, pki, tmp_path_factory.mktemp("envoy")) as envoy:
             yield Stack(envoy, authz, ratelimit, upstream)
     finally:
         for server in (authz, ratelimit, upstream):
@@ -73,20 +76,25 @@ def edge(stack: Stack) -> Stack:
 TIGHT_BURST = 5
 
 
+@contextlib.contextmanager
+def _beside(stack: Stack, workdir: Path, **changes: object) -> Iterator[Stack]:
+    """A second Envoy with `changes` to the first's params, in front of the same fakes."""
+    params = dataclasses.replace(
+        stack.envoy.params,
+        listener_port=free_port(),
+        admin_port=free_port(),
+        **changes,  # type: ignore[arg-type]
+    )
+    with healthy_envoy(params, stack.envoy.pki, workdir) as envoy:
+        yield Stack(envoy, stack.authz, stack.ratelimit, stack.upstream)
+
+
 @pytest.fixture(scope="module")
 def tight_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A second Envoy, with a local stage 0 of 1/s, burst 5, in front of the same fakes."""
-    params = dataclasses.replace(
-        stack.envoy.params,
-        stage0_requests_per_second=1,
-        stage0_burst=TIGHT_BURST,
-        listener_port=free_port(),
-        admin_port=free_port(),
-    )
-    with running_envoy(params, stack.envoy.pki, tmp_path_factory.mktemp("envoy-tight")) as envoy:
-        healthy = wait_until(lambda: envoy.request("/healthz").status == 200, timeout=20)
-        assert healthy, envoy.log_text()
-        yield Stack(envoy, stack.authz, stack.ratelimit, stack.upstream)
+    workdir = tmp_path_factory.mktemp("envoy-tight")
+    with _beside(stack, workdir, stage0_requests_per_second=1, stage0_burst=TIGHT_BURST) as tight:
+        yield tight
 
 
 @pytest.fixture
@@ -98,13 +106,8 @@ def tight_edge(tight_stack: Stack) -> Stack:
 @pytest.fixture(scope="module")
 def global_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A second Envoy, with `stage0: global`, in front of the same fakes."""
-    params = dataclasses.replace(
-        stack.envoy.params, stage0="global", listener_port=free_port(), admin_port=free_port()
-    )
-    with running_envoy(params, stack.envoy.pki, tmp_path_factory.mktemp("envoy-global")) as envoy:
-        healthy = wait_until(lambda: envoy.request("/healthz").status == 200, timeout=20)
-        assert healthy, envoy.log_text()
-        yield Stack(envoy, stack.authz, stack.ratelimit, stack.upstream)
+    with _beside(stack, tmp_path_factory.mktemp("envoy-global"), stage0="global") as other:
+        yield other
 
 
 @pytest.fixture
@@ -465,19 +468,9 @@ def _client(pki: Pki, *, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContex
     return context
 
 
-def _stat(envoy: RunningEnvoy, name: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", envoy.params.admin_port, timeout=5)
-    try:
-        conn.request("GET", f"/stats?filter=^{re.escape(name)}$")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    return int(text.rsplit(":", 1)[1])
-
-
 def _ssl_errors(edge: Stack) -> int:
     port = edge.envoy.params.listener_port
-    return _stat(edge.envoy, f"listener.127.0.0.1_{port}.ssl.connection_error")
+    return edge.envoy.stat(f"listener.127.0.0.1_{port}.ssl.connection_error")
 
 
 def test_tls13_preferred_with_h2(edge: Stack, pki: Pki) -> None:
@@ -525,7 +518,7 @@ def test_sidecars_with_a_certificate_from_another_ca_are_never_healthy(
         with running_envoy(params, pki, tmp_path) as envoy:
             # The genuine rate limiter turns healthy; the impostor never does.
             assert wait_until(lambda: _cluster_healthy(envoy, "ratelimit"), timeout=10)
-            assert wait_until(lambda: _stat(envoy, "cluster.authz.ssl.fail_verify_error") > 0)
+            assert wait_until(lambda: envoy.stat("cluster.authz.ssl.fail_verify_error") > 0)
             assert not _cluster_healthy(envoy, "authz")
             assert envoy.request("/healthz").status == 503
             assert envoy.request("/", headers=[("x-test-subject", "alice")]).status == 503
