@@ -77,7 +77,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             call.facts = inputs.facts
             traced, carrier = self._trace_plan(call, context)
             if traced:
-                with self._span(carrier) as span:
+                with self._t.check_span(carrier) as span:
                     decision = await _decide_awaiting_keys(call.engine, inputs)
                     call.trace_id = self._end_span(span, decision, call)
             else:
@@ -97,7 +97,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             call.facts = inputs.facts
             traced, carrier = self._trace_plan(call, context)
             if traced:
-                with self._span(carrier) as span:
+                with self._t.check_span(carrier) as span:
                     decision = self._decide_waiting_for_keys(call.engine, inputs)
                     call.trace_id = self._end_span(span, decision, call)
             else:
@@ -157,9 +157,6 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             parent = _request_trace(context, headers)
         call.trace_id = parent.trace_id if parent else None
         return False, None
-
-    def _span(self, carrier: Mapping[str, str] | None) -> Any:
-        return self._t.check_span(carrier)
 
     @staticmethod
     def _end_span(span: Any, decision: Decision, call: _Call) -> str:
