@@ -330,6 +330,12 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
 
 
+def sidecar_trouble(counter_delta: dict[str, int]) -> dict[str, int]:
+    """The counters of `counter_delta` that say a sidecar call erred, timed out or was
+    admitted without a decision (failure_mode_allowed)."""
+    return {k: n for k, n in counter_delta.items() if _TROUBLE.search(k)}
+
+
 def load(ctx: Ctx, edge: Edge, shape: Shape, label: str) -> dict[str, Any]:
     """One load of `edge`: h2load's figures, the CPU of every process, Envoy's counters,
     and for edgeguard configurations the Redis script calls per request."""
@@ -349,7 +355,7 @@ def load(ctx: Ctx, edge: Edge, shape: Shape, label: str) -> dict[str, Any]:
         calls = result.probe_delta.get("evalsha", 0)
         out["redis_calls_per_request"] = round(calls / result.requests, 3)
     out["envoy_counters"] = delta(before, counters(edge))
-    trouble = {k: n for k, n in out["envoy_counters"].items() if _TROUBLE.search(k)}
+    trouble = sidecar_trouble(out["envoy_counters"])
     if trouble:
         out["sidecar_trouble"] = trouble
         ctx.notes.append(

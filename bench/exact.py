@@ -52,7 +52,7 @@ def until_every_replica_is_used(running: edge.Edge, *, timeout: float = 15.0) ->
     while time.monotonic() < deadline:
         edge.https_status(running, f"/api/v1/users/{owner}", token)
         hosts = calls_per_host(running.admin_port, envoy_config.RATELIMIT_CLUSTER)
-        if len(hosts) >= 2 and all(n > 0 for n in hosts.values()):
+        if _every_replica_called(hosts):
             return True
         time.sleep(0.1)
     return False
@@ -65,10 +65,13 @@ def verdict(
     return (
         statuses.get("200", 0) == burst
         and statuses.get("429", 0) == sent - burst
-        and len(hosts) >= 2
-        and all(n > 0 for n in hosts.values())
+        and _every_replica_called(hosts)
         and unbacked == 0
     )
+
+
+def _every_replica_called(hosts: dict[str, int]) -> bool:
+    return len(hosts) >= 2 and all(n > 0 for n in hosts.values())
 
 
 def measure(ctx: Ctx) -> dict[str, Any]:
@@ -104,11 +107,7 @@ def measure(ctx: Ctx) -> dict[str, Any]:
             work_dir=ctx.dir("runs", "exact"),
         )
         after = calls_per_host(running.admin_port, cluster)
-        trouble = {
-            k: n
-            for k, n in edge.delta(counters, edge.counters(running)).items()
-            if k.endswith((".error", ".failure_mode_allowed", ".timeout"))
-        }
+        trouble = edge.sidecar_trouble(edge.delta(counters, edge.counters(running)))
         logs = running.stack.log_dir
         failures = sum(store_failures(logs / f"{n}.log") for n in ("ratelimit", "ratelimit-2"))
     finally:
