@@ -91,7 +91,6 @@ DECISION_ID_HEADER = "x-decision-id"
 # Headers an allow may add beyond what the request had: the identity headers and the
 # decision id. The request guard keeps this much room under Envoy's limits (docs/edge.md).
 AUTHZ_MUTABLE_HEADERS = (*IDENTITY_HEADERS, DECISION_ID_HEADER)
-AUTHZ_ADDED_HEADERS = len(AUTHZ_MUTABLE_HEADERS)
 # Upstream response headers that fingerprint the stack.
 FINGERPRINT_RESPONSE_HEADERS = ("server", "x-powered-by")
 # TLS 1.2 suites: ECDHE key exchange and AEAD ciphers only (BoringSSL names; `[a|b]` is an
@@ -252,8 +251,10 @@ class EnvoyParams:
             raise ValueError("trace_sampling_percent: must be within 0..100")
         if self.otlp_collector is not None:
             _split_host_port(self.otlp_collector, "otlp_collector")
-        if self.authz_headroom_count < AUTHZ_ADDED_HEADERS:
-            raise ValueError(f"authz_headroom_count: an allow adds up to {AUTHZ_ADDED_HEADERS}")
+        if self.authz_headroom_count < len(AUTHZ_MUTABLE_HEADERS):
+            raise ValueError(
+                f"authz_headroom_count: an allow adds up to {len(AUTHZ_MUTABLE_HEADERS)}"
+            )
         check_spoofable(self.spoofable_request_headers)
         for prefix, limit in self.route_body_limits:
             if not prefix.startswith("/") or not _positive_int(limit):

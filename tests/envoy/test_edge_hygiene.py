@@ -24,7 +24,6 @@ from devstack.edge_hygiene import (
     request_guard_lua,
 )
 from devstack.envoy_config import (
-    AUTHZ_ADDED_HEADERS,
     AUTHZ_MUTABLE_HEADERS,
     PROFILES,
     EnvoyParams,
@@ -131,7 +130,8 @@ def test_the_mutation_rules_allow_exactly_what_authz_sends() -> None:
     for settings in (IdentitySettings(), IdentitySettings(**demo_identity)):
         sent = {*settings.headers.all(), settings.decision_id_header}
         assert sent == set(AUTHZ_MUTABLE_HEADERS)
-    assert len(AUTHZ_MUTABLE_HEADERS) == AUTHZ_ADDED_HEADERS
+    # No name twice: the headroom check counts the tuple.
+    assert len(AUTHZ_MUTABLE_HEADERS) == len(sent)
 
 
 # --- item 3: header limits with room for what an allow adds ---------------------------------
@@ -146,7 +146,7 @@ def test_codec_limits_leave_the_authz_headroom_above_the_request_guard(
         params.max_headers_count + params.authz_headroom_count
     )
     assert hcm["max_request_headers_kb"] == params.max_request_headers_kb + params.authz_headroom_kb
-    assert params.authz_headroom_count >= AUTHZ_ADDED_HEADERS
+    assert params.authz_headroom_count >= len(AUTHZ_MUTABLE_HEADERS)
     guard = _filter(config, "envoy.filters.http.lua")
     assert guard["default_source_code"]["inline_string"] == request_guard_lua(
         max_count=params.max_headers_count, max_bytes=params.max_request_headers_kb * 1024
@@ -167,7 +167,7 @@ def test_the_guard_has_the_limits_it_was_given() -> None:
 
 def test_headroom_smaller_than_an_allow_is_refused() -> None:
     with pytest.raises(ValueError, match="authz_headroom_count"):
-        dataclasses.replace(local_profile(), authz_headroom_count=AUTHZ_ADDED_HEADERS - 1)
+        dataclasses.replace(local_profile(), authz_headroom_count=len(AUTHZ_MUTABLE_HEADERS) - 1)
 
 
 def test_local_replies_for_431_and_413_are_json(rendered: tuple[EnvoyParams, Config]) -> None:
