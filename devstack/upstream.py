@@ -34,17 +34,11 @@ from typing import Any, ClassVar
 
 import h11
 
+from devstack.envoy_config import IDENTITY_HEADERS, EnvoyParams
 from devstack.http_thread import BackgroundHttpServer
 
-IDENTITY_HEADERS = (
-    "x-auth-subject",
-    "x-auth-issuer",
-    "x-auth-scopes",
-    "x-auth-roles",
-    "x-auth-client-id",
-)
-# The edge caps bodies at 1 MiB by default (docs/edge.md); the upstream takes at least that.
-MAX_BODY_BYTES = 1 << 20
+# The edge's default body limit (docs/edge.md): the upstream takes at least that much.
+MAX_BODY_BYTES = EnvoyParams.max_request_body_bytes
 # Envoy forwards up to max_request_headers_kb plus its own and authz's headers: accept all.
 MAX_HEADER_BYTES = 128 * 1024
 # Longer than Envoy's idle timeout for its upstream connections, so Envoy always closes an
