@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,12 @@ from sidecar_runtime.clock import SystemClock
 from sidecar_runtime.loops import LoopBridge
 from sidecar_runtime.server import ServiceBinding, SidecarServer
 from sidecar_runtime.settings import Stack
-from tests.sidecar_runtime.stacks import IN_PROCESS_STACKS, loop_factories
+
+# The shared pytest-asyncio loop hook and `stack` fixture (see stacks.py).
+from tests.sidecar_runtime.stacks import (
+    pytest_asyncio_loop_factories as pytest_asyncio_loop_factories,
+)
+from tests.sidecar_runtime.stacks import stack as stack
 
 ISSUER = "https://idp.test"
 AUDIENCE = "api://demo"
@@ -85,19 +90,6 @@ def write_config(
     path = directory / "authz.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False) + routes)
     return path
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    return loop_factories(item)
-
-
-@pytest.fixture(params=IN_PROCESS_STACKS)
-def stack(request: pytest.FixtureRequest) -> Stack:
-    """The server stack of an in-process server (aio, sync)."""
-    stack: Stack = request.param
-    return stack
 
 
 @pytest.fixture(scope="session")

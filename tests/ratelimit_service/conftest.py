@@ -3,31 +3,21 @@ server stacks an in-process service runs on."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devstack.pki import Pki, ensure_pki
-from sidecar_runtime.settings import Stack
-from tests.sidecar_runtime.stacks import IN_PROCESS_STACKS, loop_factories
+
+# The shared pytest-asyncio loop hook and `stack` fixture (see stacks.py).
+from tests.sidecar_runtime.stacks import (
+    pytest_asyncio_loop_factories as pytest_asyncio_loop_factories,
+)
+from tests.sidecar_runtime.stacks import stack as stack
 from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer, RedisTls
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    return loop_factories(item)
-
-
-@pytest.fixture(params=IN_PROCESS_STACKS)
-def stack(request: pytest.FixtureRequest) -> Stack:
-    """The server stack of an in-process service (aio, sync)."""
-    stack: Stack = request.param
-    return stack
 
 
 @pytest.fixture(scope="session")
