@@ -31,7 +31,7 @@ from devstack.idp_keys import ensure_idp_keys
 from sidecar_runtime.settings import Stack
 from tests.authz_service.conftest import write_config
 from tests.ratelimit_service.service_process import write_settings
-from tests.support.grpc_clients import channel
+from tests.support.grpc_clients import channel, until, watch_health
 from tests.support.grpcurl import grpcurl
 from tests.support.processes import free_port, running
 
@@ -156,25 +156,6 @@ async def _until_serving(address: str, within: float = 30.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _watch(address: str, seen: list[int]) -> grpc.StatusCode:
-    """Follow health's Watch stream until it ends; the statuses go into `seen`."""
-    async with channel(address) as ch:
-        call = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
-        try:
-            async for reply in call:
-                seen.append(int(reply.status))
-        except grpc.aio.AioRpcError as ended:
-            return ended.code()
-        return grpc.StatusCode.OK
-
-
-async def _until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def _refused(sidecar: Sidecar, address: str, within: float = 10.0) -> grpc.StatusCode:
     """The code of the first refused call, calling until one is refused."""
     deadline = time.monotonic() + within
@@ -201,10 +182,10 @@ async def test_sigterm_drains_then_stops_and_exits_0(
         assert sidecar.service in listed.stdout.split()  # reflection
         assert stack in proc.stacks()  # the one asked for
         seen: list[int] = []
-        watch = asyncio.create_task(_watch(proc.address, seen))
+        watch = asyncio.create_task(watch_health(proc.address, seen))
         async with channel(proc.address) as before:  # a connection made before the signal
             await sidecar.call(before)
-            await _until(lambda: bool(seen))
+            await until(lambda: bool(seen))
             signalled = time.monotonic()
             proc.process.send_signal(signal.SIGTERM)
             await proc.wait_for("draining")
@@ -214,7 +195,7 @@ async def test_sigterm_drains_then_stops_and_exits_0(
             async with channel(proc.address) as fresh:
                 await sidecar.call(fresh)
             assert "drained" not in proc.events()
-        await _until(lambda: NOT_SERVING in seen)
+        await until(lambda: NOT_SERVING in seen)
         await proc.wait_for("drained")
         assert await _refused(sidecar, proc.address) == grpc.StatusCode.UNAVAILABLE
         code = await asyncio.to_thread(proc.process.wait, DRAIN_S + EXIT_MARGIN_S)

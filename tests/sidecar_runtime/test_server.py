@@ -18,7 +18,7 @@ from sidecar_runtime.server import (
 )
 from sidecar_runtime.settings import ServerSettings, Stack, TlsSettings
 from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
-from tests.support.grpc_clients import channel
+from tests.support.grpc_clients import channel, until, watch_health
 from tests.support.grpcurl import grpcurl
 
 pytestmark = pytest.mark.grpc
@@ -163,25 +163,6 @@ async def _echo(address: str, tenths: int = 0) -> bytes:
         return reply
 
 
-async def _watch(address: str, seen: list[int]) -> grpc.StatusCode:
-    """Follow health's Watch stream until it ends; the statuses go into `seen`."""
-    async with channel(address) as ch:
-        call = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
-        try:
-            async for reply in call:
-                seen.append(int(reply.status))
-        except grpc.aio.AioRpcError as ended:
-            return ended.code()
-        return grpc.StatusCode.OK
-
-
-async def _until(predicate: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 @ALSO_ON_UVLOOP
 async def test_drain_says_not_serving_and_keeps_serving_then_stop_ends_watches(
     stack: Stack,
@@ -190,12 +171,12 @@ async def test_drain_says_not_serving_and_keeps_serving_then_stop_ends_watches(
     port = await server.start()
     address = f"127.0.0.1:{port}"
     seen: list[int] = []
-    watch = asyncio.create_task(_watch(address, seen))
+    watch = asyncio.create_task(watch_health(address, seen))
     cut = asyncio.Event()
     try:
-        await _until(lambda: seen == [SERVING])
+        await until(lambda: seen == [SERVING])
         draining = asyncio.create_task(server.drain(interrupt=cut))
-        await _until(lambda: seen == [SERVING, NOT_SERVING])
+        await until(lambda: seen == [SERVING, NOT_SERVING])
         assert await _health(address) == NOT_SERVING
         assert await _echo(address) == b"\x00"  # new channel, new call: still served
         await server.set_serving(True)  # a dependency recovering meanwhile changes nothing
@@ -272,9 +253,9 @@ async def test_sync_watch_and_reflection_streams_hold_no_worker_thread() -> None
     port = await server.start()
     address = f"127.0.0.1:{port}"
     seen: list[list[int]] = [[], [], []]
-    watches = [asyncio.create_task(_watch(address, s)) for s in seen]
+    watches = [asyncio.create_task(watch_health(address, s)) for s in seen]
     try:
-        await _until(lambda: all(s == [SERVING] for s in seen))
+        await until(lambda: all(s == [SERVING] for s in seen))
         assert await asyncio.wait_for(_echo(address), timeout=5) == b"\x00"
         # The one worker thread busy with a call, reflection still answers.
         busy = asyncio.create_task(_echo(address, tenths=30))
@@ -284,7 +265,7 @@ async def test_sync_watch_and_reflection_streams_hold_no_worker_thread() -> None
         assert SLOW_SERVICE in listed.stdout.split()
         assert not busy.done()
         await server.set_serving(False)
-        await _until(lambda: all(s == [SERVING, NOT_SERVING] for s in seen))
+        await until(lambda: all(s == [SERVING, NOT_SERVING] for s in seen))
         assert await asyncio.wait_for(busy, timeout=10) == b"\x1e"
     finally:
         await server.stop(0)
