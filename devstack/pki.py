@@ -64,7 +64,7 @@ def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def _issue(
+def issue_certificate(
     *,
     common_name: str,
     ca_cert: x509.Certificate,
@@ -94,7 +94,7 @@ def _issue(
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeguard dev CA")])
@@ -153,7 +153,7 @@ def ensure_pki(root: Path) -> Pki:
         return pki
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
-    ca_cert, ca_key = _make_ca()
+    ca_cert, ca_key = make_ca()
     pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(root / "ca-key.pem", _key_pem(ca_key))
     server = ExtendedKeyUsageOID.SERVER_AUTH
@@ -163,7 +163,7 @@ def ensure_pki(root: Path) -> Pki:
         (pki.sidecar_cert, pki.sidecar_key, "edgeguard-sidecar", server, None),
         (pki.client_cert, pki.client_key, "envoy", client, "spiffe://edgeguard.dev/envoy"),
     ):
-        cert_pem, key_pem = _issue(
+        cert_pem, key_pem = issue_certificate(
             common_name=cn, ca_cert=ca_cert, ca_key=ca_key, usage=usage, sans=_SANS, uri=uri
         )
         cert_path.write_bytes(cert_pem)

@@ -18,7 +18,7 @@ from socketserver import BaseRequestHandler, ThreadingTCPServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from devstack.pki import _issue, _make_ca
+from devstack.pki import issue_certificate, make_ca
 
 
 class PrivateCa:
@@ -28,13 +28,13 @@ class PrivateCa:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._cert, self._key = _make_ca()
+        self._cert, self._key = make_ca()
         self.ca_file = directory / "ca.pem"
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
     def server_context(self, *names: str) -> ssl.SSLContext:
         """A server-side TLS context with a certificate for `names` signed by this CA."""
-        cert_pem, key_pem = _issue(
+        cert_pem, key_pem = issue_certificate(
             common_name=names[0],
             ca_cert=self._cert,
             ca_key=self._key,
