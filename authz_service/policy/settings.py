@@ -15,6 +15,16 @@ Example rule:
       roles: [admin, support]        # any one suffices
       conditions:                    # CEL, all must be true
         - "params.user_id == token.sub || 'admin' in token.roles"
+
+A gRPC rule names the service and method instead of `path` and `methods`:
+
+    - name: say-hello
+      grpc: {service: demo.v1.Greeter, method: SayHello}   # method "*": every method
+      scopes: [greeter:read]
+
+It becomes `POST /demo.v1.Greeter/SayHello` (gRPC's `:path`, always POST), with the same
+hosts, scopes, roles and conditions as any rule; `"*"` becomes `/demo.v1.Greeter/{method}`.
+Server reflection is a service like any other: denied unless a rule names it.
 """
 
 from __future__ import annotations
@@ -22,7 +32,15 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StrictBool, StrictStr, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from authz_service.policy.template import TemplateError, parse_template
 from sidecar_runtime.config import Frozen
@@ -37,6 +55,16 @@ _EXACT_HOST = re.compile(rf"{_LABELS}|\[[0-9a-f:.]+\]")
 _WILDCARD_HOST = re.compile(rf"\*\.{_LABELS}")
 # OAuth scope tokens: NQCHAR without space (RFC 6749 §3.3).
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# Protobuf identifiers (the language spec's `ident`); a service is `package.Service`, the
+# package dotted. These are also the only characters a gRPC `:path` has, so the path built
+# from them needs no escaping and matches the request byte for byte.
+_PROTO_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_GRPC_SERVICE = re.compile(rf"{_PROTO_IDENT}(?:\.{_PROTO_IDENT})+")
+_GRPC_METHOD = re.compile(_PROTO_IDENT)
+# The gRPC HTTP/2 mapping (PROTOCOL-HTTP2.md): every call is a POST to /Service/Method.
+GRPC_HTTP_METHOD = "POST"
+GRPC_ANY_METHOD = "*"
+GRPC_METHOD_PARAM = "grpc_method"  # the path parameter a "*" method becomes
 
 
 def _check_name(name: str) -> str:
@@ -102,6 +130,24 @@ def _check_condition(text: str) -> str:
     return text
 
 
+def _check_grpc_service(service: str) -> str:
+    if not _GRPC_SERVICE.fullmatch(service):
+        raise ValueError(
+            f"service {service!r} must be a fully qualified proto service name, "
+            "package and service (e.g. demo.v1.Greeter)"
+        )
+    return service
+
+
+def _check_grpc_method(method: str) -> str:
+    if method != GRPC_ANY_METHOD and not _GRPC_METHOD.fullmatch(method):
+        raise ValueError(
+            f'method {method!r} must be a proto method name (e.g. SayHello), or "*" for '
+            "every method of the service"
+        )
+    return method
+
+
 def _unique(values: tuple[str, ...], what: str) -> tuple[str, ...]:
     seen: set[str] = set()
     for value in values:
@@ -118,14 +164,30 @@ Host = Annotated[StrictStr, AfterValidator(_check_host)]
 Scope = Annotated[StrictStr, AfterValidator(_check_scope)]
 Role = Annotated[StrictStr, AfterValidator(_check_role)]
 Condition = Annotated[StrictStr, AfterValidator(_check_condition)]
+GrpcService = Annotated[StrictStr, AfterValidator(_check_grpc_service)]
+GrpcMethod = Annotated[StrictStr, AfterValidator(_check_grpc_method)]
+
+
+class GrpcTarget(Frozen):
+    """`grpc: {service: pkg.v1.Service, method: Method}`: what a gRPC rule allows."""
+
+    service: GrpcService
+    method: GrpcMethod
+
+    def path_template(self) -> str:
+        """The request `:path` this target allows, as a path template."""
+        method = f"{{{GRPC_METHOD_PARAM}}}" if self.method == GRPC_ANY_METHOD else self.method
+        return f"/{self.service}/{method}"
 
 
 class RouteSettings(Frozen):
     """One rule of the allow-list."""
 
     name: RuleName
-    methods: tuple[Method, ...]
-    path: PathTemplateText
+    # Required unless `grpc` is given, which fills them in (see _grpc_form).
+    methods: tuple[Method, ...] = ()
+    path: PathTemplateText = ""
+    grpc: GrpcTarget | None = None
     hosts: tuple[Host, ...] | None = None
     public: StrictBool = False
     scopes: tuple[Scope, ...] = ()
@@ -158,6 +220,25 @@ class RouteSettings(Frozen):
         if values and info.data.get("public") is True:
             raise ValueError(f"a public rule cannot require {info.field_name}")
         return _unique(values, str(info.field_name)[:-1])
+
+    @model_validator(mode="after")
+    def _grpc_form(self) -> RouteSettings:
+        # Defaults are not validated, so an empty `methods` or `path` here means "not given".
+        given = [key for key in ("methods", "path") if key in self.model_fields_set]
+        if self.grpc is None:
+            missing = [key for key in ("methods", "path") if key not in given]
+            if missing:
+                raise ValueError(
+                    f"a rule needs `path` and `methods`, or `grpc`: `{missing[0]}` is missing"
+                )
+            return self
+        if given:
+            raise ValueError(f"`grpc` sets the path and method itself; remove `{given[0]}`")
+        # One compiled form for both kinds of rule: the router and the policy never need
+        # to know a rule was written as gRPC.
+        return self.model_copy(
+            update={"methods": (GRPC_HTTP_METHOD,), "path": self.grpc.path_template()}
+        )
 
 
 class PolicySettings(Frozen):
