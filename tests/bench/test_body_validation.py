@@ -1,0 +1,37 @@
+"""A smoke run of the body-validation micro-benchmark with tiny counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import body_validation
+
+
+def test_measure_gives_a_row_per_validator_and_schema() -> None:
+    rows = body_validation.measure(rounds=2)
+    assert {(row["validator"], row["schema"]) for row in rows} == {
+        (validator, schema)
+        for validator in (
+            "jsonschema-rs 2020-12",
+            "jsonschema-rs draft-07",
+            "jsonschema 2020-12",
+            "fastjsonschema draft-07",
+        )
+        for schema in ("demo", "profile")
+    }
+    assert all(row["valid_us"] > 0 and row["invalid_us"] > 0 for row in rows)
+
+
+def test_main_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    body_validation.main(["1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["validator", "schema"]
+    assert len(lines) == 9
+
+
+def test_the_draft7_equivalent_closes_every_object() -> None:
+    closed = body_validation.draft7_closed(body_validation.PROFILE)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["address"]["additionalProperties"] is False
+    assert closed["properties"]["phones"]["items"]["additionalProperties"] is False
+    assert "additionalProperties" not in body_validation.PROFILE
