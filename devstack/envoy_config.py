@@ -17,7 +17,8 @@ The request path through the listener (HTTP filters, in order):
     4. buffer           the request body, whole, up to the route's limit (413 over it)
     5. ext_authz        gRPC to authz_service, fail closed
     6. ratelimit        stage 1: ONE call with every descriptor of the request (_rate_limits)
-    7. router           to the upstream API: a request with a body on a connection of its own
+    7. router           to the upstream API: a request with a body on a connection of its own;
+                        a gRPC request (content-type application/grpc) to the gRPC upstream
 
 `stage0` picks the profile (docs/edge.md, "Profiles: two calls or three"):
 
@@ -63,6 +64,7 @@ BUFFER_FILTER = "envoy.filters.http.buffer"
 RATELIMIT_CLUSTER = "ratelimit"
 UPSTREAM_CLUSTER = "upstream"
 UPSTREAM_BODY_CLUSTER = "upstream_body"
+GRPC_UPSTREAM_CLUSTER = "grpc_upstream"
 TRACING_CLUSTER = "otel_collector"
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"
@@ -137,6 +139,9 @@ class EnvoyParams:
     ratelimit_port: int = 9002
     upstream_host: str = "127.0.0.1"
     upstream_port: int = 8081
+    # "host:port" of a plaintext HTTP/2 gRPC upstream behind the same listener (the local
+    # stack's demo Greeter); None: no gRPC route, a gRPC request goes to the HTTP API.
+    grpc_upstream: str | None = "127.0.0.1:8083"
 
     # The listener's certificate, and the CA that verifies a client certificate if a client
     # offers one (never required unless `require_client_certificate`); None: none asked for.
@@ -249,8 +254,10 @@ class EnvoyParams:
                 raise ValueError(f"{name}: must be a positive integer")
         if not 0 <= self.trace_sampling_percent <= 100:
             raise ValueError("trace_sampling_percent: must be within 0..100")
-        if self.otlp_collector is not None:
-            _split_host_port(self.otlp_collector, "otlp_collector")
+        for name in ("otlp_collector", "grpc_upstream"):
+            value = getattr(self, name)
+            if value is not None:
+                _split_host_port(value, name)
         if self.authz_headroom_count < len(AUTHZ_MUTABLE_HEADERS):
             raise ValueError(
                 f"authz_headroom_count: an allow adds up to {len(AUTHZ_MUTABLE_HEADERS)}"
@@ -322,6 +329,8 @@ def compose_profile(*, pki_dir: str = "/etc/edgeguard/pki") -> EnvoyParams:
         authz_host="authz",
         ratelimit_host="ratelimit",
         upstream_host="upstream",
+        # docker-compose.yml runs no gRPC upstream (the demo Greeter is the local stack's).
+        grpc_upstream=None,
     )
     return _with_pki(params, pki_dir)
 
@@ -696,10 +705,44 @@ def _routes(p: EnvoyParams, prefix: str, body_limit: int | None) -> list[Config]
     return routes
 
 
+# gRPC's content types (PROTOCOL-HTTP2.md: "application/grpc" [("+proto" / "+json" / {custom})]),
+# with parameters; not gRPC-Web, which an HTTP/2 gRPC server cannot answer.
+GRPC_CONTENT_TYPE_REGEX = "^application/grpc([+;].*)?$"
+IS_GRPC = {
+    "name": "content-type",
+    "string_match": {"safe_regex": {"regex": GRPC_CONTENT_TYPE_REGEX}},
+}
+
+
+def _grpc_route(p: EnvoyParams) -> Config:
+    """Every gRPC request to the gRPC upstream: the same filters, the policy decides.
+
+    The buffer filter is off here: it would hold a stream until the client half-closes,
+    which a bidirectional stream (server reflection, for one) never does before it reads
+    an answer. gRPC frames its messages and HTTP/2 its streams, so no body can spill
+    into another request, and the message size limit is the gRPC server's (the demo's:
+    `max_request_body_bytes`, see devstack.grpc_upstream)."""
+    return {
+        "match": {"prefix": "/", "headers": [IS_GRPC]},
+        "route": {
+            "cluster": GRPC_UPSTREAM_CLUSTER,
+            "timeout": _duration(p.upstream_timeout_ms),
+            # A client's grpc-timeout is honoured up to the same budget, never beyond.
+            "max_stream_duration": {"grpc_timeout_header_max": _duration(p.upstream_timeout_ms)},
+        },
+        "typed_per_filter_config": {
+            BUFFER_FILTER: _typed(
+                "envoy.extensions.filters.http.buffer.v3.BufferPerRoute", disabled=True
+            )
+        },
+    }
+
+
 def _route_config(p: EnvoyParams) -> Config:
-    # Longest prefix first: Envoy takes the first route that matches.
+    # gRPC first, then the longest prefix first: Envoy takes the first route that matches.
     limits = sorted(p.route_body_limits, key=lambda item: len(item[0]), reverse=True)
-    routes = [r for prefix, limit in limits for r in _routes(p, prefix, limit)]
+    routes = [_grpc_route(p)] if p.grpc_upstream is not None else []
+    routes += [r for prefix, limit in limits for r in _routes(p, prefix, limit)]
     routes += _routes(p, "/", None)
     return {
         "name": "edge",
@@ -804,7 +847,50 @@ def _local_reply_config() -> Config:
         "body_format_override": _json_error("request_header_fields_too_large"),
     }
     specific = [rate_limited, authz_unavailable, too_large, headers_too_large]
-    return {"mappers": [*specific, *_other_error_mappers()]}
+    return {"mappers": [*_grpc_status_mappers(), *specific, *_other_error_mappers()]}
+
+
+# For a gRPC request Envoy sends every local reply as a gRPC status (HTTP 200, trailers
+# only), the body as `grpc-message`, and picks the status from the HTTP code (gRPC's
+# HTTP-to-gRPC table): 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED,
+# 502/503/504 UNAVAILABLE, and 429 RESOURCE_EXHAUSTED by the rate-limit filters'
+# `rate_limited_as_resource_exhausted`. Those stand. Every other code would become
+# UNKNOWN (400: INTERNAL), which tells a client nothing; these say what happened. A
+# mapper's `grpc-status` header wins over Envoy's own choice.
+GRPC_STATUS_BY_HTTP_CODE = (
+    (400, 3, "invalid_request"),  # INVALID_ARGUMENT: the edge refused the request's form
+    (408, 4, "request_timeout"),  # DEADLINE_EXCEEDED
+    (413, 8, "payload_too_large"),  # RESOURCE_EXHAUSTED, as gRPC says for an oversize message
+    (415, 3, "unsupported_media_type"),  # INVALID_ARGUMENT
+    (422, 3, "unprocessable_content"),  # INVALID_ARGUMENT
+    (431, 8, "request_header_fields_too_large"),  # RESOURCE_EXHAUSTED, as for big metadata
+    (500, 13, "internal_error"),  # INTERNAL
+)
+GRPC_REQUEST = (
+    "'content-type' in request.headers && "
+    f"request.headers['content-type'].matches('{GRPC_CONTENT_TYPE_REGEX}')"
+)
+
+
+def _grpc_status_mappers() -> list[Config]:
+    """First in the list, for gRPC requests only: HTTP clients never see a grpc-status."""
+    mappers = []
+    for code, grpc_status, error in GRPC_STATUS_BY_HTTP_CODE:
+        when = f"{GRPC_REQUEST} && response.code == {code}"
+        status = [_set_header("grpc-status", str(grpc_status))["append"]]
+        # The sidecar's denials keep its body (its JSON becomes the grpc-message) ...
+        from_authz = f"{when} && response.code_details == 'ext_authz_denied'"
+        mappers.append({"filter": _cel_filter(from_authz), "headers_to_add": status})
+        # ... and Envoy's own get the JSON denial body, as for HTTP, never Envoy's text.
+        own = f"{when} && response.code_details != 'ext_authz_denied'"
+        mappers.append(
+            {
+                "filter": _cel_filter(own),
+                "headers_to_add": status,
+                "body_format_override": _json_error(error),
+            }
+        )
+    return mappers
 
 
 # Envoy's remaining error replies (a path it refuses, bad framing, no route, an upstream
@@ -1110,6 +1196,29 @@ def _upstream_clusters(p: EnvoyParams) -> list[Config]:
     ]
 
 
+def _grpc_upstream_cluster(p: EnvoyParams) -> Config | None:
+    """The gRPC upstream: HTTP/2 (gRPC needs it), plaintext on a private address. One
+    cluster for every request: HTTP/2 frames each stream, so an unread body cannot become
+    another request, the reason the HTTP API has two (_upstream_clusters)."""
+    if p.grpc_upstream is None:
+        return None
+    host, port = _split_host_port(p.grpc_upstream, "grpc_upstream")
+    cluster = _endpoint_cluster(GRPC_UPSTREAM_CLUSTER, host, port, p.upstream_connect_timeout_ms)
+    cluster.update(
+        {
+            "per_connection_buffer_limit_bytes": p.connection_buffer_limit_bytes,
+            "typed_extension_protocol_options": _http_protocol_options(
+                {"http2_protocol_options": {}},
+                {"idle_timeout": _duration(p.upstream_idle_timeout_ms)},
+            ),
+            "circuit_breakers": _circuit_breakers(
+                p.upstream_max_requests, p.upstream_max_pending_requests
+            ),
+        }
+    )
+    return cluster
+
+
 def _tracing_cluster(p: EnvoyParams) -> Config | None:
     if p.otlp_collector is None:
         return None
@@ -1127,9 +1236,8 @@ def _clusters(p: EnvoyParams) -> list[Config]:
         _sidecar_cluster(p, RATELIMIT_CLUSTER, p.ratelimit_host, p.ratelimit_port),
         *_upstream_clusters(p),
     ]
-    tracing = _tracing_cluster(p)
-    if tracing is not None:
-        clusters.append(tracing)
+    optional = (_grpc_upstream_cluster(p), _tracing_cluster(p))
+    clusters += [cluster for cluster in optional if cluster is not None]
     return clusters
 
 

@@ -42,7 +42,9 @@ def free_port_params(pki: Pki, **changes: object) -> EnvoyParams:
         "ratelimit_port": free_port(),
         "upstream_port": free_port(),
     }
-    return dataclasses.replace(params, **{**ports, **changes})  # type: ignore[arg-type]
+    grpc_upstream = f"127.0.0.1:{free_port()}"
+    merged = {**ports, "grpc_upstream": grpc_upstream, **changes}
+    return dataclasses.replace(params, **merged)  # type: ignore[arg-type]
 
 
 @dataclass

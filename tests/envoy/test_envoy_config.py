@@ -226,7 +226,7 @@ def test_one_call_after_authz_carries_subject_authenticated_address_and_route(
         (1, ROUTE),
     ]
     vhost = _hcm(config)["route_config"]["virtual_hosts"][0]
-    routes = vhost["routes"]
+    routes = [r for r in vhost["routes"] if r["route"]["cluster"] != "grpc_upstream"]
     assert [r["match"]["prefix"] for r in routes] == ["/", "/"]
     assert [r["route"]["cluster"] for r in routes] == ["upstream_body", "upstream"]
     assert all("rate_limits" not in r["route"] for r in routes)  # would replace the vhost's
@@ -280,7 +280,7 @@ def test_both_429s_get_the_json_denial_body(config: dict[str, Any]) -> None:
     [mapper] = [
         m
         for m in _hcm(config)["local_reply_config"]["mappers"]
-        if m["body_format_override"]["json_format"]["error"] == "rate_limited"
+        if m.get("body_format_override", {}).get("json_format", {}).get("error") == "rate_limited"
     ]
     either = mapper["filter"]["or_filter"]["filters"]
     assert {"response_flag_filter": {"flags": ["RL"]}} in either
@@ -514,6 +514,7 @@ def test_local_profile_matches_the_stack_contract() -> None:
         "ratelimit": {"address": "127.0.0.1", "port_value": 9002},
         "upstream": {"address": "127.0.0.1", "port_value": 8081},
         "upstream_body": {"address": "127.0.0.1", "port_value": 8081},
+        "grpc_upstream": {"address": "127.0.0.1", "port_value": 8083},
     }
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
     assert listener == {"address": "127.0.0.1", "port_value": 8443}
@@ -568,9 +569,10 @@ def test_every_address_port_and_path_is_a_parameter() -> None:
         ratelimit_port=19002,
         upstream_host="127.0.0.5",
         upstream_port=18081,
+        grpc_upstream="127.0.0.6:18083",
     )
     text = render(params)
-    for port in (8443, 9901, 9001, 9002, 8081):
+    for port in (8443, 9901, 9001, 9002, 8081, 8083):
         assert f"port_value: {port}\n" not in text, port
     assert "127.0.0.1\n" not in text
     assert ".dev/pki" not in text
@@ -590,6 +592,7 @@ def test_every_address_port_and_path_is_a_parameter() -> None:
         ({"authz_host": ""}, "authz_host"),
         ({"admin_address": "10.0.0.1"}, "admin_address"),
         ({"otlp_collector": "no-port"}, "otlp_collector"),
+        ({"grpc_upstream": "127.0.0.1"}, "grpc_upstream"),
         ({"listener_client_ca": None, "require_client_certificate": True}, "require_client"),
         ({"trace_sampling_percent": 101.0}, "trace_sampling_percent"),
         ({"sidecar_streams_per_connection": 0}, "sidecar_streams_per_connection"),
