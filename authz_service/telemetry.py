@@ -10,9 +10,8 @@ Metrics (names follow OTel conventions; Prometheus shows them with `_total` etc.
     authz.config.reloads         counter   {outcome}            ok | rejected
 
 Hot-path cost: the decision counter is a plain dict increment read by an observable
-callback at export time; the latency histogram is plain bucket counts
-(sidecar_runtime.histograms), observed only when metrics are enabled. Spans are
-created only when tracing is enabled.
+callback at export time; the latency histogram is the SDK's own instrument, recorded only
+when metrics are enabled. Spans are created only when tracing is enabled.
 
 The engine's figures (keys per issuer, reloads) are read through the `SnapshotSource`
 given to `attach` (`EngineHolder.snapshot`); the engine reaches this module only through
@@ -32,7 +31,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from authz_service.instruments import SnapshotSource
 from authz_service.jwks import Fetcher, FetchResult
 from authz_service.tokens.verifier import VerifierStats
-from sidecar_runtime.telemetry import Telemetry, TelemetrySettings, parent_context
+from sidecar_runtime.telemetry import (
+    Telemetry,
+    TelemetrySettings,
+    latency_histogram,
+    parent_context,
+)
 
 
 class AuthzTelemetry:
@@ -47,9 +51,9 @@ class AuthzTelemetry:
         self.jwks_fetches: Counter[tuple[str, str]] = Counter()
         self._snapshot: SnapshotSource | None = None  # until `attach`
         meter = telemetry.meter
-        self.check_duration = telemetry.histograms.histogram(
+        self.check_duration = latency_histogram(
+            meter,
             "authz.check.duration",
-            unit="s",
             description="Check latency inside the sidecar",
             bounds=settings.latency_buckets,
         )
@@ -89,7 +93,7 @@ class AuthzTelemetry:
     def record(self, decision: str, reason: str, seconds: float) -> None:
         if self.metering:  # only exported metrics read these
             self.decisions[(decision, reason)] += 1
-            self.check_duration.observe(seconds)
+            self.check_duration.record(seconds)
 
     # -- observable callbacks (run at export time, off the hot path) -----------------
     def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:

@@ -160,6 +160,7 @@ def _banner(stack: Stack) -> str:
 edgeguard is up: Envoy https://127.0.0.1:{p.envoy}   (store: {stack.store_note})
   {_stage0_note(stack.options.stage0)}
   authz_service :{p.authz}  ratelimit_service :{p.ratelimit}  demo API :{p.upstream}
+  demo gRPC :{p.grpc_upstream} (demo.v1.Greeter, through Envoy like the API)
   dev IdP http://127.0.0.1:{p.idp}  admin http://127.0.0.1:{p.admin}  logs {dev}/logs/
   Ctrl-C stops everything.
 
@@ -172,6 +173,12 @@ Try:
   curl --cacert $CA -i -H "Authorization: Bearer $TOKEN" {api}/users/bob    # 403 (IDOR)
   ADMIN=$({tok} --sub root --scope users:read --roles admin)
   curl --cacert $CA -H "Authorization: Bearer $ADMIN" {api}/admin/stats
+  HELLO=$({tok} --sub carol --scope greeter:read)
+  GRPC="-cacert $CA -import-path protos -proto _generated/demo/v1/greeter.proto"
+  .venv/bin/grpcurl $GRPC -H "authorization: Bearer $HELLO" -d '{{"name":"carol"}}' \
+    localhost:{p.envoy} demo.v1.Greeter/SayHello
+  .venv/bin/grpcurl $GRPC -H "authorization: Bearer $HELLO" localhost:{p.envoy} \
+    demo.v1.Greeter/SayGoodbye                                 # PermissionDenied
   .venv/bin/grpcurl {mtls} 127.0.0.1:{p.authz} grpc.health.v1.Health/Check
   .venv/bin/grpcurl {mtls} 127.0.0.1:{p.ratelimit} list
 """

@@ -1,11 +1,11 @@
 """The whole local stack in one process tree: `make run` and the end-to-end tests.
 
 Starts, in order: Redis (REDIS_URL, else its own `redis-server`, else the in-memory store
-with a loud warning), the dev IdP, the demo upstream, the rate-limit and authz sidecars
-(mTLS), then Envoy; waits until Envoy's `/healthz` is healthy. `stop()` ends every process
-it started, by pid, in reverse order. The configs the processes read are derived from the
-checked-in ones (`config/`, `devstack.envoy_config`) with this stack's ports and paths,
-so the demo and the tests run exactly the same files.
+with a loud warning), the dev IdP, the demo upstreams (HTTP and gRPC), the rate-limit and
+authz sidecars (mTLS), then Envoy; waits until Envoy's `/healthz` is healthy. `stop()`
+ends every process it started, by pid, in reverse order. The configs the processes read
+are derived from the checked-in ones (`config/`, `devstack.envoy_config`) with this
+stack's ports and paths, so the demo and the tests run exactly the same files.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from devstack import configs, envoy_config
+from devstack.grpc_upstream import GrpcUpstream
 from devstack.idp_keys import IdpKeys, ensure_idp_keys
 from devstack.idp_server import IdpServer
 from devstack.pki import Pki, ensure_pki
@@ -44,6 +45,7 @@ class Ports:
     upstream: int = 8081
     idp: int = 8082
     redis: int = 6390
+    grpc_upstream: int = 8083
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class Stack:
     redis_url: str | None = None
     store_note: str = ""
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    _threads: list[IdpServer | DemoUpstream] = field(default_factory=list)
+    _threads: list[IdpServer | DemoUpstream | GrpcUpstream] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     # -- paths ------------------------------------------------------------------
@@ -99,6 +101,7 @@ class Stack:
             self._start_redis()
             self._threads.append(IdpServer(self.idp_keys, issuer=self.issuer, port=opts.ports.idp))
             self._threads.append(DemoUpstream(port=opts.ports.upstream))
+            self._threads.append(GrpcUpstream(port=opts.ports.grpc_upstream))
             for server in self._threads:
                 server.start()
             self._spawn("ratelimit", self._ratelimit_command())
@@ -236,6 +239,7 @@ class Stack:
             authz_port=ports.authz,
             ratelimit_port=ports.ratelimit,
             upstream_port=ports.upstream,
+            grpc_upstream=f"127.0.0.1:{ports.grpc_upstream}",
             stage0=self.options.stage0,
             otlp_collector=_otlp_collector(),
             trace_sampling_percent=100.0,

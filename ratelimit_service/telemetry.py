@@ -11,9 +11,9 @@
     ratelimit.config.reloads     counter   {outcome}            ok | rejected
 
 Counters are plain ints in the core, read by observable callbacks at export time; the
-two histograms are plain bucket counts (sidecar_runtime.histograms). The decisions
-counter and the histograms are updated per call only when metrics are enabled. With
-telemetry off (the default) a call makes no span and reads no trace context.
+two histograms are the SDK's own instruments. The decisions counter and the histograms
+are updated per call only when metrics are enabled. With telemetry off (the default) a
+call makes no span and reads no trace context.
 
 The service's counters are read through the `SnapshotSource` given to `attach`
 (`App.snapshot`), and the guard reports its store calls through the `StoreTelemetry`
@@ -33,7 +33,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_
 
 from ratelimit_service.errors import StoreError
 from ratelimit_service.instruments import SnapshotSource
-from sidecar_runtime.telemetry import DISABLED, Telemetry, TelemetrySettings
+from sidecar_runtime.telemetry import (
+    DISABLED,
+    Telemetry,
+    TelemetrySettings,
+    latency_histogram,
+)
 
 
 class RateLimitTelemetry:
@@ -53,16 +58,16 @@ class RateLimitTelemetry:
         self.decisions: Counter[tuple[str, str]] = Counter()
         self._snapshot: SnapshotSource | None = None
         meter = telemetry.meter
-        own, buckets = telemetry.histograms, settings.latency_buckets
-        self.request_duration = own.histogram(
+        buckets = settings.latency_buckets
+        self.request_duration = latency_histogram(
+            meter,
             "ratelimit.request.duration",
-            unit="s",
             description="ShouldRateLimit latency inside the sidecar",
             bounds=buckets,
         )
-        self.store_duration = own.histogram(
+        self.store_duration = latency_histogram(
+            meter,
             "ratelimit.store.duration",
-            unit="s",
             description="one store call (a Redis round trip), failed ones included",
             bounds=buckets,
         )
@@ -107,13 +112,13 @@ class RateLimitTelemetry:
         """One decision; `started` is the call's time.perf_counter() at arrival."""
         if self.metering:  # only exported metrics read these
             self.decisions[(code, reason)] += 1
-            self.request_duration.observe(time.perf_counter() - started)
+            self.request_duration.record(time.perf_counter() - started)
 
     def record_store_call(self, started: float) -> None:
         """One store call, failed ones included (ratelimit.store.errors counts those);
         `started` is its time.perf_counter() when it was sent."""
         if self.metering:
-            self.store_duration.observe(time.perf_counter() - started)
+            self.store_duration.record(time.perf_counter() - started)
 
     # -- observable callbacks (export time) -------------------------------------------
     def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:

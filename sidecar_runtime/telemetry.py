@@ -8,7 +8,8 @@ Configured by the standard `OTEL_*` environment variables:
   resource attributes come from `OTEL_TRACES_SAMPLER*`, `OTEL_SERVICE_NAME` and
   `OTEL_RESOURCE_ATTRIBUTES` as usual;
 - metrics go to OTLP the same way (`OTEL_METRICS_EXPORTER`), and/or to a Prometheus scrape
-  endpoint when the sidecar's `telemetry.prometheus_listen` is set.
+  endpoint when the sidecar's `telemetry.prometheus_listen` is set. Latency histograms are
+  the SDK's own instruments (`latency_histogram`), bucketed by `telemetry.latency_buckets`.
 
 With nothing configured, the tracer and meter are OpenTelemetry's no-op implementations:
 no spans are built and instruments cost a method call. Providers are per `Telemetry`
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -28,16 +30,15 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sidecar_runtime.config import Frozen
-from sidecar_runtime.histograms import OwnHistograms, PeriodicReader, PrometheusReader
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ class TelemetrySettings(Frozen):
         default=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
     )
 
+    @field_validator("latency_buckets")
+    @classmethod
+    def _increasing(cls, bounds: tuple[float, ...]) -> tuple[float, ...]:
+        # The SDK takes the bounds as given (it only checks they are numbers), and
+        # explicit-bucket histograms need them finite and strictly increasing.
+        if list(bounds) != sorted(set(bounds)) or not all(math.isfinite(b) for b in bounds):
+            raise ValueError("bucket bounds must be finite and strictly increasing")
+        return bounds
+
 
 @dataclass
 class Telemetry:
@@ -70,8 +80,6 @@ class Telemetry:
     # samplers, OTel's default): then a call whose traceparent says "not sampled" needs no
     # span at all, and the ~15 us of creating a non-recording one is skipped.
     drops_unsampled_parents: bool = False
-    # Latency histograms counted by hand and added to each collection (see histograms.py).
-    histograms: OwnHistograms = field(default_factory=lambda: OwnHistograms("edgeguard"))
     _providers: list[Any] = field(default_factory=list)
     _servers: list[Any] = field(default_factory=list)
 
@@ -120,15 +128,16 @@ def _otlp_metric_reader() -> MetricReader | None:
         return None
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    return PeriodicReader(OTLPMetricExporter())
+    return PeriodicExportingMetricReader(OTLPMetricExporter())
 
 
 def _prometheus_reader(listen: str, worker: int) -> tuple[MetricReader, Any]:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port) + worker, addr=host or "127.0.0.1")
-    return PrometheusReader(), server
+    return PrometheusMetricReader(), server
 
 
 def setup_telemetry(
@@ -147,9 +156,7 @@ def setup_telemetry(
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return DISABLED
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    telemetry = Telemetry(
-        trace.NoOpTracer(), metrics.NoOpMeter(service), histograms=OwnHistograms(service)
-    )
+    telemetry = Telemetry(trace.NoOpTracer(), metrics.NoOpMeter(service))
     processors = [*span_processors]
     if (otlp := _otlp_span_processor()) is not None:
         processors.append(otlp)
@@ -169,9 +176,6 @@ def setup_telemetry(
         readers.append(reader)
         telemetry._servers.append(http_server)
     if readers:
-        for reader in readers:  # tests' readers too, when they are histograms.InMemoryReader
-            if hasattr(reader, "attach_histograms"):
-                reader.attach_histograms(telemetry.histograms)
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         telemetry.meter = meter_provider.get_meter(service)
         telemetry.metering = True
@@ -179,11 +183,25 @@ def setup_telemetry(
     return telemetry
 
 
+def latency_histogram(
+    meter: metrics.Meter, name: str, *, description: str, bounds: Sequence[float]
+) -> metrics.Histogram:
+    """A latency histogram in seconds with explicit `bounds` (the SDK honours the
+    advisory), one cumulative point per export; callers `record` only when metering."""
+    return meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=bounds
+    )
+
+
+# ParentBased's public description names each delegate (the SDK's `get_description`).
+_UNSAMPLED_REMOTE_PARENT_DROPPED = f"remoteParentNotSampled:{ALWAYS_OFF.get_description()},"
+
+
 def _drops_unsampled_parents(sampler: Sampler) -> bool:
     # Only the SDK's own parent-based samplers with the default delegate qualify; any
     # other sampler is asked for every span, as configured.
-    delegate = getattr(sampler, "_remote_parent_not_sampled", None)
-    return isinstance(sampler, ParentBased) and delegate is ALWAYS_OFF
+    description = sampler.get_description()  # typed on Sampler, not on ParentBased
+    return isinstance(sampler, ParentBased) and _UNSAMPLED_REMOTE_PARENT_DROPPED in description
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,13 +232,14 @@ class RouteSettings(Frozen):
                     f"a rule needs `path` and `methods`, or `grpc`: `{missing[0]}` is missing"
                 )
             return self
+        derived = {"methods": (GRPC_HTTP_METHOD,), "path": self.grpc.path_template()}
+        if self.methods == derived["methods"] and self.path == derived["path"]:
+            return self  # derived already: an outer model validating this one again
         if given:
             raise ValueError(f"`grpc` sets the path and method itself; remove `{given[0]}`")
         # One compiled form for both kinds of rule: the router and the policy never need
         # to know a rule was written as gRPC.
-        return self.model_copy(
-            update={"methods": (GRPC_HTTP_METHOD,), "path": self.grpc.path_template()}
-        )
+        return self.model_copy(update=derived)
 
 
 class PolicySettings(Frozen):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -25,7 +26,6 @@ from devstack.idp_keys import IdpKeys, mint_token
 from devstack.idp_server import IdpServer
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import SystemClock
-from sidecar_runtime.histograms import InMemoryReader
 from sidecar_runtime.loops import LoopBridge
 from sidecar_runtime.server import ServiceBinding, SidecarServer
 from sidecar_runtime.settings import Stack
@@ -45,7 +45,7 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
 class Observed:
     address: str
     spans: InMemorySpanExporter
-    metrics: InMemoryReader
+    metrics: InMemoryMetricReader
     audit: AuditSink
     audit_file: Path
     issuer: str
@@ -72,7 +72,7 @@ async def observed(tmp_path: Path, idp: IdpKeys, stack: Stack) -> AsyncIterator[
         "reload": {"watch": False},
     }
     config.write_text(yaml.safe_dump(settings) + ROUTES)
-    spans, metrics = InMemorySpanExporter(), InMemoryReader()
+    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
     telemetry = AuthzTelemetry(
         setup_telemetry(
             "authz",
@@ -156,7 +156,7 @@ async def test_unknown_kid_fetch_is_a_child_span_of_the_check(observed: Observed
     assert dict(check.attributes or {})["authz.reason"] == "unknown_key"
 
 
-def _points(reader: InMemoryReader) -> dict[str, list[Any]]:
+def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
     assert data is not None
     out: dict[str, list[Any]] = {}
@@ -178,6 +178,8 @@ async def test_metrics_move_with_decisions(observed: Observed) -> None:
     assert decisions == {("allow", "allowed"): 3, ("deny", "no_credentials"): 1}
     [latency] = points["authz.check.duration"]
     assert latency.count == 4
+    assert tuple(latency.explicit_bounds) == TelemetrySettings().latency_buckets
+    assert sum(latency.bucket_counts) == 4
     cache = {p.attributes["result"]: p.value for p in points["authz.token_cache.lookups"]}
     assert cache == {"miss": 1, "hit": 2}
     keys = {p.attributes["issuer"]: p.value for p in points["authz.jwks.keys"]}

@@ -337,6 +337,7 @@ def stack_ports() -> Ports:
         upstream=free_port(),
         idp=free_port(),
         redis=free_port(),
+        grpc_upstream=free_port(),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -21,7 +22,6 @@ from ratelimit_service.store import BucketCall
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import ManualClock
-from sidecar_runtime.histograms import InMemoryReader
 from sidecar_runtime.settings import Stack
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
 from tests.ratelimit_service.test_grpc import make_settings
@@ -34,26 +34,30 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
 METADATA = (("traceparent", f"00-{TRACE_ID}-{PARENT}-01"), ("x-request-id", "req-77"))
 
+# Not the default buckets, so the tests see that the configured ones reach the export.
+LATENCY_BUCKETS = (0.001, 0.01, 0.1, 1.0)
+
 
 @dataclass
 class Observed:
     app: App
     address: str
     spans: InMemorySpanExporter
-    metrics: InMemoryReader
+    metrics: InMemoryMetricReader
     sink: AuditSink
     decisions_file: Path
 
 
 async def _observed(settings: ServiceSettings, tmp_path: Path) -> Observed:
-    spans, metrics = InMemorySpanExporter(), InMemoryReader()
+    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
     telemetry = RateLimitTelemetry(
         setup_telemetry(
             "ratelimit",
             TelemetrySettings(),
             span_processors=[SimpleSpanProcessor(spans)],
             metric_readers=[metrics],
-        )
+        ),
+        TelemetrySettings(latency_buckets=LATENCY_BUCKETS),
     )
     decisions_file = tmp_path / "decisions.log"
     sink = AuditSink(str(decisions_file))
@@ -142,7 +146,7 @@ async def test_denial_line_carries_the_ids_that_join_it_to_envoy_and_the_trace(
     assert "carol" not in memory_app.decisions_file.read_text()
 
 
-def _points(reader: InMemoryReader) -> dict[str, list[Any]]:
+def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
     assert data is not None
     return {
@@ -162,10 +166,13 @@ async def test_metrics_move_with_decisions(memory_app: Observed) -> None:
     assert decisions == {("OK", "ok"): 20, ("OVER_LIMIT", "over_limit"): 2}
     [duration] = points["ratelimit.request.duration"]
     assert duration.count == 22
+    assert sum(duration.bucket_counts) == 22
+    assert tuple(duration.explicit_bounds) == LATENCY_BUCKETS  # the configured ones
     # One store call per allowed request; the 2 denials came from the per-process cache
     # of buckets known to be empty, without a store call.
     [store] = points["ratelimit.store.duration"]
     assert store.count == 20
+    assert tuple(store.explicit_bounds) == LATENCY_BUCKETS
     over = {p.attributes["rule"]: p.value for p in points["ratelimit.over_limit"]}
     assert over == {"per-subject": 2}
     [circuit] = points["ratelimit.circuit.closed"]

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Sequence
 
 import pytest
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
 
-from sidecar_runtime.histograms import InMemoryReader
 from sidecar_runtime.telemetry import (
     TelemetrySettings,
     call_metadata,
+    latency_histogram,
     parent_context,
     parse_trace_context,
     plainly_unsampled,
@@ -18,6 +21,7 @@ from sidecar_runtime.telemetry import (
 from tests.support.processes import free_port
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+BOUNDS = (0.001, 0.01, 0.1)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +62,7 @@ def test_exporter_none_and_sdk_disabled_are_honoured(monkeypatch: pytest.MonkeyP
     t = setup_telemetry("x", TelemetrySettings())
     assert (t.tracing, t.metering) == (False, False)
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    t = setup_telemetry("x", TelemetrySettings(), metric_readers=[InMemoryReader()])
+    t = setup_telemetry("x", TelemetrySettings(), metric_readers=[InMemoryMetricReader()])
     assert t.metering is False
 
 
@@ -71,6 +75,61 @@ def test_prometheus_endpoint_serves_metrics() -> None:
         with urllib.request.urlopen(url, timeout=5) as resp:
             body = resp.read().decode()
         assert "edge_test_events" in body
+    finally:
+        t.shutdown()
+
+
+def test_latency_histogram_uses_the_given_buckets_upper_bound_inclusive() -> None:
+    reader = InMemoryMetricReader()
+    t = setup_telemetry("svc", TelemetrySettings(), metric_readers=[reader])
+    try:
+        lat = latency_histogram(t.meter, "svc.latency", description="d", bounds=BOUNDS)
+        latency_histogram(t.meter, "svc.idle", description="", bounds=BOUNDS)
+        for value in (0.0005, 0.001, 0.0011, 0.01, 0.05, 0.1, 0.2, 7.0):
+            lat.record(value)
+        data = reader.get_metrics_data()
+        assert data is not None
+        metrics = {m.name: m for r in data.resource_metrics for s in r.scope_metrics
+                   for m in s.metrics}  # fmt: skip
+        assert "svc.idle" not in metrics  # nothing recorded: no point
+        metric = metrics["svc.latency"]
+        assert (metric.unit, metric.description) == ("s", "d")
+        assert metric.data.aggregation_temporality is AggregationTemporality.CUMULATIVE
+        [point] = metric.data.data_points
+        assert list(point.explicit_bounds) == list(BOUNDS)
+        assert list(point.bucket_counts) == [2, 2, 2, 2]  # (b[i-1], b[i]], then +Inf
+        assert (point.count, point.min, point.max) == (8, 0.0005, 7.0)
+        assert point.sum == pytest.approx(7.3626)
+    finally:
+        t.shutdown()
+
+
+@pytest.mark.parametrize("bounds", [(0.1, 0.01), (0.1, 0.1), (0.1, float("inf"))])
+def test_latency_buckets_must_be_finite_and_increasing(bounds: Sequence[float]) -> None:
+    with pytest.raises(ValidationError, match="strictly increasing"):
+        TelemetrySettings(latency_buckets=tuple(bounds))
+
+
+def test_prometheus_endpoint_shows_latency_histograms() -> None:
+    port = free_port()
+    t = setup_telemetry("svc", TelemetrySettings(prometheus_listen=f"127.0.0.1:{port}"))
+    try:
+        lat = latency_histogram(t.meter, "svc.check.duration", description="", bounds=BOUNDS)
+        lat.record(0.005)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        assert "# TYPE svc_check_duration_seconds histogram" in body
+        samples = {}  # sample name + le label -> value (other labels: the OTel scope)
+        for line in body.splitlines():
+            if line.startswith("svc_check_duration_seconds_"):
+                name = line.split("{")[0]
+                le = line.split('le="')[1].split('"')[0] if 'le="' in line else ""
+                samples[(name, le)] = float(line.rsplit(" ", 1)[1])
+        assert samples[("svc_check_duration_seconds_bucket", "0.001")] == 0
+        assert samples[("svc_check_duration_seconds_bucket", "0.01")] == 1
+        assert samples[("svc_check_duration_seconds_bucket", "+Inf")] == 1
+        assert samples[("svc_check_duration_seconds_count", "")] == 1
+        assert samples[("svc_check_duration_seconds_sum", "")] == 0.005
     finally:
         t.shutdown()
 

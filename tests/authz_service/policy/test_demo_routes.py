@@ -17,6 +17,10 @@ ALICE_READ = principal("alice", scopes=("users:read",))
 ALICE_WRITE = principal("alice", scopes=("users:write",))
 ALICE_NO_SCOPE = principal("alice")
 ADMIN = principal("root", scopes=("users:read", "users:write"), roles=("admin",))
+GREETER_READ = principal("carol", scopes=("greeter:read",))
+SAY_HELLO = "/demo.v1.Greeter/SayHello"
+REFLECTION = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+REFLECTION_ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +48,13 @@ def demo() -> CompiledPolicy:
         ("DELETE", "/api/v1/users/bob", ADMIN, "allowed"),
         ("GET", "/api/v1/admin/stats", ALICE_READ, "role_denied"),
         ("GET", "/api/v1/admin/stats", ADMIN, "allowed"),
+        ("POST", SAY_HELLO, GREETER_READ, "allowed"),
+        ("POST", SAY_HELLO, ALICE_READ, "insufficient_scope"),
+        ("POST", SAY_HELLO, None, "unauthenticated"),
+        ("POST", REFLECTION, GREETER_READ, "role_denied"),
+        ("POST", REFLECTION, ADMIN, "allowed"),
+        ("POST", REFLECTION_ALPHA, GREETER_READ, "role_denied"),
+        ("POST", REFLECTION_ALPHA, ADMIN, "allowed"),
     ],
 )
 def test_demo_decisions(
@@ -75,6 +86,8 @@ def test_insufficient_scope_names_the_required_scope(demo: CompiledPolicy) -> No
         ("GET", "/api/v1/admin/stats2"),
         ("GET", "/api/v2/users/alice"),
         ("GET", "/"),
+        ("POST", "/demo.v1.Greeter/SayGoodbye"),  # the Greeter's unlisted method
+        ("GET", SAY_HELLO),
     ],
 )
 def test_anything_else_matches_no_rule(demo: CompiledPolicy, method: str, path: str) -> None:

@@ -209,3 +209,12 @@ def _error(rule: dict[str, Any]) -> tuple[str | None, str]:
 )
 def test_grpc_rule_errors_are_located(rule: dict[str, Any], key: str, reason: str) -> None:
     assert _error(rule) == (key, reason)
+
+
+def test_a_validated_grpc_rule_validates_again_unchanged() -> None:
+    # authz_service.settings builds PolicySettings from rules validated once already.
+    settings = validate_model(
+        PolicySettings, {"routes": [grpc_route("r", GREETER, "SayHello")]}, SOURCE
+    )
+    again = PolicySettings(routes=settings.routes)
+    assert again.routes[0].path == "/demo.v1.Greeter/SayHello"
