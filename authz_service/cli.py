@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from authz_service.compiled_config import Engine, compile_engine, load_engine
-from authz_service.config_holder import EngineHolder
+from authz_service.compiled_config import CompiledConfig, compile_config, load_compiled_config
+from authz_service.config_holder import ConfigHolder
 from authz_service.jwks import ProxyConfig
 from authz_service.policy import RequestFacts
 from authz_service.readiness import ReadinessMonitor
@@ -94,7 +94,7 @@ def _proxies() -> ProxyConfig:
 
 def _check_config(path: Path) -> int:
     settings = load_settings(path)
-    compile_engine(settings, path, clock=SystemClock())
+    compile_config(settings, path, clock=SystemClock())
     print(f"{path}: OK ({len(settings.issuers)} issuer(s), {len(settings.routes)} route(s))")
     return 0
 
@@ -106,7 +106,7 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
         setup_telemetry("authz", settings.telemetry, worker=worker_index() or 0),
         settings.telemetry,
     )
-    engine = await load_engine(
+    compiled = await load_compiled_config(
         path, clock=clock, telemetry=telemetry, settings=settings, proxies=proxies
     )
     audit = (
@@ -114,7 +114,7 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
         if settings.audit.enabled
         else None
     )
-    holder = EngineHolder(engine, clock=clock, telemetry=telemetry, proxies=proxies)
+    holder = ConfigHolder(compiled, clock=clock, telemetry=telemetry, proxies=proxies)
     telemetry.attach(holder.snapshot)
     # On the sync stack, Checks run on worker threads and hand key fetches to this loop.
     bridge = LoopBridge(asyncio.get_running_loop())
@@ -160,17 +160,17 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
         telemetry.telemetry.shutdown()
 
 
-def _watched_files(engine: Engine) -> list[Path]:
-    files = [engine.source]
-    for issuer in engine.settings.issuers:
+def _watched_files(compiled: CompiledConfig) -> list[Path]:
+    files = [compiled.source]
+    for issuer in compiled.settings.issuers:
         if issuer.jwks_file is not None:
             jwks = issuer.jwks_file
-            files.append(jwks if jwks.is_absolute() else engine.source.parent / jwks)
+            files.append(jwks if jwks.is_absolute() else compiled.source.parent / jwks)
     return files
 
 
 async def _explain(args: argparse.Namespace) -> int:
-    engine = await load_engine(args.config, clock=SystemClock(), proxies=_proxies())
+    compiled = await load_compiled_config(args.config, clock=SystemClock(), proxies=_proxies())
     try:
         headers: dict[str, str] = {}
         authorization: list[str] = []
@@ -192,19 +192,17 @@ async def _explain(args: argparse.Namespace) -> int:
             peer_principal=args.peer_principal,
             request_id="explain",
         )
-        decision = await engine.authorizer.decide(
-            facts, authorization=tuple(authorization), cookie=cookie
-        )
-        explanation = _explanation(engine, facts, decision)
+        decision = await compiled.decide(facts, authorization=tuple(authorization), cookie=cookie)
+        explanation = _explanation(compiled, facts, decision)
         token = _bearer(authorization)
         if token is not None:
             # What the token claims next to what the config expects (never the token).
             explanation["token"] = describe_token(token)
-            explanation["expected"] = _expected(engine, explanation["token"].get("iss"))
+            explanation["expected"] = _expected(compiled, explanation["token"].get("iss"))
         print(json.dumps(explanation, indent=2))
         return 0 if decision.allowed else 1
     finally:
-        await engine.close()
+        await compiled.close()
 
 
 def _bearer(authorization: Sequence[str]) -> str | None:
@@ -215,13 +213,13 @@ def _bearer(authorization: Sequence[str]) -> str | None:
     return None
 
 
-def _expected(engine: Engine, iss: object) -> dict[str, Any]:
+def _expected(compiled: CompiledConfig, iss: object) -> dict[str, Any]:
     """The config's side for a token claiming issuer `iss`: what it must match."""
-    by_name = {issuer.issuer: issuer for issuer in engine.settings.issuers}
+    by_name = {issuer.issuer: issuer for issuer in compiled.settings.issuers}
     chosen = by_name.get(iss) if isinstance(iss, str) else None
     if chosen is None:
         return {"issuer": None, "configured_issuers": sorted(by_name)}
-    source = engine.authorizer.verifier.key_sources()[chosen.issuer]
+    source = compiled.tokens.key_sources()[chosen.issuer]
     ring = source.current()
     return {
         "issuer": chosen.issuer,
@@ -236,10 +234,10 @@ def _expected(engine: Engine, iss: object) -> dict[str, Any]:
     }
 
 
-def _explanation(engine: Engine, facts: RequestFacts, decision: Any) -> dict[str, Any]:
+def _explanation(compiled: CompiledConfig, facts: RequestFacts, decision: Any) -> dict[str, Any]:
     match = None
     try:
-        match = engine.authorizer.policy.match(facts)
+        match = compiled.authorizer.policy.match(facts)
     except Exception as exc:  # the decision already says 400; show why
         match_info: dict[str, Any] = {"error": str(exc)}
     else:

@@ -1,62 +1,71 @@
-"""One config file, loaded and compiled for the hot path: the `Engine` bundle.
+"""One config file, loaded and compiled for the hot path: `CompiledConfig`.
 
-`Engine` bundles everything one config produces (policy trie and CEL programs, token
-verifier with its key sources and cache, response builder). A reload compiles a whole new
-Engine and swaps one reference (config_holder.py); a bad new config leaves the old Engine
-serving.
+`CompiledConfig` bundles everything one config produces (policy trie and CEL programs,
+the token verifier with its key sources and cache, the response builder). A reload
+compiles a whole new one and swaps one reference (config_holder.py); a bad new config
+leaves the old one serving.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from authz_service.envoy_adapter import ResponseBuilder
 from authz_service.instruments import FetchInstruments
 from authz_service.jwks import Fetcher, ProxyConfig
-from authz_service.pipeline import Authorizer
-from authz_service.policy import CompiledPolicy
+from authz_service.jwks.verification import FetchingVerifier
+from authz_service.pipeline import Authorizer, Decision, NeedKeys
+from authz_service.policy import CompiledPolicy, RequestFacts
 from authz_service.settings import AuthzSettings, load_settings
-from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Engine:
+class CompiledConfig:
     source: Path
     settings: AuthzSettings
-    authorizer: Authorizer
+    authorizer: Authorizer  # pure: decides with the keys known now
+    tokens: FetchingVerifier  # the authorizer's verifier and the key sources it reads
     responses: ResponseBuilder
 
+    async def decide(
+        self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
+    ) -> Decision:
+        """Decide one request on the event loop, fetching keys if its token needs them."""
+        decided = self.authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
+        if isinstance(decided, NeedKeys):
+            await self.tokens.fetch_keys(decided)
+            return self.authorizer.decide_fetched(facts, authorization=authorization, cookie=cookie)
+        return decided
+
     async def close(self) -> None:
-        await self.authorizer.verifier.close()
+        await self.tokens.close()
 
 
-def compile_engine(
+def compile_config(
     settings: AuthzSettings,
     source: Path,
     *,
     clock: Clock,
-    previous: Engine | None = None,
+    previous: CompiledConfig | None = None,
     telemetry: FetchInstruments | None = None,
     proxies: ProxyConfig | None = None,
-) -> Engine:
+) -> CompiledConfig:
     """Compile `settings` (raises ConfigError). Key sources of unchanged issuers are reused
     from `previous`, so a policy edit does not refetch every JWKS. `proxies` (default: none)
     carry the HTTPS_PROXY / HTTP_PROXY / NO_PROXY environment, read once at start."""
     policy = CompiledPolicy.compile(settings.policy(), source=str(source))
     reused = (
-        previous.authorizer.verifier.reusable_key_sources(
-            settings.issuers, config_dir=source.parent
-        )
+        previous.tokens.reusable_key_sources(settings.issuers, config_dir=source.parent)
         if previous is not None
         else {}
     )
-    verifier = TokenVerifier(
+    tokens = FetchingVerifier(
         settings.issuers,
         clock=clock,
         limits=settings.limits,
@@ -67,8 +76,8 @@ def compile_engine(
         instrument=_instrumenter(telemetry),
         proxies=proxies,
     )
-    authorizer = Authorizer(policy, verifier, cookie_names=settings.credentials.cookie_names)
-    return Engine(source, settings, authorizer, ResponseBuilder(settings.identity))
+    authorizer = Authorizer(policy, tokens.verifier, cookie_names=settings.credentials.cookie_names)
+    return CompiledConfig(source, settings, authorizer, tokens, ResponseBuilder(settings.identity))
 
 
 def _instrumenter(
@@ -87,20 +96,20 @@ def _warn_about_plain_http(settings: AuthzSettings) -> None:
             )
 
 
-async def load_engine(
+async def load_compiled_config(
     path: Path,
     *,
     clock: Clock,
-    previous: Engine | None = None,
+    previous: CompiledConfig | None = None,
     telemetry: FetchInstruments | None = None,
     settings: AuthzSettings | None = None,
     proxies: ProxyConfig | None = None,
-) -> Engine:
-    """Load (unless `settings` were already read from `path`), compile and start an Engine."""
+) -> CompiledConfig:
+    """Load (unless `settings` were already read from `path`), compile and start a config."""
     settings = settings or load_settings(path)
     _warn_about_plain_http(settings)
-    engine = compile_engine(
+    compiled = compile_config(
         settings, path, clock=clock, previous=previous, telemetry=telemetry, proxies=proxies
     )
-    await engine.authorizer.verifier.start()
-    return engine
+    await compiled.tokens.start()
+    return compiled

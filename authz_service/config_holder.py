@@ -1,14 +1,14 @@
 """The config currently serving, and the reload that swaps it whole or keeps it.
 
-A reload loads and compiles a whole new Engine (compiled_config.py) and swaps one
-reference; a bad new config leaves the old Engine serving.
+A reload loads and compiles a whole new CompiledConfig (compiled_config.py) and swaps one
+reference; a bad new config leaves the old CompiledConfig serving.
 """
 
 from __future__ import annotations
 
 import logging
 
-from authz_service.compiled_config import Engine, load_engine
+from authz_service.compiled_config import CompiledConfig, load_compiled_config
 from authz_service.instruments import AuthzSnapshot, FetchInstruments
 from authz_service.jwks import KeySource, ProxyConfig
 from sidecar_runtime.clock import Clock
@@ -17,24 +17,24 @@ from sidecar_runtime.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-class EngineHolder:
-    """The current Engine; `reload()` swaps it atomically or keeps it.
+class ConfigHolder:
+    """The current CompiledConfig; `reload()` swaps it atomically or keeps it.
 
     Reloads may overlap (SIGHUP during a file-change reload) and finish out of order: one
     that waits on a hanging JWKS can end after a later, faster one. Each reload takes a
     generation number when it reads the file; one whose generation is older than the
-    installed engine's read an older file, so it is discarded: the latest file wins.
+    installed config's read an older file, so it is discarded: the latest file wins.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        compiled: CompiledConfig,
         *,
         clock: Clock,
         telemetry: FetchInstruments | None = None,
         proxies: ProxyConfig | None = None,
     ) -> None:
-        self.current = engine
+        self.current = compiled
         self._clock = clock
         self._telemetry = telemetry
         self._proxies = proxies
@@ -46,17 +46,17 @@ class EngineHolder:
 
     def snapshot(self) -> AuthzSnapshot:
         """The figures telemetry exports (a `SnapshotSource` for AuthzTelemetry.attach)."""
-        sources = self.current.authorizer.verifier.key_sources()
+        sources = self.current.tokens.key_sources()
         keys = {issuer: _usable_keys(source) for issuer, source in sources.items()}
         return AuthzSnapshot(keys, self.reloads, self.reload_failures)
 
     async def reload(self) -> bool:
-        """Load the config file again; True if the new engine was installed."""
+        """Load the config file again; True if the new config was installed."""
         self._started_generation += 1
         generation = self._started_generation
         base = self.current
         try:
-            new = await load_engine(
+            new = await load_compiled_config(
                 base.source,
                 clock=self._clock,
                 previous=base,

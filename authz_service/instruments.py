@@ -4,8 +4,8 @@ The service owns plain values; the telemetry adapter (authz_service.telemetry, t
 module that imports OpenTelemetry) is handed a callable at wiring time and reads them
 through it, at export time. Nothing here imports the adapter, so no cycle runs through it.
 
-    AuthzSnapshot        the engine's figures at one moment (keys per issuer, reloads)
-    FetchInstruments     what compiling an engine needs from telemetry: the verifier's
+    AuthzSnapshot        the serving config's figures at one moment (keys per issuer, reloads)
+    FetchInstruments     what compiling a config needs from telemetry: the verifier's
                          counters, and a wrapper for each issuer's JWKS fetcher
 """
 
@@ -32,7 +32,7 @@ SnapshotSource = Callable[[], AuthzSnapshot]
 
 
 class FetchInstruments(Protocol):
-    """Counters shared by every engine a reload compiles, and a per-issuer fetch wrapper."""
+    """Counters shared by every config a reload compiles, and a per-issuer fetch wrapper."""
 
     @property
     def verifier_stats(self) -> VerifierStats: ...

@@ -11,9 +11,9 @@ A denial is a `Decision`, never an exception. Anything unexpected is turned into
 by the servicer (fail closed).
 
 The pipeline is synchronous and does no I/O (`decide_now`): when the token needs keys the
-issuer's current set lacks, it answers `NeedKeys` and the caller fetches them (on the event
-loop) and decides again with the keys there are then (`decide_fetched`). `decide` does
-both for an asyncio caller.
+issuer's current set lacks, it answers `NeedKeys`; the caller fetches them (on the event
+loop: `CompiledConfig.decide`, or the servicer's worker threads through the loop bridge)
+and decides again with the keys there are then (`decide_fetched`).
 """
 
 from __future__ import annotations
@@ -77,17 +77,6 @@ class Authorizer:
         self.verifier = verifier
         self._cookie_names = cookie_names
 
-    async def decide(
-        self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
-    ) -> Decision:
-        """Decide one request, fetching keys if its token needs them. Never raises for a
-        deny."""
-        decided = self.decide_now(facts, authorization=authorization, cookie=cookie)
-        if isinstance(decided, NeedKeys):
-            await self.verifier.fetch_keys(decided)
-            return self.decide_fetched(facts, authorization=authorization, cookie=cookie)
-        return decided
-
     def decide_now(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
     ) -> Decision | NeedKeys:
@@ -97,7 +86,7 @@ class Authorizer:
     def decide_fetched(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
     ) -> Decision:
-        """Decide again after `verifier.fetch_keys`, with the keys there are now."""
+        """Decide again after the keys were fetched, with the keys there are now."""
         decided = self._decide(facts, authorization, cookie, self.verifier.verify_fetched)
         if isinstance(decided, NeedKeys):  # not reached: verify_fetched never asks
             return deny(503, "keys_unavailable", "temporarily_unavailable")

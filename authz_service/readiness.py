@@ -10,19 +10,18 @@ it worked, so health says NOT_SERVING, and the log says which issuer and why:
                                         prefers partial service to none)
 
 With no issuers configured (public routes only) there is nothing to wait for. The state is
-re-read every `health.check_interval_seconds` from the current engine, so it follows
+re-read every `health.check_interval_seconds` from the config serving now, so it follows
 reloads and IdPs that come back.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from authz_service.config_holder import EngineHolder
+from authz_service.config_holder import ConfigHolder
+from sidecar_runtime.loops import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +40,30 @@ def readiness(*, issuers: int, without_keys: Mapping[str, str], require_all: boo
     return Readiness(issuers == 0 or enough, dict(without_keys))
 
 
-def current_readiness(holder: EngineHolder) -> Readiness:
-    """The readiness of the engine in force now."""
-    engine = holder.current
+def current_readiness(holder: ConfigHolder) -> Readiness:
+    """The readiness of the config in force now."""
+    compiled = holder.current
     return readiness(
-        issuers=len(engine.settings.issuers),
-        without_keys=engine.authorizer.verifier.issuers_without_keys(),
-        require_all=engine.settings.health.require_all_issuers,
+        issuers=len(compiled.settings.issuers),
+        without_keys=compiled.tokens.issuers_without_keys(),
+        require_all=compiled.settings.health.require_all_issuers,
     )
 
 
 class ReadinessMonitor:
-    """Polls the current engine's key sources and sets gRPC health when the answer changes."""
+    """Polls the serving config's key sources and sets gRPC health when the answer changes."""
 
     def __init__(
-        self, holder: EngineHolder, set_serving: Callable[[bool], Awaitable[None]]
+        self, holder: ConfigHolder, set_serving: Callable[[bool], Awaitable[None]]
     ) -> None:
         self._holder = holder
         self._set_serving = set_serving
         self._reported: Readiness | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.update,
+            interval=lambda: holder.current.settings.health.check_interval_seconds,
+            what="health re-check",
+        )
 
     async def update(self) -> Readiness:
         """Re-check now; set health and log when the state (or the reasons) changed."""
@@ -74,22 +77,10 @@ class ReadinessMonitor:
 
     def start(self) -> None:
         """Re-check every `health.check_interval_seconds` until stopped."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._holder.current.settings.health.check_interval_seconds)
-            try:
-                await self.update()
-            except Exception:  # health must keep being re-checked whatever one pass hit
-                log.exception("health re-check failed")
+        await self._periodic.stop()
 
 
 def _log(state: Readiness) -> None:

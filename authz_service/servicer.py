@@ -1,6 +1,6 @@
 """The gRPC adapter: envoy.service.auth.v3.Authorization/Check, on either server kind.
 
-Reads the current Engine once per call (so a reload never mixes two configs in one
+Reads the current CompiledConfig once per call (so a reload never mixes two configs in one
 decision), decides, answers, and queues one audit line. Any unexpected error denies with
 503: the sidecar never fails open. Each decision gets a decision id, returned to Envoy
 (header and dynamic metadata) and written in the audit line and the span, so one grep
@@ -20,8 +20,8 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from authz_service.audit_line import CheckAudit
-from authz_service.compiled_config import Engine
-from authz_service.config_holder import EngineHolder
+from authz_service.compiled_config import CompiledConfig
+from authz_service.config_holder import ConfigHolder
 from authz_service.envoy_adapter import CheckInputs, read_check_request
 from authz_service.pipeline import INTERNAL_ERROR, Decision, NeedKeys
 from authz_service.policy import RequestFacts
@@ -55,7 +55,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
     def __init__(
         self,
-        holder: EngineHolder,
+        holder: ConfigHolder,
         audit: AuditSink | None,
         telemetry: AuthzTelemetry | None = None,
         *,
@@ -78,10 +78,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             traced, carrier = self._trace_plan(call, context)
             if traced:
                 with self._t.check_span(carrier) as span:
-                    decision = await _decide_awaiting_keys(call.engine, inputs)
+                    decision = await _decide_awaiting_keys(call.compiled, inputs)
                     call.trace_id = self._end_span(span, decision, call)
             else:
-                decision = await _decide_awaiting_keys(call.engine, inputs)
+                decision = await _decide_awaiting_keys(call.compiled, inputs)
         except Exception:
             log.exception("check failed; denying")
             decision = INTERNAL_ERROR
@@ -98,10 +98,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             traced, carrier = self._trace_plan(call, context)
             if traced:
                 with self._t.check_span(carrier) as span:
-                    decision = self._decide_waiting_for_keys(call.engine, inputs)
+                    decision = self._decide_waiting_for_keys(call.compiled, inputs)
                     call.trace_id = self._end_span(span, decision, call)
             else:
-                decision = self._decide_waiting_for_keys(call.engine, inputs)
+                decision = self._decide_waiting_for_keys(call.compiled, inputs)
         except Exception:
             log.exception("check failed; denying")
             decision = INTERNAL_ERROR
@@ -127,15 +127,15 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_REQUEST)
         return self.check_sync(request, context)
 
-    def _decide_waiting_for_keys(self, engine: Engine, inputs: CheckInputs) -> Decision:
-        authorizer = engine.authorizer
+    def _decide_waiting_for_keys(self, compiled: CompiledConfig, inputs: CheckInputs) -> Decision:
+        authorizer = compiled.authorizer
         facts, authorization, cookie = inputs.facts, inputs.authorization, inputs.cookie
         decided = authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
         if not isinstance(decided, NeedKeys):
             return decided  # the hot path: the keys were known, no hop to the loop
         if self._bridge is None:
             raise RuntimeError("no event loop to fetch keys on")
-        fetch = self._bridge.submit(authorizer.verifier.fetch_keys(decided))
+        fetch = self._bridge.submit(compiled.tokens.fetch_keys(decided))
         # concurrent.futures.TimeoutError is TimeoutError: past the wait, the fetch goes
         # on for later Checks and this one is decided with the keys there are (a deny if
         # its kid is still unknown). Any other error denies (the caller's 503).
@@ -166,15 +166,15 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
     def _answer(self, call: _Call, decision: Decision) -> bytes:
         """The serialized answer, with the decision recorded and audited."""
-        engine = call.engine
+        compiled = call.compiled
         request_id = call.facts.request_id if call.facts is not None else ""
         try:
-            response = engine.responses.wire(decision, request_id, call.decision_id)
+            response = compiled.responses.wire(decision, request_id, call.decision_id)
         except Exception:
             # E.g. an identity with no exact header encoding: deny, never a lossy allow.
             log.exception("answer failed; denying")
             decision = INTERNAL_ERROR
-            response = engine.responses.wire(decision, request_id, call.decision_id)
+            response = compiled.responses.wire(decision, request_id, call.decision_id)
         elapsed = time.perf_counter() - call.started
         self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
         if self._audit is not None:
@@ -189,19 +189,19 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 class _Call:
     """One Check's state from its arrival to its answer."""
 
-    __slots__ = ("decision_id", "engine", "facts", "started", "trace_id")
+    __slots__ = ("compiled", "decision_id", "facts", "started", "trace_id")
 
-    def __init__(self, engine: Engine, decision_id: str) -> None:
+    def __init__(self, compiled: CompiledConfig, decision_id: str) -> None:
         self.started = time.perf_counter()
         # Read once per call, so a reload never mixes two configs in one decision.
-        self.engine = engine
+        self.compiled = compiled
         self.decision_id = decision_id
         self.facts: RequestFacts | None = None
         self.trace_id: str | None = None
 
 
-async def _decide_awaiting_keys(engine: Engine, inputs: CheckInputs) -> Decision:
-    return await engine.authorizer.decide(
+async def _decide_awaiting_keys(compiled: CompiledConfig, inputs: CheckInputs) -> Decision:
+    return await compiled.decide(
         inputs.facts, authorization=inputs.authorization, cookie=inputs.cookie
     )
 

@@ -13,8 +13,8 @@ Hot-path cost: the decision counter is a plain dict increment read by an observa
 callback at export time; the latency histogram is the SDK's own instrument, recorded only
 when metrics are enabled. Spans are created only when tracing is enabled.
 
-The engine's figures (keys per issuer, reloads) are read through the `SnapshotSource`
-given to `attach` (`EngineHolder.snapshot`); the engine reaches this module only through
+The serving config's figures (keys per issuer, reloads) are read through the `SnapshotSource`
+given to `attach` (`ConfigHolder.snapshot`); the config reaches this module only through
 the `FetchInstruments` port (authz_service.instruments), so neither imports the other.
 """
 
@@ -76,11 +76,11 @@ class AuthzTelemetry:
         )
 
     def attach(self, snapshot: SnapshotSource) -> None:
-        """Where the engine's figures come from (`EngineHolder.snapshot`), read at export."""
+        """Where the config's figures come from (`ConfigHolder.snapshot`), read at export."""
         self._snapshot = snapshot
 
     def instrument_fetcher(self, issuer: str, inner: Fetcher) -> Fetcher:
-        """`inner`, counted and traced per fetch (the engine's FetchInstruments port)."""
+        """`inner`, counted and traced per fetch (the FetchInstruments port of compiled_config)."""
         return InstrumentedFetcher(inner, issuer=issuer, telemetry=self)
 
     def check_span(self, carrier: Mapping[str, str] | None) -> AbstractContextManager[Span]:

@@ -9,7 +9,7 @@ import logging
 from ratelimit_service.circuit_breaker import CircuitBreaker
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
-from ratelimit_service.guarded_store import HealthCallback, StoreGuard
+from ratelimit_service.guarded_store import GuardedStore, HealthCallback
 from ratelimit_service.instruments import RateLimitSnapshot
 from ratelimit_service.limits.config import load_rules
 from ratelimit_service.limits.rules import RuleSet
@@ -60,7 +60,7 @@ def build_service(
     )
     call_timeout = settings.store.timeouts.call_ms / 1000
     breaker = settings.circuit_breaker
-    guard = StoreGuard(
+    guard = GuardedStore(
         store,
         breaker=CircuitBreaker(
             failure_threshold=breaker.failure_threshold,

@@ -71,7 +71,7 @@ class GuardStats:
     health_changes: int = 0
 
 
-class StoreGuard:
+class GuardedStore:
     def __init__(
         self,
         store: BucketStore,

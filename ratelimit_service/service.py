@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
-from ratelimit_service.guarded_store import StoreGuard
+from ratelimit_service.guarded_store import GuardedStore
 from ratelimit_service.limits.bucket import BucketSpec, Outcome, retry_after_us
 from ratelimit_service.limits.planner import (
     MAX_UINT32,
@@ -112,7 +112,7 @@ class RateLimitService:
     def __init__(
         self,
         rules: RuleSet,
-        guard: StoreGuard,
+        guard: GuardedStore,
         *,
         decisions: DecisionLog,
         failure_mode: FailureMode = "fail_open",

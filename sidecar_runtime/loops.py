@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Coroutine
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from sidecar_runtime.settings import Stack
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def loop_factory(stack: Stack) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -64,3 +68,37 @@ class LoopBridge:
         except RuntimeError as exc:  # closed between the check and the call
             coro.close()
             raise LoopUnavailableError(str(exc)) from exc
+
+
+class Periodic:
+    """Awaits `step()` every `interval()` seconds on the running loop until stopped.
+
+    The interval is read before each wait, so it follows a reloaded setting. A step that
+    raises is logged and the next one still runs: a watcher that died on one bad pass
+    would leave health or config stale for the life of the process."""
+
+    def __init__(
+        self, step: Callable[[], Awaitable[object]], *, interval: Callable[[], float], what: str
+    ) -> None:
+        self._step = step
+        self._interval = interval
+        self._what = what
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval())
+            try:
+                await self._step()
+            except Exception:
+                log.exception("%s failed", self._what)

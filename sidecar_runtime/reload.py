@@ -7,14 +7,11 @@ The reload callback must load, validate and swap the whole config, or keep the o
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from sidecar_runtime.loops import Periodic
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
@@ -45,26 +42,20 @@ class FileWatcher:
     ) -> None:
         self._paths = paths
         self._on_change = on_change
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._last: Fingerprint | None = None
+        self._periodic = Periodic(
+            self._check, interval=lambda: interval, what="reload after file change"
+        )
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._last = fingerprint(self._paths())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
 
-    async def _run(self) -> None:
-        last = fingerprint(self._paths())
-        while True:
-            await asyncio.sleep(self._interval)
-            current = fingerprint(self._paths())
-            if current != last:
-                last = current
-                try:
-                    await self._on_change()
-                except Exception:
-                    log.exception("reload after file change failed")
+    async def _check(self) -> None:
+        current = fingerprint(self._paths())
+        if current != self._last:
+            self._last = current
+            await self._on_change()

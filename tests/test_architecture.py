@@ -24,6 +24,7 @@ PACKAGES = ("authz_service", "ratelimit_service", "sidecar_runtime")
 CORE = (
     "authz_service.credentials",
     "authz_service.identity_encoding",
+    "authz_service.pipeline",
     "authz_service.principal",
     "authz_service.policy",
     "authz_service.policy.conditions",
@@ -45,6 +46,7 @@ CORE = (
     "authz_service.tokens.errors",
     "authz_service.tokens.jwk",
     "authz_service.tokens.refetch",
+    "authz_service.tokens.verifier",
     "ratelimit_service.circuit_breaker",
     "ratelimit_service.empty_buckets",
     "ratelimit_service.instruments",
@@ -62,8 +64,8 @@ CORE = (
 # Left out, and why (each does I/O, or imports what does):
 #   authz_service.tokens.settings   builds ssl contexts from CA files at config load
 #                                   (so `ssl` is banned below only in a core module itself)
-#   authz_service.jwks (all of it), authz_service.tokens.verifier (wires each issuer to
-#   its key source), and so authz_service.{pipeline, audit_line, instruments,
+#   authz_service.jwks (all of it: FetchingVerifier wires the pure verifier to each
+#   issuer's key source), and so authz_service.{audit_line, instruments,
 #                                   compiled_config, config_holder, readiness}:
 #                                   fetch JWKS over the network, read key files
 #   authz_service.{envoy_adapter, servicer, cli, settings, telemetry}: the Envoy types,

@@ -3,6 +3,8 @@
 The I/O edges of token verification (the pure core is `authz_service.tokens`): key files
 read from disk, JWKS and OIDC discovery documents fetched over the network.
 
+    FetchingVerifier  (verification) the pure TokenVerifier and each issuer's KeySource:
+                      start/close, fetch what the verifier says it needs, reuse on reload
     KeySource  (StaticKeySource, FileKeySource: sources; RemoteKeySource: remote)
     Fetcher    (HttpFetcher: fetch, over http1, through proxies' ProxyConfig)
 """

@@ -66,38 +66,7 @@ def evaluate(
     return rule.allowed_outcome
 
 
-# Outcomes remembered per rule; a full memo is emptied, not evicted one by one (a flood of
-# distinct tokens or ids then costs one re-evaluation each, as without the memo).
-MEMO_MAX_ENTRIES = 4_096
-
-
 def _check_conditions(
-    rule: CompiledRule,
-    match: RouteMatch,
-    principal: Principal | None,
-    facts: RequestFacts,
-    request_map: Mapping[str, Any] | None,
-) -> PolicyOutcome | None:
-    # A condition that reads no `request` field sees only `params` and `token`, and CEL is
-    # deterministic (no clock, no I/O): the same principal on the same path parameters
-    # gets the same outcome. The token cache hands back the same Principal object for the
-    # same token, so a repeat skips CEL entirely (converting the variables and evaluating
-    # cost ~4 µs in a loop here, and several times that between gRPC calls under load).
-    memo = rule.condition_memo
-    if memo is None or request_map is not None:
-        return _run_conditions(rule, match, principal, facts, request_map)
-    key = (id(principal), tuple(match.params.items()))
-    hit = memo.get(key)
-    if hit is not None and hit[0] is principal:  # the memo holds it, so its id is its own
-        return hit[1]
-    outcome = _run_conditions(rule, match, principal, facts, request_map)
-    if len(memo) >= MEMO_MAX_ENTRIES:
-        memo.clear()
-    memo[key] = (principal, outcome)
-    return outcome
-
-
-def _run_conditions(
     rule: CompiledRule,
     match: RouteMatch,
     principal: Principal | None,

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from authz_service.policy.conditions import CompiledCondition
 from authz_service.policy.template import PathTemplate, SegmentKind
-from authz_service.principal import Principal
 
 # PolicyOutcome.reason values.
 PUBLIC = "public"
@@ -55,12 +54,6 @@ class Capture:
     rest: bool
 
 
-# (id(principal), path parameters) -> (that principal, the conditions' outcome or None).
-ConditionMemo = dict[
-    tuple[int, tuple[tuple[str, str], ...]], tuple[Principal | None, "PolicyOutcome | None"]
-]
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledRule:
     """One rule, ready for the hot path. `index` is its position in the routes list."""
@@ -85,9 +78,6 @@ class CompiledRule:
     unauthenticated_outcome: PolicyOutcome = field(init=False)
     role_denied_outcome: PolicyOutcome = field(init=False)
     condition_false_outcomes: tuple[PolicyOutcome, ...] = field(init=False)  # by index
-    # Conditions that read no `request` field are a pure function of the principal and
-    # the path parameters; their outcomes are remembered (see evaluate). None otherwise.
-    condition_memo: ConditionMemo | None = field(init=False)
 
     def __post_init__(self) -> None:
         init = object.__setattr__  # frozen: derived fields are set once, here
@@ -105,8 +95,6 @@ class CompiledRule:
             for i in range(len(self.conditions))
         )
         init(self, "condition_false_outcomes", false_outcomes)
-        memoizable = bool(self.conditions) and not self.reads_request
-        init(self, "condition_memo", {} if memoizable else None)
 
     def extract_params(self, segments: tuple[str, ...]) -> dict[str, str]:
         """Path parameters from the segments of a path this rule's template matched."""

@@ -9,6 +9,8 @@ InvalidToken(reason)   the token is not accepted. `reason` is a short machine co
 
 from __future__ import annotations
 
+import logging
+import traceback
 from typing import Literal, get_args
 
 Reason = Literal[
@@ -55,3 +57,11 @@ class InvalidToken(Exception):  # noqa: N818 - name fixed by the public interfac
     def __init__(self, reason: Reason) -> None:
         super().__init__(reason)
         self.reason: Reason = reason
+
+
+def log_unexpected(logger: logging.Logger, message: str, exc: Exception) -> None:
+    """Log an unexpected failure (the caller fails closed) by where it happened, never by
+    its message: that could quote token content or a fetched document."""
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    at = f"{where.filename}:{where.lineno}"
+    logger.error(message, extra={"fields": {"exc_type": type(exc).__name__, "at": at}})

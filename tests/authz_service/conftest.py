@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from authz_service.compiled_config import load_engine
-from authz_service.config_holder import EngineHolder
+from authz_service.compiled_config import load_compiled_config
+from authz_service.config_holder import ConfigHolder
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from devstack.idp_keys import IdpKeys, ensure_idp_keys, mint_token
 from devstack.pki import Pki
@@ -120,7 +120,7 @@ def mint(idp: IdpKeys) -> Mint:
 @dataclass
 class RunningAuthz:
     address: str
-    holder: EngineHolder
+    holder: ConfigHolder
     server: SidecarServer
     audit: AuditSink | None
     config: Path
@@ -128,8 +128,8 @@ class RunningAuthz:
 
 async def start_authz(config: Path, *, audit_file: Path | None = None) -> RunningAuthz:
     """The servicer in an in-process server on the stack the config's `server` names."""
-    engine = await load_engine(config, clock=SystemClock())
-    holder = EngineHolder(engine, clock=SystemClock())
+    compiled = await load_compiled_config(config, clock=SystemClock())
+    holder = ConfigHolder(compiled, clock=SystemClock())
     audit = AuditSink(str(audit_file)) if audit_file else None
     bridge = LoopBridge(asyncio.get_running_loop())
     servicer = AuthorizationServicer(holder, audit, bridge=bridge)
@@ -137,7 +137,7 @@ async def start_authz(config: Path, *, audit_file: Path | None = None) -> Runnin
         SERVICE_NAME,
         lambda s: add_to_server(servicer, s),
     )
-    server = SidecarServer(engine.settings.server, [binding])
+    server = SidecarServer(compiled.settings.server, [binding])
     port = await server.start()
     return RunningAuthz(f"127.0.0.1:{port}", holder, server, audit, config)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from authz_service.cli import main
-from authz_service.compiled_config import compile_engine
+from authz_service.compiled_config import compile_config
 from authz_service.settings import load_settings
 from sidecar_runtime.clock import SystemClock
 from sidecar_runtime.errors import ConfigError
@@ -43,7 +43,7 @@ CASES = {
 
 
 def _load(path: Path) -> None:
-    compile_engine(load_settings(path), path, clock=SystemClock())
+    compile_config(load_settings(path), path, clock=SystemClock())
 
 
 @pytest.mark.parametrize(("name", "expected"), sorted(CASES.items()))

@@ -1,4 +1,4 @@
-"""EngineHolder: reloads that overlap and finish out of order; the plain-http warning."""
+"""ConfigHolder: reloads that overlap and finish out of order; the plain-http warning."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from authz_service.compiled_config import Engine, load_engine
-from authz_service.config_holder import EngineHolder
+from authz_service.compiled_config import CompiledConfig, load_compiled_config
+from authz_service.config_holder import ConfigHolder
 from sidecar_runtime.clock import SystemClock
 from tests.authz_service.conftest import AUDIENCE, ISSUER
 from tests.authz_service.tokens.conftest import LocalIdp, Reply
@@ -55,12 +55,12 @@ def write(config_dir: Path, marker: str, *, slow_jwks: str | None = None) -> Pat
     return path
 
 
-def marker(engine: Engine) -> str:
-    return engine.settings.routes[0].name
+def marker(compiled: CompiledConfig) -> str:
+    return compiled.settings.routes[0].name
 
 
-def closed(engine: Engine) -> bool:
-    return not engine.authorizer.verifier._started
+def closed(compiled: CompiledConfig) -> bool:
+    return not compiled.tokens.started
 
 
 async def until(condition: Any, within: float = 3.0) -> None:
@@ -74,8 +74,8 @@ async def test_a_slow_older_reload_does_not_replace_a_newer_one(
     config_dir: Path, slow_idp: LocalIdp
 ) -> None:
     path = write(config_dir, "v0")
-    v0 = await load_engine(path, clock=SystemClock())
-    holder = EngineHolder(v0, clock=SystemClock())
+    v0 = await load_compiled_config(path, clock=SystemClock())
+    holder = ConfigHolder(v0, clock=SystemClock())
 
     write(config_dir, "v1", slow_jwks=slow_idp.url("/jwks"))  # its JWKS takes 1 s
     slow_reload = asyncio.create_task(holder.reload())
@@ -97,8 +97,8 @@ async def test_reloads_finishing_in_order_install_each_and_close_each_once(
     config_dir: Path,
 ) -> None:
     path = write(config_dir, "v0")
-    v0 = await load_engine(path, clock=SystemClock())
-    holder = EngineHolder(v0, clock=SystemClock())
+    v0 = await load_compiled_config(path, clock=SystemClock())
+    holder = ConfigHolder(v0, clock=SystemClock())
     write(config_dir, "v1")
     first = asyncio.create_task(holder.reload())
     await asyncio.sleep(0)  # v1 is read
@@ -108,15 +108,17 @@ async def test_reloads_finishing_in_order_install_each_and_close_each_once(
     assert marker(holder.current) == "v2"
     assert holder.reloads == 2
     assert closed(v0)
-    # The file source is shared by all three engines; the current one still uses it.
-    source = holder.current.authorizer.verifier.key_sources()[ISSUER]
+    # The file source is shared by all three configs; the current one still uses it.
+    source = holder.current.tokens.key_sources()[ISSUER]
     assert source.current() is not None
     await holder.current.close()
 
 
 async def test_a_rejected_reload_keeps_the_current_engine(config_dir: Path) -> None:
     path = write(config_dir, "v0")
-    holder = EngineHolder(await load_engine(path, clock=SystemClock()), clock=SystemClock())
+    holder = ConfigHolder(
+        await load_compiled_config(path, clock=SystemClock()), clock=SystemClock()
+    )
     path.write_text("routes: []\n")
     assert await holder.reload() is False
     assert (marker(holder.current), holder.reload_failures) == ("v0", 1)
@@ -141,8 +143,8 @@ async def test_allow_insecure_http_is_logged_loudly_at_every_load(
     path = config_dir / "authz.yaml"
     path.write_text(yaml.safe_dump(config))
     with caplog.at_level(logging.WARNING, logger="authz_service.compiled_config"):
-        engine = await load_engine(path, clock=SystemClock())
+        compiled = await load_compiled_config(path, clock=SystemClock())
     (record,) = [r for r in caplog.records if "allow_insecure_http is on" in r.getMessage()]
     assert record.levelno == logging.WARNING
     assert record.fields["issuer"] == "http://idp.internal:8080"  # type: ignore[attr-defined]
-    await engine.close()
+    await compiled.close()

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from authz_service.compiled_config import load_engine
-from authz_service.jwks import StaticKeySource
+from authz_service.compiled_config import load_compiled_config
 from authz_service.pipeline import Authorizer, Decision, NeedKeys
 from authz_service.policy import RequestFacts
 from authz_service.tokens import load_key_ring
@@ -31,15 +30,15 @@ def _facts(path: str) -> RequestFacts:
 async def test_decide_now_says_which_keys_to_fetch_then_decide_fetched_decides(
     config_dir: Path, idp: IdpKeys, mint: Mint
 ) -> None:
-    engine = await load_engine(write_config(config_dir), clock=SystemClock())
+    compiled = await load_compiled_config(write_config(config_dir), clock=SystemClock())
     try:
         # The issuer's current key set: only the RS256 key (an Ed25519 one rotated in later).
         rs256_only = [key for key in idp.public_jwks()["keys"] if key["alg"] == "RS256"]
-        source = StaticKeySource(load_key_ring({"keys": rs256_only}, origin=ISSUER))
+        ring = load_key_ring({"keys": rs256_only}, origin=ISSUER)
         verifier = TokenVerifier(
-            engine.settings.issuers, clock=SystemClock(), key_sources={ISSUER: source}
+            compiled.settings.issuers, keys={ISSUER: ring}.get, clock=SystemClock()
         )
-        authorizer = Authorizer(engine.authorizer.policy, verifier, cookie_names=frozenset())
+        authorizer = Authorizer(compiled.authorizer.policy, verifier, cookie_names=frozenset())
         facts = _facts("/api/v1/users/alice")
         known = f"Bearer {mint('alice', scope='users:read')}"
         decided = authorizer.decide_now(facts, authorization=(known,), cookie="")
@@ -50,7 +49,6 @@ async def test_decide_now_says_which_keys_to_fetch_then_decide_fetched_decides(
         need = authorizer.decide_now(facts, authorization=(unknown,), cookie="")
         assert isinstance(need, NeedKeys)
         assert (need.issuer, need.kid) == (ISSUER, idp.ed25519.thumbprint())
-        assert source.unknown_kid_refreshes == 0  # nothing fetched: the caller does that
         after = authorizer.decide_fetched(facts, authorization=(unknown,), cookie="")
         assert (after.allowed, after.status, after.reason) == (False, 401, "unknown_key")
         # Public routes and requests refused before the token never need keys.
@@ -58,4 +56,4 @@ async def test_decide_now_says_which_keys_to_fetch_then_decide_fetched_decides(
         assert isinstance(public, Decision)
         assert public.allowed
     finally:
-        await engine.close()
+        await compiled.close()

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authz_service.compiled_config import load_engine
-from authz_service.config_holder import EngineHolder
+from authz_service.compiled_config import load_compiled_config
+from authz_service.config_holder import ConfigHolder
 from authz_service.readiness import ReadinessMonitor, readiness
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from devstack.idp_keys import IdpKeys
@@ -93,7 +93,7 @@ def write(config_dir: Path, idps: list[LocalIdp], *, require_all: bool = True) -
 
 @dataclass
 class Running:
-    holder: EngineHolder
+    holder: ConfigHolder
     monitor: ReadinessMonitor
     server: SidecarServer
     status: Callable[[], Any]
@@ -104,7 +104,9 @@ async def start(config_dir: Path) -> AsyncIterator[Callable[..., Any]]:
     running: list[Running] = []
 
     async def _start(path: Path) -> Running:
-        holder = EngineHolder(await load_engine(path, clock=SystemClock()), clock=SystemClock())
+        holder = ConfigHolder(
+            await load_compiled_config(path, clock=SystemClock()), clock=SystemClock()
+        )
         servicer = AuthorizationServicer(holder, None)
         binding = ServiceBinding(SERVICE_NAME, lambda s: add_to_server(servicer, s))
         server = SidecarServer(holder.current.settings.server, [binding])

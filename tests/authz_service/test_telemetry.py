@@ -18,8 +18,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from authz_service.compiled_config import load_engine
-from authz_service.config_holder import EngineHolder
+from authz_service.compiled_config import load_compiled_config
+from authz_service.config_holder import ConfigHolder
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from authz_service.telemetry import AuthzTelemetry
 from devstack.idp_keys import IdpKeys, mint_token
@@ -82,8 +82,8 @@ async def observed(tmp_path: Path, idp: IdpKeys, stack: Stack) -> AsyncIterator[
         ),
         TelemetrySettings(),
     )
-    engine = await load_engine(config, clock=SystemClock(), telemetry=telemetry)
-    holder = EngineHolder(engine, clock=SystemClock(), telemetry=telemetry)
+    compiled = await load_compiled_config(config, clock=SystemClock(), telemetry=telemetry)
+    holder = ConfigHolder(compiled, clock=SystemClock(), telemetry=telemetry)
     telemetry.attach(holder.snapshot)
     audit_file = tmp_path / "audit.log"
     audit = AuditSink(str(audit_file))
@@ -93,7 +93,7 @@ async def observed(tmp_path: Path, idp: IdpKeys, stack: Stack) -> AsyncIterator[
         SERVICE_NAME,
         lambda s: add_to_server(servicer, s),
     )
-    server = SidecarServer(engine.settings.server, [binding])
+    server = SidecarServer(compiled.settings.server, [binding])
     port = await server.start()
     spans.clear()  # the startup fetch is a root span of its own; tests look at requests
     yield Observed(f"127.0.0.1:{port}", spans, metrics, audit, audit_file, issuer, idp)

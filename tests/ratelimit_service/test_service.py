@@ -17,7 +17,7 @@ from ratelimit_service.circuit_breaker import CircuitBreaker
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
 from ratelimit_service.errors import StoreError
-from ratelimit_service.guarded_store import StoreGuard
+from ratelimit_service.guarded_store import GuardedStore
 from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.limits.config import load_rule_file
 from ratelimit_service.limits.planner import DescriptorRequest, Plan, Planner, Request
@@ -116,7 +116,7 @@ class Harness:
         self.store = store if store is not None else CountingStore(MemoryStore(self.clock))
         self.health: list[bool] = []
         self.decisions = DecisionLog(lines_per_second=1000, clock=self.clock, hash_key=b"k")
-        self.guard = StoreGuard(
+        self.guard = GuardedStore(
             self.store,
             breaker=CircuitBreaker(failure_threshold=2, open_seconds=1.0, clock=self.clock),
             decisions=self.decisions,

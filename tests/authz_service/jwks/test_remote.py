@@ -13,8 +13,8 @@ import pytest
 
 from authz_service.jwks import FetchError, HttpFetcher, ProxyConfig, RemoteKeySource
 from authz_service.jwks.remote import ttl_from_headers
+from authz_service.jwks.verification import FetchingVerifier
 from authz_service.tokens import InvalidToken, JwksSettings
-from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import ManualClock
 from tests.authz_service.jwks.network import LocalProxy, PrivateCa
 from tests.authz_service.tokens.conftest import Keys, LocalIdp, Reply, issuer
@@ -30,7 +30,7 @@ QUIET = JwksSettings(
 )
 
 
-async def reason_of(v: TokenVerifier, token: str) -> str:
+async def reason_of(v: FetchingVerifier, token: str) -> str:
     with pytest.raises(InvalidToken) as err:
         await v.verify(token)
     return err.value.reason
@@ -49,13 +49,13 @@ async def started(
     idp: LocalIdp, clock: ManualClock, keys: Keys
 ) -> AsyncIterator[Callable[..., Any]]:
     """Start a verifier on idp /jwks (serving rsa-1 unless the test set something else)."""
-    verifiers: list[TokenVerifier] = []
+    verifiers: list[FetchingVerifier] = []
 
-    async def start(jwks_settings: JwksSettings = QUIET, **kw: Any) -> TokenVerifier:
+    async def start(jwks_settings: JwksSettings = QUIET, **kw: Any) -> FetchingVerifier:
         if "/jwks" not in idp.replies:
             idp.set("/jwks", Reply.json(jwks(keys.rsa)))
         settings = issuer(jwks_url=idp.url("/jwks"), jwks=jwks_settings, **kw)
-        v = TokenVerifier([settings], clock=clock)
+        v = FetchingVerifier([settings], clock=clock)
         await v.start()
         verifiers.append(v)
         return v
@@ -264,9 +264,9 @@ def discovery_doc(idp: LocalIdp, **overrides: Any) -> dict[str, Any]:
     return {"issuer": idp.base, "jwks_uri": idp.url("/keys"), **overrides}
 
 
-async def discovery_verifier(idp: LocalIdp, clock: ManualClock) -> TokenVerifier:
+async def discovery_verifier(idp: LocalIdp, clock: ManualClock) -> FetchingVerifier:
     settings = issuer(issuer=idp.base, discovery=True, jwks=QUIET)
-    v = TokenVerifier([settings], clock=clock)
+    v = FetchingVerifier([settings], clock=clock)
     await v.start()
     return v
 
@@ -310,7 +310,7 @@ async def test_discovery_with_a_trailing_slash_issuer(
     iss = idp.base + "/"
     idp.set("/.well-known/openid-configuration", Reply.json(discovery_doc(idp, issuer=iss)))
     idp.set("/keys", Reply.json(jwks(keys.ed)))
-    v = TokenVerifier([issuer(issuer=iss, discovery=True, jwks=QUIET)], clock=clock)
+    v = FetchingVerifier([issuer(issuer=iss, discovery=True, jwks=QUIET)], clock=clock)
     await v.start()
     assert (await v.verify(mint(keys.ed, claims(iss=iss)))).issuer == iss
     await v.close()
@@ -383,7 +383,7 @@ async def test_a_trickling_issuer_does_not_hold_up_another_issuers_refresh(
         for n in range(8)
     ]
     fast = issuer(issuer="https://fast.example", jwks_url=idp.url("/fast"), jwks=deadline)
-    v = TokenVerifier([*slow, fast], clock=clock)
+    v = FetchingVerifier([*slow, fast], clock=clock)
     await v.start()  # every issuer has keys
     sources = v.key_sources()
     idp.set("/slow", Reply(body=b'{"keys": []}' + b" " * 200, trickle=0.05))  # ~10 s a body
@@ -410,7 +410,7 @@ async def test_a_check_waits_at_most_check_wait_for_discovery_plus_jwks(
 ) -> None:
     settings = QUIET.model_copy(update={"fetch_timeout_seconds": 2.0, "check_wait_seconds": 0.2})
     idp.set("/.well-known/openid-configuration", Reply(status=503))
-    v = TokenVerifier([issuer(issuer=idp.base, discovery=True, jwks=settings)], clock=clock)
+    v = FetchingVerifier([issuer(issuer=idp.base, discovery=True, jwks=settings)], clock=clock)
     await v.start()  # the IdP is down: no keys, no raise
     # Now it is up but slow: 1 s for discovery, then 1 s for the JWKS.
     idp.set("/.well-known/openid-configuration", Reply.json(discovery_doc(idp), delay=1.0))
@@ -517,13 +517,13 @@ async def test_issuer_ca_file_and_proxies_are_used_for_its_fetches(
     proxy = LocalProxy({name: "127.0.0.1"})
     try:
         good = issuer(jwks_url=tls_idp.url("/jwks"), ca_file=ca.ca_file, jwks=QUIET)
-        v = TokenVerifier([good], clock=clock)
+        v = FetchingVerifier([good], clock=clock)
         await v.start()
         assert (await v.verify(mint(keys.rsa, claims()))).key_id == "rsa-1"
         await v.close()
 
         wrong = issuer(jwks_url=tls_idp.url("/jwks"), ca_file=other.ca_file, jwks=QUIET)
-        v = TokenVerifier([wrong], clock=clock)
+        v = FetchingVerifier([wrong], clock=clock)
         await v.start()
         error = v.key_sources()[ISSUER].last_error()
         assert error is not None
@@ -536,7 +536,7 @@ async def test_issuer_ca_file_and_proxies_are_used_for_its_fetches(
             jwks_url=f"https://{name}:{tls_idp.port}/jwks", ca_file=ca.ca_file, jwks=QUIET
         )
         proxies = ProxyConfig.from_env({"HTTPS_PROXY": proxy.url})
-        v = TokenVerifier([proxied], clock=clock, proxies=proxies)
+        v = FetchingVerifier([proxied], clock=clock, proxies=proxies)
         await v.start()
         assert (await v.verify(mint(keys.rsa, claims()))).key_id == "rsa-1"
         assert proxy.log.requests == {("CONNECT", f"{name}:{tls_idp.port}"): 1}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from authz_service.jwks import FileKeySource
+from authz_service.jwks.verification import FetchingVerifier
 from authz_service.tokens import InvalidToken, JwksSettings
-from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import ManualClock
 from sidecar_runtime.errors import ConfigError
 from tests.authz_service.tokens.conftest import Keys, issuer
@@ -25,7 +25,7 @@ def write(path: Path, document: Any, *, bump: int = 0) -> None:
     os.utime(path, ns=(stamp, stamp))
 
 
-async def reason_of(v: TokenVerifier, token: str) -> str:
+async def reason_of(v: FetchingVerifier, token: str) -> str:
     with pytest.raises(InvalidToken) as err:
         await v.verify(token)
     return err.value.reason
@@ -36,7 +36,7 @@ async def test_file_source_reloads_when_the_file_changes(
 ) -> None:
     path = tmp_path / "jwks.json"
     write(path, jwks(keys.rsa))
-    v = TokenVerifier([issuer(jwks_file=path)], clock=clock)
+    v = FetchingVerifier([issuer(jwks_file=path)], clock=clock)
     await v.start()
     assert (await v.verify(mint(keys.rsa, claims()))).key_id == "rsa-1"
 
@@ -116,7 +116,7 @@ async def test_unusable_file_at_start_is_a_config_error(
     path = tmp_path / "jwks.json"
     if content is not None:
         write(path, content)
-    v = TokenVerifier([issuer(jwks_file=path)], clock=clock)
+    v = FetchingVerifier([issuer(jwks_file=path)], clock=clock)
     with pytest.raises(ConfigError) as err:
         await v.start()
     assert err.value.file == str(path)
@@ -128,7 +128,7 @@ async def test_relative_jwks_file_resolves_against_config_dir(
 ) -> None:
     (tmp_path / "keys").mkdir()
     write(tmp_path / "keys" / "jwks.json", jwks(keys.rsa))
-    v = TokenVerifier([issuer(jwks_file="keys/jwks.json")], clock=clock, config_dir=tmp_path)
+    v = FetchingVerifier([issuer(jwks_file="keys/jwks.json")], clock=clock, config_dir=tmp_path)
     await v.start()
     assert (await v.verify(mint(keys.rsa, claims()))).subject == "user-123"
     await v.close()

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from authz_service.jwks import FetchResult
+from authz_service.jwks.verification import FetchingVerifier
 from authz_service.tokens import InvalidToken, JwksSettings, RefetchPolicy, UnknownKidGate
-from authz_service.tokens.verifier import TokenVerifier
 from sidecar_runtime.clock import ManualClock
 from tests.authz_service.tokens.conftest import Keys, issuer
 from tests.authz_service.tokens.factory import SigningKey, claims, jwks, mint
@@ -128,16 +128,16 @@ def idp(keys: Keys) -> MemoryIdp:
 
 
 @pytest.fixture
-async def verifier(clock: ManualClock, idp: MemoryIdp) -> AsyncIterator[TokenVerifier]:
+async def verifier(clock: ManualClock, idp: MemoryIdp) -> AsyncIterator[FetchingVerifier]:
     """A started verifier on `idp`, with the shipped defaults: what the design's numbers
     are about."""
-    v = TokenVerifier([issuer(jwks=JwksSettings())], clock=clock, fetcher=idp)
+    v = FetchingVerifier([issuer(jwks=JwksSettings())], clock=clock, fetcher=idp)
     await v.start()
     yield v
     await v.close()
 
 
-async def accepted(v: TokenVerifier, token: str) -> bool:
+async def accepted(v: FetchingVerifier, token: str) -> bool:
     try:
         await v.verify(token)
     except InvalidToken as exc:
@@ -161,7 +161,7 @@ async def test_rotated_key_verifies_within_seconds_during_a_flood(
     clock: ManualClock,
     keys: Keys,
     idp: MemoryIdp,
-    verifier: TokenVerifier,
+    verifier: FetchingVerifier,
     signed_before_published: bool,
 ) -> None:
     legit = mint(keys.rsa_b, claims())  # signed with the key the IdP rotates in at t=20
@@ -182,7 +182,7 @@ async def test_rotated_key_verifies_within_seconds_during_a_flood(
 
 
 async def test_a_minute_of_random_kids_costs_a_bounded_number_of_fetches(
-    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
+    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: FetchingVerifier
 ) -> None:
     per_minute = []
     for _minute in range(3):
@@ -201,7 +201,7 @@ async def test_a_minute_of_random_kids_costs_a_bounded_number_of_fetches(
 
 
 async def test_a_repeated_unknown_kid_costs_one_fetch_per_absent_period(
-    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
+    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: FetchingVerifier
 ) -> None:
     stale = mint(keys.rsa_b, claims())  # e.g. a client holding a token of a retired key
     for _step in range(int(60 / STEP)):
@@ -215,7 +215,7 @@ async def test_a_repeated_unknown_kid_costs_one_fetch_per_absent_period(
 
 
 async def test_without_a_flood_a_rotated_key_verifies_on_its_first_use(
-    keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
+    keys: Keys, idp: MemoryIdp, verifier: FetchingVerifier
 ) -> None:
     idp.publish(keys.rsa, keys.rsa_b)
     assert await accepted(verifier, mint(keys.rsa_b, claims()))
@@ -223,7 +223,7 @@ async def test_without_a_flood_a_rotated_key_verifies_on_its_first_use(
 
 
 async def test_a_failed_refetch_does_not_mark_the_kid_absent(
-    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: TokenVerifier
+    clock: ManualClock, keys: Keys, idp: MemoryIdp, verifier: FetchingVerifier
 ) -> None:
     idp.document = {"keys": []}  # the IdP answers garbage for a while
     token = mint(keys.rsa_b, claims())

@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from authz_service.jwks import StaticKeySource
+from authz_service.jwks.verification import FetchingVerifier
 from authz_service.principal import Principal
 from authz_service.tokens import REASONS, InvalidToken, KeyRing, TokenLimits, load_key_ring
 from authz_service.tokens import verifier as verifier_module
@@ -52,8 +53,8 @@ def make_verifier(
     source: StaticKeySource,
     settings: IssuerSettings | None = None,
     **kw: Any,
-) -> TokenVerifier:
-    return TokenVerifier([settings or issuer()], clock=clock, key_sources={ISSUER: source}, **kw)
+) -> FetchingVerifier:
+    return FetchingVerifier([settings or issuer()], clock=clock, key_sources={ISSUER: source}, **kw)
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def source(keys: Keys) -> CountingSource:
 
 
 @pytest.fixture
-def verifier(clock: ManualClock, source: CountingSource) -> TokenVerifier:
+def verifier(clock: ManualClock, source: CountingSource) -> FetchingVerifier:
     return make_verifier(clock, source)
 
 
@@ -82,7 +83,7 @@ def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-async def reason_of(v: TokenVerifier, token: Any) -> str:
+async def reason_of(v: FetchingVerifier, token: Any) -> str:
     with pytest.raises(InvalidToken) as err:
         await v.verify(token)
     return err.value.reason
@@ -92,7 +93,7 @@ async def reason_of(v: TokenVerifier, token: Any) -> str:
 
 
 @pytest.mark.parametrize("name", ["rsa", "ps", "ec256", "ec384", "ec521", "ed", "ed_new_name"])
-async def test_valid_tokens(verifier: TokenVerifier, keys: Keys, name: str) -> None:
+async def test_valid_tokens(verifier: FetchingVerifier, keys: Keys, name: str) -> None:
     key: SigningKey = getattr(keys, name)
     principal = await verifier.verify(mint(key, claims()))
     assert principal.subject == "user-123"
@@ -119,12 +120,12 @@ async def test_token_without_kid_tries_only_fitting_keys(
     assert verify_calls == ["None", "None"]  # both RSA keys, never the EC key
 
 
-async def test_unknown_issuer(verifier: TokenVerifier, keys: Keys) -> None:
+async def test_unknown_issuer(verifier: FetchingVerifier, keys: Keys) -> None:
     for iss in ("https://evil.example", ISSUER + "/", None, 7):
         assert await reason_of(verifier, mint(keys.rsa, claims(iss=iss))) == "unknown_issuer"
 
 
-async def test_bad_signature(verifier: TokenVerifier, keys: Keys) -> None:
+async def test_bad_signature(verifier: FetchingVerifier, keys: Keys) -> None:
     genuine = mint(keys.rsa, claims())
     head, body, sig = genuine.split(".")
     _, escalated, _ = mint(keys.rsa, claims(sub="admin")).split(".")
@@ -139,7 +140,7 @@ async def test_bad_signature(verifier: TokenVerifier, keys: Keys) -> None:
 
 
 async def test_signature_from_a_key_with_the_same_kid_but_other_material(
-    verifier: TokenVerifier,
+    verifier: FetchingVerifier,
 ) -> None:
     impostor = rsa_key("rsa-1")
     assert await reason_of(verifier, mint(impostor, claims())) == "bad_signature"
@@ -156,7 +157,7 @@ async def test_alg_must_be_in_the_issuers_allow_list(clock: ManualClock, keys: K
     assert await reason_of(v, mint(keys.ed, claims())) == "alg_not_allowed"
 
 
-async def test_none_refused(verifier: TokenVerifier, keys: Keys) -> None:
+async def test_none_refused(verifier: FetchingVerifier, keys: Keys) -> None:
     unsigned = mint(None, claims(), header={"kid": "rsa-1"})
     assert unsigned.endswith(".")
     assert await reason_of(verifier, unsigned) == "malformed"  # empty signature
@@ -168,7 +169,7 @@ async def test_none_refused(verifier: TokenVerifier, keys: Keys) -> None:
 
 
 async def test_hs256_with_the_rsa_public_key_as_secret_refused(
-    verifier: TokenVerifier, keys: Keys, verify_calls: list[str]
+    verifier: FetchingVerifier, keys: Keys, verify_calls: list[str]
 ) -> None:
     pem = keys.rsa.jwk.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     for secret in (pem, json.dumps(keys.rsa.public()).encode()):
@@ -292,7 +293,7 @@ async def test_key_without_alg_verifies_every_algorithm_of_its_type(
 
 
 async def test_embedded_jwk_and_key_urls_are_never_used(
-    verifier: TokenVerifier, source: CountingSource
+    verifier: FetchingVerifier, source: CountingSource
 ) -> None:
     attacker = rsa_key("attacker")
     header = {
@@ -307,7 +308,7 @@ async def test_embedded_jwk_and_key_urls_are_never_used(
     assert await reason_of(verifier, kidless) == "bad_signature"
 
 
-async def test_unknown_kid_asks_the_source_once(verifier: TokenVerifier, keys: Keys) -> None:
+async def test_unknown_kid_asks_the_source_once(verifier: FetchingVerifier, keys: Keys) -> None:
     stranger = rsa_key("stranger")
     assert await reason_of(verifier, mint(stranger, claims())) == "unknown_key"
 
@@ -329,7 +330,7 @@ async def test_keys_unavailable_when_no_set_was_ever_loaded(clock: ManualClock, 
     ],
 )
 async def test_header_rules(
-    verifier: TokenVerifier, keys: Keys, header: dict[str, Any], expected: str
+    verifier: FetchingVerifier, keys: Keys, header: dict[str, Any], expected: str
 ) -> None:
     assert await reason_of(verifier, mint(keys.rsa, claims(), header=header)) == expected
 
@@ -341,7 +342,7 @@ async def test_typ_required(clock: ManualClock, keys: Keys) -> None:
     assert (await v.verify(good)).subject == "user-123"
 
 
-async def test_duplicate_claims_refused(verifier: TokenVerifier, keys: Keys) -> None:
+async def test_duplicate_claims_refused(verifier: FetchingVerifier, keys: Keys) -> None:
     raw = json.dumps(claims())[:-1] + ', "sub": "admin"}'
     assert await reason_of(verifier, mint(keys.rsa, raw_payload=raw)) == "duplicate_member"
     raw_header = '{"alg":"RS256","kid":"rsa-1","kid":"rsa-2"}'
@@ -366,7 +367,7 @@ async def test_duplicate_claims_refused(verifier: TokenVerifier, keys: Keys) -> 
     ],
 )
 async def test_claim_rules(
-    verifier: TokenVerifier, keys: Keys, overrides: dict[str, Any], expected: str
+    verifier: FetchingVerifier, keys: Keys, overrides: dict[str, Any], expected: str
 ) -> None:
     assert await reason_of(verifier, mint(keys.rsa, claims(**overrides))) == expected
 
@@ -384,7 +385,7 @@ async def test_claim_rules(
     ],
 )
 async def test_null_and_padded_claims_in_a_signed_token(
-    verifier: TokenVerifier, keys: Keys, member: str, expected: str
+    verifier: FetchingVerifier, keys: Keys, member: str, expected: str
 ) -> None:
     # The raw JSON carries the member exactly as an IdP (or a forger) would send it.
     name = member.split('"')[1]
@@ -415,7 +416,7 @@ async def test_oversized_tokens_refused_before_any_key_lookup_or_verify(
 
 
 async def test_malformed_tokens_never_reach_crypto(
-    verifier: TokenVerifier, source: CountingSource, verify_calls: list[str]
+    verifier: FetchingVerifier, source: CountingSource, verify_calls: list[str]
 ) -> None:
     for token in ("", "a.b.c", "a.b.c.d.e", '{"payload":""}', "e30.e30.AA"):
         await reason_of(verifier, token)
@@ -427,7 +428,7 @@ async def test_malformed_tokens_never_reach_crypto(
 
 
 async def test_cache_hit_skips_crypto(
-    verifier: TokenVerifier, keys: Keys, verify_calls: list[str]
+    verifier: FetchingVerifier, keys: Keys, verify_calls: list[str]
 ) -> None:
     token = mint(keys.rsa, claims())
     first = await verifier.verify(token)
@@ -437,7 +438,7 @@ async def test_cache_hit_skips_crypto(
 
 
 async def test_cache_hit_rechecks_exp_with_the_clock(
-    verifier: TokenVerifier, clock: ManualClock, keys: Keys, verify_calls: list[str]
+    verifier: FetchingVerifier, clock: ManualClock, keys: Keys, verify_calls: list[str]
 ) -> None:
     token = mint(keys.rsa, claims(exp=NOW + 100))
     await verifier.verify(token)
@@ -461,7 +462,7 @@ async def test_cache_hit_rechecks_max_age(clock: ManualClock, keys: Keys) -> Non
 
 
 async def test_cache_hit_rechecks_nbf_when_the_wall_clock_steps_back(
-    verifier: TokenVerifier, clock: ManualClock, keys: Keys
+    verifier: FetchingVerifier, clock: ManualClock, keys: Keys
 ) -> None:
     token = mint(keys.rsa, claims(nbf=NOW, iat=None))
     await verifier.verify(token)
@@ -470,7 +471,7 @@ async def test_cache_hit_rechecks_nbf_when_the_wall_clock_steps_back(
 
 
 async def test_cached_token_dies_with_its_key(
-    verifier: TokenVerifier, source: CountingSource, keys: Keys
+    verifier: FetchingVerifier, source: CountingSource, keys: Keys
 ) -> None:
     token = mint(keys.rsa, claims())
     await verifier.verify(token)
@@ -479,7 +480,7 @@ async def test_cached_token_dies_with_its_key(
 
 
 async def test_cached_token_survives_a_refetch_of_the_same_key(
-    verifier: TokenVerifier, source: CountingSource, keys: Keys, verify_calls: list[str]
+    verifier: FetchingVerifier, source: CountingSource, keys: Keys, verify_calls: list[str]
 ) -> None:
     token = mint(keys.rsa, claims())
     await verifier.verify(token)
@@ -495,7 +496,7 @@ async def test_cache_is_bounded_and_evicts_the_oldest(
     tokens = [mint(keys.rsa, claims(jti=str(i))) for i in range(5)]
     for token in tokens:
         await v.verify(token)
-    assert len(v._cache) == 3
+    assert len(v.verifier._cache) == 3
     verify_calls.clear()
     for token in tokens[2:]:
         await v.verify(token)
@@ -505,13 +506,13 @@ async def test_cache_is_bounded_and_evicts_the_oldest(
 
 
 async def test_failed_tokens_are_not_cached(
-    verifier: TokenVerifier, keys: Keys, verify_calls: list[str]
+    verifier: FetchingVerifier, keys: Keys, verify_calls: list[str]
 ) -> None:
     token = mint(keys.rsa, claims(aud="api://other"))
     for _ in range(2):
         assert await reason_of(verifier, token) == "wrong_audience"
     assert verify_calls == ["rsa-1", "rsa-1"]
-    assert len(verifier._cache) == 0
+    assert len(verifier.verifier._cache) == 0
 
 
 async def test_cache_can_be_disabled(
@@ -524,7 +525,7 @@ async def test_cache_can_be_disabled(
     assert verify_calls == ["rsa-1", "rsa-1"]
 
 
-async def test_cached_principal_cannot_be_mutated(verifier: TokenVerifier, keys: Keys) -> None:
+async def test_cached_principal_cannot_be_mutated(verifier: FetchingVerifier, keys: Keys) -> None:
     token = mint(keys.rsa, claims(groups=["a"]))
     principal = await verifier.verify(token)
     with pytest.raises(TypeError):
@@ -540,7 +541,7 @@ async def test_cached_principal_cannot_be_mutated(verifier: TokenVerifier, keys:
 async def test_issuer_is_chosen_by_iss(clock: ManualClock, keys: Keys) -> None:
     other_iss = "https://other.example.test"
     other_key = ec_key("other")
-    v = TokenVerifier(
+    v = FetchingVerifier(
         [issuer(), issuer(issuer=other_iss, audiences=["api://other"])],
         clock=clock,
         key_sources={
@@ -557,12 +558,12 @@ async def test_issuer_is_chosen_by_iss(clock: ManualClock, keys: Keys) -> None:
 
 def test_duplicate_issuers_refused(clock: ManualClock) -> None:
     with pytest.raises(ValueError, match="configured twice"):
-        TokenVerifier([issuer(), issuer()], clock=clock)
+        FetchingVerifier([issuer(), issuer()], clock=clock)
 
 
 async def test_reusable_key_sources_for_a_reload(clock: ManualClock, keys: Keys) -> None:
     other_iss = "https://other.example.test"
-    old = TokenVerifier(
+    old = FetchingVerifier(
         [issuer(), issuer(issuer=other_iss, jwks_url="https://other.example.test/jwks")],
         clock=clock,
         key_sources={ISSUER: StaticKeySource(ring_of(keys.rsa))},
@@ -574,7 +575,7 @@ async def test_reusable_key_sources_for_a_reload(clock: ManualClock, keys: Keys)
     ]
     reuse = old.reusable_key_sources(new_settings)
     assert reuse == {ISSUER: old.key_sources()[ISSUER]}
-    new = TokenVerifier(new_settings, clock=clock, key_sources=reuse)
+    new = FetchingVerifier(new_settings, clock=clock, key_sources=reuse)
     assert new.key_sources()[ISSUER] is old.key_sources()[ISSUER]
     assert new.key_sources()[other_iss] is not old.key_sources()[other_iss]
     assert (await new.verify(mint(keys.rsa, claims(aud="api://new")))).subject == "user-123"
@@ -584,12 +585,12 @@ async def test_reusable_key_sources_for_a_reload(clock: ManualClock, keys: Keys)
 
 
 @pytest.mark.parametrize("value", [None, b"a.b.c", 12, ["a.b.c"], {"t": 1}])
-async def test_non_string_input(verifier: TokenVerifier, value: Any) -> None:
+async def test_non_string_input(verifier: FetchingVerifier, value: Any) -> None:
     assert await reason_of(verifier, value) == "malformed"
 
 
 async def test_fuzz_random_inputs_only_raise_invalid_token(
-    verifier: TokenVerifier, keys: Keys
+    verifier: FetchingVerifier, keys: Keys
 ) -> None:
     import random
 
@@ -641,10 +642,27 @@ def _json_token(payload: Any) -> str:
 
 
 # -- the synchronous pipeline: keys known now, or which to fetch ---------------------------
-def test_verify_now_needs_no_loop_when_the_keys_are_known(
-    verifier: TokenVerifier, keys: Keys
+def test_the_core_verifier_reads_keys_through_a_plain_lookup(
+    clock: ManualClock, keys: Keys
 ) -> None:
-    principal = verifier.verify_now(mint(keys.rsa, claims()))
+    """No key source, no event loop: a dict of key sets is all the core needs."""
+    sets: dict[str, KeyRing | None] = {ISSUER: ring_of(keys.rsa)}
+    core = TokenVerifier([issuer()], keys=sets.get, clock=clock)
+    assert core.verify_fetched(mint(keys.rsa, claims())).key_id == "rsa-1"
+    assert core.verify_now(mint(keys.rsa_b, claims())) == NeedKeys(ISSUER, "rsa-2", 0.15)
+    sets[ISSUER] = ring_of(keys.rsa, keys.rsa_b)
+    assert core.verify_fetched(mint(keys.rsa_b, claims())).key_id == "rsa-2"
+    # A cached principal is dropped once its key leaves the set.
+    sets[ISSUER] = ring_of(keys.rsa_b)
+    with pytest.raises(InvalidToken) as gone:
+        core.verify_fetched(mint(keys.rsa, claims()))
+    assert gone.value.reason == "unknown_key"
+
+
+def test_verify_now_needs_no_loop_when_the_keys_are_known(
+    verifier: FetchingVerifier, keys: Keys
+) -> None:
+    principal = verifier.verifier.verify_now(mint(keys.rsa, claims()))
     assert isinstance(principal, Principal)
     assert principal.key_id == "rsa-1"
 
@@ -655,27 +673,27 @@ def test_an_unknown_kid_or_no_key_set_asks_for_keys_instead_of_waiting(
     source = StaticKeySource(ring_of(keys.rsa))
     settings = issuer(jwks={"check_wait_seconds": 0.25})
     v = make_verifier(clock, source, settings)
-    assert v.verify_now(mint(keys.rsa_b, claims())) == NeedKeys(ISSUER, "rsa-2", 0.25)
+    assert v.verifier.verify_now(mint(keys.rsa_b, claims())) == NeedKeys(ISSUER, "rsa-2", 0.25)
     assert source.unknown_kid_refreshes == 0  # asking is not fetching
     empty = make_verifier(clock, StaticKeySource(None), settings)
-    assert empty.verify_now(mint(keys.rsa, claims())) == NeedKeys(ISSUER, "rsa-1", 0.25)
+    assert empty.verifier.verify_now(mint(keys.rsa, claims())) == NeedKeys(ISSUER, "rsa-1", 0.25)
 
 
 async def test_after_a_fetch_the_keys_there_are_decide(clock: ManualClock, keys: Keys) -> None:
     source = StaticKeySource(ring_of(keys.rsa))
     v = make_verifier(clock, source)
     token = mint(keys.rsa_b, claims())
-    need = v.verify_now(token)
+    need = v.verifier.verify_now(token)
     assert isinstance(need, NeedKeys)
     await v.fetch_keys(need)
     assert source.unknown_kid_refreshes == 1
     with pytest.raises(InvalidToken) as still_unknown:
-        v.verify_fetched(token)
+        v.verifier.verify_fetched(token)
     assert still_unknown.value.reason == "unknown_key"
     source.ring = ring_of(keys.rsa, keys.rsa_b)  # what a refetch would have brought
-    assert v.verify_fetched(token).key_id == "rsa-2"
+    assert v.verifier.verify_fetched(token).key_id == "rsa-2"
     with pytest.raises(InvalidToken) as none_at_all:
-        make_verifier(clock, StaticKeySource(None)).verify_fetched(token)
+        make_verifier(clock, StaticKeySource(None)).verifier.verify_fetched(token)
     assert none_at_all.value.reason == "keys_unavailable"
 
 
@@ -687,7 +705,7 @@ async def test_a_failing_fetch_is_logged_not_raised(
             raise RuntimeError("secret-looking detail")
 
     v = make_verifier(clock, Broken(ring_of(keys.rsa)))
-    need = v.verify_now(mint(keys.rsa_b, claims()))
+    need = v.verifier.verify_now(mint(keys.rsa_b, claims()))
     assert isinstance(need, NeedKeys)
     await v.fetch_keys(need)
     assert "secret-looking detail" not in caplog.text

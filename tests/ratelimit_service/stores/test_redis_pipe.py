@@ -16,7 +16,7 @@ import redis
 from ratelimit_service.circuit_breaker import CircuitBreaker
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
-from ratelimit_service.guarded_store import StoreGuard
+from ratelimit_service.guarded_store import GuardedStore
 from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall
@@ -164,10 +164,10 @@ async def test_a_late_reply_is_dropped_and_the_connection_kept(own_redis: RedisS
         await store.close()
 
 
-def _guard(store: StandaloneRedisStore, *, probe_timeout_s: float) -> StoreGuard:
+def _guard(store: StandaloneRedisStore, *, probe_timeout_s: float) -> GuardedStore:
     """A guard with a 50 ms call timeout on a fake clock (the breaker never opens here)."""
     clock = ManualClock()
-    return StoreGuard(
+    return GuardedStore(
         store,
         breaker=CircuitBreaker(failure_threshold=5, open_seconds=1.0, clock=clock),
         decisions=DecisionLog(lines_per_second=100, clock=clock, hash_key=b"k"),
