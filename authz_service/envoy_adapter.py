@@ -37,17 +37,7 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK_STATUS = status_pb2.Status(code=code_pb2.OK)
 _UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
-# Templates keep their Principal alive, so keep few: a hot set of identities fits, and a
-# flood of distinct tokens only costs a rebuild after each clear (~4 MiB at most).
-_MAX_TEMPLATES = 2_048
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
-# Stands for the decision id in serialized allow templates (see ResponseBuilder.wire).
-# Same length as sidecar_runtime.ids' ids, so swapping it keeps every length prefix right.
-_ID_SLOT = "\x01" * 24
-_ID_SLOT_BYTES = _ID_SLOT.encode()
-
-
-_Template = tuple[Principal | None, Any, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +124,6 @@ class ResponseBuilder:
         self._identity = identity
         self._names = identity.headers
         self._decision_header = identity.decision_id_header
-        # (id(principal), rule) -> (principal, response template, its bytes or None)
-        self._allow_templates: dict[
-            tuple[int, str], tuple[Principal | None, Any, bytes | None]
-        ] = {}
         realm = f'Bearer realm="{identity.realm}"'
         self._challenge_plain = realm
         self._challenge_invalid = (
@@ -153,39 +139,12 @@ class ResponseBuilder:
         return self._deny(decision, request_id, decision_id)
 
     def wire(self, decision: Decision, request_id: str, decision_id: str) -> bytes:
-        """`build(...)` serialized. An allow is its identity's serialized template with the
-        decision id swapped in: no message built or serialized per request."""
-        if decision.allowed and len(decision_id) == len(_ID_SLOT):
-            template = self._template_for(decision)[2]
-            if template is not None:
-                return template.replace(_ID_SLOT_BYTES, decision_id.encode())
+        """`build(...)` serialized, as the servicer sends it."""
         wire: bytes = self.build(decision, request_id, decision_id).SerializeToString()
         return wire
 
-    def _template_for(self, decision: Decision) -> _Template:
-        # Everything but the decision id depends only on (principal, rule), and the token
-        # cache hands back the same Principal object for the same token: build it once.
-        key = (id(decision.principal), decision.rule)
-        cached = self._allow_templates.get(key)
-        if cached is None or cached[0] is not decision.principal:
-            if len(self._allow_templates) >= _MAX_TEMPLATES:
-                self._allow_templates.clear()
-            template = self._allow_template(decision)
-            slotted = self._with_decision_id(template, _ID_SLOT).SerializeToString()
-            # Exactly the two slots written above (header and metadata), or no byte template.
-            wire = slotted if slotted.count(_ID_SLOT_BYTES) == 2 else None
-            cached = (decision.principal, template, wire)
-            self._allow_templates[key] = cached
-        return cached
-
     def _allow(self, decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
-        return self._with_decision_id(self._template_for(decision)[1], decision_id)
-
-    def _with_decision_id(
-        self, template: external_auth_pb2.CheckResponse, decision_id: str
-    ) -> external_auth_pb2.CheckResponse:
-        response = external_auth_pb2.CheckResponse()
-        response.CopyFrom(template)
+        response = self._allow_template(decision)
         response.ok_response.headers.add(
             header=base_pb2.HeaderValue(key=self._decision_header, value=decision_id),
             append_action=_OVERWRITE,

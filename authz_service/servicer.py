@@ -208,8 +208,8 @@ async def _decide_awaiting_keys(compiled: CompiledConfig, inputs: CheckInputs) -
 
 def add_to_server(servicer: AuthorizationServicer, server: Any) -> None:
     """Register Check, as a coroutine on grpc.aio and as a plain function on the
-    threaded server. It parses its own request (`check_wire`), and its answers are
-    already serialized (allows come from byte templates), so they go out as they are."""
+    threaded server. It parses its own request (`check_wire`) and serializes its own
+    answers (`ResponseBuilder.wire`), so grpc passes bytes both ways."""
     handler = servicer.check_wire if is_aio(server) else servicer.check_wire_sync
     add_bytes_method(server, SERVICE_NAME, "Check", handler)
 

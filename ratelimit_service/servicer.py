@@ -30,7 +30,7 @@ from ratelimit_service.errors import InvalidRequestError
 from ratelimit_service.limits.bucket import Outcome
 from ratelimit_service.limits.planner import MAX_UINT32, DescriptorRequest, Override, Request
 from ratelimit_service.limits.rules import Limit
-from ratelimit_service.service import Code, Decision, RateLimitService, Status, StoreRound
+from ratelimit_service.service import Code, Decision, RateLimitService, StoreRound
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
@@ -139,94 +139,6 @@ class RequestReader:
         return plain
 
 
-_ONE_BYTE = tuple(bytes([i]) for i in range(0x80))
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative int (up to 3 bytes unrolled: the
-    usual remainders and lengths)."""
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    if value < 0x4000:
-        return bytes(((value & 0x7F) | 0x80, value >> 7))
-    if value < 0x200000:
-        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_OK_HEAD: bytes = rls_pb2.RateLimitResponse(
-    overall_code=rls_pb2.RateLimitResponse.OK
-).SerializeToString()
-_NO_LIMIT_STATUS: bytes = rls_pb2.RateLimitResponse.DescriptorStatus(
-    code=rls_pb2.RateLimitResponse.OK
-).SerializeToString()
-# Tags of the fields written by hand below (field number << 3 | wire type).
-_STATUSES_TAG = b"\x12"  # RateLimitResponse.statuses = 2, length-delimited
-_REMAINING_TAG = b"\x18"  # DescriptorStatus.limit_remaining = 3, varint
-_RESET_TAG = b"\x22"  # DescriptorStatus.duration_until_reset = 4, length-delimited
-_SECONDS_TAG = b"\x08"  # Duration.seconds = 1, varint
-_NANOS_TAG = b"\x10"  # Duration.nanos = 2, varint
-_MAX_PREFIXES = 4096
-
-
-class ResponseWriter:
-    """Serialized RateLimitResponses; the common answer without building a message.
-
-    An OK with no reason and no metadata (nearly every answer) is written straight to
-    bytes: each limit's `code` + `current_limit` head is serialized once by protobuf and
-    remembered, and only the per-call numbers (remaining, time to reset) are encoded
-    here, in field order, so the bytes equal `to_response(...).SerializeToString()` (a
-    test compares them). Everything else goes through `to_response`.
-    """
-
-    def __init__(self) -> None:
-        self._heads: dict[int, tuple[Limit, bytes]] = {}
-
-    def write(self, decision: Decision, domain: str, decision_id: str = "") -> bytes:
-        if decision.code is not Code.OK or decision.reason != "ok" or decision.metadata:
-            wire: bytes = to_response(decision, domain, decision_id).SerializeToString()
-            return wire
-        out = _OK_HEAD
-        for status in decision.statuses:
-            body = self._status(status)
-            out += _STATUSES_TAG + _varint(len(body)) + body
-        return out
-
-    def _status(self, status: Status) -> bytes:
-        limit = status.limit
-        out = _NO_LIMIT_STATUS if limit is None else self._head(limit)
-        remaining = status.remaining
-        if remaining:
-            out += _REMAINING_TAG + _varint(remaining if remaining < MAX_UINT32 else MAX_UINT32)
-        reset_us = status.reset_us
-        if reset_us > 0:
-            seconds, micros = divmod(reset_us, 1_000_000)
-            duration = _SECONDS_TAG + _varint(seconds) if seconds else b""
-            if micros:
-                duration += _NANOS_TAG + _varint(micros * 1000)
-            out += _RESET_TAG + _varint(len(duration)) + duration
-        return out
-
-    def _head(self, limit: Limit) -> bytes:
-        # By identity (a Limit lives as long as its rule set or cached plan); the Limit
-        # is kept in the entry so its id cannot be reused while the entry exists.
-        entry = self._heads.get(id(limit))
-        if entry is not None and entry[0] is limit:
-            return entry[1]
-        status = rls_pb2.RateLimitResponse.DescriptorStatus(code=rls_pb2.RateLimitResponse.OK)
-        _set_current_limit(status.current_limit, limit)
-        head: bytes = status.SerializeToString()
-        if len(self._heads) >= _MAX_PREFIXES:
-            self._heads.clear()  # a reload's worth of new limits: start over
-        self._heads[id(limit)] = (limit, head)
-        return head
-
-
 def _set_current_limit(current: Any, limit: Limit) -> None:
     if limit.name:
         current.name = limit.name
@@ -284,7 +196,6 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self._t = telemetry or RateLimitTelemetry()
         self._ids = DecisionIds()
         self._reader = RequestReader()
-        self._writer = ResponseWriter()
         self.bridge = bridge
 
     async def ShouldRateLimit(  # noqa: N802 - the gRPC method name
@@ -347,7 +258,9 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             decision = yield from self._decide(plain, call)
         needs_id = decision.reason != "ok" or decision.metadata
         self._t.record(decision.code.name, decision.reason, started)
-        return self._writer.write(decision, plain.domain, call.decision_id if needs_id else "")
+        response = to_response(decision, plain.domain, call.decision_id if needs_id else "")
+        wire: bytes = response.SerializeToString()
+        return wire
 
     def _traced(
         self, plain: Request, carrier: dict[str, str], started: float

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -31,11 +31,11 @@ SENSITIVE_HEADERS = frozenset(
 
 
 class AuditEntry(Protocol):
-    """A record of a fixed schema that a hot path keeps as plain references and that
-    encodes itself when its batch is encoded (see authz_service.audit_line)."""
+    """A record that a hot path keeps as plain references; its fields are built when its
+    batch is encoded, off the hot path (see authz_service.audit_line)."""
 
-    def json_line(self, format_time: Callable[[float], str]) -> str:
-        """One JSON line, without the newline; `format_time` formats `time.time()`."""
+    def as_dict(self) -> dict[str, Any]:
+        """The line's fields; a float `ts` is `time.time()`, formatted by the sink."""
         ...
 
 
@@ -122,8 +122,7 @@ class AuditSink:
             while pending:
                 record = pending.popleft()
                 if not isinstance(record, dict):
-                    lines.append(record.json_line(time_format))
-                    continue
+                    record = record.as_dict()
                 ts = record.get("ts")
                 if isinstance(ts, float):
                     # Callers pass time.time(); formatting happens here, off the hot path.

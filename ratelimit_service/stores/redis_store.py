@@ -64,7 +64,6 @@ __all__ = ["SCRIPT", "SCRIPT_SHA", "RedisStore", "StandaloneRedisStore", "open_r
 _STANDALONE = "standalone"
 _LOAD = pack("SCRIPT", "LOAD", SCRIPT)
 _PING = pack("PING")
-_MAX_PACKS = 8192  # remembered EVALSHA commands (a plan cache's worth, and then some)
 
 
 def open_redis_store(settings: StoreSettings) -> BucketStore:
@@ -129,7 +128,6 @@ class StandaloneRedisStore:
         self._loaded = False
         self._generation = 0  # bumped by every SCRIPT LOAD
         self._load_lock = asyncio.Lock()
-        self._packs: dict[int, tuple[Sequence[BucketCall], bytes]] = {}
 
     async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
         return await self.acquire_within(calls, timeout_s=None)
@@ -168,19 +166,10 @@ class StandaloneRedisStore:
         committed, outcomes = parse_reply(reply, len(calls))
         return Acquired(committed, tuple(outcomes))
 
-    def _packed(self, calls: Sequence[BucketCall]) -> bytes:
-        """The EVALSHA command's bytes. A cached plan hands over the same tuple of calls
-        every time (its costs included), so its command is packed once and remembered by
-        identity; the tuple is kept in the entry so its id cannot be reused meanwhile.
-        Lists (built per request) are packed every time."""
-        entry = self._packs.get(id(calls))
-        if entry is not None and entry[0] is calls:
-            return entry[1]
-        packed = pack(*evalsha_args("take", calls, keys_in_argv=False))
-        if isinstance(calls, tuple):
-            if len(self._packs) >= _MAX_PACKS:
-                self._packs.clear()
-            self._packs[id(calls)] = (calls, packed)
+    @staticmethod
+    def _packed(calls: Sequence[BucketCall]) -> bytes:
+        """The EVALSHA command's bytes."""
+        packed: bytes = pack(*evalsha_args("take", calls, keys_in_argv=False))
         return packed
 
     async def _reload_and_retry(

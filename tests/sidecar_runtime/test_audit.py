@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 from sidecar_runtime.audit import AuditSink, TimeFormatter, iso_time, redact
 
@@ -90,11 +91,11 @@ class _Entry:
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def json_line(self, format_time: TimeFormatter) -> str:
-        return json.dumps({"entry": self.n, "ts": format_time(1_700_000_000.5)})
+    def as_dict(self) -> dict[str, Any]:
+        return {"entry": self.n, "ts": 1_700_000_000.5}
 
 
-def test_entries_encode_themselves_in_order_with_dicts(tmp_path: Path) -> None:
+def test_entries_are_encoded_in_order_with_dicts(tmp_path: Path) -> None:
     target = tmp_path / "audit.jsonl"
     sink = AuditSink(str(target), flush_interval=60)
     try:

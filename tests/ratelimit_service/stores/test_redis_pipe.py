@@ -21,7 +21,6 @@ from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall
 from ratelimit_service.stores.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
-from ratelimit_service.stores.redis_script import evalsha_args
 from ratelimit_service.stores.redis_store import StandaloneRedisStore, open_redis_store
 from sidecar_runtime.clock import ManualClock
 from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
@@ -107,28 +106,6 @@ async def test_concurrent_calls_share_one_connection_and_get_their_own_answers(
     assert one_connection.pipe.connections() == 1
     assert clients(redis_server) == 1
     assert redis_server.command_calls("evalsha") == 300
-
-
-@pytest.mark.redis
-@ALSO_ON_UVLOOP
-async def test_a_tuple_s_command_is_packed_once_and_never_reused_for_another(
-    one_connection: StandaloneRedisStore,
-) -> None:
-    plan_calls = (call("packed", 3),)  # what a cached plan hands over on every request
-    for expected in (997, 994):
-        assert (await one_connection.acquire(plan_calls)).outcomes[0].remaining == expected
-    assert one_connection._packs[id(plan_calls)] == (
-        plan_calls,
-        pack(*evalsha_args("take", plan_calls, keys_in_argv=False)),
-    )
-    # An entry left by a tuple that is gone, under the id of a new one: not used.
-    fresh = (call("packed", 1),)
-    one_connection._packs[id(fresh)] = (plan_calls, b"stale")
-    answer = await one_connection.acquire_within(fresh, timeout_s=2.0)
-    assert answer.outcomes[0].remaining == 993
-    listed = [call("packed", 1)]  # built per request: packed every time, never kept
-    await one_connection.acquire(listed)
-    assert id(listed) not in one_connection._packs
 
 
 @pytest.mark.redis
