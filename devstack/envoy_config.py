@@ -720,8 +720,8 @@ def _grpc_route(p: EnvoyParams) -> Config:
     The buffer filter is off here: it would hold a stream until the client half-closes,
     which a bidirectional stream (server reflection, for one) never does before it reads
     an answer. gRPC frames its messages and HTTP/2 its streams, so no body can spill
-    into another request, and the message size limit is the gRPC server's (the demo's:
-    `max_request_body_bytes`, see devstack.grpc_upstream)."""
+    into another request, and the message size limit is the gRPC server's own (grpcio's
+    `max_receive_message_length`, 4 MiB by default)."""
     return {
         "match": {"prefix": "/", "headers": [IS_GRPC]},
         "route": {
