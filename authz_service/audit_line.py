@@ -36,6 +36,9 @@ class CheckAudit(NamedTuple):
             "request_id": facts.request_id if facts else "",
             "trace_id": self.trace_id,
             "decision": "allow" if decision.allowed else "deny",
+            # False: a deny under dry_run; the request went through.
+            "enforced": decision.enforced,
+            "rule_set": decision.rule_set or None,
             "reason": decision.reason,
             "rule": decision.rule,
             "latency_ms": round(self.elapsed * 1000, 3),
@@ -46,6 +49,9 @@ class CheckAudit(NamedTuple):
             "path": _audit_path(facts.raw_path) if facts else "",
             "client_address": facts.client_address if facts else "",
             "detail": decision.detail or None,
+            # A refused body's places (RFC 6901 pointers and reasons), never its values.
+            "violations": [{"pointer": v.pointer, "reason": v.reason} for v in decision.violations]
+            or None,
         }
 
 

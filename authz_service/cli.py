@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from authz_service.body.settings import schema_file_path
 from authz_service.compiled_config import CompiledConfig, compile_config, load_compiled_config
 from authz_service.config_holder import ConfigHolder
 from authz_service.jwks import ProxyConfig
@@ -57,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--token", help="a JWT (sent as Authorization: Bearer)")
     explain.add_argument(
         "--header", action="append", default=[], metavar="NAME: VALUE", help="repeatable"
+    )
+    explain.add_argument(
+        "--body-file", type=Path, help="the request body, as Envoy would forward it"
+    )
+    explain.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an Envoy context extension (repeatable): chooses the rule set",
     )
     explain.add_argument("--client-address", default="127.0.0.1")
     explain.add_argument("--peer-principal", default="")
@@ -161,11 +172,19 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
 
 
 def _watched_files(compiled: CompiledConfig) -> list[Path]:
+    """The config file and every file it names that a reload would read again."""
+    base = compiled.source.parent
     files = [compiled.source]
     for issuer in compiled.settings.issuers:
         if issuer.jwks_file is not None:
             jwks = issuer.jwks_file
             files.append(jwks if jwks.is_absolute() else compiled.source.parent / jwks)
+    settings = compiled.settings
+    for routes in (settings.routes, *(rule_set.routes for rule_set in settings.rule_sets)):
+        for route in routes:
+            schema = None if route.body is None else schema_file_path(route.body, base)
+            if schema is not None:
+                files.append(schema)
     return files
 
 
@@ -183,6 +202,11 @@ async def _explain(args: argparse.Namespace) -> int:
         if args.token:
             authorization.append(f"Bearer {args.token}")
         cookie = headers.pop("cookie", "")
+        body = b"" if args.body_file is None else args.body_file.read_bytes()
+        if args.body_file is not None:
+            headers.setdefault("content-length", str(len(body)))
+            headers.setdefault("content-type", "application/json")
+        context = dict(item.partition("=")[::2] for item in args.context)
         facts = RequestFacts(
             method=args.method.upper(),
             raw_path=args.path,
@@ -191,6 +215,8 @@ async def _explain(args: argparse.Namespace) -> int:
             client_address=args.client_address,
             peer_principal=args.peer_principal,
             request_id="explain",
+            raw_body=body,
+            context=context,
         )
         decision = await compiled.decide(facts, authorization=tuple(authorization), cookie=cookie)
         explanation = _explanation(compiled, facts, decision)
@@ -200,7 +226,7 @@ async def _explain(args: argparse.Namespace) -> int:
             explanation["token"] = describe_token(token)
             explanation["expected"] = _expected(compiled, explanation["token"].get("iss"))
         print(json.dumps(explanation, indent=2))
-        return 0 if decision.allowed else 1
+        return 0 if decision.lets_through else 1
     finally:
         await compiled.close()
 
@@ -237,7 +263,7 @@ def _expected(compiled: CompiledConfig, iss: object) -> dict[str, Any]:
 def _explanation(compiled: CompiledConfig, facts: RequestFacts, decision: Any) -> dict[str, Any]:
     match = None
     try:
-        match = compiled.authorizer.policy.match(facts)
+        match = compiled.authorizer.rule_sets.choose(facts.context).policy.match(facts)
     except Exception as exc:  # the decision already says 400; show why
         match_info: dict[str, Any] = {"error": str(exc)}
     else:
@@ -247,8 +273,12 @@ def _explanation(compiled: CompiledConfig, facts: RequestFacts, decision: Any) -
     principal = decision.principal
     return {
         "decision": "allow" if decision.allowed else "deny",
+        "enforced": decision.enforced,
         "status": decision.status,
         "reason": decision.reason,
+        "rule_set": decision.rule_set or None,
+        "violations": [{"pointer": v.pointer, "reason": v.reason} for v in decision.violations]
+        or None,
         "error": decision.error or None,
         "detail": decision.detail or None,
         "match": match_info,

@@ -18,7 +18,7 @@ from authz_service.instruments import FetchInstruments
 from authz_service.jwks import Fetcher, ProxyConfig
 from authz_service.jwks.verification import FetchingVerifier
 from authz_service.pipeline import Authorizer, Decision, NeedKeys
-from authz_service.policy import CompiledPolicy, RequestFacts
+from authz_service.policy import RequestFacts, RuleSets
 from authz_service.settings import AuthzSettings, load_settings
 from sidecar_runtime.clock import Clock
 
@@ -59,7 +59,7 @@ def compile_config(
     """Compile `settings` (raises ConfigError). Key sources of unchanged issuers are reused
     from `previous`, so a policy edit does not refetch every JWKS. `proxies` (default: none)
     carry the HTTPS_PROXY / HTTP_PROXY / NO_PROXY environment, read once at start."""
-    policy = CompiledPolicy.compile(settings.policy(), source=str(source))
+    rule_sets = RuleSets.compile(settings.policy(), settings.rule_sets, source=str(source))
     reused = (
         previous.tokens.reusable_key_sources(settings.issuers, config_dir=source.parent)
         if previous is not None
@@ -76,7 +76,9 @@ def compile_config(
         instrument=_instrumenter(telemetry),
         proxies=proxies,
     )
-    authorizer = Authorizer(policy, tokens.verifier, cookie_names=settings.credentials.cookie_names)
+    authorizer = Authorizer(
+        rule_sets, tokens.verifier, cookie_names=settings.credentials.cookie_names
+    )
     return CompiledConfig(source, settings, authorizer, tokens, ResponseBuilder(settings.identity))
 
 

@@ -1,14 +1,19 @@
 """The authorization pipeline, read top to bottom like the contract (ARCHITECTURE.md 5):
 
+    0. rule set      the one Envoy's context extensions select, else the default
     1. credentials   ambiguous credentials (two Authorization headers, header + query/cookie) -> 400
     2. route         undecodable path -> 400; no rule matches -> 403 (allow-list)
-    3. public        a public rule allows without credentials
+    3. public        a public rule allows without credentials (body and conditions still apply)
     4. identity      no bearer token -> 401 challenge; any invalid token -> 401 invalid_token;
                      no usable keys for the issuer (IdP down, nothing cached) -> 503
-    5. policy        missing scope -> 403 insufficient_scope; role or condition -> 403
+    5. access        missing scope -> 403 insufficient_scope; none of the roles -> 403
+    6. body          the rule's schema: over max_bytes -> 413, wrong content type -> 415,
+                     not well-formed JSON -> 400, breaks the schema -> 422 (RFC 9457)
+    7. conditions    CEL, which may read the validated `request.body` -> 403
 
 A denial is a `Decision`, never an exception. Anything unexpected is turned into a 503 deny
-by the servicer (fail closed).
+by the servicer (fail closed). Under `mode: dry_run` (the rule's, else its rule set's) a
+deny is recorded as it is (`enforced=False`) and the request is allowed.
 
 The pipeline is synchronous and does no I/O (`decide_now`): when the token needs keys the
 issuer's current set lacks, it answers `NeedKeys`; the caller fetches them (on the event
@@ -19,16 +24,23 @@ and decides again with the keys there are then (`decide_fetched`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from authz_service.body import BodyVerdict, CompiledBody, Violation
+from authz_service.body.verdict import BODY_NOT_FORWARDED
+from authz_service.body.verdict import refused as refused_body
 from authz_service.credentials import extract_bearer
 from authz_service.policy import (
     BadRequestPath,
     CompiledPolicy,
     PolicyOutcome,
     RequestFacts,
+    RouteMatch,
+    RuleSets,
     evaluate,
 )
+from authz_service.policy.evaluate import access_denied
+from authz_service.policy.rules import DRY_RUN
 from authz_service.principal import Principal
 from authz_service.tokens import InvalidToken
 from authz_service.tokens.verifier import NeedKeys, TokenVerifier
@@ -46,6 +58,15 @@ class Decision:
     principal: Principal | None = None
     required_scopes: tuple[str, ...] = ()
     detail: str = ""  # why, for `explain` and the audit log (never a token)
+    violations: tuple[Violation, ...] = ()  # a refused body's pointers and reasons
+    rule_set: str = ""  # "" for the default rule set
+    # False: a deny under dry_run, recorded as it would be enforced; the request is allowed.
+    enforced: bool = True
+
+    @property
+    def lets_through(self) -> bool:
+        """Whether Envoy lets the request through: an allow, or a deny in dry run."""
+        return self.allowed or not self.enforced
 
 
 def deny(status: int, reason: str, error: str, **kw: object) -> Decision:
@@ -53,6 +74,14 @@ def deny(status: int, reason: str, error: str, **kw: object) -> Decision:
 
 
 INTERNAL_ERROR = deny(503, "internal_error", "temporarily_unavailable")
+
+# The public error code of each body verdict (the problem document carries the details).
+_BODY_ERRORS = {
+    400: "invalid_request",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_body",
+}
 
 _OUTCOME_STATUS = {
     "unauthenticated": (401, "unauthorized"),
@@ -68,12 +97,12 @@ class Authorizer:
 
     def __init__(
         self,
-        policy: CompiledPolicy,
+        rule_sets: RuleSets,
         verifier: TokenVerifier,
         *,
         cookie_names: frozenset[str],
     ) -> None:
-        self.policy = policy
+        self.rule_sets = rule_sets
         self.verifier = verifier
         self._cookie_names = cookie_names
 
@@ -99,31 +128,92 @@ class Authorizer:
         cookie: str,
         verify: Callable[[str], Principal | NeedKeys],
     ) -> Decision | NeedKeys:
+        rule_set = self.rule_sets.choose(facts.context)
+        decided, mode = self._decide_in(rule_set.policy, facts, authorization, cookie, verify)
+        if isinstance(decided, NeedKeys):
+            return decided
+        if rule_set.name:
+            decided = replace(decided, rule_set=rule_set.name)
+        if mode == DRY_RUN and not decided.allowed:
+            return replace(decided, enforced=False)
+        return decided
+
+    def _decide_in(
+        self,
+        policy: CompiledPolicy,
+        facts: RequestFacts,
+        authorization: Sequence[str],
+        cookie: str,
+        verify: Callable[[str], Principal | NeedKeys],
+    ) -> tuple[Decision | NeedKeys, str]:
+        """The decision, and the mode it falls under (the matched rule's, else the set's)."""
+        set_mode = policy.mode
         query = facts.raw_path.partition("?")[2]
         creds = extract_bearer(
             authorization, raw_query=query, cookie_header=cookie, cookie_names=self._cookie_names
         )
         if creds.problem is not None:
-            return deny(400, creds.problem, "invalid_request")
+            return deny(400, creds.problem, "invalid_request"), set_mode
         try:
-            match = self.policy.match(facts)
+            match = policy.match(facts)
         except BadRequestPath as exc:
-            return deny(400, "bad_path", "invalid_request", detail=exc.reason)
+            return deny(400, "bad_path", "invalid_request", detail=exc.reason), set_mode
         if match is None:
-            return deny(403, "no_route", "forbidden")
-        if match.rule.public:
-            return _from_outcome(evaluate(match, None, facts), None)
+            return deny(403, "no_route", "forbidden"), set_mode
+        rule = match.rule
+        if rule.public:
+            return self._after_access(match, None, facts), rule.mode
         if not creds.token:
-            return deny(401, "no_credentials", "unauthorized", rule=match.rule.name)
+            return deny(401, "no_credentials", "unauthorized", rule=rule.name), rule.mode
         try:
             principal = verify(creds.token)
         except InvalidToken as exc:
             if exc.reason == "keys_unavailable":
-                return deny(503, exc.reason, "temporarily_unavailable", rule=match.rule.name)
-            return deny(401, exc.reason, "invalid_token", rule=match.rule.name)
+                return deny(503, exc.reason, "temporarily_unavailable", rule=rule.name), rule.mode
+            return deny(401, exc.reason, "invalid_token", rule=rule.name), rule.mode
         if isinstance(principal, NeedKeys):
-            return principal
-        return _from_outcome(evaluate(match, principal, facts), principal)
+            return principal, rule.mode
+        denied = access_denied(rule, principal)
+        if denied is not None:
+            return _from_outcome(denied, principal), rule.mode
+        return self._after_access(match, principal, facts), rule.mode
+
+    @staticmethod
+    def _after_access(
+        match: RouteMatch, principal: Principal | None, facts: RequestFacts
+    ) -> Decision:
+        """The body (when the rule has a schema), then the conditions."""
+        body = match.rule.body
+        if body is None:
+            return _from_outcome(evaluate(match, principal, facts), principal)
+        verdict = _body_verdict(body, facts)
+        if not verdict.ok:
+            return _body_denied(verdict, match.rule.name, principal)
+        outcome = evaluate(match, principal, facts, body=verdict.value)
+        return _from_outcome(outcome, principal)
+
+
+def _body_verdict(body: CompiledBody, facts: RequestFacts) -> BodyVerdict:
+    # Envoy forwards the body only on the routes it was told have a schema. A body the
+    # client declared but Envoy did not forward (Envoy's routing and the policy's differ
+    # for this path) cannot be checked: refuse it rather than validate an empty one.
+    declared = facts.headers.get("content-length")
+    if declared is not None and declared.strip() != str(len(facts.raw_body)):
+        return refused_body(BODY_NOT_FORWARDED, "the body did not reach the policy")
+    return body.check(facts.raw_body, facts.headers.get("content-type"))
+
+
+def _body_denied(verdict: BodyVerdict, rule: str, principal: Principal | None) -> Decision:
+    return Decision(
+        False,
+        verdict.status,
+        verdict.reason,
+        _BODY_ERRORS.get(verdict.status, "invalid_request"),
+        rule=rule,
+        principal=principal,
+        detail=verdict.detail,
+        violations=verdict.violations,
+    )
 
 
 def _from_outcome(outcome: PolicyOutcome, principal: Principal | None) -> Decision:

@@ -176,7 +176,12 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             decision = INTERNAL_ERROR
             response = compiled.responses.wire(decision, request_id, call.decision_id)
         elapsed = time.perf_counter() - call.started
-        self._t.record("allow" if decision.allowed else "deny", decision.reason, elapsed)
+        self._t.record(
+            "allow" if decision.allowed else "deny",
+            decision.reason,
+            elapsed,
+            enforced=decision.enforced,
+        )
         if self._audit is not None:
             self._audit.emit(
                 CheckAudit(
@@ -236,6 +241,7 @@ def span_attributes(decision: Decision, decision_id: str, method: str) -> dict[s
     principal = decision.principal
     attributes: dict[str, Any] = {
         "authz.decision": "allow" if decision.allowed else "deny",
+        "authz.enforced": decision.enforced,
         "authz.reason": decision.reason,
         "authz.rule": decision.rule,
         "authz.decision_id": decision_id,

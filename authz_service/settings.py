@@ -8,7 +8,9 @@ credentials: cookie names that count as a second credential
 audit:       where decision lines go
 reload:      file watching
 health:      when gRPC health says SERVING (see authz_service.readiness)
-routes:      the policy (see authz_service.policy)
+mode:        enforce (default) or dry_run, for the default rule set
+routes:      the policy (see authz_service.policy): the default rule set
+rule_sets:   further rule sets, each chosen by Envoy context extensions (`select`)
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from authz_service.policy import PolicySettings, RouteSettings
+from authz_service.policy.settings import Mode, PolicySettings, RouteSettings, RuleSetSettings
 from authz_service.tokens.settings import IssuerSettings, TokenLimits
 from sidecar_runtime.config import Frozen, load_model
 from sidecar_runtime.settings import ServerSettings
@@ -109,7 +111,39 @@ class AuthzSettings(Frozen):
     reload: ReloadSettings = ReloadSettings()
     health: HealthSettings = HealthSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
-    routes: list[RouteSettings] = Field(min_length=1)
+    # The default rule set (requests no rule set selects) and its mode; rule_sets come
+    # first so that `routes` can be checked knowing whether there are any.
+    mode: Mode = "enforce"
+    rule_sets: list[RuleSetSettings] = Field(default_factory=list)
+    routes: list[RouteSettings] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("rule_sets")
+    @classmethod
+    def _distinct_rule_sets(cls, rule_sets: list[RuleSetSettings]) -> list[RuleSetSettings]:
+        names: dict[str, int] = {}
+        selects: dict[tuple[tuple[str, str], ...], int] = {}
+        for i, rule_set in enumerate(rule_sets):
+            if rule_set.name in names:
+                first = names[rule_set.name]
+                raise ValueError(
+                    f"rule_sets[{i}].name: {rule_set.name!r} is used by rule_sets[{first}]"
+                )
+            names[rule_set.name] = i
+            select = tuple(sorted(rule_set.select.items()))
+            if select in selects:
+                raise ValueError(
+                    f"rule_sets[{i}].select: the same as rule_sets[{selects[select]}]'s; "
+                    "that rule set would never be chosen"
+                )
+            selects[select] = i
+        return rule_sets
+
+    @field_validator("routes")
+    @classmethod
+    def _some_rules(cls, routes: list[RouteSettings], info: ValidationInfo) -> list[RouteSettings]:
+        if not routes and not info.data.get("rule_sets"):
+            raise ValueError("list at least one rule (or a rule set in rule_sets)")
+        return routes
 
     @field_validator("issuers")
     @classmethod
@@ -122,7 +156,8 @@ class AuthzSettings(Frozen):
         return v
 
     def policy(self) -> PolicySettings:
-        return PolicySettings(routes=self.routes)
+        """The default rule set."""
+        return PolicySettings(routes=self.routes, mode=self.mode)
 
 
 def load_settings(path: str | Path) -> AuthzSettings:

@@ -2,7 +2,7 @@
 
 Metrics (names follow OTel conventions; Prometheus shows them with `_total` etc.):
 
-    authz.decisions              counter   {decision, reason}   one per Check
+    authz.decisions              counter   {decision, reason, enforced}   one per Check
     authz.check.duration         histogram seconds              Check latency
     authz.token_cache.lookups    counter   {result: hit|miss}   verified-token cache
     authz.jwks.fetches           counter   {issuer, outcome}    outcome: ok | error
@@ -46,7 +46,7 @@ class AuthzTelemetry:
         self.tracing = telemetry.tracing
         self.drops_unsampled = telemetry.drops_unsampled_parents
         self.metering = telemetry.metering
-        self.decisions: Counter[tuple[str, str]] = Counter()
+        self.decisions: Counter[tuple[str, str, bool]] = Counter()
         self.verifier_stats = VerifierStats()
         self.jwks_fetches: Counter[tuple[str, str]] = Counter()
         self._snapshot: SnapshotSource | None = None  # until `attach`
@@ -90,15 +90,16 @@ class AuthzTelemetry:
             "authz.Check", context=parent, kind=SpanKind.SERVER
         )
 
-    def record(self, decision: str, reason: str, seconds: float) -> None:
+    def record(self, decision: str, reason: str, seconds: float, *, enforced: bool = True) -> None:
         if self.metering:  # only exported metrics read these
-            self.decisions[(decision, reason)] += 1
+            self.decisions[(decision, reason, enforced)] += 1
             self.check_duration.record(seconds)
 
     # -- observable callbacks (run at export time, off the hot path) -----------------
     def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:
-        for (decision, reason), count in list(self.decisions.items()):
-            yield Observation(count, {"decision": decision, "reason": reason})
+        for (decision, reason, enforced), count in list(self.decisions.items()):
+            labels = {"decision": decision, "reason": reason, "enforced": str(enforced).lower()}
+            yield Observation(count, labels)
 
     def _observe_cache(self, _options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.verifier_stats.cache_hits, {"result": "hit"})

@@ -22,6 +22,12 @@ PACKAGES = ("authz_service", "ratelimit_service", "sidecar_runtime")
 # The core: pure today, and kept so. Each may import only what these bans allow, and so
 # may every first-party module it imports.
 CORE = (
+    "authz_service.body",
+    "authz_service.body.parse",
+    "authz_service.body.problem",
+    "authz_service.body.schema",
+    "authz_service.body.settings",
+    "authz_service.body.verdict",
     "authz_service.credentials",
     "authz_service.identity_encoding",
     "authz_service.pipeline",
@@ -32,6 +38,7 @@ CORE = (
     "authz_service.policy.paths",
     "authz_service.policy.policy",
     "authz_service.policy.router",
+    "authz_service.policy.rule_sets",
     "authz_service.policy.rules",
     "authz_service.policy.settings",
     "authz_service.policy.template",

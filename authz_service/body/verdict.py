@@ -15,6 +15,9 @@ BODY_TOO_LARGE = "body_too_large"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 MALFORMED_BODY = "malformed_body"
 SCHEMA_VIOLATION = "schema_violation"
+# The client declared a body that Envoy did not forward to the policy (Envoy's routes and
+# the policy's rules disagree for this path): it cannot be checked, so it is refused.
+BODY_NOT_FORWARDED = "body_not_forwarded"
 
 # The status each reason maps to. A body that is not well-formed JSON within the limits is
 # a 400 (the request cannot be read at all); 422 is kept for a well-formed body that breaks
@@ -25,7 +28,10 @@ STATUS = {
     UNSUPPORTED_MEDIA_TYPE: 415,
     MALFORMED_BODY: 400,
     SCHEMA_VIOLATION: 422,
+    BODY_NOT_FORWARDED: 400,
 }
+# Every reason a body is refused with (a problem document, not the plain error body).
+BODY_REASONS = frozenset(STATUS) - {OK}
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,18 +6,23 @@
     router      most-specific-wins matching over a segment trie (the precedence contract)
     conditions  CEL programs: compiled at load, evaluated fail-closed
     policy      CompiledPolicy: compile once, match per request, explain for the CLI
+    rule_sets   RuleSets: the default rule set and those chosen by Envoy's context
     evaluate    scopes, roles and conditions of the matched rule -> PolicyOutcome
 
 Typical use by the Check handler:
 
+    policy = rule_sets.choose(facts.context).policy
     match = policy.match(facts)          # BadRequestPath -> 400; None -> 403
-    outcome = evaluate(match, principal, facts)
+    denied = access_denied(match.rule, principal)        # scopes and roles
+    verdict = match.rule.body.check(...)                 # when the rule has a body schema
+    outcome = evaluate(match, principal, facts, body=verdict.value)
 """
 
 from authz_service.policy.evaluate import evaluate, request_variables, token_variables
 from authz_service.policy.paths import BadRequestPath
 from authz_service.policy.policy import CompiledPolicy, explain_match
 from authz_service.policy.router import Candidate
+from authz_service.policy.rule_sets import RuleSet, RuleSets
 from authz_service.policy.rules import (
     ALLOWED,
     CONDITION_ERROR,
@@ -50,6 +55,8 @@ __all__ = [
     "RequestFacts",
     "RouteMatch",
     "RouteSettings",
+    "RuleSet",
+    "RuleSets",
     "evaluate",
     "explain_match",
     "request_variables",

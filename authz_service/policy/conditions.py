@@ -5,7 +5,10 @@ Variables a condition sees (all maps with string keys):
     request  method, path (decoded, no query), host (lower case, no port), headers
              (lower-case names; the caller has removed authorization and cookie), query
              (name -> list of strings), client_address, principal (mTLS peer, "" if
-             none), id (request id)
+             none), id (request id), context (Envoy's context extensions), metadata
+             (the route's metadata, namespace -> values), dynamic_metadata (the
+             request's, from earlier filters), body (the parsed body, on rules with a
+             `body` schema only, after it passed)
     params   path parameter name -> decoded value
     token    the verified claims, with sub, iss, roles and scopes (lists) taken from the
              Principal; an empty map when the request is unauthenticated

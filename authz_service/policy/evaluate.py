@@ -35,20 +35,36 @@ def evaluate(
     principal: Principal | None,
     facts: RequestFacts,
     *,
+    body: Any = None,
     request_map: Mapping[str, Any] | None = None,
 ) -> PolicyOutcome:
     """Decide whether `principal` may make the matched request. Never raises for a deny.
 
-    `request_map` lets a caller that already built the CEL `request` variable (see
-    `request_variables`; plain dicts and lists only, as CEL requires) pass it in;
-    otherwise only the fields the rule's conditions read are built, and only then."""
+    `body` is the request body as parsed and validated against the rule's schema (CEL
+    `request.body`). `request_map` lets a caller that already built the CEL `request`
+    variable (see `request_variables`; plain dicts and lists only, as CEL requires) pass
+    it in; otherwise only the fields the rule's conditions read are built, and only then."""
     rule = match.rule
     if rule.public:
         if rule.conditions:
-            denied = _check_conditions(rule, match, None, facts, request_map)
+            denied = _check_conditions(rule, match, None, facts, body, request_map)
             if denied is not None:
                 return denied
         return rule.public_outcome
+    denied = access_denied(rule, principal)
+    if denied is not None:
+        return denied
+    if rule.conditions:
+        denied = _check_conditions(rule, match, principal, facts, body, request_map)
+        if denied is not None:
+            return denied
+    return rule.allowed_outcome
+
+
+def access_denied(rule: CompiledRule, principal: Principal | None) -> PolicyOutcome | None:
+    """The deny a non-public rule gives before its conditions (no principal, a missing
+    scope, none of the roles), or None. The pipeline asks this before it looks at a
+    body, so a client without access learns nothing about the schema."""
     if principal is None:
         return rule.unauthenticated_outcome
     if rule.scopes:
@@ -59,11 +75,7 @@ def evaluate(
             )
     if rule.roles and rule.roles.isdisjoint(principal.roles):
         return rule.role_denied_outcome
-    if rule.conditions:
-        denied = _check_conditions(rule, match, principal, facts, request_map)
-        if denied is not None:
-            return denied
-    return rule.allowed_outcome
+    return None
 
 
 def _check_conditions(
@@ -71,10 +83,11 @@ def _check_conditions(
     match: RouteMatch,
     principal: Principal | None,
     facts: RequestFacts,
+    body: Any,
     request_map: Mapping[str, Any] | None,
 ) -> PolicyOutcome | None:
     try:
-        variables: Any = _variables(rule, match, principal, facts, request_map)
+        variables: Any = _variables(rule, match, principal, facts, body, request_map)
         if len(rule.conditions) > 1:
             variables = new_activation(variables)  # converted once, read by each
     except Exception as exc:  # e.g. a claim value CEL cannot represent: fail closed
@@ -95,6 +108,7 @@ def _variables(
     match: RouteMatch,
     principal: Principal | None,
     facts: RequestFacts,
+    body: Any,
     request_map: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     # Converting Python values into CEL values is most of an evaluation's cost, so only
@@ -106,7 +120,7 @@ def _variables(
         variables[REQUEST] = (
             request_map
             if request_map is not None
-            else request_variables(match, facts, fields=rule.request_fields)
+            else request_variables(match, facts, fields=rule.request_fields, body=body)
         )
     if rule.reads_token:
         variables[TOKEN] = (
@@ -124,6 +138,9 @@ _REQUEST_FIELDS: dict[str, Callable[[RouteMatch, RequestFacts], Any]] = {
     "client_address": lambda match, facts: facts.client_address,
     "principal": lambda match, facts: facts.peer_principal,
     "id": lambda match, facts: facts.request_id,
+    "context": lambda match, facts: dict(facts.context),
+    "metadata": lambda match, facts: _plain(facts.route_metadata),
+    "dynamic_metadata": lambda match, facts: _plain(facts.dynamic_metadata),
 }
 
 _TOKEN_FROM_PRINCIPAL: dict[str, Callable[[Principal], Any]] = {
@@ -135,12 +152,21 @@ _TOKEN_FROM_PRINCIPAL: dict[str, Callable[[Principal], Any]] = {
 
 
 def request_variables(
-    match: RouteMatch, facts: RequestFacts, *, fields: Iterable[str] | None = None
+    match: RouteMatch,
+    facts: RequestFacts,
+    *,
+    fields: Iterable[str] | None = None,
+    body: Any = None,
 ) -> dict[str, Any]:
     """The CEL `request` map (plain dicts and lists, as CEL requires): every field, or
-    only `fields` (unknown names are left out, so reading them is an error)."""
+    only `fields` (unknown names are left out, so reading them is an error). `body` is
+    there only when the rule has a schema that accepted it: a condition reading
+    `request.body` elsewhere fails, which denies."""
     names = _REQUEST_FIELDS.keys() if fields is None else fields
-    return {name: _REQUEST_FIELDS[name](match, facts) for name in names if name in _REQUEST_FIELDS}
+    out = {name: _REQUEST_FIELDS[name](match, facts) for name in names if name in _REQUEST_FIELDS}
+    if match.rule.body is not None and (fields is None or "body" in fields):
+        out["body"] = body
+    return out
 
 
 def token_variables(principal: Principal, *, fields: Iterable[str] | None = None) -> dict[str, Any]:

@@ -16,7 +16,9 @@ The object is immutable once built; a reload builds a new one and swaps it whole
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
+from authz_service.body import compile_body
 from authz_service.policy.conditions import (
     CompiledCondition,
     ConditionCompileError,
@@ -24,7 +26,7 @@ from authz_service.policy.conditions import (
 )
 from authz_service.policy.paths import normalise_host, parse_target
 from authz_service.policy.router import Candidate, RouteConflict, Router
-from authz_service.policy.rules import CompiledRule, RequestFacts, RouteMatch
+from authz_service.policy.rules import ENFORCE, CompiledRule, RequestFacts, RouteMatch
 from authz_service.policy.settings import PolicySettings, RouteSettings
 from authz_service.policy.template import parse_template
 from sidecar_runtime.errors import ConfigError
@@ -36,11 +38,14 @@ _MAX_MEMO_PATH = 256  # longer paths are matched every time (bounds the memo's m
 class CompiledPolicy:
     """The allow-list, ready to match requests. Build it with `compile`."""
 
-    __slots__ = ("_matches", "_router", "rules", "source")
+    __slots__ = ("_matches", "_router", "mode", "rules", "source")
 
-    def __init__(self, rules: tuple[CompiledRule, ...], router: Router, source: str) -> None:
+    def __init__(
+        self, rules: tuple[CompiledRule, ...], router: Router, source: str, mode: str = ENFORCE
+    ) -> None:
         self.rules = rules
         self.source = source
+        self.mode = mode  # what a request no rule matches falls under (the set's mode)
         self._router = router
         # (host, method, raw path) -> match: APIs see the same paths again and again, and
         # parsing + trie walk cost ~5 us. Bounded (oldest out first) and per compiled
@@ -56,7 +61,9 @@ class CompiledPolicy:
         `key_prefix` is prepended to key paths when the routes section is nested in a
         larger file (e.g. "policy." gives "policy.routes[3].conditions[0]")."""
         rules = tuple(
-            _compile_rule(route, index=i, source=source, key_prefix=key_prefix)
+            _compile_rule(
+                route, index=i, source=source, key_prefix=key_prefix, set_mode=settings.mode
+            )
             for i, route in enumerate(settings.routes)
         )
         _check_unique_names(rules, source=source, key_prefix=key_prefix)
@@ -71,7 +78,7 @@ class CompiledPolicy:
                     f"{key_prefix}routes[{rule.index}]",
                     f"same match key as routes[{other.index}] ({other.name!r}): {conflict.where}",
                 ) from None
-        return cls(rules, router, source)
+        return cls(rules, router, source, settings.mode)
 
     def match(self, facts: RequestFacts) -> RouteMatch | None:
         """The most specific rule for the request, or None (deny). Raises BadRequestPath."""
@@ -116,9 +123,13 @@ def explain_match(policy: CompiledPolicy, facts: RequestFacts) -> list[Candidate
 
 
 def _compile_rule(
-    route: RouteSettings, *, index: int, source: str, key_prefix: str
+    route: RouteSettings, *, index: int, source: str, key_prefix: str, set_mode: str
 ) -> CompiledRule:
     template = parse_template(route.path)  # validated already, cannot fail
+    body = None
+    if route.body is not None:
+        key = f"{key_prefix}routes[{index}].body"
+        body = compile_body(route.body, file=source, key=key, base_dir=Path(source).parent)
     conditions = []
     for k, text in enumerate(route.conditions):
         try:
@@ -126,6 +137,12 @@ def _compile_rule(
         except ConditionCompileError as exc:
             key = f"{key_prefix}routes[{index}].conditions[{k}]"
             raise ConfigError(source, key, str(exc)) from None
+        fields = conditions[-1].request_fields
+        if route.body is None and fields is not None and "body" in fields:
+            key = f"{key_prefix}routes[{index}].conditions[{k}]"
+            raise ConfigError(
+                source, key, "reads request.body, but the rule declares no `body` schema"
+            )
     return CompiledRule(
         name=route.name,
         index=index,
@@ -136,6 +153,8 @@ def _compile_rule(
         scopes=route.scopes,
         roles=frozenset(route.roles),
         conditions=tuple(conditions),
+        body=body,
+        mode=route.mode or set_mode,
     )
 
 

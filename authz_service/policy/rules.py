@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
+from authz_service.body import CompiledBody
 from authz_service.policy.conditions import CompiledCondition
 from authz_service.policy.template import PathTemplate, SegmentKind
 
@@ -16,6 +19,9 @@ INSUFFICIENT_SCOPE = "insufficient_scope"
 ROLE_DENIED = "role_denied"
 CONDITION_FALSE = "condition_false"
 CONDITION_ERROR = "condition_error"
+
+ENFORCE, DRY_RUN = "enforce", "dry_run"
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,14 @@ class RequestFacts:
     client_address: str
     peer_principal: str
     request_id: str
+    # The body as Envoy forwarded it: only on routes whose rule declares a body schema
+    # (Envoy's per-route `with_request_body`); empty elsewhere.
+    raw_body: bytes = b""
+    # Envoy's per-route context extensions (string -> string), and the route's metadata
+    # and the request's dynamic metadata (namespace -> plain JSON values).
+    context: Mapping[str, str] = field(default_factory=lambda: _NOTHING)
+    route_metadata: Mapping[str, Any] = field(default_factory=lambda: _NOTHING)
+    dynamic_metadata: Mapping[str, Any] = field(default_factory=lambda: _NOTHING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +81,8 @@ class CompiledRule:
     scopes: tuple[str, ...]
     roles: frozenset[str]
     conditions: tuple[CompiledCondition, ...]
+    body: CompiledBody | None = None
+    mode: str = ENFORCE  # the rule's own, or its rule set's
     captures: tuple[Capture, ...] = field(init=False)
     reads_request: bool = field(init=False)
     reads_token: bool = field(init=False)

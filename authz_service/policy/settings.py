@@ -30,7 +30,7 @@ Server reflection is a service like any other: denied unless a rule names it.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -42,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from authz_service.body.settings import BodySettings
 from authz_service.policy.template import TemplateError, parse_template
 from sidecar_runtime.config import Frozen
 
@@ -180,6 +181,9 @@ class GrpcTarget(Frozen):
         return f"/{self.service}/{method}"
 
 
+Mode = Literal["enforce", "dry_run"]
+
+
 class RouteSettings(Frozen):
     """One rule of the allow-list."""
 
@@ -193,6 +197,11 @@ class RouteSettings(Frozen):
     scopes: tuple[Scope, ...] = ()
     roles: tuple[Role, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    # A JSON Schema for the request body, checked after the scopes and roles and before
+    # the conditions (which may read `request.body`); see authz_service.body.
+    body: BodySettings | None = None
+    # None: the rule set's mode. dry_run: decide and record, but allow (docs/authz.md).
+    mode: Mode | None = None
 
     @field_validator("methods")
     @classmethod
@@ -246,3 +255,36 @@ class PolicySettings(Frozen):
     """The `routes:` section: the allow-list of requests the authz sidecar may allow."""
 
     routes: list[RouteSettings] = Field(default_factory=list)
+    mode: Mode = "enforce"
+
+
+def _check_context_entry(value: str) -> str:
+    if not value or len(value) > 256:
+        raise ValueError("context keys and values must be 1-256 characters")
+    return value
+
+
+ContextText = Annotated[StrictStr, AfterValidator(_check_context_entry)]
+
+
+class RuleSetSettings(Frozen):
+    """`rule_sets[i]`: routes for the requests whose Envoy context extensions hold every
+    `select` entry (one sidecar serving several APIs or tenants)."""
+
+    name: RuleName
+    select: dict[ContextText, ContextText]
+    mode: Mode = "enforce"
+    routes: list[RouteSettings] = Field(min_length=1)
+
+    @field_validator("select")
+    @classmethod
+    def _select_something(cls, select: dict[str, str]) -> dict[str, str]:
+        if not select:
+            raise ValueError(
+                "select needs at least one context entry (the top-level routes are the "
+                "rule set for requests no rule set selects)"
+            )
+        return select
+
+    def policy(self) -> PolicySettings:
+        return PolicySettings(routes=self.routes, mode=self.mode)

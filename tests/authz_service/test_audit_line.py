@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from authz_service.audit_line import CheckAudit, audit_record
+from authz_service.body import Violation
 from authz_service.pipeline import Decision, deny
 from authz_service.policy import RequestFacts
 from authz_service.principal import Principal
@@ -93,3 +94,24 @@ def test_audit_record_defaults_ts_to_now() -> None:
     record = audit_record(Decision(True, 200, "public"), _facts(), 0.001)
     assert isinstance(record["ts"], float)
     assert record["ts"] > TS
+
+
+def test_dry_run_rule_sets_and_refused_bodies_are_on_the_line(tmp_path: Path) -> None:
+    refused = Decision(
+        False,
+        422,
+        "schema_violation",
+        "invalid_body",
+        rule="put-user",
+        violations=(Violation("/email", "not a valid email"),),
+    )
+    dry = Decision(False, 403, "role_denied", "forbidden", rule="r", rule_set="b", enforced=False)
+    first, second = _written(
+        tmp_path,
+        CheckAudit(TS, refused, _facts(), 0.0, "", None),
+        CheckAudit(TS, dry, _facts(), 0.0, "", None),
+    )
+    assert first["violations"] == [{"pointer": "/email", "reason": "not a valid email"}]
+    assert (first["enforced"], first["rule_set"]) == (True, None)
+    assert (second["decision"], second["enforced"], second["rule_set"]) == ("deny", False, "b")
+    assert second["violations"] is None

@@ -19,8 +19,8 @@ CASES = {
     "yaml_syntax.yaml": ("line 4, column 4", "invalid YAML"),
     "duplicate_key.yaml": ("line 8, column 1", "duplicate key 'audit'"),
     "unknown_top_key.yaml": ("rutes", "unknown key"),
-    "missing_routes.yaml": ("routes", "Field required"),
-    "empty_routes.yaml": ("routes", "at least 1 item"),
+    "missing_routes.yaml": ("routes", "list at least one rule"),
+    "empty_routes.yaml": ("routes", "list at least one rule"),
     "duplicate_issuer.yaml": ("issuers", "issuer 'https://idp.example' is configured twice"),
     "bad_identity_header.yaml": (
         "identity.headers",

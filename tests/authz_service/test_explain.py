@@ -161,3 +161,56 @@ def test_explain_on_allow_shows_the_token_side_too(
         "RS256",
         "alice",
     )
+
+
+BODY_ROUTES = """
+routes:
+  - name: put-user
+    methods: [PUT]
+    path: /api/v1/users/{user_id}
+    scopes: [users:write]
+    body:
+      schema_file: schemas/user.yaml
+rule_sets:
+  - name: preview
+    select: {api: preview}
+    mode: dry_run
+    routes:
+      - {name: nothing-public, methods: [GET], path: /api/v1/nothing, roles: [nobody]}
+"""
+
+
+def test_explain_takes_a_body_and_a_context(
+    config_dir: Path, mint: Mint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (config_dir / "schemas").mkdir()
+    (config_dir / "schemas" / "user.yaml").write_text(
+        "type: object\nrequired: [email]\nproperties: {email: {type: string, format: email}}\n"
+    )
+    config = write_config(config_dir, routes=BODY_ROUTES)
+    token = mint("alice", scope="users:write")
+    body = config_dir / "body.json"
+    body.write_text('{"email": "secret-looking@@value", "roles": ["admin"]}')
+    common = ["--config", str(config), "--token", token]
+    code, out = _explain(
+        capsys,
+        *common,
+        "--method",
+        "PUT",
+        "--path",
+        "/api/v1/users/alice",
+        "--body-file",
+        str(body),
+    )
+    assert (code, out["status"], out["reason"]) == (1, 422, "schema_violation")
+    violations = out["violations"]
+    assert isinstance(violations, list)
+    assert sorted(v["pointer"] for v in violations) == ["/email", "/roles"]
+    assert "secret-looking" not in json.dumps(out)
+    code, out = _explain(capsys, *common, "--path", "/api/v1/nothing", "--context", "api=preview")
+    assert (code, out["decision"], out["enforced"], out["rule_set"]) == (
+        0,
+        "deny",
+        False,
+        "preview",
+    )

@@ -38,7 +38,7 @@ async def test_decide_now_says_which_keys_to_fetch_then_decide_fetched_decides(
         verifier = TokenVerifier(
             compiled.settings.issuers, keys={ISSUER: ring}.get, clock=SystemClock()
         )
-        authorizer = Authorizer(compiled.authorizer.policy, verifier, cookie_names=frozenset())
+        authorizer = Authorizer(compiled.authorizer.rule_sets, verifier, cookie_names=frozenset())
         facts = _facts("/api/v1/users/alice")
         known = f"Bearer {mint('alice', scope='users:read')}"
         decided = authorizer.decide_now(facts, authorization=(known,), cookie="")
