@@ -2,7 +2,8 @@
 
 run            the whole local stack in the foreground (what `make run` calls);
                --stage0 global: the per-address limit before authentication in the
-               rate-limit sidecar (three calls per request) instead of in Envoy (two)
+               rate-limit sidecar (three calls per request) instead of in Envoy (two);
+               --authz-config FILE: another policy (Envoy's body routes follow it)
 token          mint a dev access token, e.g.
                token --sub alice --scope "users:read" --roles admin --alg EdDSA
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from devstack.configs import write_compose_files
+from devstack.configs import AUTHZ_DEMO, write_compose_files
 from devstack.envoy_config import STAGE0_PROFILES
 from devstack.http_thread import BackgroundHttpServer
 from devstack.idp_keys import ED25519_ALGS, ensure_idp_keys, mint_token
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=STAGE0_PROFILES,
         default="local",
         help="per-address limit before authn: in Envoy (local, default) or the sidecar (global)",
+    )
+    run.add_argument(
+        "--authz-config",
+        type=Path,
+        default=AUTHZ_DEMO,
+        help="the authz config to run (its body rules become Envoy's body routes)",
     )
     init = sub.add_parser("init", help="make the dev PKI and IdP keys")
     init.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
@@ -82,7 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_compose_files():
             print(f"wrote {path.relative_to(REPO)}")
         return 0
-    return _run(env_options(dev_dir=args.dev_dir, port_offset=args.port_offset, stage0=args.stage0))
+    options = env_options(
+        dev_dir=args.dev_dir,
+        port_offset=args.port_offset,
+        stage0=args.stage0,
+        authz_config=args.authz_config.resolve(),
+    )
+    return _run(options)
 
 
 def _serve_forever(server: BackgroundHttpServer) -> int:

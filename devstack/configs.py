@@ -2,15 +2,25 @@
 
 `config/authz/demo.yaml` and `config/ratelimit/service.yaml` are the single source of
 truth; the local stack and docker-compose only change addresses, certificate paths, the
-issuer URL and the store. (Envoy's config has its own generator: devstack.envoy_config.)
+issuer URL and the store. Envoy's config has its own generator (devstack.envoy_config);
+what it needs from the policy, the routes whose body goes to ext_authz, comes from here
+(`body_routes`), so the policy file stays the single source of those too.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from authz_service.policy.settings import ANY_METHOD, RouteSettings
+from authz_service.policy.template import SegmentKind, parse_template
+from authz_service.settings import AuthzSettings
+from sidecar_runtime.config import read_yaml, validate_model
 
 REPO = Path(__file__).resolve().parent.parent
 AUTHZ_DEMO = REPO / "config" / "authz" / "demo.yaml"
@@ -27,9 +37,12 @@ def mtls(pki_dir: str) -> dict[str, Any]:
     }
 
 
-def authz_config(*, listen: str, pki_dir: str, issuer: str) -> dict[str, Any]:
-    """The demo authz config with this deployment's listener, certificates and issuer."""
-    data: dict[str, Any] = yaml.safe_load(AUTHZ_DEMO.read_text())
+def authz_config(
+    *, listen: str, pki_dir: str, issuer: str, source: Path = AUTHZ_DEMO
+) -> dict[str, Any]:
+    """The authz config `source` (the demo's by default) with this deployment's listener,
+    certificates and issuer."""
+    data: dict[str, Any] = yaml.safe_load(source.read_text())
     data["server"]["listen"] = listen
     data["server"]["tls"] = mtls(pki_dir)
     data["issuers"][0]["issuer"] = issuer
@@ -58,7 +71,8 @@ def ratelimit_config(
 
 
 def dump(data: dict[str, Any], source: Path) -> str:
-    header = GENERATED_HEADER.format(source=source.relative_to(REPO))
+    shown = source.relative_to(REPO) if source.is_relative_to(REPO) else source
+    header = GENERATED_HEADER.format(source=shown)
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
@@ -93,3 +107,161 @@ def write_compose_files() -> list[Path]:
         path.write_text(text)
         written.append(path)
     return written
+
+
+# --- the policy's body rules, as Envoy routes -----------------------------------------------
+#
+# A rule with a `body` schema needs the request's body in its CheckRequest, and Envoy sends
+# one only on routes that ask for it (ExtAuthzPerRoute `with_request_body`). So each such
+# rule becomes an Envoy route that matches what the rule matches. Envoy matches the route's
+# `safe_regex` against the whole `:path` without its query, after the connection manager
+# normalised it (normalize_path, merge_slashes, escaped slashes rejected); the policy takes
+# the same `:path`, splits it on "/" and percent-decodes each segment once
+# (authz_service.policy.paths). The regex follows the policy, so it does not depend on
+# Envoy's normalisation:
+#
+#   literal segment   each character raw or percent-encoded (either hex case): the policy
+#                     compares the *decoded* segment with the literal
+#   {name}            one non-empty segment: characters the policy accepts raw, or %XX
+#   {name...}         one or more such segments
+#   (end)             no trailing slash: the policy never matches one
+#
+# Every path the policy matches to a body rule is matched by that rule's route (tests/
+# envoy/test_body_routes.py checks a corpus of tricky paths). The converse holds except
+# for paths the policy refuses outright (400: %2F, %5C, %3B, control characters, invalid
+# UTF-8, dot segments): there the route may match, which costs a forwarded body and
+# nothing else, as the sidecar answers 400 anyway. docs/edge.md, "Body routes".
+
+POLICY_KEYS = ("mode", "routes", "rule_sets")
+# What the policy accepts raw inside a segment: printable ASCII except "/" (the separator),
+# "?" and "#" (never part of a path), "%" (escapes: below), ";" (refused: path_parameter)
+# and "\\" (refused: invalid_char). As ranges: ! " $ &-. 0-: <-> @-[ ]-~
+SEGMENT_RAW_CLASS = r'[!"$&-.0-:<->@-\[\]-~]'
+PERCENT_ESCAPE = "%[0-9A-Fa-f]{2}"
+SEGMENT_REGEX = f"(?:{SEGMENT_RAW_CLASS}|{PERCENT_ESCAPE})+"
+# Literal characters a regex needs no backslash for (the rest of the template grammar's
+# literal characters, . * + ( ) $, get one).
+_PLAIN_LITERAL = frozenset("-_~!&',;=:@")
+_HEX_DIGITS = "0123456789ABCDEF"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BodyRoute:
+    """An Envoy route whose requests' bodies go to ext_authz: what one or more policy rules
+    with a `body` schema match (path, methods, hosts), and the largest of their limits."""
+
+    rules: tuple[str, ...]  # "put-user"; "<rule set>/<rule>" for a rule set's rule
+    path_regex: str  # RE2, matched against the whole path without the query
+    methods: tuple[str, ...]  # (): any method
+    authority_regex: str | None  # None: any host
+    max_bytes: int
+
+    def __post_init__(self) -> None:
+        if not self.rules or not self.path_regex.startswith("/"):
+            raise ValueError(f"body route {self.rules!r}: needs rule names and a /path regex")
+        if isinstance(self.max_bytes, bool) or not (
+            isinstance(self.max_bytes, int) and self.max_bytes > 0
+        ):
+            raise ValueError(f"body route {self.rules!r}: max_bytes must be a positive integer")
+
+
+def load_policy(path: Path = AUTHZ_DEMO) -> AuthzSettings:
+    """The policy part of an authz config file (`mode`, `routes`, `rule_sets`), validated
+    as the sidecar validates it. The rest of the file (listener, certificates, issuers) is
+    left out, so rendering Envoy's config needs no PKI. Raises ConfigError."""
+    data = read_yaml(path)
+    policy = {key: data[key] for key in POLICY_KEYS if isinstance(data, dict) and key in data}
+    return validate_model(AuthzSettings, policy, path)
+
+
+def body_routes(settings: AuthzSettings) -> tuple[BodyRoute, ...]:
+    """Every rule with a `body`, in the default rule set and in every rule set, as the
+    routes Envoy must try in this order (the policy's precedence: host group, then path
+    segment by segment literal > {param} > {rest...}, then a listed method before "*").
+
+    Rules with the same match (e.g. one per rule set) share a route with the largest
+    limit: Envoy lets that much through and each rule's own limit is the sidecar's."""
+    merged: dict[tuple[str | None, tuple[str, ...], str], tuple[Any, BodyRoute]] = {}
+    for name, rule in _body_rules(settings):
+        assert rule.body is not None
+        methods = () if ANY_METHOD in rule.methods else tuple(sorted(rule.methods))
+        path_regex = template_regex(rule.path)
+        for host_rank, authority in _host_groups(rule.hosts):
+            key = (authority, methods, path_regex)
+            order = (host_rank, _precedence(rule.path), not methods, path_regex, authority or "")
+            limit = rule.body.max_bytes
+            if key in merged:
+                order, seen = merged[key]
+                rules, limit = (*seen.rules, name), max(limit, seen.max_bytes)
+            else:
+                rules = (name,)
+            route = BodyRoute(
+                rules=rules,
+                path_regex=path_regex,
+                methods=methods,
+                authority_regex=authority,
+                max_bytes=limit,
+            )
+            merged[key] = (order, route)
+    return tuple(route for _, route in sorted(merged.values(), key=lambda item: item[0]))
+
+
+def _body_rules(settings: AuthzSettings) -> Iterator[tuple[str, RouteSettings]]:
+    for rule in settings.routes:
+        if rule.body is not None:
+            yield rule.name, rule
+    for rule_set in settings.rule_sets:
+        for rule in rule_set.routes:
+            if rule.body is not None:
+                yield f"{rule_set.name}/{rule.name}", rule
+
+
+def template_regex(template: str) -> str:
+    """An RE2 regex (also valid for Python's `re`) for the raw paths the policy matches to
+    the path template `template` (see the comment above)."""
+    segments = parse_template(template).segments
+    parts = []
+    for segment in segments:
+        if segment.kind is SegmentKind.LITERAL:
+            parts.append("".join(_literal_char(char) for char in segment.text))
+        elif segment.kind is SegmentKind.PARAM:
+            parts.append(SEGMENT_REGEX)
+        else:
+            parts.append(f"{SEGMENT_REGEX}(?:/{SEGMENT_REGEX})*")
+    return "/" + "/".join(parts)
+
+
+def _literal_char(char: str) -> str:
+    # Template literals are ASCII (authz_service.policy.template), one byte each.
+    code = ord(char)
+    raw = char if char.isalnum() or char in _PLAIN_LITERAL else "\\" + char
+    return f"(?:{raw}|%{_hex_digit(code >> 4)}{_hex_digit(code & 15)})"
+
+
+def _hex_digit(value: int) -> str:
+    digit = _HEX_DIGITS[value]
+    return digit if digit.isdigit() else f"[{digit}{digit.lower()}]"
+
+
+def _precedence(template: str) -> tuple[int, ...]:
+    # The router walks segments left to right trying literal, then {param}, then
+    # {rest...} (SegmentKind's values in that order), so comparing these tuples orders
+    # two templates that match one path the way the router prefers them.
+    return tuple(segment.kind.value for segment in parse_template(template).segments)
+
+
+def _host_groups(hosts: Sequence[str] | None) -> list[tuple[tuple[int, int], str | None]]:
+    """(rank, `:authority` regex) per host group of a rule, in the router's order: the
+    exact names, then each wildcard (longest suffix first), then no `hosts` (any host).
+    Names are compared case-insensitively and without a trailing root dot, as the policy
+    normalises them; Envoy has already dropped the port (strip_any_host_port)."""
+    if hosts is None:
+        return [((2, 0), None)]
+    groups: list[tuple[tuple[int, int], str | None]] = []
+    exact = [re.escape(host) for host in hosts if not host.startswith("*.")]
+    if exact:
+        groups.append(((0, 0), f"(?i)(?:{'|'.join(exact)})\\.?"))
+    for host in hosts:
+        if host.startswith("*."):
+            groups.append(((1, -len(host)), f"(?i).+{re.escape(host[1:])}\\.?"))
+    return groups

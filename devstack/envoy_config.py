@@ -20,6 +20,10 @@ The request path through the listener (HTTP filters, in order):
     7. router           to the upstream API: a request with a body on a connection of its own;
                         a gRPC request (content-type application/grpc) to the gRPC upstream
 
+The routes, first match wins: gRPC; then one route per policy rule with a body schema
+(`body_routes`: the body goes to ext_authz there, and nowhere else); then the path
+prefixes of `route_body_limits`; then everything else.
+
 `stage0` picks the profile (docs/edge.md, "Profiles: two calls or three"):
 
     local   (default) local_ratelimit in Envoy: a bucket per client address in this Envoy
@@ -45,12 +49,14 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from devstack.configs import AUTHZ_DEMO, BodyRoute, body_routes, load_policy
 from devstack.edge_hygiene import (
     SPOOFABLE_REQUEST_HEADERS,
     check_spoofable,
     removal,
     request_guard_lua,
 )
+from sidecar_runtime.errors import ConfigError
 
 Config = dict[str, Any]
 
@@ -61,6 +67,13 @@ HEADER = (
 
 AUTHZ_CLUSTER = "authz"
 BUFFER_FILTER = "envoy.filters.http.buffer"
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+# Route metadata under this namespace reaches the policy (CEL `request.metadata.edgeguard`).
+ROUTE_METADATA_NAMESPACE = "edgeguard"
+# RE2 "program size" Envoy accepts for a regex (runtime key re2.max_program_size.
+# error_level, 100 by default). A body route's path regex spells each literal character
+# twice (raw or percent-encoded, see devstack.configs), which puts the demo's over 100.
+REGEX_PROGRAM_SIZE_LIMIT = 2048
 RATELIMIT_CLUSTER = "ratelimit"
 UPSTREAM_CLUSTER = "upstream"
 UPSTREAM_BODY_CLUSTER = "upstream_body"
@@ -220,6 +233,17 @@ class EnvoyParams:
     # Requests on one connection to the upstream for requests with a body (1: never
     # reused). Raise it only for upstreams known to read every body or close (docs/edge.md).
     upstream_body_requests_per_connection: int = 1
+    # Routes whose request bodies go to ext_authz, whole, up to each one's `max_bytes`:
+    # the policy's rules with a `body` schema (devstack.configs.body_routes; the profiles
+    # read the demo policy). No other route sends the sidecar a body.
+    body_routes: tuple[BodyRoute, ...] = ()
+    # Context extensions every CheckRequest carries (CEL `request.context`; a rule set's
+    # `select` matches them), e.g. (("api", "billing"),). They sit on the virtual host;
+    # Envoy merges them with a route's own check settings (ExtAuthzPerRoute), keys of the
+    # route winning, so the body routes keep them.
+    authz_context_extensions: tuple[tuple[str, str], ...] = ()
+    # Metadata on every route under the `edgeguard` namespace (CEL `request.metadata`).
+    authz_route_metadata: tuple[tuple[str, str], ...] = ()
 
     # Tracing hook: "host:port" of an OTLP/gRPC collector; None leaves tracing off.
     otlp_collector: str | None = None
@@ -269,9 +293,22 @@ class EnvoyParams:
                     f"route_body_limits: ({prefix!r}, {limit!r}) needs a /path prefix and a "
                     "positive byte count"
                 )
+        if not all(isinstance(route, BodyRoute) for route in self.body_routes):
+            raise ValueError("body_routes: expected BodyRoute values (devstack.configs)")
+        for name in ("authz_context_extensions", "authz_route_metadata"):
+            _check_string_pairs(name, getattr(self, name))
 
 
 _POSITIVE_INT_SUFFIXES = ("_ms", "_kb", "_bytes", "_count", "_requests", "_connections")
+
+
+def _check_string_pairs(name: str, pairs: tuple[tuple[str, str], ...]) -> None:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{name}: a key is listed twice: {keys}")
+    for key, value in pairs:
+        if not (isinstance(key, str) and isinstance(value, str) and key and value):
+            raise ValueError(f"{name}: ({key!r}, {value!r}) needs a non-empty key and value")
 
 
 def _positive_int(value: object) -> bool:
@@ -313,12 +350,21 @@ def _with_pki(params: EnvoyParams, pki_dir: str) -> EnvoyParams:
     )
 
 
-def local_profile(*, pki_dir: str = ".dev/pki") -> EnvoyParams:
-    """The local stack of section 4: everything on 127.0.0.1, the dev PKI under `pki_dir`."""
-    return _with_pki(EnvoyParams(), pki_dir)
+def policy_body_routes(authz_config: Path = AUTHZ_DEMO) -> tuple[BodyRoute, ...]:
+    """The body routes of the authz config `authz_config` (its policy is their source)."""
+    return body_routes(load_policy(authz_config))
 
 
-def compose_profile(*, pki_dir: str = "/etc/edgeguard/pki") -> EnvoyParams:
+def local_profile(*, pki_dir: str = ".dev/pki", authz_config: Path = AUTHZ_DEMO) -> EnvoyParams:
+    """The local stack of section 4: everything on 127.0.0.1, the dev PKI under `pki_dir`,
+    the body routes of the authz config `authz_config` (the demo's by default)."""
+    params = EnvoyParams(body_routes=policy_body_routes(authz_config))
+    return _with_pki(params, pki_dir)
+
+
+def compose_profile(
+    *, pki_dir: str = "/etc/edgeguard/pki", authz_config: Path = AUTHZ_DEMO
+) -> EnvoyParams:
     """docker-compose: the listener on every interface, sidecars by service DNS name.
 
     The sidecars' certificate carries only localhost/127.0.0.1/::1, so SNI and the SAN
@@ -331,6 +377,7 @@ def compose_profile(*, pki_dir: str = "/etc/edgeguard/pki") -> EnvoyParams:
         upstream_host="upstream",
         # docker-compose.yml runs no gRPC upstream (the demo Greeter is the local stack's).
         grpc_upstream=None,
+        body_routes=policy_body_routes(authz_config),
     )
     return _with_pki(params, pki_dir)
 
@@ -575,7 +622,7 @@ def _stage0_filter(p: EnvoyParams) -> Config:
 
 def _ext_authz_filter(p: EnvoyParams) -> Config:
     return {
-        "name": "envoy.filters.http.ext_authz",
+        "name": EXT_AUTHZ_FILTER,
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
             grpc_service=_grpc_service(AUTHZ_CLUSTER, p.authz_timeout_ms),
@@ -587,6 +634,9 @@ def _ext_authz_filter(p: EnvoyParams) -> Config:
             # request with a body a content-length: such requests take `upstream_body`.
             clear_route_cache=True,
             include_tls_session=True,
+            # The route's metadata under our namespace, for the policy (`request.metadata`);
+            # the request body is sent only where a route asks (`_body_route`).
+            route_metadata_context_namespaces=[ROUTE_METADATA_NAMESPACE],
             # allowed_headers is unset: over gRPC every request header is sent (the sidecar
             # needs authorization, and cookie to refuse a second token). They arrive as the
             # `headers` map (lower-case names, repeated headers joined with ','; the sidecar
@@ -738,24 +788,86 @@ def _grpc_route(p: EnvoyParams) -> Config:
     }
 
 
+def _header_matcher(name: str, values: Sequence[str]) -> Config:
+    if len(values) == 1:
+        return {"name": name, "string_match": {"exact": values[0]}}
+    return {"name": name, "string_match": {"safe_regex": {"regex": "|".join(values)}}}
+
+
+def _body_route(p: EnvoyParams, body: BodyRoute) -> Config:
+    """A policy rule with a body schema: its requests' bodies go to ext_authz, whole.
+
+    The path regex is the rule's template (devstack.configs.template_regex), `:method` the
+    rule's methods unless it takes any. The buffer filter holds at most `max_bytes` (413
+    over it, before the sidecar is called), and ext_authz sends that whole body; a partial
+    body is never sent. (`pack_as_bytes` here is ignored by Envoy 1.40, measured: packing
+    follows the filter's own `with_request_body`, unset so no other route buffers. The
+    body comes as the `body` string; the sidecar reads `raw_body` or `body`.) The cluster
+    is `upstream_body`: these requests carry a body (see _upstream_clusters)."""
+    match: Config = {"safe_regex": {"regex": body.path_regex}}
+    headers = [_header_matcher(":method", body.methods)] if body.methods else []
+    if body.authority_regex is not None:
+        regex = {"safe_regex": {"regex": body.authority_regex}}
+        headers.append({"name": ":authority", "string_match": regex})
+    if headers:
+        match["headers"] = headers
+    with_body = {
+        "max_request_bytes": body.max_bytes,
+        "allow_partial_message": False,
+        "pack_as_bytes": True,
+    }
+    return {
+        "name": "body:" + ",".join(body.rules),
+        "match": match,
+        "route": {"cluster": UPSTREAM_BODY_CLUSTER, "timeout": _duration(p.upstream_timeout_ms)},
+        "typed_per_filter_config": {
+            BUFFER_FILTER: _typed(
+                "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                buffer={"max_request_bytes": body.max_bytes},
+            ),
+            EXT_AUTHZ_FILTER: _typed(
+                "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                check_settings={"with_request_body": with_body},
+            ),
+        },
+    }
+
+
+def _virtual_host(p: EnvoyParams, routes: list[Config]) -> Config:
+    vhost: Config = {
+        "name": "api",
+        "domains": ["*"],
+        # On the virtual host so every route inherits them.
+        "rate_limits": _rate_limits(p),
+        "routes": routes,
+    }
+    if p.authz_context_extensions:
+        # "If CheckSettings is specified in multiple per-filter-configs, they will be merged
+        # in order ... keys from more specific configs override" (ExtAuthzPerRoute): the
+        # body routes' own check settings keep these.
+        check = {"context_extensions": dict(p.authz_context_extensions)}
+        vhost["typed_per_filter_config"] = {
+            EXT_AUTHZ_FILTER: _typed(
+                "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                check_settings=check,
+            )
+        }
+    return vhost
+
+
 def _route_config(p: EnvoyParams) -> Config:
-    # gRPC first, then the longest prefix first: Envoy takes the first route that matches.
+    # Envoy takes the first route that matches: gRPC, then the policy's body routes (in
+    # the policy's precedence), then the longest prefix first.
     limits = sorted(p.route_body_limits, key=lambda item: len(item[0]), reverse=True)
     routes = [_grpc_route(p)] if p.grpc_upstream is not None else []
+    routes += [_body_route(p, body) for body in p.body_routes]
     routes += [r for prefix, limit in limits for r in _routes(p, prefix, limit)]
     routes += _routes(p, "/", None)
-    return {
-        "name": "edge",
-        "virtual_hosts": [
-            {
-                "name": "api",
-                "domains": ["*"],
-                # On the virtual host so every route inherits them.
-                "rate_limits": _rate_limits(p),
-                "routes": routes,
-            }
-        ],
-    }
+    if p.authz_route_metadata:
+        for route in routes:  # a dict each: a shared one would render as a YAML alias
+            metadata = {ROUTE_METADATA_NAMESPACE: dict(p.authz_route_metadata)}
+            route["metadata"] = {"filter_metadata": metadata}
+    return {"name": "edge", "virtual_hosts": [_virtual_host(p, routes)]}
 
 
 ACCESS_LOG_FORMAT: Config = {
@@ -1278,11 +1390,26 @@ def _overload_manager(p: EnvoyParams) -> Config:
     }
 
 
+def _layered_runtime() -> Config:
+    # The static layer holds what the config itself needs; the admin layer keeps
+    # /runtime_modify working (loopback only) as it does without a layered_runtime.
+    return {
+        "layers": [
+            {
+                "name": "static",
+                "static_layer": {"re2.max_program_size.error_level": REGEX_PROGRAM_SIZE_LIMIT},
+            },
+            {"name": "admin", "admin_layer": {}},
+        ]
+    }
+
+
 def build(params: EnvoyParams) -> Config:
     """Envoy's v3 bootstrap for `params`, as plain dicts and lists."""
     return {
         "node": {"id": "edgeguard-envoy", "cluster": "edgeguard"},
         "admin": {"address": _socket_address(params.admin_address, params.admin_port)},
+        "layered_runtime": _layered_runtime(),
         "overload_manager": _overload_manager(params),
         "static_resources": {
             "listeners": [_listener(params)],
@@ -1326,11 +1453,18 @@ def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
         return int(raw)
     if kind.startswith("float"):
         return float(raw)
-    if kind.startswith("tuple[tuple"):  # route_body_limits: /prefix=bytes,/other=bytes
+    if kind.startswith("tuple[BodyRoute"):
+        raise ValueError("comes from the policy: give the authz config with --authz-config")
+    if kind.startswith("tuple[tuple[str, int]"):  # route_body_limits: /prefix=bytes,/b=bytes
         pairs = [item.rpartition("=") for item in _items(raw)]
         if any(not sep for _, sep, _ in pairs):
             raise ValueError(f"expected PREFIX=BYTES[,PREFIX=BYTES...], got {raw!r}")
         return tuple((prefix, int(limit)) for prefix, _, limit in pairs)
+    if kind.startswith("tuple[tuple[str, str]"):  # authz_context_extensions: key=value,k=v
+        entries = [item.partition("=") for item in _items(raw)]
+        if any(not sep for _, sep, _ in entries):
+            raise ValueError(f"expected KEY=VALUE[,KEY=VALUE...], got {raw!r}")
+        return tuple((key, value) for key, _, value in entries)
     if kind.startswith("tuple"):  # a list of names: a,b,c
         return tuple(_items(raw))
     return raw
@@ -1362,6 +1496,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), required=True)
     parser.add_argument("--pki-dir", help="directory holding the dev PKI (all cert paths)")
+    parser.add_argument(
+        "--authz-config",
+        type=Path,
+        default=AUTHZ_DEMO,
+        help="the authz config whose body rules become body routes (default: the demo's)",
+    )
     parser.add_argument("--out", type=Path, help="write here instead of stdout")
     parser.add_argument(
         "--check", action="store_true", help="with --out: exit 1 if the file is not current"
@@ -1377,9 +1517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--check needs --out")
     profile = PROFILES[args.profile]
     try:
-        base = profile(pki_dir=args.pki_dir) if args.pki_dir else profile()
+        paths = {"pki_dir": args.pki_dir} if args.pki_dir else {}
+        base = profile(authz_config=args.authz_config, **paths)
         text = render(apply_overrides(base, args.overrides))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         print(f"envoy_config: {exc}", file=sys.stderr)
         return 2
     if args.out is None:

@@ -59,6 +59,12 @@ class StackOptions:
     # Where the per-address limit before authentication lives: "local" (in Envoy, two
     # sidecar calls per request) or "global" (a rate-limit call of its own, three calls).
     stage0: envoy_config.Stage0 = "local"
+    # The authz config the sidecar runs (its listener, certificates and issuer replaced),
+    # and the source of Envoy's body routes; and the context extensions Envoy sends with
+    # every check (a rule set's `select` matches them).
+    authz_config: Path = configs.AUTHZ_DEMO
+    authz_context_extensions: tuple[tuple[str, str], ...] = ()
+    authz_route_metadata: tuple[tuple[str, str], ...] = ()  # every route, namespace edgeguard
 
 
 @dataclass
@@ -208,11 +214,12 @@ class Stack:
             listen=f"127.0.0.1:{self.options.ports.authz}",
             pki_dir=str(self.pki.root),
             issuer=self.issuer,
+            source=self.options.authz_config,
         )
         # The local stack stops Envoy first, so a drain window would only slow the stop.
         data["server"]["drain_period_seconds"] = 0
         path = self.config_dir / "authz.yaml"
-        path.write_text(configs.dump(data, configs.AUTHZ_DEMO))
+        path.write_text(configs.dump(data, self.options.authz_config))
         return [sys.executable, "-m", "authz_service", "serve", "--config", str(path)]
 
     def _ratelimit_command(self) -> list[str]:
@@ -232,8 +239,11 @@ class Stack:
     def _envoy_command(self) -> list[str]:
         assert self.pki is not None
         ports = self.options.ports
+        profile = envoy_config.local_profile(
+            pki_dir=str(self.pki.root), authz_config=self.options.authz_config
+        )
         params = replace(
-            envoy_config.local_profile(pki_dir=str(self.pki.root)),
+            profile,
             listener_port=ports.envoy,
             admin_port=ports.admin,
             authz_port=ports.authz,
@@ -241,6 +251,8 @@ class Stack:
             upstream_port=ports.upstream,
             grpc_upstream=f"127.0.0.1:{ports.grpc_upstream}",
             stage0=self.options.stage0,
+            authz_context_extensions=self.options.authz_context_extensions,
+            authz_route_metadata=self.options.authz_route_metadata,
             otlp_collector=_otlp_collector(),
             trace_sampling_percent=100.0,
         )
@@ -279,12 +291,17 @@ def _terminate(name: str, proc: subprocess.Popen[bytes], grace: float = 10.0) ->
 
 
 def env_options(
-    *, dev_dir: Path | None = None, port_offset: int = 0, stage0: envoy_config.Stage0 = "local"
+    *,
+    dev_dir: Path | None = None,
+    port_offset: int = 0,
+    stage0: envoy_config.Stage0 = "local",
+    authz_config: Path = configs.AUTHZ_DEMO,
 ) -> StackOptions:
     """Options for `make run`: REDIS_URL honoured, everything else per ARCHITECTURE.md.
 
     `port_offset` shifts every port (a second stack beside the first, or a test); `stage0`
-    picks the profile (devstack.envoy_config)."""
+    picks the profile (devstack.envoy_config); `authz_config` is the policy the sidecar
+    runs and Envoy's body routes come from."""
     ports = Ports(**{f.name: getattr(Ports(), f.name) + port_offset for f in fields(Ports)})
     return StackOptions(
         dev_dir=dev_dir or REPO / ".dev",
@@ -292,4 +309,5 @@ def env_options(
         redis_url=os.environ.get("REDIS_URL") or None,
         base_id=port_offset,
         stage0=stage0,
+        authz_config=authz_config,
     )

@@ -110,6 +110,7 @@ class EdgeClient:
 
     * `path` goes on the request line byte for byte (raw `%2F`, `..`, query strings);
     * `headers` is a list of pairs, so a name may repeat (two Authorization headers);
+    * `body` goes with a content-length; `json_body` is sent as application/json;
     * `context(minimum=, maximum=)` pins TLS versions; `tls_version` says what was agreed;
     * `session()` keeps one connection alive for a bounded series of requests (floods);
     * `source` is the client address Envoy sees (`new_source()` moves to another).
@@ -160,10 +161,15 @@ class EdgeClient:
         headers: Headers = (),
         token: str | None = None,
         context: ssl.SSLContext | None = None,
+        body: bytes | None = None,
+        json_body: Any = None,
     ) -> Reply:
         """One request on a fresh connection."""
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers = [*headers, ("content-type", "application/json")]
         with self.session(context=context) as send:
-            return send(path, method=method, headers=headers, token=token)
+            return send(path, method=method, headers=headers, token=token, body=body)
 
     @contextlib.contextmanager
     def session(self, *, context: ssl.SSLContext | None = None) -> Iterator[Callable[..., Reply]]:
@@ -171,15 +177,22 @@ class EdgeClient:
         conn = _Connection(self.port, context or self.context(), self.timeout, self.source)
 
         def send(
-            path: str, *, method: str = "GET", headers: Headers = (), token: str | None = None
+            path: str,
+            *,
+            method: str = "GET",
+            headers: Headers = (),
+            token: str | None = None,
+            body: bytes | None = None,
         ) -> Reply:
             all_headers = list(headers)
             if token is not None:
                 all_headers.append(("authorization", f"Bearer {token}"))
+            if body is not None:
+                all_headers.append(("content-length", str(len(body))))
             conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
             for name, value in all_headers:
                 conn.putheader(name, value)
-            conn.endheaders()
+            conn.endheaders(message_body=body)
             resp = conn.getresponse()
             reply = Reply(resp.status, resp.getheaders(), resp.read())
             if resp.will_close:

@@ -222,7 +222,9 @@ def test_idor_user_cannot_read_or_write_another_users_resource(edge: Edge) -> No
     before = edge.upstream_requests()
 
     read = edge.client.request("/api/v1/users/bob", token=token)
-    write = edge.client.request("/api/v1/users/bob", method="PUT", token=token)
+    # A valid body, so the ownership condition decides (the schema is checked before it).
+    profile = {"display_name": "Mallory", "email": "m@example.com"}
+    write = edge.client.request("/api/v1/users/bob", method="PUT", token=token, json_body=profile)
     # A client-sent role is no role: the forged header is stripped before ext_authz.
     forged = edge.client.request("/api/v1/users/bob", token=token, headers=FORGED_IDENTITY)
 
@@ -237,8 +239,10 @@ def test_idor_user_cannot_read_or_write_another_users_resource(edge: Edge) -> No
 def test_admin_may_act_on_any_user(edge: Edge) -> None:
     admin = edge.mint("root", scope="users:read users:write", roles=["admin"])
 
+    profile = {"display_name": "Bob", "email": "bob@example.com"}  # PUT's body schema
     for method, action in (("GET", "read"), ("PUT", "updated"), ("DELETE", "deleted")):
-        reply = edge.client.request("/api/v1/users/bob", method=method, token=admin)
+        body = profile if method == "PUT" else None
+        reply = edge.client.request("/api/v1/users/bob", method=method, token=admin, json_body=body)
         identity = identity_at_upstream(reply)
         assert reply.json()["action"] == action
         assert (identity["x-auth-subject"], identity["x-auth-roles"]) == ("root", ["admin"])

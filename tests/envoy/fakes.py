@@ -7,7 +7,8 @@ but decide by test-chosen rules and record what Envoy sent them.
   and `rule: test`), `x-test-public: 1` allows with no identity (metadata `rule: public`),
   anything else is a 401 JSON denial.
 - FakeRateLimit: OVER_LIMIT when a descriptor value is in `over_limit_values`.
-- EchoUpstream: answers with the request it got, as JSON, plus fingerprinting headers.
+- EchoUpstream: answers with the request it got (its body read), as JSON, plus
+  fingerprinting headers.
 """
 
 from __future__ import annotations
@@ -177,10 +178,13 @@ class EchoUpstream:
             protocol_version = "HTTP/1.1"
 
             def _answer(self) -> None:
+                # Envoy sends every body with a content-length (the buffer filter adds one).
+                length = int(self.headers.get("content-length") or 0)
                 record = {
                     "method": self.command,
                     "path": self.path,
                     "headers": [[k.lower(), v] for k, v in self.headers.items()],
+                    "body": self.rfile.read(length).decode("latin-1") if length else "",
                 }
                 seen.append(record)
                 body = json.dumps(record).encode()
@@ -192,7 +196,7 @@ class EchoUpstream:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _answer  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer  # noqa: N815
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

@@ -196,9 +196,12 @@ def test_every_body_is_buffered_whole_with_a_limit(rendered: tuple[EnvoyParams, 
 
 
 def _http_routes(config: Config) -> list[Config]:
-    """The HTTP API's routes: the gRPC route (tests/envoy/test_grpc_config.py) left out."""
+    """The HTTP API's prefix routes: the gRPC route (tests/envoy/test_grpc_config.py) and
+    the policy's body routes (tests/envoy/test_body_routes.py) left out."""
     routes: list[Config] = _hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
-    return [r for r in routes if r["route"]["cluster"] != "grpc_upstream"]
+    return [
+        r for r in routes if "prefix" in r["match"] and r["route"]["cluster"] != "grpc_upstream"
+    ]
 
 
 def test_route_body_limits_override_per_prefix_longest_first() -> None:

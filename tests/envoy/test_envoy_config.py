@@ -226,7 +226,14 @@ def test_one_call_after_authz_carries_subject_authenticated_address_and_route(
         (1, ROUTE),
     ]
     vhost = _hcm(config)["route_config"]["virtual_hosts"][0]
-    routes = [r for r in vhost["routes"] if r["route"]["cluster"] != "grpc_upstream"]
+    # The prefix routes (gRPC and the policy's body routes: test_grpc_config.py and
+    # test_body_routes.py) inherit them too.
+    assert all("rate_limits" not in r["route"] for r in vhost["routes"])
+    routes = [
+        r
+        for r in vhost["routes"]
+        if "prefix" in r["match"] and r["route"]["cluster"] != "grpc_upstream"
+    ]
     assert [r["match"]["prefix"] for r in routes] == ["/", "/"]
     assert [r["route"]["cluster"] for r in routes] == ["upstream_body", "upstream"]
     assert all("rate_limits" not in r["route"] for r in routes)  # would replace the vhost's
