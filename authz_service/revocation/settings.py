@@ -57,6 +57,9 @@ class RevocationSettings(Frozen):
 
     @model_validator(mode="after")
     def _tls_files(self) -> RevocationSettings:
+        tls_files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if any(tls_files) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("tls_* files need a rediss:// redis_url")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):

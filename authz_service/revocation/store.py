@@ -18,7 +18,6 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -109,9 +108,7 @@ class RedisRevocationStore:
             socket_timeout=settings.call_timeout_seconds,
             socket_connect_timeout=settings.call_timeout_seconds,
             retry_on_timeout=False,
-            ssl_ca_certs=_path(settings.tls_ca_file),
-            ssl_certfile=_path(settings.tls_cert_file),
-            ssl_keyfile=_path(settings.tls_key_file),
+            **_tls_options(settings),
         )
         return cls(client, settings)
 
@@ -198,8 +195,15 @@ async def _translated(awaitable: Any) -> Any:
         raise RevocationStoreError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _path(value: Path | None) -> str | None:
-    return None if value is None else str(value)
+def _tls_options(settings: RevocationSettings) -> dict[str, Any]:
+    """redis-py's TLS options for the files given (a rediss:// url only: a plain
+    connection refuses them)."""
+    files = {
+        "ssl_ca_certs": settings.tls_ca_file,
+        "ssl_certfile": settings.tls_cert_file,
+        "ssl_keyfile": settings.tls_key_file,
+    }
+    return {name: str(path) for name, path in files.items() if path is not None}
 
 
 def _as_int(value: Any) -> int:
