@@ -7,6 +7,9 @@ Sections, in one run (every ratio is taken within it):
             (bench.edge_section)
   exact     global limits with two rate-limit replicas and one key (bench.exact)
   sidecars  each sidecar alone per stack, in alternating rounds (bench.sidecars)
+  body      µs per body validation for each candidate validator, and a route with a body
+            schema against one without through the edge, in alternating rounds
+            (bench.body_section)
   footprint Redis commands and bytes per bucket, each sidecar's peak RSS (bench.footprint)
 
 Bounded: a time budget (default 585 s) is checked before every step; a step that would
@@ -34,7 +37,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import edge_section, exact, footprint, machine, report, sidecars, targets
+from bench import (
+    body_section,
+    edge_section,
+    exact,
+    footprint,
+    machine,
+    report,
+    sidecars,
+    targets,
+)
 from bench.context import SMOKE, Ctx, Timing, stage
 from bench.procs import REPO, Procs, wait_quiet
 from devstack.idp_keys import ensure_idp_keys
@@ -42,7 +54,7 @@ from devstack.idp_keys import ensure_idp_keys
 RESULTS = REPO / "bench" / "results" / "latest.json"
 DOC = REPO / "docs" / "benchmarks.md"
 DEFAULT_BUDGET_S = 585.0
-SECTIONS = ("edge", "exact", "sidecars", "footprint")
+SECTIONS = ("edge", "exact", "sidecars", "body", "footprint")
 
 
 class Interrupted(BaseException):
@@ -110,6 +122,8 @@ def measure(ctx: Ctx, chosen: tuple[str, ...], sections: dict[str, Any]) -> None
         sections["exact"] = exact.run_section(ctx)
     if material is not None:
         sections["sidecars"] = sidecars.run_section(ctx, material)
+    if "body" in chosen:
+        sections["body"] = body_section.run_section(ctx)
     if "footprint" in chosen:
         sections["redis"], sections["memory"] = footprint.run_sections(ctx)
 

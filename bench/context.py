@@ -42,6 +42,8 @@ class Timing:
     streams: int = 4  # streams per connection at saturation, sidecars alone
     edge_streams: int = 1  # the same through Envoy (see bench.edge: sidecar timeouts)
     fixed_streams: int = 16  # streams per connection at a fixed rate (never the limit)
+    validation_rounds: int = 1000  # body: validations per validator figure
+    body_rounds: int = 4  # body: alternating rounds over the routes with and without a schema
 
 
 SMOKE = Timing(
@@ -58,6 +60,8 @@ SMOKE = Timing(
     clients=2,
     conns=1,
     fixed_streams=8,
+    validation_rounds=2,
+    body_rounds=2,
 )
 
 

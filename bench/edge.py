@@ -31,7 +31,7 @@ import ssl
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast, get_args
 
@@ -134,6 +134,7 @@ class BenchStack(Stack):
     backend_port: int
     sidecar_stack: str | None = None
     replica_port: int | None = None
+    envoy_config: Path | None = None  # the config file Envoy runs, once written
 
     def _server_stack(self, path: Path) -> None:
         data = yaml.safe_load(path.read_text())
@@ -161,6 +162,7 @@ class BenchStack(Stack):
         if self.replica_port is not None:
             cfg = edge_configs.with_ratelimit_replica(cfg, self.replica_port)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.envoy_config = path
         return command
 
     def _spawn(self, name: str, command: list[str]) -> None:
@@ -175,9 +177,18 @@ class BenchStack(Stack):
 
 
 def start_stack(
-    ctx: Ctx, spec: Spec, *, rules: dict[str, Any], replica: bool = False, tag: str = ""
+    ctx: Ctx,
+    spec: Spec,
+    *,
+    rules: dict[str, Any],
+    replica: bool = False,
+    tag: str = "",
+    authz_config: Path | None = None,
+    scope: str = "users:read",
 ) -> Edge:
-    """The local stack for `spec`, on the bench's Redis, with these rate-limit rules."""
+    """The local stack for `spec`, on the bench's Redis, with these rate-limit rules; the
+    authz sidecar runs `authz_config` (the demo's by default: Envoy's body routes come
+    from the same file), and the tokens carry `scope`."""
     assert ctx.redis is not None
     name = tag or spec.name
     rules_dir = ctx.dir("configs", name, "rules")
@@ -190,6 +201,8 @@ def start_stack(
         dev_dir=ctx.dir("stacks", name), ports=ports, redis_url=ctx.redis.url,
         base_id=ports.admin, stage0="global" if spec.profile == "global" else "local",
     )  # fmt: skip
+    if authz_config is not None:
+        options = dataclasses.replace(options, authz_config=authz_config)
     stack = BenchStack(options)
     stack.rules_dir, stack.backend_port = rules_dir, free_port()
     stack.sidecar_stack = spec.stack
@@ -207,7 +220,7 @@ def start_stack(
         stack.base_url,
         ports.admin,
         {n: stack.process(n).pid for n in names},
-        mint(ctx, stack.idp_keys, stack.issuer),
+        mint(ctx, stack.idp_keys, stack.issuer, scope=scope),
         stack.pki,
         stack.stop,
         shlex.join(str(a) for a in cast("list[str]", stack.process("envoy").args)),
@@ -259,7 +272,9 @@ def start(ctx: Ctx, spec: Spec) -> Edge:
     return start_plain(ctx, spec)
 
 
-def mint(ctx: Ctx, keys: IdpKeys, issuer: str) -> list[tuple[str, str]]:
+def mint(
+    ctx: Ctx, keys: IdpKeys, issuer: str, *, scope: str = "users:read"
+) -> list[tuple[str, str]]:
     """One token per h2load process (distinct subjects; RS256 and EdDSA alternately)."""
     out = []
     with warnings.catch_warnings():
@@ -268,7 +283,7 @@ def mint(ctx: Ctx, keys: IdpKeys, issuer: str) -> list[tuple[str, str]]:
             subject = f"edge-user-{i}"
             jwt = mint_token(
                 keys, issuer=issuer, audience=AUDIENCE, subject=subject,
-                alg="RS256" if i % 2 == 0 else "EdDSA", scope="users:read", ttl=3600,
+                alg="RS256" if i % 2 == 0 else "EdDSA", scope=scope, ttl=3600,
             )  # fmt: skip
             out.append((subject, jwt))
     return out
@@ -336,15 +351,24 @@ def sidecar_trouble(counter_delta: dict[str, int]) -> dict[str, int]:
     return {k: n for k, n in counter_delta.items() if _TROUBLE.search(k)}
 
 
-def load(ctx: Ctx, edge: Edge, shape: Shape, label: str) -> dict[str, Any]:
-    """One load of `edge`: h2load's figures, the CPU of every process, Envoy's counters,
-    and for edgeguard configurations the Redis script calls per request."""
+def load(
+    ctx: Ctx,
+    edge: Edge,
+    shape: Shape,
+    label: str,
+    *,
+    clients: Sequence[Client] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """One load of `edge` (its `clients()` unless others are given; `name` for the notes
+    and the work directory): h2load's figures, the CPU of every process, Envoy's
+    counters, and for edgeguard configurations the Redis script calls per request."""
     assert ctx.redis is not None
-    name = edge.spec.name
+    name = name or edge.spec.name
     before = counters(edge)
     result = run(
         ctx.procs,
-        edge.clients(),
+        edge.clients() if clients is None else clients,
         shape,
         work_dir=ctx.dir("runs", name, label),
         cpu_groups={k: [v] for k, v in edge.pids.items()} | {"redis": [ctx.redis.pid]},

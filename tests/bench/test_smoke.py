@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.body_validation import CHECK_NAME
 from bench.edge import plan
 from bench.report import BEGIN, END
 
@@ -111,6 +112,27 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     for row in sections["sidecars"]["rows"]:
         assert row["saturation"]["rate_rps"] > 0, row["name"]
 
+    # Body schemas: every validator's figures, and both routes through the edge, where
+    # Envoy forwards the body on the route with a schema only and every answer was a 200.
+    body = sections["body"]
+    assert {(r["validator"], r["schema"]) for r in body["validators"]} >= {
+        ("jsonschema-rs 2020-12", "demo"), ("jsonschema 2020-12", "profile"),
+        ("fastjsonschema draft-07", "profile"), (CHECK_NAME, "demo"), (CHECK_NAME, "profile"),
+    }  # fmt: skip
+    assert all(r["valid_us"] > 0 and r["invalid_us"] > 0 for r in body["validators"])
+    body_edge = body["edge"]
+    assert "body:bench-with-schema" in body_edge["envoy_body_routes"]
+    assert not [name for name in body_edge["envoy_body_routes"] if "no-schema" in name]
+    assert body_edge["verified"]["with-schema roles"] == 422
+    assert body_edge["verified"]["no-schema roles"] == 200
+    for route, figures in body_edge["routes"].items():
+        assert len(figures["rounds"]) == data["timing"]["body_rounds"], route
+        assert all(set(x["statuses"]) == {"200"} for x in figures["rounds"]), route
+        assert figures["cpu_load"]["cpu"]["cores"]["authz"] > 0, route
+    assert set(body_edge["difference"]["us_by_process"]) >= {
+        "envoy", "authz", "ratelimit", "servers"
+    }  # fmt: skip
+
     # The footprint.
     assert sections["redis"]["commands"]["evalsha_per_call"] == 1.0
     memory = sections["redis"]["memory"]
@@ -129,7 +151,8 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     assert END in text
     for title in ("### Targets (issue 16)", "### The edge, side by side", "CPU per request",
                   "### Global limits with two rate-limit replicas", "### Each sidecar alone",
-                  "### Redis cost", "### Sidecar memory"):  # fmt: skip
+                  "### Redis cost", "### Sidecar memory", "### Body schemas",
+                  "schema's cost"):  # fmt: skip
         assert title in text, title
 
     # Re-rendering a stored result measures nothing and gives the same tables.
