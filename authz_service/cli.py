@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from authz_service.apikeys import commands as apikey_commands
 from authz_service.body.settings import schema_file_path
 from authz_service.compiled_config import CompiledConfig, compile_config, load_compiled_config
 from authz_service.config_holder import ConfigHolder
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--client-address", default="127.0.0.1")
     explain.add_argument("--peer-principal", default="")
+    apikey_commands.add_parser(sub)  # authz-service apikey ... (authz_service.apikeys)
     return parser
 
 
@@ -81,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.config)
         if args.command == "explain":
             return asyncio.run(_explain(args))
+        if args.command == "apikey":
+            return apikey_commands.run(args)
         settings = load_settings(args.config)  # refuse to start on a bad config, before workers
         _proxies()  # and on unusable proxy variables
         configure_logging("authz", args.log_level)
