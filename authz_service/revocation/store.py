@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
-from authz_service.revocation import layout
+from authz_service.revocation.layout import entry_key, index_key, version_key
 from authz_service.revocation.settings import RevocationSettings
 from authz_service.revocation.snapshot import (
     BadEntryError,
@@ -113,12 +113,12 @@ class RedisRevocationStore:
         return cls(client, settings)
 
     async def version(self) -> int:
-        return _as_int(await self._call(self._client.get(layout.version_key(self._prefix))))
+        return _as_int(await self._call(self._client.get(version_key(self._prefix))))
 
     async def load(self, *, now: float) -> Loaded:
         async def read() -> Loaded:
-            version = _as_int(await self._client.get(layout.version_key(self._prefix)))
-            index = layout.index_key(self._prefix)
+            version = _as_int(await self._client.get(version_key(self._prefix)))
+            index = index_key(self._prefix)
             keys: list[Any] = list(await self._client.zrangebyscore(index, f"({now}", "+inf"))
             entries: list[Entry] = []
             skipped = 0
@@ -136,7 +136,7 @@ class RedisRevocationStore:
         return loaded
 
     async def write(self, entry: Entry, *, now: float) -> tuple[Entry, int]:
-        key = layout.entry_key(self._prefix, entry)
+        key = entry_key(self._prefix, entry)
         stored, version = await self._call(self._write(key, entry, now))
         await self._call(self._client.publish(self._channel, encode_event(version, stored)))
         return stored, version
@@ -151,9 +151,9 @@ class RedisRevocationStore:
                     pipe.set(
                         key, encode_entry(stored), ex=max(1, math.ceil(stored.expires_at - now))
                     )
-                    pipe.zadd(layout.index_key(self._prefix), {key: stored.expires_at})
-                    pipe.zremrangebyscore(layout.index_key(self._prefix), "-inf", now)
-                    pipe.incr(layout.version_key(self._prefix))
+                    pipe.zadd(index_key(self._prefix), {key: stored.expires_at})
+                    pipe.zremrangebyscore(index_key(self._prefix), "-inf", now)
+                    pipe.incr(version_key(self._prefix))
                     results = await pipe.execute()
                     return stored, int(results[-1])
                 except WatchError:
