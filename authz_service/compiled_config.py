@@ -77,7 +77,10 @@ def compile_config(
         proxies=proxies,
     )
     authorizer = Authorizer(
-        rule_sets, tokens.verifier, cookie_names=settings.credentials.cookie_names
+        rule_sets,
+        tokens.verifier,
+        cookie_names=settings.credentials.cookie_names,
+        mtls=settings.mtls,
     )
     return CompiledConfig(source, settings, authorizer, tokens, ResponseBuilder(settings.identity))
 

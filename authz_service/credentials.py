@@ -1,8 +1,10 @@
-"""Where the bearer token comes from (ARCHITECTURE.md 5a, RFC 6750).
+"""Where the credential comes from (ARCHITECTURE.md 5a, RFC 6750).
 
-Only the `Authorization` header carries credentials. A second `Authorization` header, or a
-header token plus another token in the query string or a cookie, is ambiguous: 400.
-A token only in the query string (RFC 6750 section 2.3) counts as no credentials.
+Only the `Authorization` header carries credentials: `Bearer <JWT>`, or `ApiKey <key>`
+when API keys are on (or their own header, when one is configured). A second
+`Authorization` header, two credentials at once (a bearer token and an API key, a header
+token plus another token in the query string or a cookie) is ambiguous: 400. A token only
+in the query string (RFC 6750 section 2.3) counts as no credentials.
 
 "Another token" is judged the way the most lenient parser behind the edge could read the
 request, not the way this module would: the upstream decides which token it believes, so
@@ -45,6 +47,10 @@ _MAX_DECODES = 4  # a name still changing after this many rounds is hostile anyw
 _PHP_UNDERSCORED = str.maketrans({" ": "_", ".": "_", "[": "_"})
 
 
+BEARER, API_KEY = "bearer", "api_key"
+API_KEY_SCHEME = "apikey"  # `Authorization: ApiKey <key>` (scheme names are case-insensitive)
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """The outcome of extraction: a token, nothing, or an ambiguous request."""
@@ -52,6 +58,7 @@ class Credentials:
     token: str | None
     # "duplicate_authorization", "ambiguous_credentials" or "malformed_authorization"
     problem: str | None = None
+    kind: str = BEARER  # BEARER or API_KEY: which verifier the token is for
 
     @property
     def ambiguous(self) -> bool:
@@ -70,13 +77,25 @@ def extract_bearer(
     raw_query: str,
     cookie_header: str,
     cookie_names: frozenset[str],
+    api_keys: bool = False,
+    api_key_header: Sequence[str] = (),
 ) -> Credentials:
-    """Pick the bearer token out of the request's `Authorization` header values.
+    """Pick the credential out of the request's `Authorization` header values.
 
     `authorization` holds every value received. Envoy joins repeated headers into one
-    comma-joined value (HTTP/1.1 and HTTP/2 alike, measured on 1.40); a bearer token never
-    contains a comma (RFC 6750 b64token), so a comma means a second credential.
+    comma-joined value (HTTP/1.1 and HTTP/2 alike, measured on 1.40); neither a bearer
+    token (RFC 6750 b64token) nor an API key contains a comma, so a comma means a second
+    credential. With `api_keys`, `Authorization: ApiKey <key>` is a credential too, and
+    `api_key_header` holds the values of the API keys' own header when one is configured.
     """
+    if api_key_header:
+        if authorization:
+            return _AMBIGUOUS  # an API key in its header next to an Authorization header
+        if len(api_key_header) > 1 or "," in api_key_header[0]:
+            return _DUPLICATE
+        if query_has_token(raw_query) or cookie_has_token(cookie_header, cookie_names):
+            return _AMBIGUOUS
+        return Credentials(api_key_header[0].strip(), kind=API_KEY)
     if not authorization:
         return NO_CREDENTIALS  # a token only in the query or a cookie is no credential
     value = authorization[0]
@@ -85,13 +104,18 @@ def extract_bearer(
     if query_has_token(raw_query) or cookie_has_token(cookie_header, cookie_names):
         return _AMBIGUOUS
     parts = value.split()
-    if not parts or parts[0].lower() != "bearer":
+    scheme = parts[0].lower() if parts else ""
+    if scheme == "bearer":
+        kind = BEARER
+    elif scheme == API_KEY_SCHEME and api_keys:
+        kind = API_KEY
+    else:
         return NO_CREDENTIALS  # another scheme (Basic, Digest, ...) is not ours
     if len(parts) > 2:
         # RFC 6750 section 2.1: `Bearer 1*SP b64token`; more words is a second credential
-        # (`Bearer a Basic b`) or no token at all.
+        # (`Bearer a Basic b`) or no token at all. The same holds for `ApiKey`.
         return _MALFORMED
-    return Credentials(parts[1] if len(parts) == 2 else "")
+    return Credentials(parts[1] if len(parts) == 2 else "", kind=kind)
 
 
 def query_has_token(raw_query: str) -> bool:

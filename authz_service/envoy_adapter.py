@@ -85,6 +85,7 @@ def read_check_request(request: external_auth_pb2.CheckRequest) -> CheckInputs:
         headers=headers,
         client_address=attrs.source.address.socket_address.address,
         peer_principal=attrs.source.principal,
+        peer_certificate=attrs.source.certificate,
         # x-request-id is what Envoy's access log and the upstream see; http.id is only
         # Envoy's internal stream id, the fallback when the header is absent.
         request_id=headers.get("x-request-id") or http.id,

@@ -4,8 +4,10 @@
     1. credentials   ambiguous credentials (two Authorization headers, header + query/cookie) -> 400
     2. route         undecodable path -> 400; no rule matches -> 403 (allow-list)
     3. public        a public rule allows without credentials (body and conditions still apply)
-    4. identity      no bearer token -> 401 challenge; any invalid token -> 401 invalid_token;
-                     no usable keys for the issuer (IdP down, nothing cached) -> 503
+    4. identity      no credential -> 401 challenge (on a rule taking `mtls`, the client
+                     certificate Envoy verified stands for one: a certificate no identity
+                     names -> 403); any invalid token -> 401 invalid_token; no usable
+                     keys for the issuer (IdP down, nothing cached) -> 503
     5. access        missing scope -> 403 insufficient_scope; none of the roles -> 403
     6. body          the rule's schema: over max_bytes -> 413, wrong content type -> 415,
                      not well-formed JSON -> 400, breaks the schema -> 422 (RFC 9457)
@@ -29,7 +31,8 @@ from dataclasses import dataclass, replace
 from authz_service.body import BodyVerdict, CompiledBody, Violation
 from authz_service.body.verdict import BODY_NOT_FORWARDED
 from authz_service.body.verdict import refused as refused_body
-from authz_service.credentials import extract_bearer
+from authz_service.credentials import API_KEY, BEARER, extract_bearer
+from authz_service.mtls import MtlsSettings, PeerCertificate, principal_for, read_certificate
 from authz_service.policy import (
     BadRequestPath,
     CompiledPolicy,
@@ -75,6 +78,10 @@ def deny(status: int, reason: str, error: str, **kw: object) -> Decision:
 
 INTERNAL_ERROR = deny(503, "internal_error", "temporarily_unavailable")
 
+# The rule's credential type (`credentials:` in a rule) of each kind of presented credential.
+_CREDENTIAL_TYPE = {BEARER: "jwt", API_KEY: "api_key"}
+MTLS = "mtls"
+
 # The public error code of each body verdict (the problem document carries the details).
 _BODY_ERRORS = {
     400: "invalid_request",
@@ -101,10 +108,12 @@ class Authorizer:
         verifier: TokenVerifier,
         *,
         cookie_names: frozenset[str],
+        mtls: MtlsSettings | None = None,
     ) -> None:
         self.rule_sets = rule_sets
         self.verifier = verifier
         self._cookie_names = cookie_names
+        self._mtls = mtls  # None: no certificate stands for an identity
 
     def decide_now(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
@@ -164,7 +173,14 @@ class Authorizer:
         if rule.public:
             return self._after_access(match, None, facts), rule.mode
         if not creds.token:
+            if MTLS in rule.credentials and self._mtls is not None:
+                cert = read_certificate(facts.peer_certificate)
+                if cert is not None:
+                    return self._by_certificate(match, cert, facts), rule.mode
             return deny(401, "no_credentials", "unauthorized", rule=rule.name), rule.mode
+        if _CREDENTIAL_TYPE[creds.kind] not in rule.credentials:
+            # The same generic 401 as a bad token: which types a rule takes is no oracle.
+            return deny(401, "credential_not_accepted", "invalid_token", rule=rule.name), rule.mode
         try:
             principal = verify(creds.token)
         except InvalidToken as exc:
@@ -173,10 +189,25 @@ class Authorizer:
             return deny(401, exc.reason, "invalid_token", rule=rule.name), rule.mode
         if isinstance(principal, NeedKeys):
             return principal, rule.mode
-        denied = access_denied(rule, principal)
+        return self._authenticated(match, principal, facts), rule.mode
+
+    def _by_certificate(
+        self, match: RouteMatch, cert: PeerCertificate, facts: RequestFacts
+    ) -> Decision:
+        """A request whose only credential is the client certificate Envoy verified."""
+        assert self._mtls is not None
+        principal = principal_for(cert, self._mtls)
+        if principal is None:  # signed by a trusted CA, but no configured identity
+            return deny(403, "unknown_certificate", "forbidden", rule=match.rule.name)
+        return self._authenticated(match, principal, facts)
+
+    def _authenticated(
+        self, match: RouteMatch, principal: Principal, facts: RequestFacts
+    ) -> Decision:
+        denied = access_denied(match.rule, principal)
         if denied is not None:
-            return _from_outcome(denied, principal), rule.mode
-        return self._after_access(match, principal, facts), rule.mode
+            return _from_outcome(denied, principal)
+        return self._after_access(match, principal, facts)
 
     @staticmethod
     def _after_access(

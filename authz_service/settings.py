@@ -8,6 +8,7 @@ credentials: cookie names that count as a second credential
 audit:       where decision lines go
 reload:      file watching
 health:      when gRPC health says SERVING (see authz_service.readiness)
+mtls:        client certificates that stand for an identity (see authz_service.mtls)
 mode:        enforce (default) or dry_run, for the default rule set
 routes:      the policy (see authz_service.policy): the default rule set
 rule_sets:   further rule sets, each chosen by Envoy context extensions (`select`)
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from authz_service.mtls import MtlsSettings
 from authz_service.policy.settings import Mode, PolicySettings, RouteSettings, RuleSetSettings
 from authz_service.tokens.settings import IssuerSettings, TokenLimits
 from sidecar_runtime.config import Frozen, load_model
@@ -111,6 +113,8 @@ class AuthzSettings(Frozen):
     reload: ReloadSettings = ReloadSettings()
     health: HealthSettings = HealthSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    # Client certificates that stand for an identity on rules taking `mtls` (mtls.py).
+    mtls: MtlsSettings | None = None
     # The default rule set (requests no rule set selects) and its mode; rule_sets come
     # first so that `routes` can be checked knowing whether there are any.
     mode: Mode = "enforce"

@@ -1,9 +1,11 @@
-"""Dev PKI: a CA, Envoy's listener certificate, the sidecars' server certificate and Envoy's
-client certificate for mTLS to the sidecars. Made at run time, never committed.
+"""Dev PKI: a CA, Envoy's listener certificate, the sidecars' server certificate, Envoy's
+client certificate for mTLS to the sidecars, and a demo service's client certificate for
+Envoy's listener (an mTLS identity of the demo policy). Made at run time, never committed.
 
 Files (ARCHITECTURE.md section 4): ca.pem (+ ca-key.pem), envoy.pem/envoy-key.pem,
-sidecar.pem/sidecar-key.pem, client.pem/client-key.pem. Private keys are written 0600.
-Idempotent: existing, still-valid files are kept.
+sidecar.pem/sidecar-key.pem, client.pem/client-key.pem, service.pem/service-key.pem
+(SPIFFE ID `SERVICE_SPIFFE_ID`). Private keys are written 0600. Idempotent: existing,
+still-valid files are kept.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALID_DAYS = 365
 _SANS = ("localhost", "127.0.0.1", "::1")
+# The demo service that calls the API with its certificate (config/authz/demo.yaml, mtls).
+SERVICE_SPIFFE_ID = "spiffe://edgeguard.dev/ns/demo/sa/reports-job"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Pki:
     sidecar_key = property(lambda self: self._p("sidecar-key.pem"))
     client_cert = property(lambda self: self._p("client.pem"))
     client_key = property(lambda self: self._p("client-key.pem"))
+    service_cert = property(lambda self: self._p("service.pem"))
+    service_key = property(lambda self: self._p("service-key.pem"))
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -135,11 +141,13 @@ def _still_valid(pki: Pki) -> bool:
         pki.sidecar_key,
         pki.client_cert,
         pki.client_key,
+        pki.service_cert,
+        pki.service_key,
     ]
     if not all(f.is_file() for f in files):
         return False
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
-    for cert_file in (pki.ca, pki.envoy_cert, pki.sidecar_cert, pki.client_cert):
+    for cert_file in (pki.ca, pki.envoy_cert, pki.sidecar_cert, pki.client_cert, pki.service_cert):
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
         if cert.not_valid_after_utc < soon:
             return False
@@ -162,9 +170,12 @@ def ensure_pki(root: Path) -> Pki:
         (pki.envoy_cert, pki.envoy_key, "localhost", server, None),
         (pki.sidecar_cert, pki.sidecar_key, "edgeguard-sidecar", server, None),
         (pki.client_cert, pki.client_key, "envoy", client, "spiffe://edgeguard.dev/envoy"),
+        (pki.service_cert, pki.service_key, "reports-job", client, SERVICE_SPIFFE_ID),
     ):
+        # A SPIFFE X.509-SVID carries its ID as its only URI SAN and no DNS names.
+        sans = () if pki.service_cert == cert_path else _SANS
         cert_pem, key_pem = issue_certificate(
-            common_name=cn, ca_cert=ca_cert, ca_key=ca_key, usage=usage, sans=_SANS, uri=uri
+            common_name=cn, ca_cert=ca_cert, ca_key=ca_key, usage=usage, sans=sans, uri=uri
         )
         cert_path.write_bytes(cert_pem)
         _write_private(key_path, key_pem)

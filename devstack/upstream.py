@@ -7,7 +7,10 @@ so users and tests can see exactly what the authz sidecar injected:
     GET    /api/v1/users/{user_id}
     PUT    /api/v1/users/{user_id}
     DELETE /api/v1/users/{user_id}
+    POST   /api/v1/users/{user_id}/notes
     GET    /api/v1/admin/stats
+    GET    /api/v1/reports/{report_id}
+    GET    /api/v1/internal/reports
 
 It is a correct HTTP/1.1 server, because Envoy keeps its upstream connections alive and
 sends other clients' requests on them: bytes a server leaves unread are parsed as the next
@@ -50,6 +53,8 @@ LINGER_S = 1.0
 LINGER_BYTES = 4 << 20
 SERVER_HEADER = (b"server", b"demo-upstream")
 _USER = re.compile(r"^/api/v1/users/([^/]+)$")
+_NOTES = re.compile(r"^/api/v1/users/([^/]+)/notes$")
+_REPORT = re.compile(r"^/api/v1/reports/([^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,12 @@ def route(method: str, target: str) -> tuple[HTTPStatus, dict[str, Any]]:
     if (m := _USER.match(path)) and method in ("GET", "PUT", "DELETE"):
         verb = {"GET": "read", "PUT": "updated", "DELETE": "deleted"}[method]
         return HTTPStatus.OK, {"user_id": m.group(1), "action": verb}
+    if (m := _NOTES.match(path)) and method == "POST":
+        return HTTPStatus.CREATED, {"user_id": m.group(1), "action": "note filed"}
+    if (m := _REPORT.match(path)) and method == "GET":
+        return HTTPStatus.OK, {"report_id": m.group(1), "rows": 3}
+    if method == "GET" and path == "/api/v1/internal/reports":
+        return HTTPStatus.OK, {"reports": 2}
     return HTTPStatus.NOT_FOUND, {"error": "not_found"}
 
 

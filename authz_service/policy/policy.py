@@ -155,6 +155,7 @@ def _compile_rule(
         conditions=tuple(conditions),
         body=body,
         mode=route.mode or set_mode,
+        credentials=frozenset(route.credentials),
     )
 
 

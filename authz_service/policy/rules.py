@@ -38,6 +38,8 @@ class RequestFacts:
     client_address: str
     peer_principal: str
     request_id: str
+    # The client certificate Envoy verified (URL-encoded PEM, `source.certificate`), "".
+    peer_certificate: str = ""
     # The body as Envoy forwarded it: only on routes whose rule declares a body schema
     # (Envoy's per-route `with_request_body`); empty elsewhere.
     raw_body: bytes = b""
@@ -83,6 +85,7 @@ class CompiledRule:
     conditions: tuple[CompiledCondition, ...]
     body: CompiledBody | None = None
     mode: str = ENFORCE  # the rule's own, or its rule set's
+    credentials: frozenset[str] = frozenset({"jwt"})  # jwt, api_key, mtls
     captures: tuple[Capture, ...] = field(init=False)
     reads_request: bool = field(init=False)
     reads_token: bool = field(init=False)

@@ -182,6 +182,9 @@ class GrpcTarget(Frozen):
 
 
 Mode = Literal["enforce", "dry_run"]
+# What a rule accepts as proof of identity: a JWT (`Authorization: Bearer`), an API key
+# (`Authorization: ApiKey`, or its own header), the mTLS client certificate Envoy verified.
+CredentialType = Literal["jwt", "api_key", "mtls"]
 
 
 class RouteSettings(Frozen):
@@ -202,6 +205,7 @@ class RouteSettings(Frozen):
     body: BodySettings | None = None
     # None: the rule set's mode. dry_run: decide and record, but allow (docs/authz.md).
     mode: Mode | None = None
+    credentials: tuple[CredentialType, ...] = ("jwt",)
 
     @field_validator("methods")
     @classmethod
@@ -220,6 +224,15 @@ class RouteSettings(Frozen):
         if not hosts:
             raise ValueError("hosts must not be empty (omit it to match any host)")
         return _unique(hosts, "host")
+
+    @field_validator("credentials")
+    @classmethod
+    def _some_credential(cls, kinds: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not kinds:
+            raise ValueError("list at least one credential type (jwt, api_key, mtls)")
+        if info.data.get("public") is True and kinds != ("jwt",):
+            raise ValueError("a public rule takes no credentials; remove `credentials`")
+        return _unique(kinds, "credential type")
 
     @field_validator("scopes", "roles")
     @classmethod

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from authz_service.credentials import MAX_DISTINCT_NAMES, extract_bearer
+from authz_service.credentials import (
+    API_KEY,
+    BEARER,
+    MAX_DISTINCT_NAMES,
+    NO_CREDENTIALS,
+    Credentials,
+    extract_bearer,
+)
 
 COOKIES = frozenset({"access_token"})
 
@@ -197,3 +204,44 @@ def test_too_many_distinct_names_is_ambiguous_but_many_repeats_are_fine() -> Non
 def test_a_token_name_after_thousands_of_pairs_is_still_found() -> None:
     query = "&".join(["id=1"] * 5000) + "&%61ccess_token=x"
     assert _extract("Bearer a.b.c", query=query) == (None, "ambiguous_credentials")
+
+
+# -- API keys: the `ApiKey` scheme and a header of their own ----------------------------
+
+
+def _extract_with(authorization: tuple[str, ...], **kw: object) -> object:
+    options = {"raw_query": "", "cookie_header": "", "cookie_names": frozenset({"access_token"})}
+    return extract_bearer(authorization, **{**options, **kw})  # type: ignore[arg-type]
+
+
+def test_the_api_key_scheme_is_a_credential_only_when_api_keys_are_on() -> None:
+    assert _extract_with(("ApiKey eg_live_abc_def",)) == NO_CREDENTIALS
+    found = _extract_with(("apikey eg_live_abc_def",), api_keys=True)
+    assert found == Credentials("eg_live_abc_def", kind=API_KEY)
+    assert _extract_with(("Bearer x.y.z",), api_keys=True) == Credentials("x.y.z", kind=BEARER)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "kw", "problem"),
+    [
+        (("ApiKey a", "Bearer b"), {"api_keys": True}, "duplicate_authorization"),
+        (("ApiKey a,Bearer b",), {"api_keys": True}, "duplicate_authorization"),
+        (("ApiKey a Bearer b",), {"api_keys": True}, "malformed_authorization"),
+        (("Bearer b",), {"api_key_header": ("eg_live_a_b",)}, "ambiguous_credentials"),
+        ((), {"api_key_header": ("k1", "k2")}, "duplicate_authorization"),
+        ((), {"api_key_header": ("k1,k2",)}, "duplicate_authorization"),
+        ((), {"api_key_header": ("k1",), "raw_query": "access_token=t"}, "ambiguous_credentials"),
+        (("ApiKey a",), {"api_keys": True, "raw_query": "access_token=t"}, "ambiguous_credentials"),
+    ],
+)
+def test_two_credentials_at_once_are_refused(
+    authorization: tuple[str, ...], kw: dict[str, object], problem: str
+) -> None:
+    found = _extract_with(authorization, **kw)
+    assert isinstance(found, Credentials)
+    assert found.problem == problem
+
+
+def test_an_api_key_in_its_own_header() -> None:
+    found = _extract_with((), api_key_header=("  eg_live_abc_def ",))
+    assert found == Credentials("eg_live_abc_def", kind=API_KEY)

@@ -81,7 +81,8 @@ def authorizer(config: Mapping[str, Any], tmp_path: Path | None = None) -> Autho
     settings = validate_model(AuthzSettings, dict(config), SOURCE)
     source = str(tmp_path / SOURCE) if tmp_path else SOURCE
     rule_sets = RuleSets.compile(settings.policy(), settings.rule_sets, source=source)
-    return Authorizer(rule_sets, cast(TokenVerifier, _Tokens()), cookie_names=frozenset())
+    tokens = cast(TokenVerifier, _Tokens())
+    return Authorizer(rule_sets, tokens, cookie_names=frozenset(), mtls=settings.mtls)
 
 
 def request(
@@ -292,3 +293,15 @@ def test_rule_set_settings_are_checked() -> None:
     # Only rule sets, no default rules: requests no set selects match nothing (403).
     only = authorizer({"rule_sets": [{"name": "a", "select": {"api": "a"}, "routes": [REPORTS]}]})
     assert decide(only, request("/reports/1")).reason == "no_route"
+
+
+def test_a_rule_that_takes_no_jwt_refuses_a_bearer_token_like_a_bad_one() -> None:
+    machines = {**REPORTS, "roles": [], "credentials": ["api_key"]}
+    decided = decide(authorizer({"routes": [machines]}), request("/reports/1"), "bob-analyst")
+    assert (decided.status, decided.reason, decided.error) == (
+        401,
+        "credential_not_accepted",
+        "invalid_token",
+    )
+    with pytest.raises(ConfigError, match="public rule takes no credentials"):
+        authorizer({"routes": [{**SIGNUP, "credentials": ["api_key"]}]})
