@@ -108,7 +108,7 @@ class KeyLifecycle:
             raise LifecycleError(f"overlap must be 0 to {MAX_OVERLAP_SECONDS} seconds")
         old = await self._usable(key_id, "rotate")
         new = await self._mint(replace(old, rotated_from=old.key_id), ttl_days=ttl_days)
-        now = self._clock.now()
+        now = self._now()
         retired = replace(
             old, replaced_by=new.record.key_id, valid_until=min(now + overlap_seconds, old.expires)
         )
@@ -120,7 +120,7 @@ class KeyLifecycle:
         record = await self.show(key_id)
         if record.revoked is not None:
             raise LifecycleError(f"API key {key_id} is already revoked")
-        revoked = replace(record, revoked=self._clock.now())
+        revoked = replace(record, revoked=self._now())
         await self._write(revoked)
         return revoked
 
@@ -132,14 +132,14 @@ class KeyLifecycle:
             raise LifecycleError(
                 f"cannot {action} API key {key_id}: already replaced by {record.replaced_by}"
             )
-        if self._clock.now() >= record.ends_at():
+        if self._now() >= record.ends_at():
             raise LifecycleError(f"cannot {action} API key {key_id}: it has expired")
         return record
 
     async def _mint(self, template: KeyRecord, *, ttl_days: int | None) -> NewKey:
         days = self._default_ttl_days if ttl_days is None else ttl_days
         self._check_ceiling(template, days)
-        now = self._clock.now()
+        now = self._now()
         for _ in range(_ATTEMPTS):
             key_id, secret = new_key_id(), new_secret()
             pepper_id, digest = self._peppers.hash_new(key_id, secret)
@@ -171,6 +171,10 @@ class KeyLifecycle:
             raise LifecycleError(f"roles over the ceiling (ceiling.max_roles): {extra_roles}")
         if not 1 <= ttl_days <= ceiling.max_ttl_days:
             raise LifecycleError(f"ttl must be 1 to {ceiling.max_ttl_days} days (ceiling)")
+
+    def _now(self) -> float:
+        # Redis keeps times to the millisecond; so do the records handed back.
+        return round(self._clock.now(), 3)
 
     async def _write(self, record: KeyRecord) -> None:
         if not await self._store.update(record):

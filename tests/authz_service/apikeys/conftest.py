@@ -13,6 +13,7 @@ from authz_service.apikeys.lifecycle import KeyLifecycle
 from authz_service.apikeys.settings import CeilingSettings
 from authz_service.apikeys.store import KeyStore, MemoryKeyStore
 from sidecar_runtime.clock import Clock, ManualClock
+from tests.ratelimit_service.conftest import own_redis as own_redis
 
 # The rate-limit suite's real redis-server fixtures (tests.support.redis_servers), reused.
 from tests.ratelimit_service.conftest import redis_server as redis_server
