@@ -24,6 +24,12 @@ from authz_service.config_holder import ConfigHolder
 from authz_service.jwks import ProxyConfig
 from authz_service.policy import RequestFacts
 from authz_service.readiness import ReadinessMonitor
+from authz_service.revocation import (
+    RedisRevocationStore,
+    RevocationList,
+    add_revoke_parser,
+    run_revoke,
+)
 from authz_service.servicer import SERVICE_NAME, AuthorizationServicer, add_to_server
 from authz_service.settings import AuthzSettings, load_settings
 from authz_service.telemetry import AuthzTelemetry
@@ -73,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--client-address", default="127.0.0.1")
     explain.add_argument("--peer-principal", default="")
     apikey_commands.add_parser(sub)  # authz-service apikey ... (authz_service.apikeys)
+    add_revoke_parser(sub)  # authz-service revoke ... (authz_service.revocation)
     return parser
 
 
@@ -85,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_explain(args))
         if args.command == "apikey":
             return apikey_commands.run(args)
+        if args.command == "revoke":  # needs only the issuers and the revocation section
+            return run_revoke(args)
         settings = load_settings(args.config)  # refuse to start on a bad config, before workers
         _proxies()  # and on unusable proxy variables
         configure_logging("authz", args.log_level)
@@ -121,15 +130,28 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
         setup_telemetry("authz", settings.telemetry, worker=worker_index() or 0),
         settings.telemetry,
     )
+    revocations, revocation_store = None, None
+    if settings.revocation is not None:
+        revocation_store = RedisRevocationStore.from_settings(settings.revocation)
+        revocations = RevocationList(revocation_store, settings.revocation, clock=clock)
+        await revocations.start()  # not ready if unreadable: health reports NOT_SERVING
+    revoked = None if revocations is None else revocations.refusal
     compiled = await load_compiled_config(
-        path, clock=clock, telemetry=telemetry, settings=settings, proxies=proxies
+        path,
+        clock=clock,
+        telemetry=telemetry,
+        settings=settings,
+        proxies=proxies,
+        revoked=revoked,
     )
     audit = (
         AuditSink(settings.audit.target, max_backlog=settings.audit.max_backlog)
         if settings.audit.enabled
         else None
     )
-    holder = ConfigHolder(compiled, clock=clock, telemetry=telemetry, proxies=proxies)
+    holder = ConfigHolder(
+        compiled, clock=clock, telemetry=telemetry, proxies=proxies, revoked=revoked
+    )
     telemetry.attach(holder.snapshot)
     # On the sync stack, Checks run on worker threads and hand key fetches to this loop.
     bridge = LoopBridge(asyncio.get_running_loop())
@@ -141,7 +163,8 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
     )
     server = SidecarServer(settings.server, [binding], reuse_port=reuse_port)
     # Health is SERVING only while the issuers have keys (authz_service.readiness).
-    readiness = ReadinessMonitor(holder, server.set_serving)
+    dependencies = {} if revocations is None else {"revocation_list": revocations.ready}
+    readiness = ReadinessMonitor(holder, server.set_serving, dependencies=dependencies)
     port = await server.start(serving=False)
     await readiness.update()
     readiness.start()
@@ -170,6 +193,9 @@ async def _serve(path: Path, settings: AuthzSettings, *, reuse_port: bool) -> No
         if watcher is not None:
             await watcher.stop()
         await holder.current.close()
+        if revocations is not None and revocation_store is not None:
+            await revocations.stop()
+            await revocation_store.close()
         if audit is not None:
             audit.close()
         telemetry.telemetry.shutdown()

@@ -8,21 +8,29 @@ leaves the old one serving.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from authz_service.apikeys.fetching import FetchingApiKeyVerifier
+from authz_service.apikeys.settings import load_peppers
+from authz_service.apikeys.verifier import API_KEY_ALGORITHM
 from authz_service.envoy_adapter import ResponseBuilder
 from authz_service.instruments import FetchInstruments
 from authz_service.jwks import Fetcher, ProxyConfig
 from authz_service.jwks.verification import FetchingVerifier
-from authz_service.pipeline import Authorizer, Decision, NeedKeys
+from authz_service.pipeline import Authorizer, Decision, NeedKey, NeedKeys, RevocationCheck
 from authz_service.policy import RequestFacts, RuleSets
 from authz_service.settings import AuthzSettings, load_settings
 from sidecar_runtime.clock import Clock
 
 log = logging.getLogger(__name__)
+
+# The longest one Check waits for an API key's record from Redis (a cache miss).
+API_KEY_FETCH_WAIT_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -32,19 +40,56 @@ class CompiledConfig:
     authorizer: Authorizer  # pure: decides with the keys known now
     tokens: FetchingVerifier  # the authorizer's verifier and the key sources it reads
     responses: ResponseBuilder
+    api_keys: FetchingApiKeyVerifier | None = None  # the API keys' cache and Redis
+
+    async def fetch(self, need: NeedKeys | NeedKey) -> None:
+        """Fetch what the pipeline said it needs: an issuer's keys or an API key's record."""
+        if isinstance(need, NeedKey):
+            if self.api_keys is not None:
+                await self.api_keys.fetch(need)
+            return
+        await self.tokens.fetch_keys(need)
+
+    def fetch_wait(self, need: NeedKeys | NeedKey) -> float:
+        """How long one Check waits for `fetch(need)`."""
+        if isinstance(need, NeedKey):
+            return API_KEY_FETCH_WAIT_S
+        return need.wait_s
+
+    def note_use(self, decision: Decision) -> None:
+        """After a decision, on the event loop: record an API key's use."""
+        principal = decision.principal
+        if (
+            self.api_keys is not None
+            and principal is not None
+            and principal.algorithm == API_KEY_ALGORITHM
+        ):
+            self.api_keys.note_use(principal)
 
     async def decide(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
     ) -> Decision:
         """Decide one request on the event loop, fetching keys if its token needs them."""
         decided = self.authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
-        if isinstance(decided, NeedKeys):
-            await self.tokens.fetch_keys(decided)
-            return self.authorizer.decide_fetched(facts, authorization=authorization, cookie=cookie)
+        if isinstance(decided, NeedKeys | NeedKey):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.fetch_wait(decided)):
+                    await self.fetch(decided)
+            decided = self.authorizer.decide_fetched(
+                facts, authorization=authorization, cookie=cookie
+            )
+        self.note_use(decided)
         return decided
+
+    async def start(self) -> None:
+        await self.tokens.start()
+        if self.api_keys is not None:
+            await self.api_keys.start()
 
     async def close(self) -> None:
         await self.tokens.close()
+        if self.api_keys is not None:
+            await self.api_keys.close()
 
 
 def compile_config(
@@ -55,6 +100,7 @@ def compile_config(
     previous: CompiledConfig | None = None,
     telemetry: FetchInstruments | None = None,
     proxies: ProxyConfig | None = None,
+    revoked: RevocationCheck | None = None,
 ) -> CompiledConfig:
     """Compile `settings` (raises ConfigError). Key sources of unchanged issuers are reused
     from `previous`, so a policy edit does not refetch every JWKS. `proxies` (default: none)
@@ -76,13 +122,32 @@ def compile_config(
         instrument=_instrumenter(telemetry),
         proxies=proxies,
     )
+    api_keys = None
+    if settings.api_keys is not None:
+        api_keys = FetchingApiKeyVerifier.from_settings(
+            settings.api_keys,
+            peppers=load_peppers(settings.api_keys, source),
+            clock=clock,
+            stats=telemetry.api_key_stats if telemetry else None,
+        )
     authorizer = Authorizer(
         rule_sets,
         tokens.verifier,
         cookie_names=settings.credentials.cookie_names,
         mtls=settings.mtls,
+        revoked=revoked,
+        api_keys=None if api_keys is None else api_keys.verifier,
+        api_key_header=_own_header(settings),
     )
-    return CompiledConfig(source, settings, authorizer, tokens, ResponseBuilder(settings.identity))
+    responses = ResponseBuilder(settings.identity)
+    return CompiledConfig(source, settings, authorizer, tokens, responses, api_keys)
+
+
+def _own_header(settings: AuthzSettings) -> str | None:
+    """The API keys' own header, or None when they come as `Authorization: ApiKey`."""
+    if settings.api_keys is None or settings.api_keys.header == "authorization":
+        return None
+    return settings.api_keys.header
 
 
 def _instrumenter(
@@ -109,12 +174,19 @@ async def load_compiled_config(
     telemetry: FetchInstruments | None = None,
     settings: AuthzSettings | None = None,
     proxies: ProxyConfig | None = None,
+    revoked: RevocationCheck | None = None,
 ) -> CompiledConfig:
     """Load (unless `settings` were already read from `path`), compile and start a config."""
     settings = settings or load_settings(path)
     _warn_about_plain_http(settings)
     compiled = compile_config(
-        settings, path, clock=clock, previous=previous, telemetry=telemetry, proxies=proxies
+        settings,
+        path,
+        clock=clock,
+        previous=previous,
+        telemetry=telemetry,
+        proxies=proxies,
+        revoked=revoked,
     )
-    await compiled.tokens.start()
+    await compiled.start()
     return compiled

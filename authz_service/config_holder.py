@@ -11,6 +11,7 @@ import logging
 from authz_service.compiled_config import CompiledConfig, load_compiled_config
 from authz_service.instruments import AuthzSnapshot, FetchInstruments
 from authz_service.jwks import KeySource, ProxyConfig
+from authz_service.pipeline import RevocationCheck
 from sidecar_runtime.clock import Clock
 from sidecar_runtime.errors import ConfigError
 
@@ -33,8 +34,10 @@ class ConfigHolder:
         clock: Clock,
         telemetry: FetchInstruments | None = None,
         proxies: ProxyConfig | None = None,
+        revoked: RevocationCheck | None = None,
     ) -> None:
         self.current = compiled
+        self._revoked = revoked  # the process's revocation list: it outlives reloads
         self._clock = clock
         self._telemetry = telemetry
         self._proxies = proxies
@@ -62,6 +65,7 @@ class ConfigHolder:
                 previous=base,
                 telemetry=self._telemetry,
                 proxies=self._proxies,
+                revoked=self._revoked,
             )
         except ConfigError as exc:
             self.reload_failures += 1

@@ -5,8 +5,9 @@ module that imports OpenTelemetry) is handed a callable at wiring time and reads
 through it, at export time. Nothing here imports the adapter, so no cycle runs through it.
 
     AuthzSnapshot        the serving config's figures at one moment (keys per issuer, reloads)
-    FetchInstruments     what compiling a config needs from telemetry: the verifier's
-                         counters, and a wrapper for each issuer's JWKS fetcher
+    FetchInstruments     what compiling a config needs from telemetry: the verifiers'
+                         counters (tokens, API keys), and a wrapper for each issuer's
+                         JWKS fetcher
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from authz_service.apikeys.verifier import ApiKeyStats
 from authz_service.jwks import Fetcher
 from authz_service.tokens.verifier import VerifierStats
 
@@ -36,5 +38,8 @@ class FetchInstruments(Protocol):
 
     @property
     def verifier_stats(self) -> VerifierStats: ...
+
+    @property
+    def api_key_stats(self) -> ApiKeyStats: ...
 
     def instrument_fetcher(self, issuer: str, inner: Fetcher) -> Fetcher: ...

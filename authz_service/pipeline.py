@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from authz_service.apikeys.errors import InvalidApiKey
+from authz_service.apikeys.verifier import ApiKeyVerifier, NeedKey
 from authz_service.body import BodyVerdict, CompiledBody, Violation
 from authz_service.body.verdict import BODY_NOT_FORWARDED
 from authz_service.body.verdict import refused as refused_body
@@ -48,7 +50,7 @@ from authz_service.principal import Principal
 from authz_service.tokens import InvalidToken
 from authz_service.tokens.verifier import NeedKeys, TokenVerifier
 
-__all__ = ["INTERNAL_ERROR", "Authorizer", "Decision", "NeedKeys", "deny"]
+__all__ = ["INTERNAL_ERROR", "Authorizer", "Decision", "NeedKey", "NeedKeys", "deny"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ INTERNAL_ERROR = deny(503, "internal_error", "temporarily_unavailable")
 
 # The rule's credential type (`credentials:` in a rule) of each kind of presented credential.
 _CREDENTIAL_TYPE = {BEARER: "jwt", API_KEY: "api_key"}
+RevocationCheck = Callable[[Principal], str | None]
 MTLS = "mtls"
 
 # The public error code of each body verdict (the problem document carries the details).
@@ -109,37 +112,43 @@ class Authorizer:
         *,
         cookie_names: frozenset[str],
         mtls: MtlsSettings | None = None,
+        revoked: RevocationCheck | None = None,
+        api_keys: ApiKeyVerifier | None = None,
+        api_key_header: str | None = None,
     ) -> None:
         self.rule_sets = rule_sets
         self.verifier = verifier
+        self.api_keys = api_keys  # None: API keys are off (the ApiKey scheme is not ours)
+        # A header of the API keys' own, or None for `Authorization: ApiKey <key>`.
+        self._api_key_header = api_key_header
         self._cookie_names = cookie_names
         self._mtls = mtls  # None: no certificate stands for an identity
+        # principal -> None, "revoked" or why the revocation list cannot be trusted now
+        # (authz_service.revocation: an in-memory snapshot, no I/O here).
+        self._revoked = revoked
 
     def decide_now(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
-    ) -> Decision | NeedKeys:
-        """Decide with the keys known now, or say which keys to fetch first. No I/O."""
-        return self._decide(facts, authorization, cookie, self.verifier.verify_now)
+    ) -> Decision | NeedKeys | NeedKey:
+        """Decide with the keys known now, or say which keys (a JWKS, an API key's record)
+        to fetch first. No I/O."""
+        return self._decide(facts, authorization, cookie, fetched=False)
 
     def decide_fetched(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
     ) -> Decision:
         """Decide again after the keys were fetched, with the keys there are now."""
-        decided = self._decide(facts, authorization, cookie, self.verifier.verify_fetched)
-        if isinstance(decided, NeedKeys):  # not reached: verify_fetched never asks
+        decided = self._decide(facts, authorization, cookie, fetched=True)
+        if isinstance(decided, NeedKeys | NeedKey):  # not reached: fetched never asks
             return deny(503, "keys_unavailable", "temporarily_unavailable")
         return decided
 
     def _decide(
-        self,
-        facts: RequestFacts,
-        authorization: Sequence[str],
-        cookie: str,
-        verify: Callable[[str], Principal | NeedKeys],
-    ) -> Decision | NeedKeys:
+        self, facts: RequestFacts, authorization: Sequence[str], cookie: str, *, fetched: bool
+    ) -> Decision | NeedKeys | NeedKey:
         rule_set = self.rule_sets.choose(facts.context)
-        decided, mode = self._decide_in(rule_set.policy, facts, authorization, cookie, verify)
-        if isinstance(decided, NeedKeys):
+        decided, mode = self._decide_in(rule_set.policy, facts, authorization, cookie, fetched)
+        if isinstance(decided, NeedKeys | NeedKey):
             return decided
         if rule_set.name:
             decided = replace(decided, rule_set=rule_set.name)
@@ -153,13 +162,20 @@ class Authorizer:
         facts: RequestFacts,
         authorization: Sequence[str],
         cookie: str,
-        verify: Callable[[str], Principal | NeedKeys],
-    ) -> tuple[Decision | NeedKeys, str]:
+        fetched: bool,
+    ) -> tuple[Decision | NeedKeys | NeedKey, str]:
         """The decision, and the mode it falls under (the matched rule's, else the set's)."""
         set_mode = policy.mode
         query = facts.raw_path.partition("?")[2]
+        key_header = self._api_key_header
+        in_own_header = facts.headers.get(key_header) if key_header else None
         creds = extract_bearer(
-            authorization, raw_query=query, cookie_header=cookie, cookie_names=self._cookie_names
+            authorization,
+            raw_query=query,
+            cookie_header=cookie,
+            cookie_names=self._cookie_names,
+            api_keys=self.api_keys is not None and key_header is None,
+            api_key_header=() if in_own_header is None else (in_own_header,),
         )
         if creds.problem is not None:
             return deny(400, creds.problem, "invalid_request"), set_mode
@@ -181,6 +197,9 @@ class Authorizer:
         if _CREDENTIAL_TYPE[creds.kind] not in rule.credentials:
             # The same generic 401 as a bad token: which types a rule takes is no oracle.
             return deny(401, "credential_not_accepted", "invalid_token", rule=rule.name), rule.mode
+        if creds.kind == API_KEY:
+            return self._by_api_key(match, creds.token, facts, fetched), rule.mode
+        verify = self.verifier.verify_fetched if fetched else self.verifier.verify_now
         try:
             principal = verify(creds.token)
         except InvalidToken as exc:
@@ -189,7 +208,33 @@ class Authorizer:
             return deny(401, exc.reason, "invalid_token", rule=rule.name), rule.mode
         if isinstance(principal, NeedKeys):
             return principal, rule.mode
+        refusal = None if self._revoked is None else self._revoked(principal)
+        if refusal == "revoked":  # the same generic 401 as any bad token
+            return deny(401, "revoked", "invalid_token", rule=rule.name), rule.mode
+        if refusal is not None:  # the list is stale under fail_closed, or never loaded
+            return deny(503, refusal, "temporarily_unavailable", rule=rule.name), rule.mode
         return self._authenticated(match, principal, facts), rule.mode
+
+    def _by_api_key(
+        self, match: RouteMatch, key: str, facts: RequestFacts, fetched: bool
+    ) -> Decision | NeedKey:
+        """A request whose credential is an API key: its record from the cache, or which
+        record to fetch first; refused with the same generic 401 as a bad token."""
+        assert self.api_keys is not None  # only extracted when API keys are on
+        rule = match.rule.name
+        try:
+            found = self.api_keys.verify_now(key, client_address=facts.client_address)
+        except InvalidApiKey as exc:
+            if exc.reason == "store_unavailable":
+                return deny(503, exc.reason, "temporarily_unavailable", rule=rule)
+            return deny(401, f"api_key_{exc.reason}", "invalid_token", rule=rule)
+        if isinstance(found, NeedKey):
+            if not fetched:
+                return found
+            # The fetch left nothing in the cache: the store could not be read.
+            self.api_keys.refuse("store_unavailable", facts.client_address)
+            return deny(503, "store_unavailable", "temporarily_unavailable", rule=rule)
+        return self._authenticated(match, found, facts)
 
     def _by_certificate(
         self, match: RouteMatch, cert: PeerCertificate, facts: RequestFacts

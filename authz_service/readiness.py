@@ -32,6 +32,8 @@ class Readiness:
 
     serving: bool
     without_keys: Mapping[str, str] = field(default_factory=dict)
+    # Other things Checks depend on that are not ready (e.g. the revocation list).
+    not_ready: tuple[str, ...] = ()
 
 
 def readiness(*, issuers: int, without_keys: Mapping[str, str], require_all: bool) -> Readiness:
@@ -54,10 +56,17 @@ class ReadinessMonitor:
     """Polls the serving config's key sources and sets gRPC health when the answer changes."""
 
     def __init__(
-        self, holder: ConfigHolder, set_serving: Callable[[bool], Awaitable[None]]
+        self,
+        holder: ConfigHolder,
+        set_serving: Callable[[bool], Awaitable[None]],
+        *,
+        dependencies: Mapping[str, Callable[[], bool]] | None = None,
     ) -> None:
         self._holder = holder
         self._set_serving = set_serving
+        # name -> ready(): each must be ready too (a revocation list never loaded refuses
+        # every token, so routing Checks here would answer them all with 503).
+        self._dependencies = dict(dependencies or {})
         self._reported: Readiness | None = None
         self._periodic = Periodic(
             self.update,
@@ -68,6 +77,9 @@ class ReadinessMonitor:
     async def update(self) -> Readiness:
         """Re-check now; set health and log when the state (or the reasons) changed."""
         state = current_readiness(self._holder)
+        not_ready = tuple(name for name, ready in self._dependencies.items() if not ready())
+        if not_ready:
+            state = Readiness(False, state.without_keys, not_ready)
         previous, self._reported = self._reported, state
         if previous is None or state.serving != previous.serving:
             await self._set_serving(state.serving)
@@ -84,8 +96,14 @@ class ReadinessMonitor:
 
 
 def _log(state: Readiness) -> None:
-    fields = {"serving": state.serving, "issuers_without_keys": dict(state.without_keys)}
-    if state.serving and not state.without_keys:
+    fields = {
+        "serving": state.serving,
+        "issuers_without_keys": dict(state.without_keys),
+        "not_ready": list(state.not_ready),
+    }
+    if state.not_ready:
+        log.warning("health NOT_SERVING: not ready", extra={"fields": fields})
+    elif state.serving and not state.without_keys:
         log.info("health SERVING: every issuer has a usable key set", extra={"fields": fields})
     elif state.serving:
         log.warning(

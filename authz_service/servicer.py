@@ -23,7 +23,7 @@ from authz_service.audit_line import CheckAudit
 from authz_service.compiled_config import CompiledConfig
 from authz_service.config_holder import ConfigHolder
 from authz_service.envoy_adapter import CheckInputs, read_check_request
-from authz_service.pipeline import INTERNAL_ERROR, Decision, NeedKeys
+from authz_service.pipeline import INTERNAL_ERROR, Decision, NeedKey, NeedKeys
 from authz_service.policy import RequestFacts
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
@@ -131,17 +131,26 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         authorizer = compiled.authorizer
         facts, authorization, cookie = inputs.facts, inputs.authorization, inputs.cookie
         decided = authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
-        if not isinstance(decided, NeedKeys):
+        if not isinstance(decided, NeedKeys | NeedKey):
+            if compiled.api_keys is not None and decided.principal is not None:
+                self._on_loop(compiled, decided)
             return decided  # the hot path: the keys were known, no hop to the loop
         if self._bridge is None:
             raise RuntimeError("no event loop to fetch keys on")
-        fetch = self._bridge.submit(compiled.tokens.fetch_keys(decided))
+        fetch = self._bridge.submit(compiled.fetch(decided))
         # concurrent.futures.TimeoutError is TimeoutError: past the wait, the fetch goes
         # on for later Checks and this one is decided with the keys there are (a deny if
         # its kid is still unknown). Any other error denies (the caller's 503).
         with contextlib.suppress(TimeoutError):
-            fetch.result(timeout=decided.wait_s)
-        return authorizer.decide_fetched(facts, authorization=authorization, cookie=cookie)
+            fetch.result(timeout=compiled.fetch_wait(decided))
+        fetched = authorizer.decide_fetched(facts, authorization=authorization, cookie=cookie)
+        self._on_loop(compiled, fetched)
+        return fetched
+
+    def _on_loop(self, compiled: CompiledConfig, decision: Decision) -> None:
+        """`compiled.note_use(decision)` on the event loop (it may start a task there)."""
+        if self._bridge is not None and compiled.api_keys is not None:
+            self._bridge.call_soon(compiled.note_use, decision)
 
     def _trace_plan(self, call: _Call, context: Any) -> tuple[bool, Mapping[str, str] | None]:
         """Whether this Check gets a span, and its parent's carrier; the trace id of an

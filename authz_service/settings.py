@@ -9,6 +9,8 @@ audit:       where decision lines go
 reload:      file watching
 health:      when gRPC health says SERVING (see authz_service.readiness)
 mtls:        client certificates that stand for an identity (see authz_service.mtls)
+api_keys:    API keys, hashed in Redis (see authz_service.apikeys)
+revocation:  revoked tokens and subjects in Redis (see authz_service.revocation)
 mode:        enforce (default) or dry_run, for the default rule set
 routes:      the policy (see authz_service.policy): the default rule set
 rule_sets:   further rule sets, each chosen by Envoy context extensions (`select`)
@@ -21,8 +23,10 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from authz_service.apikeys.settings import ApiKeySettings
 from authz_service.mtls import MtlsSettings
 from authz_service.policy.settings import Mode, PolicySettings, RouteSettings, RuleSetSettings
+from authz_service.revocation.settings import RevocationSettings
 from authz_service.tokens.settings import IssuerSettings, TokenLimits
 from sidecar_runtime.config import Frozen, load_model
 from sidecar_runtime.settings import ServerSettings
@@ -115,6 +119,10 @@ class AuthzSettings(Frozen):
     telemetry: TelemetrySettings = TelemetrySettings()
     # Client certificates that stand for an identity on rules taking `mtls` (mtls.py).
     mtls: MtlsSettings | None = None
+    # API keys: hashed in Redis, verified through a cache (docs/api-keys.md).
+    api_keys: ApiKeySettings | None = None
+    # Revoked tokens and subjects, shared through Redis (docs/revocation.md).
+    revocation: RevocationSettings | None = None
     # The default rule set (requests no rule set selects) and its mode; rule_sets come
     # first so that `routes` can be checked knowing whether there are any.
     mode: Mode = "enforce"

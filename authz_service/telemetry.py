@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from authz_service.apikeys.verifier import ApiKeyStats
 from authz_service.instruments import SnapshotSource
 from authz_service.jwks import Fetcher, FetchResult
 from authz_service.tokens.verifier import VerifierStats
@@ -48,6 +49,7 @@ class AuthzTelemetry:
         self.metering = telemetry.metering
         self.decisions: Counter[tuple[str, str, bool]] = Counter()
         self.verifier_stats = VerifierStats()
+        self.api_key_stats = ApiKeyStats()
         self.jwks_fetches: Counter[tuple[str, str]] = Counter()
         self._snapshot: SnapshotSource | None = None  # until `attach`
         meter = telemetry.meter
@@ -74,6 +76,16 @@ class AuthzTelemetry:
         meter.create_observable_counter(
             "authz.config.reloads", [self._observe_reloads], description="config reloads"
         )
+        meter.create_observable_counter(
+            "authz.api_keys.checks",
+            [self._observe_api_keys],
+            description="API keys presented, by result (accepted, or the refusal's reason)",
+        )
+        meter.create_observable_gauge(
+            "authz.api_keys.guesses",
+            [self._observe_guessers],
+            description="unknown key ids and bad secrets of the 10 addresses with the most",
+        )
 
     def attach(self, snapshot: SnapshotSource) -> None:
         """Where the config's figures come from (`ConfigHolder.snapshot`), read at export."""
@@ -96,6 +108,17 @@ class AuthzTelemetry:
             self.check_duration.record(seconds)
 
     # -- observable callbacks (run at export time, off the hot path) -----------------
+    def _observe_api_keys(self, _options: CallbackOptions) -> Iterable[Observation]:
+        stats = self.api_key_stats
+        yield Observation(stats.accepted, {"result": "accepted"})
+        for reason, count in list(stats.refused.items()):
+            yield Observation(count, {"result": reason})
+
+    def _observe_guessers(self, _options: CallbackOptions) -> Iterable[Observation]:
+        # Ten addresses at most: a label per client address would grow without bound.
+        for address, count in self.api_key_stats.top_guessers(10):
+            yield Observation(count, {"client_address": address})
+
     def _observe_decisions(self, _options: CallbackOptions) -> Iterable[Observation]:
         for (decision, reason, enforced), count in list(self.decisions.items()):
             labels = {"decision": decision, "reason": reason, "enforced": str(enforced).lower()}

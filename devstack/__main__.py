@@ -24,6 +24,7 @@ from devstack.envoy_config import STAGE0_PROFILES
 from devstack.http_thread import BackgroundHttpServer
 from devstack.idp_keys import ED25519_ALGS, ensure_idp_keys, mint_token
 from devstack.idp_server import IdpServer
+from devstack.peppers import ensure_pepper
 from devstack.pki import ensure_pki
 from devstack.stack import REPO, Ports, Stack, StackOptions, env_options
 from devstack.upstream import DemoUpstream
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         default=AUTHZ_DEMO,
         help="the authz config to run (its body rules become Envoy's body routes)",
     )
-    init = sub.add_parser("init", help="make the dev PKI and IdP keys")
+    init = sub.add_parser("init", help="make the dev PKI, IdP keys and API-key pepper")
     init.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
     idp = sub.add_parser("idp", help="serve the dev IdP")
     idp.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
@@ -76,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "init":
         pki = ensure_pki(args.dev_dir / "pki")
         keys = ensure_idp_keys(args.dev_dir / "idp")
-        print(f"dev PKI in {pki.root}, IdP keys in {keys.root}")
+        pepper = ensure_pepper(args.dev_dir)
+        print(f"dev PKI in {pki.root}, IdP keys in {keys.root}, API-key pepper {pepper}")
         return 0
     if args.command == "idp":
         host, _, port = args.listen.rpartition(":")

@@ -20,6 +20,7 @@ import yaml
 from authz_service.policy.settings import ANY_METHOD, RouteSettings
 from authz_service.policy.template import SegmentKind, parse_template
 from authz_service.settings import AuthzSettings
+from devstack.peppers import PEPPER_FILE
 from sidecar_runtime.config import read_yaml, validate_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,15 +39,36 @@ def mtls(pki_dir: str) -> dict[str, Any]:
 
 
 def authz_config(
-    *, listen: str, pki_dir: str, issuer: str, source: Path = AUTHZ_DEMO
+    *,
+    listen: str,
+    pki_dir: str,
+    issuer: str,
+    source: Path = AUTHZ_DEMO,
+    redis_url: str | None = None,
+    pepper_file: str | None = None,
 ) -> dict[str, Any]:
     """The authz config `source` (the demo's by default) with this deployment's listener,
-    certificates and issuer."""
+    certificates and issuer. Its API keys and revocation list use `redis_url` (and the
+    API keys `pepper_file`); without a Redis both sections are left out, since neither
+    can work from memory (the stack says so when it starts)."""
     data: dict[str, Any] = yaml.safe_load(source.read_text())
     data["server"]["listen"] = listen
     data["server"]["tls"] = mtls(pki_dir)
     data["issuers"][0]["issuer"] = issuer
+    for section in REDIS_SECTIONS:
+        if section not in data:
+            continue
+        if redis_url is None:
+            del data[section]
+        else:
+            data[section]["redis_url"] = redis_url
+    if "api_keys" in data and pepper_file is not None:
+        data["api_keys"]["peppers"] = [{"id": "dev-1", "file": pepper_file}]
     return data
+
+
+# The authz config's sections that live in Redis.
+REDIS_SECTIONS = ("api_keys", "revocation")
 
 
 def ratelimit_config(
@@ -78,13 +100,21 @@ def dump(data: dict[str, Any], source: Path) -> str:
 
 # docker-compose: service DNS names, certificates and keys from the `secrets` volume that
 # the one-shot `init` service fills at first start (nothing secret is in the image).
-COMPOSE_PKI = "/etc/edgeguard/pki"
+COMPOSE_DEV_DIR = "/etc/edgeguard"
+COMPOSE_PKI = f"{COMPOSE_DEV_DIR}/pki"
+COMPOSE_REDIS = "redis://redis:6379/0"
 COMPOSE_ISSUER = "http://idp:8082"
 
 
 def compose_files() -> dict[Path, str]:
     """The checked-in compose configs, rendered fresh (a test keeps them in sync)."""
-    authz = authz_config(listen="0.0.0.0:9001", pki_dir=COMPOSE_PKI, issuer=COMPOSE_ISSUER)
+    authz = authz_config(
+        listen="0.0.0.0:9001",
+        pki_dir=COMPOSE_PKI,
+        issuer=COMPOSE_ISSUER,
+        redis_url=COMPOSE_REDIS,
+        pepper_file=f"{COMPOSE_DEV_DIR}/{PEPPER_FILE}",
+    )
     # The dev IdP is reached by its service name over the compose network in plain http,
     # which is off loopback: that takes the loudly named switch (logged at every start).
     authz["issuers"][0]["allow_insecure_http"] = True
@@ -92,7 +122,7 @@ def compose_files() -> dict[Path, str]:
         listen="0.0.0.0:9002",
         pki_dir=COMPOSE_PKI,
         rules="/app/config/ratelimit/rules",
-        redis_url="redis://redis:6379/0",
+        redis_url=COMPOSE_REDIS,
     )
     return {
         REPO / "deploy" / "compose" / "authz.yaml": dump(authz, AUTHZ_DEMO),

@@ -28,6 +28,7 @@ from devstack import configs, envoy_config
 from devstack.grpc_upstream import GrpcUpstream
 from devstack.idp_keys import IdpKeys, ensure_idp_keys
 from devstack.idp_server import IdpServer
+from devstack.peppers import ensure_pepper
 from devstack.pki import Pki, ensure_pki
 from devstack.upstream import DemoUpstream
 
@@ -215,6 +216,8 @@ class Stack:
             pki_dir=str(self.pki.root),
             issuer=self.issuer,
             source=self.options.authz_config,
+            redis_url=self.redis_url,
+            pepper_file=str(ensure_pepper(self.options.dev_dir)),
         )
         # The local stack stops Envoy first, so a drain window would only slow the stop.
         data["server"]["drain_period_seconds"] = 0

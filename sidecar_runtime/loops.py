@@ -44,7 +44,7 @@ class LoopUnavailableError(RuntimeError):
 
 
 class LoopBridge:
-    """Coroutines from worker threads onto one event loop."""
+    """Coroutines (and plain calls) from worker threads onto one event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
@@ -52,6 +52,15 @@ class LoopBridge:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Use `loop` from now on (a server binds it when it starts)."""
         self._loop = loop
+
+    def call_soon(self, function: Callable[..., object], *args: object) -> None:
+        """Run `function(*args)` on the loop soon, without waiting for it; dropped when
+        there is no loop (not bound yet, or shutting down)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+            loop.call_soon_threadsafe(function, *args)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule `coro` on the loop (from any thread but the loop's own); its future.

@@ -84,6 +84,20 @@ class FetchingApiKeyVerifier:
         await asyncio.gather(*self._touches, return_exceptions=True)
         await self.store.close()
 
+    async def fetch(self, need: NeedKey) -> None:
+        """Read the record `need` names into the cache (None too: a known unknown). A store
+        that cannot be read leaves the cache as it was: the caller then refuses (503)."""
+        try:
+            record = await self.store.get(need.key_id)
+        except StoreUnavailable:
+            return
+        self.verifier.cache.put(need.key_id, record, generation=need.generation)
+
+    def note_use(self, principal: Principal) -> None:
+        """Record a key's use (`last_used`, at most once a minute per key), in the
+        background; call on the event loop after a decision that used the key."""
+        self._touch(principal)
+
     async def verify(self, presented: str, *, client_address: str = "") -> Principal:
         """The key's Principal; InvalidApiKey (and nothing else) if refused."""
         found = self.verifier.verify_now(presented, client_address=client_address)

@@ -31,6 +31,10 @@ from sidecar_runtime.clock import Clock
 _GUESSES: frozenset[str] = frozenset({"unknown_key", "bad_secret"})
 
 
+# Principal.algorithm of a principal an API key stands for (JWTs carry their `alg`).
+API_KEY_ALGORITHM = "api_key"
+
+
 @dataclass(frozen=True, slots=True)
 class NeedKey:
     """The cache has nothing for this key id: read its record, `put` it into the cache
@@ -174,5 +178,5 @@ def principal_for(record: KeyRecord, *, issuer: str) -> Principal:
         claims=MappingProxyType(claims),
         expires_at=record.ends_at(),
         key_id=record.key_id,
-        algorithm="",
+        algorithm=API_KEY_ALGORITHM,
     )

@@ -89,6 +89,7 @@ def test_serve_refuses_to_start_on_bad_config(
 
 
 def test_demo_config_is_valid_once_the_dev_pki_exists(tmp_path: Path) -> None:
+    from devstack.peppers import ensure_pepper
     from devstack.pki import ensure_pki
 
     repo = Path(__file__).resolve().parents[2]
@@ -96,4 +97,5 @@ def test_demo_config_is_valid_once_the_dev_pki_exists(tmp_path: Path) -> None:
     config = tmp_path / "config" / "authz" / "demo.yaml"
     shutil.copy(repo / "config" / "authz" / "demo.yaml", config)
     ensure_pki(tmp_path / ".dev" / "pki")
+    ensure_pepper(tmp_path / ".dev")
     _load(config)

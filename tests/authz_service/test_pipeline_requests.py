@@ -305,3 +305,25 @@ def test_a_rule_that_takes_no_jwt_refuses_a_bearer_token_like_a_bad_one() -> Non
     )
     with pytest.raises(ConfigError, match="public rule takes no credentials"):
         authorizer({"routes": [{**SIGNUP, "credentials": ["api_key"]}]})
+
+
+# -- revocation: the list's answer for a verified principal ---------------------------------
+
+
+def test_a_revoked_token_is_the_generic_401_and_a_stale_list_fails_closed() -> None:
+    settings = validate_model(AuthzSettings, {"routes": [REPORTS]}, SOURCE)
+    rule_sets = RuleSets.compile(settings.policy(), settings.rule_sets, source=SOURCE)
+    answers: dict[str, str | None] = {"bob": "revoked", "alice": "revocation_unavailable"}
+
+    def revoked(who: Principal) -> str | None:
+        return answers.get(who.subject)
+
+    authz = Authorizer(
+        rule_sets, cast(TokenVerifier, _Tokens()), cookie_names=frozenset(), revoked=revoked
+    )
+    bob = decide(authz, request("/reports/1"), "bob-analyst")
+    assert (bob.status, bob.reason, bob.error) == (401, "revoked", "invalid_token")
+    alice = decide(authz, request("/reports/1"), "alice-reader")
+    assert (alice.status, alice.reason) == (503, "revocation_unavailable")
+    answers.clear()
+    assert decide(authz, request("/reports/1"), "bob-analyst").allowed

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from devstack.configs import COMPOSE_PKI, compose_files
+from devstack.configs import COMPOSE_DEV_DIR, COMPOSE_PKI, compose_files
+from devstack.peppers import ensure_pepper
 from devstack.pki import Pki, ensure_pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,8 +94,13 @@ def compose_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _with_local_pki(source: Path, pki: Pki, tmp: Path) -> Path:
+    """`source` with the compose secrets volume's paths moved to a local dev dir (the
+    PKI, and the API-key pepper `devstack init` makes next to it)."""
     target = tmp / source.name
-    target.write_text(source.read_text().replace(COMPOSE_PKI, str(pki.root)))
+    local = pki.root.parent
+    ensure_pepper(local)
+    text = source.read_text().replace(COMPOSE_PKI, str(pki.root))
+    target.write_text(text.replace(COMPOSE_DEV_DIR, str(local)))
     return target
 
 
