@@ -10,6 +10,9 @@ Sections, in one run (every ratio is taken within it):
   body      µs per body validation for each candidate validator, and a route with a body
             schema against one without through the edge, in alternating rounds
             (bench.body_section)
+  credentials
+            the same route with a cached JWT and with an API key through the edge, in
+            alternating rounds (bench.credentials_section)
   footprint Redis commands and bytes per bucket, each sidecar's peak RSS (bench.footprint)
 
 Bounded: a time budget (default 585 s) is checked before every step; a step that would
@@ -39,6 +42,7 @@ from typing import Any
 
 from bench import (
     body_section,
+    credentials_section,
     edge_section,
     exact,
     footprint,
@@ -54,7 +58,7 @@ from devstack.idp_keys import ensure_idp_keys
 RESULTS = REPO / "bench" / "results" / "latest.json"
 DOC = REPO / "docs" / "benchmarks.md"
 DEFAULT_BUDGET_S = 585.0
-SECTIONS = ("edge", "exact", "sidecars", "body", "footprint")
+SECTIONS = ("edge", "exact", "sidecars", "body", "credentials", "footprint")
 
 
 class Interrupted(BaseException):
@@ -124,6 +128,8 @@ def measure(ctx: Ctx, chosen: tuple[str, ...], sections: dict[str, Any]) -> None
         sections["sidecars"] = sidecars.run_section(ctx, material)
     if "body" in chosen:
         sections["body"] = body_section.run_section(ctx)
+    if "credentials" in chosen:
+        sections["credentials"] = credentials_section.run_section(ctx)
     if "footprint" in chosen:
         sections["redis"], sections["memory"] = footprint.run_sections(ctx)
 

@@ -44,6 +44,7 @@ class Timing:
     fixed_streams: int = 16  # streams per connection at a fixed rate (never the limit)
     validation_rounds: int = 1000  # body: validations per validator figure
     body_rounds: int = 4  # body: alternating rounds over the routes with and without a schema
+    credential_rounds: int = 4  # credentials: alternating rounds of a JWT and an API key
 
 
 SMOKE = Timing(
@@ -62,6 +63,7 @@ SMOKE = Timing(
     fixed_streams=8,
     validation_rounds=2,
     body_rounds=2,
+    credential_rounds=2,
 )
 
 

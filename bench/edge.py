@@ -228,6 +228,15 @@ def start_stack(
     )
 
 
+def start_with_policy(ctx: Ctx, *, tag: str, authz_config: Path, scope: str) -> Edge:
+    """The default profile on the sidecars' default stack, with the bench's rate-limit
+    rules, the authz sidecar on `authz_config` and tokens carrying `scope`."""
+    _, default = sidecar_stacks()
+    spec = Spec(f"edgeguard-{default}", "edgeguard", "local", default)
+    rules = edge_configs.bench_rules()
+    return start_stack(ctx, spec, rules=rules, tag=tag, authz_config=authz_config, scope=scope)
+
+
 def start_plain(ctx: Ctx, spec: Spec) -> Edge:
     """`envoy-proxy` or `envoy-builtin`: one Envoy of the bench's own."""
     pki = ensure_pki(ctx.dir("pki"))
@@ -292,12 +301,13 @@ def mint(
 # --- checks, counters, loads ------------------------------------------------------------------
 
 
-def https_status(edge: Edge, path: str, token: str | None) -> int:
+def https_status(edge: Edge, path: str, token: str | None, *, scheme: str = "Bearer") -> int:
+    """The status of a GET of `path`, with `Authorization: <scheme> <token>` when given."""
     tls = ssl.create_default_context(cafile=str(edge.pki.ca))
     tls.check_hostname = False
     request = urllib.request.Request(edge.url_base + path)  # noqa: S310 - loopback
     if token:
-        request.add_header("authorization", f"Bearer {token}")
+        request.add_header("authorization", f"{scheme} {token}")
     try:
         with urllib.request.urlopen(request, context=tls, timeout=5) as resp:  # noqa: S310
             return int(resp.status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,21 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
         "envoy", "authz", "ratelimit", "servers"
     }  # fmt: skip
 
+    # Credentials: the same rule with a cached JWT and with an API key minted by the CLI,
+    # both checked and loaded every round, all 200; the key is in no stored command.
+    creds = sections["credentials"]
+    assert creds["verified"] == {
+        "none": 401, "jwt owner": 200, "jwt other_user": 403,
+        "api_key owner": 200, "api_key other_user": 403, "api_key jwt_only_rule": 401,
+    }  # fmt: skip
+    for name, figures in creds["credentials"].items():
+        assert len(figures["rounds"]) == data["timing"]["credential_rounds"], name
+        assert all(set(x["statuses"]) == {"200"} for x in figures["rounds"]), name
+        assert figures["cpu_load"]["cpu"]["cores"]["authz"] > 0, name
+    assert "ApiKey $API_KEY" in creds["credentials"]["api_key"]["saturation"]["command"]
+    assert set(creds["difference"]["us_by_process"]) >= {"envoy", "authz", "servers"}
+    assert not re.search(r"eg_test_[a-z2-7]{16}_", results.read_text() + doc.read_text())
+
     # The footprint.
     assert sections["redis"]["commands"]["evalsha_per_call"] == 1.0
     memory = sections["redis"]["memory"]
@@ -152,7 +168,7 @@ def test_smoke_run_writes_results_and_leaves_nothing_running(tmp_path: Path) -> 
     for title in ("### Targets (issue 16)", "### The edge, side by side", "CPU per request",
                   "### Global limits with two rate-limit replicas", "### Each sidecar alone",
                   "### Redis cost", "### Sidecar memory", "### Body schemas",
-                  "schema's cost"):  # fmt: skip
+                  "schema's cost", "### Credentials", "API key - JWT"):  # fmt: skip
         assert title in text, title
 
     # Re-rendering a stored result measures nothing and gives the same tables.
