@@ -20,17 +20,30 @@ from authz_service.apikeys.settings import load_peppers
 from authz_service.apikeys.verifier import API_KEY_ALGORITHM
 from authz_service.envoy_adapter import ResponseBuilder
 from authz_service.instruments import FetchInstruments
+from authz_service.introspection.fetching import FetchingIntrospectionVerifier
 from authz_service.jwks import Fetcher, ProxyConfig
 from authz_service.jwks.verification import FetchingVerifier
-from authz_service.pipeline import Authorizer, Decision, NeedKey, NeedKeys, RevocationCheck
+from authz_service.pipeline import (
+    NEEDS,
+    Authorizer,
+    Decision,
+    Need,
+    NeedIntrospection,
+    NeedKey,
+    RevocationCheck,
+)
 from authz_service.policy import RequestFacts, RuleSets
 from authz_service.settings import AuthzSettings, load_settings
 from sidecar_runtime.clock import Clock
+from sidecar_runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # The longest one Check waits for an API key's record from Redis (a cache miss).
 API_KEY_FETCH_WAIT_S = 0.25
+# The longest one Check waits for an introspection answer; Envoy's ext_authz timeout is
+# the real bound (docs/introspection.md), a slower endpoint fills the cache for later.
+INTROSPECTION_WAIT_S = 0.15
 
 
 @dataclass(frozen=True)
@@ -41,19 +54,32 @@ class CompiledConfig:
     tokens: FetchingVerifier  # the authorizer's verifier and the key sources it reads
     responses: ResponseBuilder
     api_keys: FetchingApiKeyVerifier | None = None  # the API keys' cache and Redis
+    introspection: FetchingIntrospectionVerifier | None = None  # opaque tokens' endpoint
 
-    async def fetch(self, need: NeedKeys | NeedKey) -> None:
-        """Fetch what the pipeline said it needs: an issuer's keys or an API key's record."""
+    async def fetch(self, need: Need) -> None:
+        """Fetch what the pipeline said it needs: an issuer's keys, an API key's record or
+        an opaque token's introspection."""
         if isinstance(need, NeedKey):
             if self.api_keys is not None:
                 await self.api_keys.fetch(need)
-            return
-        await self.tokens.fetch_keys(need)
+        elif isinstance(need, NeedIntrospection):
+            if self.introspection is not None:
+                await self.introspection.fetch(need)
+        else:
+            await self.tokens.fetch_keys(need)
 
-    def fetch_wait(self, need: NeedKeys | NeedKey) -> float:
-        """How long one Check waits for `fetch(need)`."""
+    def fetch_wait(self, need: Need) -> float:
+        """How long one Check waits for `fetch(need)`; past it the fetch goes on in the
+        background and fills the cache for the next request."""
         if isinstance(need, NeedKey):
             return API_KEY_FETCH_WAIT_S
+        if isinstance(need, NeedIntrospection):
+            settings = self.settings.introspection
+            return (
+                INTROSPECTION_WAIT_S
+                if settings is None
+                else min(settings.timeout_seconds, INTROSPECTION_WAIT_S)
+            )
         return need.wait_s
 
     def note_use(self, decision: Decision) -> None:
@@ -71,7 +97,7 @@ class CompiledConfig:
     ) -> Decision:
         """Decide one request on the event loop, fetching keys if its token needs them."""
         decided = self.authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
-        if isinstance(decided, NeedKeys | NeedKey):
+        if isinstance(decided, NEEDS):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.fetch_wait(decided)):
                     await self.fetch(decided)
@@ -90,6 +116,8 @@ class CompiledConfig:
         await self.tokens.close()
         if self.api_keys is not None:
             await self.api_keys.close()
+        if self.introspection is not None:
+            await self.introspection.close()
 
 
 def compile_config(
@@ -130,6 +158,14 @@ def compile_config(
             clock=clock,
             stats=telemetry.api_key_stats if telemetry else None,
         )
+    introspection = None
+    if settings.introspection is not None:
+        try:
+            introspection = FetchingIntrospectionVerifier.from_settings(
+                settings.introspection, clock=clock
+            )
+        except ValueError as exc:  # its client secret cannot be read
+            raise ConfigError(source, "introspection", str(exc)) from None
     authorizer = Authorizer(
         rule_sets,
         tokens.verifier,
@@ -138,9 +174,10 @@ def compile_config(
         revoked=revoked,
         api_keys=None if api_keys is None else api_keys.verifier,
         api_key_header=_own_header(settings),
+        introspection=None if introspection is None else introspection.verifier,
     )
     responses = ResponseBuilder(settings.identity)
-    return CompiledConfig(source, settings, authorizer, tokens, responses, api_keys)
+    return CompiledConfig(source, settings, authorizer, tokens, responses, api_keys, introspection)
 
 
 def _own_header(settings: AuthzSettings) -> str | None:

@@ -34,6 +34,12 @@ from authz_service.body import BodyVerdict, CompiledBody, Violation
 from authz_service.body.verdict import BODY_NOT_FORWARDED
 from authz_service.body.verdict import refused as refused_body
 from authz_service.credentials import API_KEY, BEARER, extract_bearer
+from authz_service.introspection import (
+    IntrospectionRefused,
+    IntrospectionVerifier,
+    NeedIntrospection,
+    looks_like_jws,
+)
 from authz_service.mtls import MtlsSettings, PeerCertificate, principal_for, read_certificate
 from authz_service.policy import (
     BadRequestPath,
@@ -50,7 +56,17 @@ from authz_service.principal import Principal
 from authz_service.tokens import InvalidToken
 from authz_service.tokens.verifier import NeedKeys, TokenVerifier
 
-__all__ = ["INTERNAL_ERROR", "Authorizer", "Decision", "NeedKey", "NeedKeys", "deny"]
+__all__ = [
+    "INTERNAL_ERROR",
+    "NEEDS",
+    "Authorizer",
+    "Decision",
+    "Need",
+    "NeedIntrospection",
+    "NeedKey",
+    "NeedKeys",
+    "deny",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,9 @@ INTERNAL_ERROR = deny(503, "internal_error", "temporarily_unavailable")
 # The rule's credential type (`credentials:` in a rule) of each kind of presented credential.
 _CREDENTIAL_TYPE = {BEARER: "jwt", API_KEY: "api_key"}
 RevocationCheck = Callable[[Principal], str | None]
+# What the pipeline may ask the caller to fetch before it decides again.
+Need = NeedKeys | NeedKey | NeedIntrospection
+NEEDS = (NeedKeys, NeedKey, NeedIntrospection)
 MTLS = "mtls"
 
 # The public error code of each body verdict (the problem document carries the details).
@@ -115,9 +134,13 @@ class Authorizer:
         revoked: RevocationCheck | None = None,
         api_keys: ApiKeyVerifier | None = None,
         api_key_header: str | None = None,
+        introspection: IntrospectionVerifier | None = None,
     ) -> None:
         self.rule_sets = rule_sets
         self.verifier = verifier
+        # None: every bearer token is a JWT. Else a token that is not JWS-shaped is opaque
+        # and goes to the introspection endpoint (no token is tried on both).
+        self.introspection = introspection
         self.api_keys = api_keys  # None: API keys are off (the ApiKey scheme is not ours)
         # A header of the API keys' own, or None for `Authorization: ApiKey <key>`.
         self._api_key_header = api_key_header
@@ -129,9 +152,9 @@ class Authorizer:
 
     def decide_now(
         self, facts: RequestFacts, *, authorization: Sequence[str], cookie: str
-    ) -> Decision | NeedKeys | NeedKey:
-        """Decide with the keys known now, or say which keys (a JWKS, an API key's record)
-        to fetch first. No I/O."""
+    ) -> Decision | Need:
+        """Decide with the keys known now, or say what to fetch first (a JWKS, an API key's
+        record, an opaque token's introspection). No I/O."""
         return self._decide(facts, authorization, cookie, fetched=False)
 
     def decide_fetched(
@@ -139,16 +162,16 @@ class Authorizer:
     ) -> Decision:
         """Decide again after the keys were fetched, with the keys there are now."""
         decided = self._decide(facts, authorization, cookie, fetched=True)
-        if isinstance(decided, NeedKeys | NeedKey):  # not reached: fetched never asks
+        if isinstance(decided, NEEDS):  # not reached: fetched never asks
             return deny(503, "keys_unavailable", "temporarily_unavailable")
         return decided
 
     def _decide(
         self, facts: RequestFacts, authorization: Sequence[str], cookie: str, *, fetched: bool
-    ) -> Decision | NeedKeys | NeedKey:
+    ) -> Decision | Need:
         rule_set = self.rule_sets.choose(facts.context)
         decided, mode = self._decide_in(rule_set.policy, facts, authorization, cookie, fetched)
-        if isinstance(decided, NeedKeys | NeedKey):
+        if isinstance(decided, NEEDS):
             return decided
         if rule_set.name:
             decided = replace(decided, rule_set=rule_set.name)
@@ -163,7 +186,7 @@ class Authorizer:
         authorization: Sequence[str],
         cookie: str,
         fetched: bool,
-    ) -> tuple[Decision | NeedKeys | NeedKey, str]:
+    ) -> tuple[Decision | Need, str]:
         """The decision, and the mode it falls under (the matched rule's, else the set's)."""
         set_mode = policy.mode
         query = facts.raw_path.partition("?")[2]
@@ -199,14 +222,24 @@ class Authorizer:
             return deny(401, "credential_not_accepted", "invalid_token", rule=rule.name), rule.mode
         if creds.kind == API_KEY:
             return self._by_api_key(match, creds.token, facts, fetched), rule.mode
-        verify = self.verifier.verify_fetched if fetched else self.verifier.verify_now
+        verify: Callable[[str], Principal | NeedKeys | NeedIntrospection]
+        if self.introspection is not None and not looks_like_jws(creds.token):
+            verify = self._introspected_fetched if fetched else self.introspection.verify_now
+        else:
+            verify = self.verifier.verify_fetched if fetched else self.verifier.verify_now
         try:
             principal = verify(creds.token)
+        except IntrospectionRefused as exc:
+            if exc.status_hint == 503:
+                status, error = 503, "temporarily_unavailable"
+            else:
+                status, error = 401, "invalid_token"
+            return deny(status, f"introspection_{exc.reason}", error, rule=rule.name), rule.mode
         except InvalidToken as exc:
             if exc.reason == "keys_unavailable":
                 return deny(503, exc.reason, "temporarily_unavailable", rule=rule.name), rule.mode
             return deny(401, exc.reason, "invalid_token", rule=rule.name), rule.mode
-        if isinstance(principal, NeedKeys):
+        if isinstance(principal, NeedKeys | NeedIntrospection):
             return principal, rule.mode
         refusal = None if self._revoked is None else self._revoked(principal)
         if refusal == "revoked":  # the same generic 401 as any bad token
@@ -214,6 +247,10 @@ class Authorizer:
         if refusal is not None:  # the list is stale under fail_closed, or never loaded
             return deny(503, refusal, "temporarily_unavailable", rule=rule.name), rule.mode
         return self._authenticated(match, principal, facts), rule.mode
+
+    def _introspected_fetched(self, token: str) -> Principal:
+        assert self.introspection is not None
+        return self.introspection.verify_fetched(token)
 
     def _by_api_key(
         self, match: RouteMatch, key: str, facts: RequestFacts, fetched: bool

@@ -23,7 +23,7 @@ from authz_service.audit_line import CheckAudit
 from authz_service.compiled_config import CompiledConfig
 from authz_service.config_holder import ConfigHolder
 from authz_service.envoy_adapter import CheckInputs, read_check_request
-from authz_service.pipeline import INTERNAL_ERROR, Decision, NeedKey, NeedKeys
+from authz_service.pipeline import INTERNAL_ERROR, NEEDS, Decision
 from authz_service.policy import RequestFacts
 from authz_service.telemetry import AuthzTelemetry
 from sidecar_runtime.audit import AuditSink
@@ -131,7 +131,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         authorizer = compiled.authorizer
         facts, authorization, cookie = inputs.facts, inputs.authorization, inputs.cookie
         decided = authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
-        if not isinstance(decided, NeedKeys | NeedKey):
+        if not isinstance(decided, NEEDS):
             if compiled.api_keys is not None and decided.principal is not None:
                 self._on_loop(compiled, decided)
             return decided  # the hot path: the keys were known, no hop to the loop

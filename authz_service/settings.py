@@ -10,6 +10,7 @@ reload:      file watching
 health:      when gRPC health says SERVING (see authz_service.readiness)
 mtls:        client certificates that stand for an identity (see authz_service.mtls)
 api_keys:    API keys, hashed in Redis (see authz_service.apikeys)
+introspection: an RFC 7662 endpoint for opaque bearer tokens (authz_service.introspection)
 revocation:  revoked tokens and subjects in Redis (see authz_service.revocation)
 mode:        enforce (default) or dry_run, for the default rule set
 routes:      the policy (see authz_service.policy): the default rule set
@@ -24,6 +25,7 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from authz_service.apikeys.settings import ApiKeySettings
+from authz_service.introspection.settings import IntrospectionIssuerSettings
 from authz_service.mtls import MtlsSettings
 from authz_service.policy.settings import Mode, PolicySettings, RouteSettings, RuleSetSettings
 from authz_service.revocation.settings import RevocationSettings
@@ -121,6 +123,8 @@ class AuthzSettings(Frozen):
     mtls: MtlsSettings | None = None
     # API keys: hashed in Redis, verified through a cache (docs/api-keys.md).
     api_keys: ApiKeySettings | None = None
+    # Opaque bearer tokens checked at an OAuth2 introspection endpoint (RFC 7662).
+    introspection: IntrospectionIssuerSettings | None = None
     # Revoked tokens and subjects, shared through Redis (docs/revocation.md).
     revocation: RevocationSettings | None = None
     # The default rule set (requests no rule set selects) and its mode; rule_sets come

@@ -11,6 +11,7 @@ so users and tests can see exactly what the authz sidecar injected:
     GET    /api/v1/admin/stats
     GET    /api/v1/reports/{report_id}
     GET    /api/v1/internal/reports
+    GET    /api/v1/orders/{order_id}
 
 It is a correct HTTP/1.1 server, because Envoy keeps its upstream connections alive and
 sends other clients' requests on them: bytes a server leaves unread are parsed as the next
@@ -55,6 +56,7 @@ SERVER_HEADER = (b"server", b"demo-upstream")
 _USER = re.compile(r"^/api/v1/users/([^/]+)$")
 _NOTES = re.compile(r"^/api/v1/users/([^/]+)/notes$")
 _REPORT = re.compile(r"^/api/v1/reports/([^/]+)$")
+_ORDER = re.compile(r"^/api/v1/orders/([^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def route(method: str, target: str) -> tuple[HTTPStatus, dict[str, Any]]:
         return HTTPStatus.OK, {"report_id": m.group(1), "rows": 3}
     if method == "GET" and path == "/api/v1/internal/reports":
         return HTTPStatus.OK, {"reports": 2}
+    if (m := _ORDER.match(path)) and method == "GET":
+        return HTTPStatus.OK, {"order_id": m.group(1), "state": "shipped"}
     return HTTPStatus.NOT_FOUND, {"error": "not_found"}
 
 
