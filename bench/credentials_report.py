@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from bench import edge_budget
-from bench.credentials_section import API_KEY, JWT, RULE, path
+from bench.credentials_section import API_KEY, JWT, OPAQUE, OPAQUE_RULE, RULE, path
 
 PROCESSES = edge_budget.PROCESS_ORDER
-LABELS = {JWT: "cached JWT", API_KEY: "API key (cached record)"}
+LABELS = {
+    JWT: "cached JWT",
+    API_KEY: "API key (cached record)",
+    OPAQUE: "introspected opaque token (cached answer)",
+}
 
 
 def markdown(result: dict[str, Any]) -> list[str]:
@@ -27,7 +31,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         " every request with the same credential for one subject, so each is a cache hit:"
         " the JWT from the verified-token cache, the API key's record from the API-key"
         " cache (the HMAC of its secret is computed per request). The key is minted with"
-        f" `authz-service apikey create` before the load. {len(figures[JWT]['rounds'])}"
+        " `authz-service apikey create` before the load. The opaque token, where node is"
+        " here, comes from a real OpenID provider (node-oidc-provider) on loopback, on"
+        f" rule `{OPAQUE_RULE}` (`GET {path('{id}', OPAQUE)}`, same shape), introspected"
+        f" once and then answered from the cache. {len(figures[JWT]['rounds'])}"
         f" alternating rounds of {t.get('edge_saturation_s', 0):g} s each at saturation."
         " req/s: the median (rounds in brackets); CPU per request by process from the"
         " round with the median server total, µs. The difference row: the medians of the"
@@ -37,10 +44,18 @@ def markdown(result: dict[str, Any]) -> list[str]:
         + " | servers | latency p50 / p99 ms |",
         "|---|" + "---|" * (len(PROCESSES) + 4),
     ]  # fmt: skip
-    out += [_row(name, figures[name], cores) for name in (JWT, API_KEY)]
-    out.append(_difference_row(section["difference"]))
-    for name, why in section.get("pending", {}).items():
-        out.append(f"| {name} | {why} | not measured |" + " - |" * (len(PROCESSES) + 2))
+    shown = [name for name in (JWT, API_KEY, OPAQUE) if figures.get(name, {}).get("saturation")]
+    out += [_row(name, figures[name], cores) for name in shown]
+    out.append(_difference_row(section["difference"], "API key - JWT", "API key ÷ JWT"))
+    if "introspected_difference" in section:
+        out.append(
+            _difference_row(section["introspected_difference"], "opaque - JWT", "opaque ÷ JWT")
+        )
+    else:
+        out.append(
+            f"| {LABELS[OPAQUE]} | not measured here (see the notes) |"
+            + " - |" * (len(PROCESSES) + 3)
+        )
     return out
 
 
@@ -60,12 +75,12 @@ def _row(name: str, figures: dict[str, Any], cores: int) -> str:
     )
 
 
-def _difference_row(difference: dict[str, Any]) -> str:
+def _difference_row(difference: dict[str, Any], label: str, ratio_label: str) -> str:
     us = difference.get("us_by_process", {})
     ratio = difference.get("rate_ratio")
     cells = [f"{us[p]:+.0f}" if p in us else "-" for p in [*PROCESSES, "servers"]]
     return (
-        "| **API key - JWT** | - | API key ÷ JWT: "
+        f"| **{label}** | - | {ratio_label}: "
         + (f"{ratio:.2f}" if ratio else "-")
         + " | "
         + " | ".join(cells[:-1])

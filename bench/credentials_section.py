@@ -23,13 +23,19 @@ connections and streams. Per credential: the median rate, and CPU per request by
 from the round with the median server CPU; the key's difference from the JWT: the
 medians of the per-round differences (µs) and ratios (rate).
 
-The key never reaches the results: h2load's command line is stored with `$API_KEY` in
-its place. Introspected opaque tokens (`authz_service/introspection`) are not wired into
-the sidecar yet; `PENDING` names their row until they are.
+A third credential, where node and the provider's npm packages are here: an opaque token
+of a real OpenID provider (node-oidc-provider, `tests/support/oidc_provider`) on a rule of
+its own, `bench-opaque` (GET /bench/opaque/{id}, its scope, the same ownership
+condition), introspected once (RFC 7662) and then answered from the introspection cache.
+Where the provider cannot run, the notes say why and its row is left out.
+
+No secret reaches the results: h2load's command line is stored with `$API_KEY` (or
+`$TOKEN`, `$OPAQUE_TOKEN`) in its place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable
@@ -44,25 +50,55 @@ from bench.context import Ctx, describe, stage
 from bench.load import Client, Shape
 from bench.procs import REPO
 from devstack import configs
+from tests.support.oidc_provider import (
+    APP,
+    RESOURCE,
+    SIDECAR,
+    Provider,
+    ProviderMissingError,
+    running_provider,
+)
 
-JWT, API_KEY = "jwt", "api_key"
-SCHEMES = {JWT: "Bearer", API_KEY: "ApiKey"}
-MARKS = {JWT: "$TOKEN", API_KEY: "$API_KEY"}  # what stands for each in stored commands
-# Rows the report keeps for credentials not measured yet, with why (issue 19 section 4).
-PENDING = {"cached introspected token": "`authz_service/introspection`: not in the sidecar yet"}
+JWT, API_KEY, OPAQUE = "jwt", "api_key", "introspected"
+SCHEMES = {JWT: "Bearer", API_KEY: "ApiKey", OPAQUE: "Bearer"}
+# What stands for each in stored commands.
+MARKS = {JWT: "$TOKEN", API_KEY: "$API_KEY", OPAQUE: "$OPAQUE_TOKEN"}
 RULE = "bench-credentials"
+OPAQUE_RULE, OPAQUE_SCOPE = "bench-opaque", "orders:read"
 SCOPE, ROLE = "users:read", "service"
 MINT_S = 10.0  # the CLI's start and one Redis write, a generous bound
 
 
-def path(subject: str) -> str:
-    return f"/bench/credentials/{subject}"
+def path(subject: str, name: str = JWT) -> str:
+    return f"/bench/opaque/{subject}" if name == OPAQUE else f"/bench/credentials/{subject}"
 
 
-def write_policy(target: Path) -> Path:
+def write_policy(target: Path, provider: Provider | None = None) -> Path:
     """The demo authz config with the bench rule added and an API-key ceiling that allows
-    exactly the scope and role the bench mints."""
+    exactly the scope and role the bench mints; with `provider`, its introspection
+    endpoint and the opaque tokens' rule too."""
     data = yaml.safe_load(configs.AUTHZ_DEMO.read_text())
+    if provider is not None:
+        secret = target.parent / "introspection-secret"
+        secret.write_text(SIDECAR[1])
+        secret.chmod(0o600)
+        data["introspection"] = {
+            "issuer": provider.issuer,
+            "introspection_endpoint": provider.introspection_endpoint,
+            "client_id": SIDECAR[0],
+            "client_secret_file": str(secret),
+            "audiences": [RESOURCE],
+            "client_id_as_subject": True,
+        }
+        data["routes"].append(
+            {
+                "name": OPAQUE_RULE,
+                "methods": ["GET"],
+                "path": path("{id}", OPAQUE),
+                "scopes": [OPAQUE_SCOPE],
+                "conditions": ["params.id == token.sub"],
+            }
+        )
     data["routes"].append(
         {
             "name": RULE,
@@ -93,21 +129,22 @@ def mint_key(config: Path, subject: str) -> str:
     return lines[0].strip()
 
 
-def verify(running: edge.Edge, secrets: dict[str, str]) -> dict[str, int]:
-    """Both credentials answer as they should on the bench rule before any load, and the
-    key is refused where a rule takes only JWTs."""
-    subject, other = running.tokens[0][0], running.tokens[1][0]
+def verify(running: edge.Edge, secrets: dict[str, tuple[str, str]]) -> dict[str, int]:
+    """Each credential answers as it should on its rule before any load (own id 200,
+    someone else's 403), none at all is 401, and the key is refused where a rule takes
+    only JWTs. `secrets`: credential -> (secret, its subject)."""
+    subject = running.tokens[0][0]
     seen = {"none": edge.https_status(running, path(subject), None)}
-    for name, secret in secrets.items():
-        for who, target in (("owner", subject), ("other_user", other)):
-            seen[f"{name} {who}"] = edge.https_status(
-                running, path(target), secret, scheme=SCHEMES[name]
-            )
-    seen[f"{API_KEY} jwt_only_rule"] = edge.https_status(
-        running, f"/api/v1/users/{subject}", secrets[API_KEY], scheme=SCHEMES[API_KEY]
-    )
     want = {"none": 401, f"{API_KEY} jwt_only_rule": 401}
-    want |= {f"{n} owner": 200 for n in secrets} | {f"{n} other_user": 403 for n in secrets}
+    for name, (secret, owner) in secrets.items():
+        for who, target in (("owner", owner), ("other_user", f"not-{owner}")):
+            seen[f"{name} {who}"] = edge.https_status(
+                running, path(target, name), secret, scheme=SCHEMES[name]
+            )
+        want |= {f"{name} owner": 200, f"{name} other_user": 403}
+    seen[f"{API_KEY} jwt_only_rule"] = edge.https_status(
+        running, f"/api/v1/users/{subject}", secrets[API_KEY][0], scheme=SCHEMES[API_KEY]
+    )
     wrong = {key: (seen[key], status) for key, status in want.items() if seen[key] != status}
     if wrong:
         raise RuntimeError(f"credentials: got (status, expected) {wrong}")
@@ -127,9 +164,20 @@ def run_section(ctx: Ctx) -> dict[str, Any]:
 
 
 def measure(ctx: Ctx, per_load: float) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        provider = None
+        try:
+            provider = stack.enter_context(running_provider())
+        except ProviderMissingError as exc:
+            ctx.notes.append(f"credentials: no introspected token measured ({exc})")
+        return _measure(ctx, per_load, provider)
+    raise AssertionError("not reached")  # pragma: no cover - ExitStack does not swallow
+
+
+def _measure(ctx: Ctx, per_load: float, provider: Provider | None) -> dict[str, Any]:
     t = ctx.timing
     tag = "edgeguard-credentials"
-    policy = write_policy(ctx.dir("configs", tag) / "authz-policy.yaml")
+    policy = write_policy(ctx.dir("configs", tag) / "authz-policy.yaml", provider)
     with stage(ctx, "credentials: start the stack"):
         running = edge.start_with_policy(ctx, tag=tag, authz_config=policy, scope=SCOPE)
     try:
@@ -137,10 +185,16 @@ def measure(ctx: Ctx, per_load: float) -> dict[str, Any]:
         subject, jwt = running.tokens[0]
         with stage(ctx, "credentials: mint an API key with the CLI"):
             key = mint_key(running.stack.config_dir / "authz.yaml", subject)
-        secrets = {JWT: jwt, API_KEY: key}
+        secrets = {JWT: (jwt, subject), API_KEY: (key, subject)}
+        if provider is not None:
+            opaque, _ = provider.token(scope=OPAQUE_SCOPE)
+            secrets[OPAQUE] = (opaque, APP[0])  # client credentials: the client is the subject
         verified = verify(running, secrets)
-        loaders = {name: _loader(ctx, running, name, secret) for name, secret in secrets.items()}
-        with stage(ctx, f"credentials: {t.credential_rounds} alternating rounds of both"):
+        loaders = {
+            name: _loader(ctx, running, name, secret, owner)
+            for name, (secret, owner) in secrets.items()
+        }
+        with stage(ctx, f"credentials: {t.credential_rounds} alternating rounds of each"):
             loads = rounds.run_rounds(
                 ctx, loaders, t.credential_rounds, what="credentials",
                 may_continue=lambda: ctx.remaining() > len(loaders) * per_load + RESERVE_S,
@@ -151,14 +205,14 @@ def measure(ctx: Ctx, per_load: float) -> dict[str, Any]:
 
 
 def _loader(
-    ctx: Ctx, running: edge.Edge, name: str, secret: str
+    ctx: Ctx, running: edge.Edge, name: str, secret: str, owner: str
 ) -> Callable[[int], dict[str, Any]]:
     """One saturation load of `name` (the edge section's connections and streams): every
-    h2load process GETs the subject's own id with `secret`."""
+    h2load process GETs its subject's own id with `secret`."""
     t = ctx.timing
     shape = Shape(t.conns, t.edge_streams, t.edge_saturation_s, t.warmup_s)
     header = f"authorization: {SCHEMES[name]} {secret}"
-    url = running.url_base + path(running.tokens[0][0])
+    url = running.url_base + path(owner, name)
     same = [Client(url, None, (header,))] * max(2, ctx.timing.clients)
 
     def load(index: int) -> dict[str, Any]:
@@ -185,16 +239,24 @@ def summarize(loads: dict[str, list[dict[str, Any]]], **facts: Any) -> dict[str,
         }
         for name, got in loads.items()
     }
-    per_round = [key_minus_jwt(k, j) for k, j in zip(loads[API_KEY], loads[JWT], strict=False)]
+    difference = _difference(loads[API_KEY], loads[JWT])
+    out = {"credentials": figures, "difference": difference, **facts}
+    if OPAQUE in loads:
+        out["introspected_difference"] = _difference(loads[OPAQUE], loads[JWT])
+    return out
+
+
+def _difference(other: list[dict[str, Any]], jwt: list[dict[str, Any]]) -> dict[str, Any]:
+    """A credential's difference from the JWT: medians of the per-round differences."""
+    per_round = [key_minus_jwt(o, j) for o, j in zip(other, jwt, strict=False)]
     processes = dict.fromkeys(p for d in per_round for p in d["us_by_process"])
-    difference = {
+    return {
         "rate_ratio": rounds.median([d["rate_ratio"] for d in per_round if d["rate_ratio"]]),
         "us_by_process": {
             p: rounds.median([d["us_by_process"].get(p, 0.0) for d in per_round]) for p in processes
         },
         "per_round": per_round,
     }
-    return {"credentials": figures, "difference": difference, "pending": PENDING, **facts}
 
 
 def key_minus_jwt(key_load: dict[str, Any], jwt_load: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def _result() -> dict[str, Any]:
     }
 
 
-def test_markdown_has_both_credentials_the_difference_and_the_pending_row() -> None:
+def test_markdown_has_the_credentials_and_their_differences() -> None:
     lines = credentials_report.markdown(_result())
     assert "### Credentials" in lines
     jwt = "| cached JWT | `Authorization: Bearer ...` | **1000** (1000) | 450 | 350 | 300 | 50 |"
@@ -40,9 +40,24 @@ def test_markdown_has_both_credentials_the_difference_and_the_pending_row() -> N
         "| **API key - JWT** | - | API key ÷ JWT: 1.00 | +0 | +50 | +0 | +0 | **+50** | - |"
         in lines
     )
-    pending = [line for line in lines if line.startswith("| cached introspected token |")]
-    assert len(pending) == 1
-    assert pending[0].count("|") == lines[-4].count("|")
+    # Without the provider, the opaque token's row says it was not measured.
+    missing = [line for line in lines if line.startswith("| introspected opaque token")]
+    assert len(missing) == 1
+    assert "not measured" in missing[0]
+    assert missing[0].count("|") == lines[-4].count("|")
+
+
+def test_an_introspected_token_gets_its_row_and_its_difference() -> None:
+    result = _result()
+    section = result["sections"]["credentials"]
+    section["credentials"][credentials_section.OPAQUE] = {
+        **section["credentials"][credentials_section.JWT],
+        "sent": "Authorization: Bearer ...",
+    }
+    section["introspected_difference"] = section["difference"]
+    lines = credentials_report.markdown(result)
+    assert any(line.startswith("| introspected opaque token (cached answer) |") for line in lines)
+    assert any(line.startswith("| **opaque - JWT** |") for line in lines)
 
 
 def test_markdown_without_the_section_or_after_a_failure_is_empty() -> None:
