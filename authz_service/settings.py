@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -123,7 +124,8 @@ class AuthzSettings(Frozen):
     mtls: MtlsSettings | None = None
     # API keys: hashed in Redis, verified through a cache (docs/api-keys.md).
     api_keys: ApiKeySettings | None = None
-    # Opaque bearer tokens checked at an OAuth2 introspection endpoint (RFC 7662).
+    # Opaque bearer tokens checked at an OAuth2 introspection endpoint (RFC 7662); written
+    # as an `issuers` entry with `type: introspection` (or here, directly).
     introspection: IntrospectionIssuerSettings | None = None
     # Revoked tokens and subjects, shared through Redis (docs/revocation.md).
     revocation: RevocationSettings | None = None
@@ -160,6 +162,25 @@ class AuthzSettings(Frozen):
         if not routes and not info.data.get("rule_sets"):
             raise ValueError("list at least one rule (or a rule set in rule_sets)")
         return routes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _introspection_issuer(cls, data: Any) -> Any:
+        """An `issuers` entry with `type: introspection` is the introspection issuer
+        (docs/introspection.md); at most one, kept apart from the JWT issuers."""
+        if not isinstance(data, dict) or not isinstance(data.get("issuers"), list):
+            return data
+        entries = data["issuers"]
+        opaque = [e for e in entries if isinstance(e, dict) and e.get("type") == "introspection"]
+        if not opaque:
+            return data
+        if len(opaque) > 1 or data.get("introspection") is not None:
+            raise ValueError("issuers: at most one issuer of type introspection")
+        return {
+            **data,
+            "issuers": [e for e in entries if e is not opaque[0]],
+            "introspection": opaque[0],
+        }
 
     @field_validator("issuers")
     @classmethod

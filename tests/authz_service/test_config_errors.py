@@ -99,3 +99,34 @@ def test_demo_config_is_valid_once_the_dev_pki_exists(tmp_path: Path) -> None:
     ensure_pki(tmp_path / ".dev" / "pki")
     ensure_pepper(tmp_path / ".dev")
     _load(config)
+
+
+def test_an_issuer_of_type_introspection_is_the_introspection_issuer(tmp_path: Path) -> None:
+    import yaml
+
+    from authz_service.settings import load_settings
+
+    opaque = {
+        "type": "introspection",
+        "issuer": "http://127.0.0.1:9999",
+        "introspection_endpoint": "http://127.0.0.1:9999/introspect",
+        "client_id": "sidecar",
+        "client_secret_env": "NOT_READ_AT_LOAD",
+        "audiences": ["api"],
+    }
+    jwt_issuer = {
+        "issuer": "https://idp.example",
+        "audiences": ["api"],
+        "algorithms": ["RS256"],
+        "jwks_url": "https://idp.example/jwks",
+    }
+    route = {"name": "r", "methods": ["GET"], "path": "/r"}
+    config = tmp_path / "authz.yaml"
+    config.write_text(yaml.safe_dump({"issuers": [jwt_issuer, opaque], "routes": [route]}))
+    settings = load_settings(config)
+    assert [i.issuer for i in settings.issuers] == ["https://idp.example"]
+    assert settings.introspection is not None
+    assert settings.introspection.introspection_endpoint.endswith("/introspect")
+    config.write_text(yaml.safe_dump({"issuers": [opaque, opaque], "routes": [route]}))
+    with pytest.raises(ConfigError, match="at most one issuer of type introspection"):
+        load_settings(config)

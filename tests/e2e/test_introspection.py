@@ -41,15 +41,18 @@ def opaque_edge(provider: Provider, tmp_path_factory: pytest.TempPathFactory) ->
     secret = work / "introspection-secret"
     secret.write_text(SIDECAR[1])
     config = yaml.safe_load(AUTHZ_DEMO.read_text())
-    config["introspection"] = {
-        "issuer": provider.issuer,
-        "introspection_endpoint": provider.introspection_endpoint,
-        "client_id": SIDECAR[0],
-        "client_secret_file": str(secret),
-        "audiences": [RESOURCE],
-        "client_id_as_subject": True,
-        "timeout_seconds": 1.0,
-    }
+    config["issuers"].append(
+        {
+            "type": "introspection",
+            "issuer": provider.issuer,
+            "introspection_endpoint": provider.introspection_endpoint,
+            "client_id": SIDECAR[0],
+            "client_secret_file": str(secret),
+            "audiences": [RESOURCE],
+            "client_id_as_subject": True,
+            "timeout_seconds": 1.0,
+        }
+    )
     config["routes"].append(
         {
             "name": "orders",
