@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -12,18 +15,40 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import children_of, free_port, wait_until
+from devstack.stack import Ports
+from tests.support.processes import children_of, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _offset() -> int:
-    # A block of ports 8081..9901 shifted by the offset, all free right now.
-    for _ in range(50):
-        offset = free_port() % 20000 + 20000 - 8081
-        if offset + 9901 < 65000:
+    """A shift for the stack's default ports that puts every one of them below the
+    kernel's ephemeral range (where client sockets take their source ports, so a port
+    picked there can be taken again before the stack binds it) and free right now."""
+    defaults = [getattr(Ports(), field.name) for field in dataclasses.fields(Ports)]
+    low, high = 10_000, _ephemeral_start()
+    rng = random.Random()
+    for _ in range(200):
+        offset = rng.randrange(low - min(defaults), high - max(defaults))
+        if all(_bindable(port + offset) for port in defaults):
             return offset
-    raise RuntimeError("no port block")
+    raise RuntimeError("no free block of ports below the ephemeral range")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def test_run_serves_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
