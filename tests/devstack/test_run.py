@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,39 +15,21 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import Ports
-from tests.support.processes import children_of, wait_until
+from tests.support.processes import children_of, port_is_free, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _offset() -> int:
     """A shift for the stack's default ports that puts every one of them below the
-    kernel's ephemeral range (where client sockets take their source ports, so a port
-    picked there can be taken again before the stack binds it) and free right now."""
+    kernel's ephemeral range (tests.support.processes.free_port says why) and free now."""
     defaults = [getattr(Ports(), field.name) for field in dataclasses.fields(Ports)]
-    low, high = 10_000, _ephemeral_start()
     rng = random.Random()
     for _ in range(200):
-        offset = rng.randrange(low - min(defaults), high - max(defaults))
-        if all(_bindable(port + offset) for port in defaults):
+        offset = rng.randrange(10_000 - min(defaults), 32_768 - max(defaults))
+        if all(port_is_free(port + offset) for port in defaults):
             return offset
     raise RuntimeError("no free block of ports below the ephemeral range")
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_run_serves_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:

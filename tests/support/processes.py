@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,11 +13,45 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+# Ports handed out in this test process: never handed out twice.
+_HANDED_OUT: set[int] = set()
+_RANDOM = random.Random()
+_LOWEST = 10_000  # above the well-known ports and the machine's own services
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port that is free now, below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) lies in the ephemeral range, where every client
+    socket takes its source port: a server started a moment later can find it taken by
+    some connection (seen: "Failed to bind to address 127.0.0.1:33648"). Below that range
+    only servers bind."""
+    high = _ephemeral_start()
+    for _ in range(1_000):
+        port = _RANDOM.randrange(_LOWEST, high)
+        if port not in _HANDED_OUT and port_is_free(port):
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket() as s:  # the whole low range busy: fall back on the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_start() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return max(int(text.split()[0]), _LOWEST + 1_000)
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float = 15.0, step: float = 0.1) -> bool:
