@@ -189,7 +189,7 @@ Try:
   ADMIN=$({tok} --sub root --scope users:read --roles admin)
   curl --cacert $CA -H "Authorization: Bearer $ADMIN" {api}/admin/stats
   HELLO=$({tok} --sub carol --scope greeter:read)
-  GRPC="-cacert $CA -import-path protos -proto _generated/demo/v1/greeter.proto"
+  GRPC="-cacert $CA -import-path protos -proto demo/v1/greeter.proto"
   .venv/bin/grpcurl $GRPC -H "authorization: Bearer $HELLO" -d '{{"name":"carol"}}' \
     localhost:{p.envoy} demo.v1.Greeter/SayHello
   .venv/bin/grpcurl $GRPC -H "authorization: Bearer $HELLO" localhost:{p.envoy} \

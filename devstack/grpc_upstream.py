@@ -1,4 +1,4 @@
-"""The demo gRPC upstream: `demo.v1.Greeter` (protos/_generated/demo/v1/greeter.proto).
+"""The demo gRPC upstream: `demo.v1.Greeter` (protos/demo/v1/greeter.proto).
 
 Plaintext HTTP/2 on a loopback port, reached only through Envoy, which terminates TLS and
 runs the same ext_authz and rate limits as for the HTTP API. SayHello answers with the
@@ -10,7 +10,6 @@ and describe the service, and the edge's policy decides who may use it.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable, Mapping
 from concurrent import futures
@@ -20,9 +19,8 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection
 
-# Imported by name so mypy does not follow it: the generated stub subclasses protobuf's
-# untyped Message, which strict mode refuses, and generated code is not ours to fix.
-greeter_pb2 = importlib.import_module("edgeguard_protos._generated.demo.v1.greeter_pb2")
+from edgeguard_protos.demo.v1 import greeter_pb2
+
 SERVICE = "demo.v1.Greeter"
 SUBJECT_METADATA = "x-auth-subject"
 
@@ -82,8 +80,7 @@ class GrpcUpstream:
 
 
 def _unary(handlers: Mapping[str, Handler]) -> dict[str, Any]:
-    # The generated *_pb2_grpc module is not importable from the package (protoc writes an
-    # absolute `from demo.v1 import ...`), so the handlers are bound here from the messages.
+    # Bound from the messages: `make proto` generates no *_pb2_grpc stubs (protogen.py).
     return {
         name: grpc.unary_unary_rpc_method_handler(
             handler,

@@ -1,8 +1,11 @@
 """`make proto` / `make proto-check`: compile the project's own .proto files.
 
 Sources live in `protos/` (never Envoy's: those come from xds-protos). Output goes to the
-`edgeguard_protos/` package with grpcio-tools; `check` regenerates into a temporary
-directory and fails when the checked-in output differs, so stale code cannot land.
+`edgeguard_protos/` package with grpcio-tools: messages and their type stubs only. No
+`*_pb2_grpc` stubs: the servers bind their handlers with grpc's generic handlers from the
+messages (see devstack/grpc_upstream.py), and protoc's stubs import their messages by an
+absolute path that does not exist inside this package. `check` regenerates into a
+temporary directory and fails when the checked-in output differs.
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ def generate(out: Path) -> None:
         f"-I{include}",
         f"--python_out={out}",
         f"--pyi_out={out}",
-        f"--grpc_python_out={out}",
         *[str(p) for p in protos],
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    # Regular packages all the way down, so a plain (non-editable) install ships them too.
+    for package in sorted(p for p in out.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        (package / "__init__.py").touch()
 
 
 def _same_tree(a: Path, b: Path) -> bool:

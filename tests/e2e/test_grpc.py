@@ -190,7 +190,7 @@ def _grpcurl(edge: Edge, token: str, method: str) -> subprocess.CompletedProcess
     return subprocess.run(
         [
             GRPCURL, "-max-time", "10", "-cacert", str(edge.stack.pki.ca),
-            "-import-path", str(REPO / "protos"), "-proto", "_generated/demo/v1/greeter.proto",
+            "-import-path", str(REPO / "protos"), "-proto", "demo/v1/greeter.proto",
             "-H", f"authorization: Bearer {token}", "-d", '{"name": "carol"}',
             f"{SERVER_NAME}:{edge.ports.envoy}", f"{SERVICE}/{method}",
         ],
