@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from authz_service.tokens.settings import check_transport, tls_context
+from authz_service.tokens.settings import check_transport, roles_claim_path, usable_ca_file
 from sidecar_runtime.config import Frozen, resolve_path
 
 # RFC 7662 §4: the endpoint sees every token and our client secret; plain http is only
@@ -79,10 +79,7 @@ class IntrospectionIssuerSettings(Frozen):
     @field_validator("ca_file")
     @classmethod
     def _usable_ca_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        path = resolve_path(value, info)
-        if path is not None:
-            tls_context(path)  # a file that cannot be used fails at load, not at first call
-        return path
+        return usable_ca_file(value, info)
 
     @field_validator("audiences", "accepted_token_types")
     @classmethod
@@ -94,9 +91,7 @@ class IntrospectionIssuerSettings(Frozen):
     @field_validator("roles_claim")
     @classmethod
     def _dot_path(cls, value: str) -> str:
-        if not value or any(not part for part in value.split(".")):
-            raise ValueError("roles_claim must be a dot path such as 'realm_access.roles'")
-        return value
+        return roles_claim_path(value)
 
     @model_validator(mode="after")
     def _one_secret_source(self) -> IntrospectionIssuerSettings:

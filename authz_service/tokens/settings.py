@@ -159,10 +159,7 @@ class IssuerSettings(Frozen):
     @field_validator("ca_file")
     @classmethod
     def _usable_ca_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        path = resolve_path(value, info)
-        if path is not None:
-            tls_context(path)  # a file that cannot be used fails at load, not at first fetch
-        return path
+        return usable_ca_file(value, info)
 
     @field_validator("required_typ")
     @classmethod
@@ -174,9 +171,7 @@ class IssuerSettings(Frozen):
     @field_validator("roles_claim")
     @classmethod
     def _dot_path(cls, value: str) -> str:
-        if not value or any(not part for part in value.split(".")):
-            raise ValueError("roles_claim must be a dot path such as 'realm_access.roles'")
-        return value
+        return roles_claim_path(value)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerSettings:
@@ -189,6 +184,22 @@ class IssuerSettings(Frozen):
         if len(set(self.algorithms)) != len(self.algorithms):
             raise ValueError("algorithms must not repeat")
         return self
+
+
+def usable_ca_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A `ca_file` resolved against the config file's directory, and loaded once now: a
+    file that cannot be used fails at load, not at the first fetch."""
+    path = resolve_path(value, info)
+    if path is not None:
+        tls_context(path)
+    return path
+
+
+def roles_claim_path(value: str) -> str:
+    """A `roles_claim`: a dot path into the claims."""
+    if not value or any(not part for part in value.split(".")):
+        raise ValueError("roles_claim must be a dot path such as 'realm_access.roles'")
+    return value
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
