@@ -33,6 +33,7 @@ from authz_service.pipeline import (
     RevocationCheck,
 )
 from authz_service.policy import RequestFacts, RuleSets
+from authz_service.principal import Principal
 from authz_service.settings import AuthzSettings, load_settings
 from sidecar_runtime.clock import Clock
 from sidecar_runtime.errors import ConfigError
@@ -82,14 +83,16 @@ class CompiledConfig:
             )
         return need.wait_s
 
-    def note_use(self, decision: Decision) -> None:
-        """After a decision, on the event loop: record an API key's use."""
+    def key_used(self, decision: Decision) -> Principal | None:
+        """The principal of an API key that `decision` was made for, else None."""
         principal = decision.principal
-        if (
-            self.api_keys is not None
-            and principal is not None
-            and principal.algorithm == API_KEY_ALGORITHM
-        ):
+        if self.api_keys is None or principal is None:
+            return None
+        return principal if principal.algorithm == API_KEY_ALGORITHM else None
+
+    def note_use(self, principal: Principal) -> None:
+        """On the event loop: record an API key's use (`last_used`, throttled)."""
+        if self.api_keys is not None:
             self.api_keys.note_use(principal)
 
     async def decide(
@@ -104,7 +107,9 @@ class CompiledConfig:
             decided = self.authorizer.decide_fetched(
                 facts, authorization=authorization, cookie=cookie
             )
-        self.note_use(decided)
+        used = self.key_used(decided)
+        if used is not None:
+            self.note_use(used)
         return decided
 
     async def start(self) -> None:

@@ -132,8 +132,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         facts, authorization, cookie = inputs.facts, inputs.authorization, inputs.cookie
         decided = authorizer.decide_now(facts, authorization=authorization, cookie=cookie)
         if not isinstance(decided, NEEDS):
-            if compiled.api_keys is not None and decided.principal is not None:
-                self._on_loop(compiled, decided)
+            self._on_loop(compiled, decided)
             return decided  # the hot path: the keys were known, no hop to the loop
         if self._bridge is None:
             raise RuntimeError("no event loop to fetch keys on")
@@ -148,9 +147,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         return fetched
 
     def _on_loop(self, compiled: CompiledConfig, decision: Decision) -> None:
-        """`compiled.note_use(decision)` on the event loop (it may start a task there)."""
-        if self._bridge is not None and compiled.api_keys is not None:
-            self._bridge.call_soon(compiled.note_use, decision)
+        """An API key's use recorded on the event loop (it may start a task there); no hop
+        to the loop for any other decision."""
+        used = compiled.key_used(decision)
+        if used is not None and self._bridge is not None:
+            self._bridge.call_soon(compiled.note_use, used)
 
     def _trace_plan(self, call: _Call, context: Any) -> tuple[bool, Mapping[str, str] | None]:
         """Whether this Check gets a span, and its parent's carrier; the trace id of an

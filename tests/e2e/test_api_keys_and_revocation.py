@@ -54,6 +54,15 @@ def test_an_api_key_gets_in_where_the_rule_takes_one(edge: Edge) -> None:
     audit = (edge.stack.log_dir / "authz.log").read_text(errors="replace")
     assert key not in audit
     assert key.rsplit("_", 1)[-1] not in audit
+    # The sidecar recorded the use (in the background, once a minute at most).
+    key_id = key.split("_")[2]
+
+    def last_used() -> object:
+        shown = _cli(edge, "apikey", "show", key_id)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)["last_used"]
+
+    assert wait_until(lambda: last_used() is not None, timeout=5)
 
 
 def test_a_wrong_secret_an_unknown_key_and_a_bearer_next_to_a_key(edge: Edge) -> None:
