@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from typing import Any
 from urllib.parse import quote
@@ -10,6 +11,7 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from authz_service.mtls import MtlsSettings, PeerCertificate, principal_for, read_certificate
+from authz_service.policy import RequestFacts
 from devstack.pki import issue_certificate, make_ca
 from sidecar_runtime.config import validate_model
 from sidecar_runtime.errors import ConfigError
@@ -108,11 +110,8 @@ def test_bad_identities_are_config_errors(identity: dict[str, Any]) -> None:
 INTERNAL = {**REPORTS, "credentials": ["mtls"]}
 
 
-def _with_cert(path: str, cert: str) -> Any:
-    facts = request(path)
-    return type(facts)(
-        **{**{f: getattr(facts, f) for f in facts.__slots__}, "peer_certificate": cert}
-    )
+def _with_cert(path: str, cert: str) -> RequestFacts:
+    return replace(request(path), peer_certificate=cert)
 
 
 def test_a_certificate_stands_for_its_identity_on_a_rule_that_takes_mtls() -> None:
