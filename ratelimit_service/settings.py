@@ -29,10 +29,18 @@ circuit_breaker: {failure_threshold: 5, failure_span_seconds: 0.2, open_seconds:
                              failure_span_seconds (a burst from one stall does not)
 log: {level: INFO, max_lines_per_second: 10, hash_key_env: null}
 reload: {watch: true, interval_seconds: 1.0}
+merge_domains: false          several rule files may add descriptors to one domain (the
+                              reference's MERGE_DOMAIN_CONFIG); off: a domain twice is an error
+global_shadow_mode: false     every OVER_LIMIT answered OK, counted (the reference's SHADOW_MODE)
+global_quota_mode: false      every limit in quota mode (the reference's QUOTA_MODE)
+stats: {enabled: true, near_limit_ratio: 0.8, max_detailed_keys: 10000}
+                             the reference's per-descriptor counters (docs/ratelimit.md)
+debug: {listen: null}         127.0.0.1:6070: the loopback-only debug listener (/rlconfig, /json)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from pathlib import Path
 from typing import Any, Literal
@@ -174,6 +182,38 @@ class ReloadSettings(Frozen):
     interval_seconds: float = Field(default=1.0, ge=0.05, le=3600)
 
 
+class StatsSettings(Frozen):
+    """The reference's per-descriptor counters (total_hits, over_limit, near_limit,
+    within_limit, shadow_mode), keyed as it keys them."""
+
+    enabled: bool = True
+    # The reference's NEAR_LIMIT_RATIO: a hit past this share of the limit is near_limit.
+    near_limit_ratio: float = Field(default=0.8, gt=0, le=1)
+    # `detailed_metric` and `value_to_metric` put request values into keys: at most this
+    # many such keys are kept; beyond, hits count under the limit's own key.
+    max_detailed_keys: int = Field(default=10_000, ge=0, le=1_000_000)
+
+
+class DebugSettings(Frozen):
+    """The debug listener: plain HTTP, loopback only (it answers without credentials)."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback_only(cls, listen: str | None) -> str | None:
+        if listen is None:
+            return None
+        host, _ = _host_port(listen)
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"the debug listener must be on a loopback address, not {host}")
+        return listen
+
+
 class ServiceSettings(Frozen):
     server: ServerSettings = ServerSettings(listen=DEFAULT_LISTEN)
     rules: Path
@@ -186,6 +226,11 @@ class ServiceSettings(Frozen):
     log: LogSettings = LogSettings()
     reload: ReloadSettings = ReloadSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    merge_domains: bool = False
+    global_shadow_mode: bool = False
+    global_quota_mode: bool = False
+    stats: StatsSettings = StatsSettings()
+    debug: DebugSettings = DebugSettings()
 
     _rules_relative_to_file = field_validator("rules")(resolve_path)
 

@@ -112,3 +112,16 @@ def test_bad_redis_tls_settings_are_located(
         load_settings(path)
     assert (err.value.key, err.value.file) == (key, str(path))
     assert reason in err.value.reason
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:6070", "localhost:6070", "10.0.0.1:6070"])
+def test_the_debug_listener_is_refused_off_loopback(tmp_path: Path, listen: str) -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        load_settings(write(tmp_path, f"rules: r\ndebug: {{listen: '{listen}'}}\n"))
+
+
+def test_reference_modes_and_stats_have_the_reference_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "rules: r\n"))
+    assert not (settings.merge_domains or settings.global_shadow_mode or settings.global_quota_mode)
+    assert (settings.stats.enabled, settings.stats.near_limit_ratio) == (True, 0.8)
+    assert settings.debug.listen is None
