@@ -122,6 +122,7 @@ def test_the_debug_listener_is_refused_off_loopback(tmp_path: Path, listen: str)
 
 def test_reference_modes_and_stats_have_the_reference_defaults(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "rules: r\n"))
-    assert not (settings.merge_domains or settings.global_shadow_mode or settings.global_quota_mode)
+    modes = (settings.merge_domains, settings.global_shadow_mode, settings.global_quota_mode)
+    assert modes == (False, False, False)
     assert (settings.stats.enabled, settings.stats.near_limit_ratio) == (True, 0.8)
     assert settings.debug.listen is None
