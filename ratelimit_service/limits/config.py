@@ -13,21 +13,28 @@ A rule file is exactly the reference's format (one domain per file)::
         descriptors: [...]           # nested descriptors
 
 Reference keys: domain, descriptors, key, value, rate_limit {unit, requests_per_unit,
-unlimited, name, replaces: [{name}], unit_multiplier}, shadow_mode, detailed_metric,
-value_to_metric, share_threshold, metadata. `quota_mode: true` is refused (not supported).
+unlimited, name, replaces: [{name}]}, shadow_mode, quota_mode, detailed_metric,
+value_to_metric, share_threshold, metadata. Accepted as the reference accepts them: a
+`unit` without `requests_per_unit` (0 per unit: refuses every request), and `unlimited`
+with `requests_per_unit` or a unit it does not know (both ignored). A domain in several
+files is an error unless `merge_domains` (the reference's MERGE_DOMAIN_CONFIG), where
+each file adds its descriptors to the domain.
 
 Extensions (the reference cannot express these):
 
 - `burst` in a rate limit: the bucket capacity (default: `requests_per_unit`).
+- `unit_multiplier` in a rate limit: the window is that many units.
 - `rate_limits: [ {...}, {...} ]` on a descriptor instead of `rate_limit`: several limits
   on one node, e.g. 10/second burst 20 *and* 10000/day; a request must pass all of them.
 
-Every problem is a `ConfigError(file, key_path, reason)`.
+Every problem is a `ConfigError(file, key_path, reason)`. A reference key in a place the
+reference ignores it (`unit` on a descriptor, say) is an error here: it is a mistake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +44,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,6 +58,7 @@ from ratelimit_service.limits.rules import (
     Pattern,
     RuleSet,
     make_limit,
+    sanitize_stat_name,
 )
 from sidecar_runtime.config import Frozen, read_yaml, validate_model
 from sidecar_runtime.errors import ConfigError
@@ -73,9 +82,10 @@ class ReplacesModel(Frozen):
 
 
 class RateLimitModel(Frozen):
+    # `unlimited` first: the unit's validator reads it.
+    unlimited: StrictBool = False
     unit: StrictStr | None = None
     requests_per_unit: StrictInt | None = Field(default=None, ge=0, le=MAX_UINT32)
-    unlimited: StrictBool = False
     name: StrictStr = ""
     replaces: list[ReplacesModel] = []
     unit_multiplier: StrictInt | None = Field(default=None, ge=1, le=MAX_UINT32)
@@ -83,30 +93,31 @@ class RateLimitModel(Frozen):
 
     @field_validator("unit")
     @classmethod
-    def _known_unit(cls, unit: str | None) -> str | None:
+    def _known_unit(cls, unit: str | None, info: ValidationInfo) -> str | None:
         # The reference upper-cases the unit before looking it up: `Second` is fine.
-        if unit is not None and unit.lower() not in UNIT_SECONDS:
+        if unit is None:
+            return None
+        known = unit.lower() in UNIT_SECONDS
+        if info.data.get("unlimited"):
+            if known:
+                raise ValueError("should not specify rate limit unit when unlimited")
+            return None  # the reference ignores a unit it does not know when unlimited
+        if not known:
             raise ValueError(
                 f"invalid rate limit unit {unit!r} (one of: {', '.join(UNIT_SECONDS)})"
             )
-        return unit.lower() if unit is not None else None
+        return unit.lower()
 
     @model_validator(mode="after")
     def _consistent(self) -> RateLimitModel:
         if self.unlimited:
-            extra = [
-                k
-                for k in ("unit", "requests_per_unit", "burst", "unit_multiplier")
-                if getattr(self, k) is not None
-            ]
+            extra = [k for k in ("burst", "unit_multiplier") if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"should not specify {', '.join(extra)} when unlimited")
         else:
             if self.unit is None:
                 raise ValueError("unit is required unless unlimited is true")
-            if self.requests_per_unit is None:
-                raise ValueError("requests_per_unit is required (0 blocks every request)")
-            if self.burst is not None and self.requests_per_unit == 0:
+            if self.burst is not None and not self.requests_per_unit:
                 raise ValueError("burst needs requests_per_unit above 0")
         if any(r.name == self.name for r in self.replaces) and self.name:
             raise ValueError("replaces should not contain the limit's own name")
@@ -132,11 +143,15 @@ class DescriptorModel(Frozen):
             raise ValueError("use either rate_limit or rate_limits, not both")
         if self.rate_limits is not None and any(r.unlimited for r in self.rate_limits):
             raise ValueError("unlimited belongs in rate_limit, not in a rate_limits list")
-        if self.share_threshold and "*" not in (self.value or ""):
+        # The reference looks for `*` in the composite key, so a key with `*` will do.
+        if self.share_threshold and "*" not in self.composite:
             raise ValueError("share_threshold can only be used with a wildcard value")
-        if self.quota_mode:
-            raise ValueError("quota_mode is not supported by this service")
         return self
+
+    @property
+    def composite(self) -> str:
+        """The reference's key for this descriptor at its level: `key` or `key_value`."""
+        return f"{self.key}_{self.value}" if self.value else self.key
 
     @property
     def all_limits(self) -> list[RateLimitModel]:
@@ -152,9 +167,8 @@ class RulesFileModel(Frozen):
 
 def load_rule_file(path: Path) -> Domain:
     """Read, validate and compile one rule file."""
-    model = validate_model(RulesFileModel, read_yaml(path), path)
-    root = _compile_level(model.descriptors or [], model.domain, "", "descriptors", str(path))
-    return Domain(name=model.domain, root=root, source=str(path))
+    model = _read(path)
+    return _compile_domain(model.domain, [(str(path), model)])
 
 
 def rule_files(path: Path) -> list[Path]:
@@ -171,78 +185,84 @@ def rule_files(path: Path) -> list[Path]:
     return files
 
 
-def load_rules(paths: Path | Iterable[Path]) -> RuleSet:
-    """Load every rule file under `paths`; one domain per file, no domain twice."""
+def load_rules(paths: Path | Iterable[Path], *, merge_domains: bool = False) -> RuleSet:
+    """Load every rule file under `paths`, one domain per file. With `merge_domains` (the
+    reference's MERGE_DOMAIN_CONFIG) several files may define one domain, each adding its
+    descriptors to it; without, a domain defined twice is an error."""
     roots = [paths] if isinstance(paths, Path) else list(paths)
-    domains: dict[str, Domain] = {}
-    sources: list[str] = []
-    for root in roots:
-        for file in rule_files(root):
-            domain = load_rule_file(file)
-            if domain.name in domains:
-                other = domains[domain.name].source
-                raise ConfigError(
-                    file, "domain", f"duplicate domain {domain.name!r}, also in {other}"
-                )
-            domains[domain.name] = domain
-            sources.append(str(file))
-    return RuleSet(domains=domains, sources=tuple(sources))
+    files = [file for root in roots for file in rule_files(root)]
+    parts: dict[str, list[tuple[str, RulesFileModel]]] = {}
+    for file in files:
+        model = _read(file)
+        earlier = parts.setdefault(model.domain, [])
+        if earlier and not merge_domains:
+            raise ConfigError(
+                file, "domain", f"duplicate domain {model.domain!r}, also in {earlier[0][0]}"
+            )
+        earlier.append((str(file), model))
+    domains = {name: _compile_domain(name, chunks) for name, chunks in parts.items()}
+    return RuleSet(domains=domains, sources=tuple(str(file) for file in files))
 
 
-def _compile_level(
-    descriptors: list[DescriptorModel], domain: str, parent: str, where: str, file: str
-) -> Level:
-    exact: dict[tuple[str, str], Node] = {}
-    by_key: dict[str, Node] = {}
-    wildcards: list[tuple[Pattern, Node]] = []
-    for index, model in enumerate(descriptors):
-        at = f"{where}[{index}]"
-        value = model.value or None
-        composite = model.key if value is None else f"{model.key}_{value}"
-        path = f"{parent}.{composite}" if parent else composite
-        if _is_duplicate(model.key, value, exact, by_key, wildcards):
-            raise ConfigError(file, at, f"duplicate descriptor {composite!r} at this level")
-        node = _compile_node(model, value, domain, path, at, file)
-        if value is None:
-            by_key[model.key] = node
-        elif "*" in value:
-            wildcards.append((Pattern(value), node))
-        else:
-            exact[(model.key, value)] = node
-    return Level(exact=exact, wildcards=tuple(wildcards), by_key=by_key)
+def _read(path: Path) -> RulesFileModel:
+    return validate_model(RulesFileModel, read_yaml(path), path)
 
 
-def _is_duplicate(
-    key: str,
-    value: str | None,
-    exact: Mapping[tuple[str, str], Node],
-    by_key: Mapping[str, Node],
-    wildcards: list[tuple[Pattern, Node]],
-) -> bool:
-    if value is None:
-        return key in by_key
-    if "*" in value:
-        return any(p.text == value and n.key == key for p, n in wildcards)
-    return (key, value) in exact
+def _compile_domain(name: str, parts: list[tuple[str, RulesFileModel]]) -> Domain:
+    top = _LevelBuilder(domain=name, parent="")
+    for file, model in parts:
+        top.add(model.descriptors or [], where="descriptors", file=file)
+    return Domain(name=name, root=top.build(), source=", ".join(file for file, _ in parts))
 
 
-def _compile_node(
-    model: DescriptorModel, value: str | None, domain: str, path: str, at: str, file: str
-) -> Node:
-    limits = _compile_limits(model, domain, path)
-    children = (
-        _compile_level(model.descriptors, domain, path, f"{at}.descriptors", file)
-        if model.descriptors
-        else None
-    )
-    metadata: Mapping[str, Any] | None = model.metadata
+@dataclass
+class _LevelBuilder:
+    """One level of the tree while it is compiled; the files of a merged domain each add
+    to its top level, as the reference's loadDescriptors does."""
+
+    domain: str
+    parent: str  # the path of the node above, "" at the top
+    nodes: dict[str, Node] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # composite key -> its file
+    wildcards: list[tuple[Pattern, Node]] = field(default_factory=list)
+
+    def add(self, descriptors: list[DescriptorModel], *, where: str, file: str) -> None:
+        for index, model in enumerate(descriptors):
+            at = f"{where}[{index}]"
+            composite = model.composite
+            path = f"{self.parent}.{composite}" if self.parent else composite
+            if composite in self.nodes:
+                other = self.files[composite]
+                also = f" (also in {other})" if other != file else ""
+                reason = f"duplicate descriptor composite key '{self.domain}.{path}'{also}"
+                raise ConfigError(file, at, reason)
+            node = _compile_node(model, domain=self.domain, path=path, at=at, file=file)
+            self.nodes[composite] = node
+            self.files[composite] = file
+            if "*" in composite:
+                self.wildcards.append((Pattern(composite), node))
+
+    def build(self) -> Level:
+        return Level(nodes=dict(self.nodes), wildcards=tuple(self.wildcards))
+
+
+def _compile_node(model: DescriptorModel, *, domain: str, path: str, at: str, file: str) -> Node:
+    children = None
+    if model.descriptors:
+        below = _LevelBuilder(domain=domain, parent=path)
+        below.add(model.descriptors, where=f"{at}.descriptors", file=file)
+        children = below.build()
     return Node(
         key=model.key,
-        value=value,
+        value=model.value or None,
+        composite=model.composite,
         path=path,
-        limits=limits,
+        stat_base_key=sanitize_stat_name(f"{domain}.{path}"),
+        limits=_compile_limits(model, domain, path),
         share_threshold=model.share_threshold,
-        metadata=metadata,
+        detailed_metric=model.detailed_metric,
+        value_to_metric=model.value_to_metric,
+        metadata=model.metadata,
         children=children,
     )
 
@@ -267,6 +287,7 @@ def _compile_limits(model: DescriptorModel, domain: str, path: str) -> tuple[Lim
                 unit_multiplier=multiplier,
                 burst=rl.burst,
                 shadow=model.shadow_mode,
+                quota=model.quota_mode,
                 unlimited=rl.unlimited,
                 replaces=frozenset(r.name for r in rl.replaces),
                 tag=base_tag + (f"#{ordinal}" if ordinal else ""),
