@@ -104,7 +104,7 @@ class App:
     ) -> None:
         self.settings = settings
         clock = clock or SystemClock()
-        rules = load_rules(settings.rules)
+        rules = load_rules(settings.rules, merge_domains=settings.merge_domains)
         self.store = store or build_store(settings.store, clock)
         self.telemetry = telemetry or RateLimitTelemetry()
         self.decision_sink = decision_sink
@@ -179,7 +179,9 @@ class App:
     async def reload(self) -> None:
         """Load the rules again and swap them in whole; keep the old ones if the new are bad."""
         try:
-            rules = await asyncio.to_thread(load_rules, self.settings.rules)
+            rules = await asyncio.to_thread(
+                load_rules, self.settings.rules, merge_domains=self.settings.merge_domains
+            )
         except ConfigError as exc:
             log.error(
                 "rules not reloaded; keeping the previous ones",
