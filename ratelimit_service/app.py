@@ -18,7 +18,7 @@ from ratelimit_service.servicer import RateLimitServicer, binding
 from ratelimit_service.settings import ServiceSettings, StoreSettings
 from ratelimit_service.store import BucketStore
 from ratelimit_service.stores.memory import MemoryStore
-from ratelimit_service.stores.redis_store import open_redis_store
+from ratelimit_service.stores.redis_store import FailureMode, open_redis_store
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import Clock, SystemClock
@@ -32,14 +32,21 @@ from sidecar_runtime.workers import worker_index
 log = logging.getLogger(__name__)
 
 
-def build_store(settings: StoreSettings, clock: Clock) -> BucketStore:
+def build_store(
+    settings: StoreSettings,
+    clock: Clock,
+    *,
+    failure_mode: FailureMode = "fail_open",
+) -> BucketStore:
+    """The configured store. `failure_mode` (the service's) is how a Redis Cluster store
+    counts the calls of a failed node in its all-or-nothing rule."""
     if settings.type == "memory":
         log.warning(
             "memory store: limits are per process, not shared between replicas or workers",
             extra={"fields": {"event": "memory_store"}},
         )
         return MemoryStore(clock)
-    return open_redis_store(settings)
+    return open_redis_store(settings, failure_mode=failure_mode)
 
 
 def build_service(

@@ -3,11 +3,16 @@
 A pure state machine over an injected clock's monotonic time, used from the event loop
 and from the worker threads of the `sync` stack, so its transitions take a lock. The
 guarded store (guarded_store.py) asks it before each call and reports each outcome.
+
+`NodeBreakers`: for a store of several independent nodes (Redis Cluster), one breaker
+per node, each made like the store's own, so a failing master opens only its breaker and
+only its buckets get the failure mode.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from enum import Enum
 
 from sidecar_runtime.clock import Clock
@@ -57,6 +62,15 @@ class CircuitBreaker:
     def is_closed(self) -> bool:
         return self.state is BreakerState.CLOSED
 
+    def like(self) -> CircuitBreaker:
+        """A new, closed breaker with this one's settings and clock."""
+        return CircuitBreaker(
+            failure_threshold=self._threshold,
+            open_seconds=self._open_seconds,
+            clock=self._clock,
+            failure_span_seconds=self._span,
+        )
+
     def allow(self) -> bool:
         """May a call go to the store now?"""
         with self._lock:
@@ -105,3 +119,57 @@ class CircuitBreaker:
         self.state = BreakerState.OPEN
         self._opened_at = self._clock.monotonic()
         return was_closed
+
+
+class NodeBreakers:
+    """A breaker per node, made on first use like `template`; thread-safe.
+
+    Each method returns True when the node's breaker changed between closed and not
+    closed, so the caller re-reads the health (`open_nodes`, `all_open`) only then.
+    """
+
+    def __init__(self, template: CircuitBreaker) -> None:
+        self._template = template
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+
+    def _of(self, node: str) -> CircuitBreaker:
+        breaker = self._breakers.get(node)
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.setdefault(node, self._template.like())
+        return breaker
+
+    def allow(self, node: str) -> bool:
+        return self._of(node).allow()
+
+    def record_success(self, node: str) -> bool:
+        return self._of(node).record_success()
+
+    def record_failure(self, node: str) -> bool:
+        return self._of(node).record_failure()
+
+    def trip(self, node: str) -> bool:
+        return self._of(node).trip()
+
+    def retain(self, nodes: Iterable[str]) -> bool:
+        """Forget the breakers of nodes not in `nodes` (no longer masters: a failover).
+        True when a forgotten breaker was not closed."""
+        keep = set(nodes)
+        with self._lock:
+            gone = [node for node in self._breakers if node not in keep]
+            changed = any(not self._breakers[node].is_closed for node in gone)
+            for node in gone:
+                del self._breakers[node]
+        return changed
+
+    def open_nodes(self) -> tuple[str, ...]:
+        """The nodes whose breaker is not closed, sorted."""
+        with self._lock:
+            return tuple(sorted(n for n, b in self._breakers.items() if not b.is_closed))
+
+    def all_open(self) -> bool:
+        """True when breakers exist and none of them is closed (no master reachable)."""
+        with self._lock:
+            breakers = list(self._breakers.values())
+        return bool(breakers) and not any(b.is_closed for b in breakers)

@@ -24,6 +24,18 @@ the breaker); a call the loop picks up with nothing left is answered by the fail
 without asking the store, and without counting against it (the process was late, not the
 store). The thread waits half a timeout longer than the deadline, in case the loop itself
 is stuck; then it answers by the failure mode too.
+
+A partitioned store (`PartitionedStore`: Redis Cluster) gets a breaker per node
+(`NodeBreakers`, each like the store's own breaker) and answers per call: a call whose
+node failed, timed out or has its breaker open is None, and the service answers the
+failure mode for that bucket only; the others carry their outcomes. The answer is None as
+a whole only when the store as a whole failed (no slot map) or every call failed. The
+store's own breaker still guards the whole (it opens when the slot map cannot be read).
+
+Health of a partitioned store follows the breakers, not single calls, so it changes at
+most once per breaker transition: SERVING while the store's breaker is closed and at
+least one node's breaker is (a master reachable); "degraded" while serving with some
+node's breaker not closed (logged on change; `stats.degraded` and `stats.open_nodes`).
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ratelimit_service.circuit_breaker import CircuitBreaker
+from ratelimit_service.circuit_breaker import CircuitBreaker, NodeBreakers
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.instruments import NoTelemetry, StoreTelemetry
@@ -48,6 +60,7 @@ from ratelimit_service.store import (
     BucketCall,
     BucketStore,
     DeadlineStore,
+    PartitionedStore,
 )
 from sidecar_runtime.loops import LoopBridge, LoopUnavailableError
 
@@ -69,6 +82,9 @@ class GuardStats:
     late: int = 0  # calls the loop picked up after their deadline (sync stack)
     loop_stuck: int = 0  # calls a worker thread stopped waiting for (sync stack)
     health_changes: int = 0
+    partial_answers: int = 0  # answers with some calls None (their node failed)
+    degraded: bool = False  # serving, with some node's breaker open (partitioned store)
+    open_nodes: tuple[str, ...] = ()  # the nodes whose breaker is not closed
 
 
 class GuardedStore:
@@ -100,20 +116,29 @@ class GuardedStore:
         self._telemetry: StoreTelemetry = telemetry or NoTelemetry()
         self._timed = store if isinstance(store, DeadlineStore) else None
         self._blocking = store if isinstance(store, BlockingStore) else None
+        self._partitioned = store if isinstance(store, PartitionedStore) else None
+        self._nodes = NodeBreakers(breaker)
+        told = getattr(store, "failure_mode", failure_mode)
+        if self._partitioned is not None and told != failure_mode:
+            # The store counts a failed node's calls by its failure mode (commit rule).
+            raise ValueError(f"store built for {told}, service runs {failure_mode}")
 
     @property
     def healthy(self) -> bool:
-        return self._breaker.is_closed
+        return self._breaker.is_closed and not self._nodes.all_open()
 
     async def acquire(
         self, calls: Sequence[BucketCall], *, timeout_s: float | None = None
-    ) -> Sequence[Outcome] | None:
+    ) -> Sequence[Outcome | None] | None:
         """The store's outcomes, or None when the failure mode must answer. `timeout_s`
-        (default: the configured call timeout) bounds a remote store's answer."""
+        (default: the configured call timeout) bounds a remote store's answer. From a
+        partitioned store, an outcome is None when its node failed (see the docstring)."""
         if not self._admit():
             return None
         started = time.perf_counter()
         timeout = self._call_timeout_s if timeout_s is None else timeout_s
+        if self._partitioned is not None:
+            return await self._acquire_partitioned(self._partitioned, calls, timeout, started)
         try:
             acquired = await self._call_store(calls, timeout)
         except TimeoutError:
@@ -128,9 +153,55 @@ class GuardedStore:
             await self._health_changed(True)
         return acquired.outcomes
 
+    async def _acquire_partitioned(
+        self,
+        store: PartitionedStore,
+        calls: Sequence[BucketCall],
+        timeout_s: float,
+        started: float,
+    ) -> Sequence[Outcome | None] | None:
+        refused: list[str] = []
+
+        def node_allowed(node: str) -> bool:
+            if self._nodes.allow(node):
+                return True
+            refused.append(node)
+            return False
+
+        try:
+            acquired = await store.acquire_partitioned(
+                calls, timeout_s=timeout_s, node_allowed=node_allowed
+            )
+        except TimeoutError:
+            await self._failed("timeout")
+            return None
+        except StoreError as exc:
+            await self._failed(str(exc))
+            return None
+        finally:
+            self._done(started)
+        changed = self._breaker.record_success()
+        for node in acquired.answered_nodes:
+            changed = self._nodes.record_success(node) or changed
+        for node, error in acquired.failed_nodes.items():
+            self.stats.store_errors += 1
+            self._answered_by_failure_mode(f"{node}: {error}")
+            changed = self._nodes.record_failure(node) or changed
+        for node in refused:
+            self.stats.short_circuited += 1
+            self._answered_by_failure_mode(f"{node}: circuit open")
+        if changed:
+            await self._report_health()
+        outcomes = acquired.outcomes
+        if acquired.failed_nodes or refused:
+            if all(outcome is None for outcome in outcomes):
+                return None
+            self.stats.partial_answers += 1
+        return outcomes
+
     def acquire_on_thread(
         self, calls: Sequence[BucketCall], bridge: LoopBridge
-    ) -> Sequence[Outcome] | None:
+    ) -> Sequence[Outcome | None] | None:
         """`acquire` for a handler on a worker thread of the sync stack: on this thread
         when the store allows it, else through the loop (see the module's docstring)."""
         store = self._blocking
@@ -195,14 +266,35 @@ class GuardedStore:
             bridge.submit(self._report_health())
 
     async def _report_health(self) -> None:
-        """Health as the breaker is now (not as it was when a thread saw it change)."""
+        """Health as the breakers are now (not as they were when a thread or a call saw
+        one change): SERVING or not, and degraded or not (a partitioned store)."""
         serving = self.healthy
+        self._note_degraded(serving)
         if serving != self._reported_healthy:
             await self._health_changed(serving)
 
+    def _note_degraded(self, serving: bool) -> None:
+        open_nodes = self._nodes.open_nodes()
+        degraded = serving and bool(open_nodes)
+        self.stats.open_nodes = open_nodes
+        if degraded == self.stats.degraded:
+            return
+        self.stats.degraded = degraded
+        log.warning(
+            "store degraded: some nodes unreachable" if degraded else "store no longer degraded",
+            extra={
+                "fields": {
+                    "event": "store_degraded",
+                    "degraded": degraded,
+                    "open_nodes": list(open_nodes),
+                    "store": self.store.name,
+                }
+            },
+        )
+
     def acquire_from_thread(
         self, calls: Sequence[BucketCall], bridge: LoopBridge
-    ) -> Sequence[Outcome] | None:
+    ) -> Sequence[Outcome | None] | None:
         """`acquire` for a handler on a worker thread (not the loop's): the call goes to
         the loop, and this thread waits (holding no lock) until the answer comes, at most
         the call timeout and a grace (see the module's docstring)."""
@@ -225,7 +317,7 @@ class GuardedStore:
 
     async def _acquire_by(
         self, calls: Sequence[BucketCall], deadline: float, gave_up: threading.Event
-    ) -> Sequence[Outcome] | None:
+    ) -> Sequence[Outcome | None] | None:
         if gave_up.is_set():  # answered (and counted) by the thread already
             return None
         left = deadline - time.monotonic()
@@ -262,7 +354,10 @@ class GuardedStore:
             return await self._bounded(calls, timeout_s)
 
     async def probe(self) -> None:
-        """One health probe of the store; drives the breaker and gRPC health."""
+        """One health probe of the store; drives the breakers and gRPC health."""
+        if self._partitioned is not None:
+            await self._probe_nodes(self._partitioned)
+            return
         try:
             if self._timed is not None:
                 # Not a timer around the coroutine: one that expires while a busy loop has
@@ -280,6 +375,27 @@ class GuardedStore:
             return
         if self._breaker.record_success():
             await self._health_changed(True)
+
+    async def _probe_nodes(self, store: PartitionedStore) -> None:
+        """Every node probed: a failing one trips its own breaker, one answering closes
+        it; only a store that cannot be probed at all trips the store's breaker."""
+        try:
+            nodes = await store.ping_nodes(timeout_s=self._probe_timeout_s)
+        except (StoreError, TimeoutError) as exc:
+            if self._breaker.trip():
+                self.stats.store_errors += 1
+                self._answered_by_failure_mode(f"probe: {exc or 'timeout'}")
+            await self._report_health()
+            return
+        self._breaker.record_success()
+        self._nodes.retain(nodes)
+        for node, error in nodes.items():
+            if error is None:
+                self._nodes.record_success(node)
+            elif self._nodes.trip(node):
+                self.stats.store_errors += 1
+                self._answered_by_failure_mode(f"probe {node}: {error}")
+        await self._report_health()
 
     async def watch(self, interval_s: float) -> None:
         """Probe forever (run as a task): health follows the store even with no traffic."""

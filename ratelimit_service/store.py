@@ -1,21 +1,37 @@
 """The `BucketStore` port: what the service asks of a bucket store.
 
-A store applies one request's bucket calls all-or-nothing: either every enforced bucket
-admits and all are charged, or nothing is written. The decision logic (which limits apply,
-what to answer, failure modes) belongs to the service, not to the store. The adapters
-(memory, Redis) live in `ratelimit_service.stores`.
+A store applies one request's bucket calls all-or-nothing by the commit rule of
+`limits.bucket.must_commit` (no ENFORCE call denied, and not every QUOTA call denied):
+either the buckets that admit are all charged, or nothing is written. The decision logic
+(which limits apply, what to answer) belongs to the service, not to the store. The
+adapters (memory, Redis) live in `ratelimit_service.stores`.
+
+A partitioned store (`PartitionedStore`: Redis Cluster) may fail for some calls and not
+others: those calls' outcomes are None, and the nodes that failed are named, so the guard
+keeps a circuit breaker per node and only that node's buckets get the failure mode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
-from ratelimit_service.limits.bucket import (
-    BucketSpec,
-    Outcome,
-)
+from ratelimit_service.limits.bucket import BucketSpec, CallMode, Outcome
+
+__all__ = [
+    "Acquired",
+    "BlockingStore",
+    "BucketCall",
+    "BucketStore",
+    "CallMode",
+    "DeadlineStore",
+    "PartitionedStore",
+    "refund_outcome",
+]
+
+_NO_FAILURES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +41,20 @@ class BucketCall:
     key: str
     spec: BucketSpec
     cost: int
-    enforce: bool = True  # False: shadow mode, a denial here does not veto the others
+    mode: CallMode = CallMode.ENFORCE  # how a denial here weighs (limits.bucket.must_commit)
 
 
 @dataclass(frozen=True, slots=True)
 class Acquired:
-    committed: bool  # True when no enforced bucket denied, and the tokens were taken
-    outcomes: tuple[Outcome, ...]  # one per call, in order
+    """A store's answer. `outcomes` has one entry per call, in order; an entry is None
+    only from a `PartitionedStore`, for a call whose node failed (`failed_nodes`: node ->
+    reason) or was skipped because its breaker is open. `answered_nodes` are the nodes
+    that answered (a partitioned store's; empty otherwise)."""
+
+    committed: bool  # True when the commit rule held and the tokens were taken
+    outcomes: tuple[Outcome | None, ...]
+    failed_nodes: Mapping[str, str] = field(default_factory=lambda: _NO_FAILURES)
+    answered_nodes: tuple[str, ...] = ()
 
 
 class BucketStore(Protocol):
@@ -80,6 +103,30 @@ class BlockingStore(Protocol):
     def acquire_blocking(self, calls: Sequence[BucketCall], *, timeout_s: float) -> Acquired:
         """`acquire` on the calling thread; TimeoutError when no answer came within
         `timeout_s`, StoreError when the store fails."""
+        ...
+
+
+@runtime_checkable
+class PartitionedStore(Protocol):
+    """Optional ability: a store of several independent nodes (Redis Cluster). A node
+    that fails costs only the calls whose keys it serves; the guard keeps a breaker per
+    node (`nodes`) and tells the store which nodes it may call now (`node_allowed`)."""
+
+    async def acquire_partitioned(
+        self,
+        calls: Sequence[BucketCall],
+        *,
+        timeout_s: float | None,
+        node_allowed: Callable[[str], bool],
+    ) -> Acquired:
+        """`acquire` with a deadline per node: a node that errs, times out, or is not
+        allowed gives None outcomes for its calls and appears in `failed_nodes`. Raises
+        StoreError only when the store as a whole cannot be used (no slot map)."""
+        ...
+
+    async def ping_nodes(self, *, timeout_s: float) -> Mapping[str, str | None]:
+        """Probe every primary: node -> None (answering, script loaded) or the reason.
+        Raises StoreError when not even the node list can be had."""
         ...
 
 

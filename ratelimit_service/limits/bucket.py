@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol
 
 # Floors of token counts get this much slack so that 2.9999999999 (a rounding artefact of a
@@ -97,23 +98,45 @@ def evaluate(spec: BucketSpec, state: BucketState, *, cost: int, now_us: float) 
     return Verdict(True, BucketState(new_tat, clock), remaining, reset, remaining_now, reset_now)
 
 
-class Enforced(Protocol):
-    @property
-    def enforce(self) -> bool:
-        """False for a shadow-mode bucket."""
-        ...
+class CallMode(IntEnum):
+    """How a bucket's denial weighs in the commit rule (`must_commit`).
 
-
-def must_commit(verdicts: Sequence[Verdict], calls: Sequence[Enforced]) -> bool:
-    """All-or-nothing: commit only if every enforced bucket admits the request.
-
-    A shadow-mode bucket that denies does not stop the others (it would only have been
-    logged); it is simply not written.
+    SHADOW: envoyproxy/ratelimit's `shadow_mode`, a denial is only logged. ENFORCE: a
+    denial vetoes the request. QUOTA: the reference's `quota_mode`, one of several
+    alternative allowances: the request is vetoed only when every quota bucket denies.
+    The values are what gcra.lua receives (ARGV), so they are fixed.
     """
+
+    SHADOW = 0
+    ENFORCE = 1
+    QUOTA = 2
+
+
+class Allowed(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+
+
+class Moded(Protocol):
+    @property
+    def mode(self) -> CallMode: ...
+
+
+def must_commit(verdicts: Sequence[Allowed], calls: Sequence[Moded]) -> bool:
+    """All-or-nothing: commit iff no ENFORCE bucket denied, and not every QUOTA bucket
+    denied (when there is at least one). SHADOW and QUOTA denials alone veto nothing; a
+    bucket that denied is simply not written. gcra.lua applies the same rule per call, and
+    the Cluster store across its per-slot calls."""
+    quota_seen = quota_allowed = False
     for verdict, call in zip(verdicts, calls, strict=True):
-        if not verdict.allowed and call.enforce:
-            return False
-    return True
+        mode = call.mode
+        if mode == CallMode.ENFORCE:
+            if not verdict.allowed:
+                return False
+        elif mode == CallMode.QUOTA:
+            quota_seen = True
+            quota_allowed = quota_allowed or verdict.allowed
+    return quota_allowed or not quota_seen
 
 
 def report(verdict: Verdict, *, committed: bool) -> Outcome:

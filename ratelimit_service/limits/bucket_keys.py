@@ -6,8 +6,13 @@ different identities encode alike (`a=b:c` vs `a:b=c`). Identities longer than
 `MAX_RAW_CHARS` are replaced by their SHA-256 (marked `#`, which no length prefix starts
 with), so a client-chosen value can never make a key large.
 
-In Redis Cluster the key also carries a hash tag made from the identity's digest: it spreads
-buckets evenly over slots, and a client value containing `{...}` cannot pick the slot.
+In Redis Cluster the key also carries a hash tag: the digest of the identity without the
+limit's tag, i.e. of (domain, descriptor entries). It spreads descriptors evenly over the
+slots, a client value containing `{...}` cannot pick the slot, and the several limits of
+one descriptor (10/s and 10,000/day) share a slot, so the store decides them in one
+script call. A request's different descriptors land on different slots (they are shared
+with other requests, so no one request could choose a slot for them); the Cluster store
+calls each slot once, in parallel (stores/redis_cluster.py). Standalone keys carry no tag.
 """
 
 from __future__ import annotations
@@ -35,14 +40,12 @@ def bucket_key(
     for key, value in entries:
         parts.append(key)
         parts.append(value)
-    parts.append(tag)
-    identity = _encode(parts)
-    digest = (
-        hashlib.sha256(identity.encode()).hexdigest()
-        if hash_tag or len(identity) > MAX_RAW_CHARS
-        else ""
-    )
-    body = identity if len(identity) <= MAX_RAW_CHARS else "#" + digest
+    descriptor = _encode(parts)
+    identity = descriptor + _encode([tag])
+    body = identity
+    if len(identity) > MAX_RAW_CHARS:
+        body = "#" + hashlib.sha256(identity.encode()).hexdigest()
     if hash_tag:
-        return f"{prefix}{{{digest[:16]}}}{body}"
+        slot_tag = hashlib.sha256(descriptor.encode()).hexdigest()[:16]
+        return f"{prefix}{{{slot_tag}}}{body}"
     return prefix + body

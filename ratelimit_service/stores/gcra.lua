@@ -1,21 +1,20 @@
-#!lua flags=allow-cross-slot-keys
+#!lua
 --[[
 GCRA token buckets, all-or-nothing across the keys of one call.
 
 The same arithmetic as ratelimit_service/limits/bucket.py, operation for operation, so both
 stores reach the same decisions. Time is Redis's own clock (TIME), never the caller's.
 
-KEYS    the bucket keys. In Redis Cluster, where one call covers the keys of one node
-        across several slots, the keys come after the numbers in ARGV instead and KEYS is
-        empty: Redis refuses declared keys of different slots (CROSSSLOT), and the flag
-        above lets the script touch keys of any slot the node serves.
+KEYS    the bucket keys, all declared (in Redis Cluster the store sends the keys of one
+        slot per call, so the cluster routes the call by them and answers MOVED or ASK).
 ARGV    "take" or "refund", the number of buckets n, then four values per bucket:
-        interval_us, capacity, cost, enforce ("1" enforced, "0" shadow mode);
-        then, when KEYS is empty, the n keys.
+        interval_us, capacity, cost, mode ("0" shadow, "1" enforce, "2" quota:
+        limits/bucket.py CallMode).
 State   one string per key, "<tat_us> <seen_us>", expiring when the bucket is full again.
 
 take    returns {commit, then allowed, remaining, reset_us per key}. commit is 1 when no
-        enforced bucket denied; only then is anything written.
+        enforce bucket denied and, if there are quota buckets, at least one of them
+        admitted (limits/bucket.py must_commit); only then is anything written.
 refund  gives back what an earlier committed take consumed; returns {1}.
 ]]
 
@@ -40,12 +39,6 @@ end
 
 local n = tonumber(ARGV[2])
 local keys = KEYS
-if #KEYS == 0 then
-  keys = {}
-  for i = 1, n do
-    keys[i] = ARGV[2 + 4 * n + i]
-  end
-end
 
 local function arg(i, field)
   return ARGV[3 + (i - 1) * 4 + field]
@@ -68,12 +61,13 @@ if ARGV[1] == 'refund' then
 end
 
 local commit = 1
+local quota_seen, quota_allowed = false, false
 local verdicts = {}
 for i = 1, n do
   local interval = tonumber(arg(i, 0))
   local capacity = tonumber(arg(i, 1))
   local cost = tonumber(arg(i, 2))
-  local enforce = arg(i, 3) == '1'
+  local mode = arg(i, 3)
   local tat, seen = load(keys[i])
   local tau = capacity * interval
   local clock = math.max(now, seen)
@@ -86,8 +80,13 @@ for i = 1, n do
   local reset_now = math.ceil(base - clock)
   local v = {allowed = 0, remaining = remaining_now, reset = reset_now,
              remaining_now = remaining_now, reset_now = reset_now}
-  if need > capacity or (base - clock) + need * interval > tau then
-    if enforce then
+  local denied = need > capacity or (base - clock) + need * interval > tau
+  if mode == '2' then
+    quota_seen = true
+    quota_allowed = quota_allowed or not denied
+  end
+  if denied then
+    if mode == '1' then
       commit = 0
     end
   else
@@ -101,6 +100,10 @@ for i = 1, n do
     end
   end
   verdicts[i] = v
+end
+
+if quota_seen and not quota_allowed then
+  commit = 0
 end
 
 local out = {commit}

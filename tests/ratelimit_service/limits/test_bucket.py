@@ -8,6 +8,7 @@ from ratelimit_service.limits.bucket import (
     EMPTY_STATE,
     BucketSpec,
     BucketState,
+    CallMode,
     Verdict,
     evaluate,
     must_commit,
@@ -150,10 +151,39 @@ def test_must_commit_ignores_shadow_denials() -> None:
     spec = BucketSpec(interval_us=1_000, capacity=1)
     ok = evaluate(spec, EMPTY_STATE, cost=1, now_us=0)
     no = evaluate(spec, EMPTY_STATE, cost=2, now_us=0)
-    shadow = BucketCall("k", spec, 2, enforce=False)
-    enforced = BucketCall("k", spec, 2, enforce=True)
+    shadow = BucketCall("k", spec, 2, CallMode.SHADOW)
+    enforced = BucketCall("k", spec, 2, CallMode.ENFORCE)
     assert must_commit([ok, no], [enforced, shadow])
     assert not must_commit([ok, no], [enforced, enforced])
+
+
+@pytest.mark.parametrize(
+    ("votes", "commit"),
+    [
+        ([], True),
+        ([(True, "E")], True),
+        ([(False, "E")], False),
+        ([(False, "S")], True),
+        ([(False, "Q")], False),  # the only quota denies
+        ([(True, "Q")], True),
+        ([(False, "Q"), (True, "Q")], True),  # one quota admitting is enough
+        ([(False, "Q"), (False, "Q"), (True, "E")], False),  # every quota denied
+        ([(True, "Q"), (False, "E")], False),  # an enforce denial vetoes anyway
+        ([(False, "S"), (True, "Q"), (True, "E")], True),
+        ([(False, "S"), (True, "E")], True),  # no quota calls: no quota veto
+    ],
+)
+def test_the_commit_rule(votes: list[tuple[bool, str]], commit: bool) -> None:
+    modes = {"S": CallMode.SHADOW, "E": CallMode.ENFORCE, "Q": CallMode.QUOTA}
+    spec = BucketSpec(interval_us=1_000, capacity=1)
+    verdicts = [evaluate(spec, EMPTY_STATE, cost=1 if ok else 2, now_us=0) for ok, _ in votes]
+    calls = [BucketCall(f"k{i}", spec, 1, modes[m]) for i, (_, m) in enumerate(votes)]
+    assert must_commit(verdicts, calls) is commit
+
+
+def test_call_modes_are_what_the_script_reads() -> None:
+    assert [int(m) for m in (CallMode.SHADOW, CallMode.ENFORCE, CallMode.QUOTA)] == [0, 1, 2]
+    assert BucketCall("k", BucketSpec(1.0, 1), 1).mode is CallMode.ENFORCE
 
 
 def test_report_shows_the_bucket_as_it_is_when_not_committed() -> None:

@@ -19,7 +19,7 @@ from ratelimit_service.errors import StoreError, StoreReplyError
 from ratelimit_service.settings import RedisTlsSettings
 from ratelimit_service.stores.redis_blocking import ThreadRedis
 from ratelimit_service.stores.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
-from ratelimit_service.stores.redis_store import StandaloneRedisStore
+from ratelimit_service.stores.redis_store import RedisStore
 from tests.ratelimit_service.stores.test_redis_pipe import call, clients, standalone
 from tests.support.redis_servers import RedisServer
 
@@ -197,7 +197,7 @@ async def test_auth_select_unix_and_tls_on_worker_threads(
     unix = RedisServer.start(tmp_path / "unix", args=("--unixsocket", str(socket_path)))
     monkeypatch.setenv("RL_REDIS_PASSWORD", "s3cret-pw")
     tls = RedisTlsSettings(ca_file=pki.ca)
-    stores: list[StandaloneRedisStore] = [
+    stores: list[RedisStore] = [
         standalone(f"redis://127.0.0.1:{protected.port}/3", password_env="RL_REDIS_PASSWORD"),
         standalone(f"unix://{socket_path}"),
         standalone(tls_redis.url, tls=tls),

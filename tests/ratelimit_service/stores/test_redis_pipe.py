@@ -21,8 +21,9 @@ from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.settings import StoreSettings
 from ratelimit_service.store import BucketCall
 from ratelimit_service.stores.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
-from ratelimit_service.stores.redis_store import StandaloneRedisStore, open_redis_store
+from ratelimit_service.stores.redis_store import RedisStore, open_redis_store
 from sidecar_runtime.clock import ManualClock
+from tests.ratelimit_service.stores.pipelined import is_pipelined, is_redis_py, pipe_of
 from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.redis_servers import RedisServer
 
@@ -33,9 +34,10 @@ def call(key: str, cost: int = 1) -> BucketCall:
     return BucketCall(f"rl:{key}", HOURLY, cost)
 
 
-def standalone(url: str, **settings: Any) -> StandaloneRedisStore:
+def standalone(url: str, **settings: Any) -> RedisStore:
     store = open_redis_store(StoreSettings(type="redis", url=url, **settings))
-    assert isinstance(store, StandaloneRedisStore)
+    assert isinstance(store, RedisStore)
+    assert is_pipelined(store)
     return store
 
 
@@ -59,7 +61,7 @@ async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
 
 
 @pytest.fixture
-async def one_connection(redis_server: RedisServer) -> AsyncIterator[StandaloneRedisStore]:
+async def one_connection(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
     store = standalone(redis_server.url, pipelined_connections=1)
     await store.ping()
     yield store
@@ -88,14 +90,14 @@ def test_urls_with_options_fall_back_to_redis_py() -> None:
     store = open_redis_store(
         StoreSettings(type="redis", url="redis://h:1/0?health_check_interval=2")
     )
-    assert not isinstance(store, StandaloneRedisStore)
+    assert is_redis_py(store)
 
 
 # -- pipelining ----------------------------------------------------------------------------
 @pytest.mark.redis
 @ALSO_ON_UVLOOP
 async def test_concurrent_calls_share_one_connection_and_get_their_own_answers(
-    one_connection: StandaloneRedisStore, redis_server: RedisServer
+    one_connection: RedisStore, redis_server: RedisServer
 ) -> None:
     costs = [1 + i % 50 for i in range(300)]
     answers = await asyncio.gather(
@@ -103,7 +105,7 @@ async def test_concurrent_calls_share_one_connection_and_get_their_own_answers(
     )
     remaining = [a.outcomes[0].remaining for a in answers]
     assert remaining == [1000 - cost for cost in costs]  # each reply reached its caller
-    assert one_connection.pipe.connections() == 1
+    assert pipe_of(one_connection).connections() == 1
     assert clients(redis_server) == 1
     assert redis_server.command_calls("evalsha") == 300
 
@@ -114,7 +116,7 @@ async def test_calls_spread_over_the_connections(redis_server: RedisServer) -> N
     store = standalone(redis_server.url, pipelined_connections=3)
     try:
         await store.ping()  # opens them all up front
-        assert store.pipe.connections() == 3
+        assert pipe_of(store).connections() == 3
         assert clients(redis_server) == 3
         answers = await asyncio.gather(*(store.acquire([call("shared")]) for _ in range(30)))
         assert sorted(a.outcomes[0].remaining for a in answers) == list(range(970, 1000))
@@ -135,13 +137,13 @@ async def test_a_late_reply_is_dropped_and_the_connection_kept(own_redis: RedisS
             await store.acquire_within([call("late")], timeout_s=0.05)
         answer = await store.acquire_within([call("next", 3)], timeout_s=5)
         assert answer.outcomes[0].remaining == 997  # not the late reply for "late"
-        assert store.pipe.connections() == 1
+        assert pipe_of(store).connections() == 1
         assert clients(own_redis) == before  # no reconnect
     finally:
         await store.close()
 
 
-def _guard(store: StandaloneRedisStore, *, probe_timeout_s: float) -> GuardedStore:
+def _guard(store: RedisStore, *, probe_timeout_s: float) -> GuardedStore:
     """A guard with a 50 ms call timeout on a fake clock (the breaker never opens here)."""
     clock = ManualClock()
     return GuardedStore(
@@ -243,16 +245,16 @@ async def test_pending_calls_fail_when_the_server_dies_and_the_next_call_recover
 @pytest.mark.redis
 @ALSO_ON_UVLOOP
 async def test_a_killed_connection_is_reopened(
-    one_connection: StandaloneRedisStore, redis_server: RedisServer
+    one_connection: RedisStore, redis_server: RedisServer
 ) -> None:
     inspect = redis_server.client()
     try:
         inspect.execute_command("CLIENT", "KILL", "TYPE", "normal")  # SKIPME yes: not itself
     finally:
         inspect.close()
-    await eventually(lambda: one_connection.pipe.connections() == 0)
+    await eventually(lambda: pipe_of(one_connection).connections() == 0)
     assert (await one_connection.acquire([call("again")])).committed
-    assert one_connection.pipe.connections() == 1
+    assert pipe_of(one_connection).connections() == 1
 
 
 @pytest.mark.redis
@@ -275,7 +277,7 @@ async def test_an_unreachable_server_is_a_store_error(tmp_path: Path) -> None:
 @pytest.mark.redis
 @ALSO_ON_UVLOOP
 async def test_noscript_reloads_once_for_concurrent_calls(
-    one_connection: StandaloneRedisStore, redis_server: RedisServer
+    one_connection: RedisStore, redis_server: RedisServer
 ) -> None:
     assert redis_server.command_calls("script|load") == 1  # by ping()
     inspect = redis_server.client()

@@ -22,7 +22,8 @@ from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings, StoreSettings
 from ratelimit_service.store import BucketCall, BucketStore
-from ratelimit_service.stores.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
+from ratelimit_service.stores.redis_store import open_redis_store
+from tests.ratelimit_service.stores.pipelined import is_pipelined, is_redis_py
 from tests.support.grpc_clients import channel
 from tests.support.redis_servers import RedisServer, RedisTls
 
@@ -63,7 +64,7 @@ async def test_the_pipelined_store_over_tls_with_the_ca_of_the_settings(
     tls_redis: RedisServer, pki: Pki
 ) -> None:
     store = store_for(tls_redis.url, tls={"ca_file": pki.ca})
-    assert isinstance(store, StandaloneRedisStore)
+    assert is_pipelined(store)
     assert await acquire_once(store, "over-tls")
     assert tls_redis.command_calls("evalsha") == 1
     assert tls_redis.client().exists("rl:over-tls")
@@ -131,11 +132,11 @@ async def test_redis_py_over_tls_with_the_ca_in_the_url_or_the_settings(
     tls_redis: RedisServer, pki: Pki, other_ca: Path
 ) -> None:
     in_url = store_for(f"{tls_redis.url}?ssl_ca_certs={pki.ca}")
-    assert isinstance(in_url, RedisStore)
+    assert is_redis_py(in_url)
     assert await acquire_once(in_url, "ca-in-url")
     options = f"{tls_redis.url}?health_check_interval=30"
     in_settings = store_for(options, tls={"ca_file": pki.ca})
-    assert isinstance(in_settings, RedisStore)
+    assert is_redis_py(in_settings)
     assert await acquire_once(in_settings, "ca-in-settings")
     wrong = store_for(options, tls={"ca_file": other_ca})
     assert VERIFY_FAILED in await store_error(wrong)

@@ -20,10 +20,16 @@ import redis
 from ratelimit_service.limits.bucket import BucketSpec, ttl_ms
 from ratelimit_service.limits.bucket_keys import bucket_key
 from ratelimit_service.settings import StoreSettings
-from ratelimit_service.store import BucketCall, BucketStore
+from ratelimit_service.store import BucketCall, BucketStore, CallMode
 from ratelimit_service.stores.memory import MemoryStore
-from ratelimit_service.stores.redis_store import RedisStore, StandaloneRedisStore, open_redis_store
+from ratelimit_service.stores.redis_store import (
+    ClusterRedisStore,
+    RedisStore,
+    open_redis_store,
+    redis_py_store,
+)
 from sidecar_runtime.clock import ManualClock
+from tests.ratelimit_service.stores.pipelined import is_pipelined, is_redis_py
 from tests.sidecar_runtime.stacks import ALSO_ON_UVLOOP
 from tests.support.redis_servers import RedisCluster, RedisSentinel, RedisServer
 
@@ -44,9 +50,14 @@ class StoreUnderTest:
         return bucket_key("rl:", domain, [("k", value)], "1hour", hash_tag=self.store.hash_tags)
 
     def call(
-        self, value: str, cost: int = 1, *, enforce: bool = True, spec: BucketSpec = HOURLY
+        self,
+        value: str,
+        cost: int = 1,
+        *,
+        mode: CallMode = CallMode.ENFORCE,
+        spec: BucketSpec = HOURLY,
     ) -> BucketCall:
-        return BucketCall(self.key(value), spec, cost, enforce)
+        return BucketCall(self.key(value), spec, cost, mode)
 
 
 def _memory() -> StoreUnderTest:
@@ -75,10 +86,11 @@ def _redis(
         store = open_redis_store(StoreSettings(type="redis", sentinel=found))
         assert isinstance(store, RedisStore)
     elif redis_py:
-        store = RedisStore.from_settings(url)
+        store = redis_py_store(url)
+        assert is_redis_py(store)
     else:
         store = open_redis_store(url)
-        assert isinstance(store, StandaloneRedisStore)
+        assert is_pipelined(store)
     client = server.client()
 
     def ttl(key: str) -> int:
@@ -98,7 +110,8 @@ def _redis(
 
 def _cluster(cluster: RedisCluster) -> StoreUnderTest:
     settings = StoreSettings(type="redis", cluster={"addresses": cluster.addresses})
-    store = RedisStore.from_settings(settings)
+    store = open_redis_store(settings)
+    assert isinstance(store, ClusterRedisStore)
 
     def ttl(key: str) -> int:
         for node in cluster.nodes:
@@ -206,7 +219,7 @@ async def test_all_or_nothing_across_descriptors(sut: StoreUnderTest) -> None:
 
 async def test_a_shadow_denial_does_not_veto(sut: StoreUnderTest) -> None:
     await sut.store.acquire([sut.call("shadow", 5)])
-    mixed = await sut.store.acquire([sut.call("shadow", enforce=False), sut.call("real")])
+    mixed = await sut.store.acquire([sut.call("shadow", mode=CallMode.SHADOW), sut.call("real")])
     assert mixed.committed
     assert [o.allowed for o in mixed.outcomes] == [False, True]
     assert mixed.outcomes[1].remaining == 4
@@ -240,6 +253,41 @@ async def test_remaining_and_reset_report_the_bucket(sut: StoreUnderTest) -> Non
     first = (await sut.store.acquire([sut.call("r", 1, spec=spec)])).outcomes[0]
     assert first.remaining == 2
     assert 3_600_000_000 - 5_000_000 < first.reset_us <= 3_600_000_000
+
+
+async def test_quota_mode_one_quota_admitting_is_enough(sut: StoreUnderTest) -> None:
+    await sut.store.acquire([sut.call("q-empty", 5)])
+    quota = CallMode.QUOTA
+    either = await sut.store.acquire(
+        [sut.call("q-empty", mode=quota), sut.call("q-full", mode=quota), sut.call("q-enf")]
+    )
+    assert either.committed
+    assert [o.allowed for o in either.outcomes if o] == [False, True, True]
+    assert [o.remaining for o in either.outcomes if o] == [0, 4, 4]
+
+
+async def test_quota_mode_every_quota_denied_vetoes(sut: StoreUnderTest) -> None:
+    await sut.store.acquire([sut.call("q-a", 5), sut.call("q-b", 5)])
+    quota = CallMode.QUOTA
+    calls = [sut.call("q-a", mode=quota), sut.call("q-b", mode=quota), sut.call("q-other")]
+    vetoed = await sut.store.acquire(calls)
+    assert not vetoed.committed
+    assert [o.remaining for o in vetoed.outcomes if o] == [0, 0, 5]  # nothing taken
+    shadow = await sut.store.acquire([sut.call("q-a", mode=CallMode.SHADOW), sut.call("q-c")])
+    assert shadow.committed  # a shadow denial is no quota veto
+
+
+async def test_limits_of_one_descriptor_share_one_script_call(sut: StoreUnderTest) -> None:
+    if sut.command_calls is None:
+        pytest.skip("counts Redis commands")
+    keys = [
+        bucket_key("rl:", "d", [("k", "v")], tag, hash_tag=sut.store.hash_tags)
+        for tag in ("1second", "1day")
+    ]
+    before = sut.command_calls("evalsha")
+    answer = await sut.store.acquire([BucketCall(k, HOURLY, 1) for k in keys])
+    assert answer.committed
+    assert sut.command_calls("evalsha") - before == 1
 
 
 @pytest.mark.redis
