@@ -37,9 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "paths", type=Path, nargs="+", help="rule files, directories, or settings files"
     )
+    _merge_option(check)
 
     explain = sub.add_parser("explain", help="show which rules match a descriptor")
-    explain.add_argument("--config", type=Path, required=True, help="rule file or directory")
+    explain.add_argument(
+        "--config", type=Path, required=True, help="rule file, directory, or settings file"
+    )
+    _merge_option(explain)
     explain.add_argument("--domain", required=True)
     explain.add_argument(
         "--descriptor",
@@ -52,13 +56,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _merge_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--merge-domains",
+        action="store_true",
+        help="let several rule files add to one domain (a settings file's merge_domains"
+        " also turns this on)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args, list(sys.argv[1:] if argv is None else argv))
         if args.command == "check-config":
-            return _check(args.paths)
+            return _check(args.paths, merge_domains=args.merge_domains)
         return _explain(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -80,7 +93,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     settings = load_settings(args.settings, _overrides(args))
-    load_rules(settings.rules)  # refuse to start on bad rules, before anything else
+    # Refuse to start on bad rules, before anything else.
+    load_rules(settings.rules, merge_domains=settings.merge_domains)
     configure_logging("ratelimit_service", settings.log.level)
     workers = settings.server.workers
     if workers > 1 and worker_index() is None:
@@ -97,14 +111,21 @@ def _is_settings_file(path: Path) -> bool:
     return isinstance(data, dict) and "domain" not in data and ("rules" in data or "server" in data)
 
 
-def _check(paths: Sequence[Path]) -> int:
+def _load(path: Path, *, merge_domains: bool) -> tuple[RuleSet, ServiceSettings | None]:
+    """The rules a path names: rule files, or a settings file's `rules` (and its
+    `merge_domains`, which the command line's can only turn on)."""
+    if not _is_settings_file(path):
+        return load_rules(path, merge_domains=merge_domains), None
+    settings = load_settings(path)
+    merge = merge_domains or settings.merge_domains
+    return load_rules(settings.rules, merge_domains=merge), settings
+
+
+def _check(paths: Sequence[Path], *, merge_domains: bool) -> int:
     for path in paths:
-        if _is_settings_file(path):
-            settings: ServiceSettings = load_settings(path)
-            rules = load_rules(settings.rules)
+        rules, settings = _load(path, merge_domains=merge_domains)
+        if settings is not None:
             print(f"ok: settings {path} (store {settings.store.type}, rules {settings.rules})")
-        else:
-            rules = load_rules(path)
         for name, domain in sorted(rules.domains.items()):
             print(f"ok: domain {name!r} from {domain.source}")
     return 0
@@ -124,18 +145,26 @@ def _describe(limit: Limit) -> str:
     if limit.unlimited:
         return f"{limit.rule_id}: unlimited"
     if limit.blocks_all:
-        return f"{limit.rule_id}: 0 per {limit.unit} (blocks every request)"
+        return f"{limit.rule_id}: 0 per {limit.unit} (blocks every request), {_mode(limit)}"
     per = f"{limit.unit_multiplier} {limit.unit}s" if limit.unit_multiplier > 1 else limit.unit
     every = limit.window_seconds / limit.requests_per_unit
-    mode = "shadow mode (logged, not enforced)" if limit.shadow else "enforced"
     return (
         f"{limit.rule_id}: {limit.requests_per_unit} per {per}, burst {limit.burst}"
-        f" (one token every {every:g}s), {mode}"
+        f" (one token every {every:g}s), {_mode(limit)}"
     )
 
 
+def _mode(limit: Limit) -> str:
+    modes = []
+    if limit.shadow:
+        modes.append("shadow mode (logged, not enforced)")
+    if limit.quota:
+        modes.append("quota mode (denies only when every quota descriptor of the request is over)")
+    return ", ".join(modes) or "enforced"
+
+
 def _explain(args: argparse.Namespace) -> int:
-    rules: RuleSet = load_rules(args.config)
+    rules, _ = _load(args.config, merge_domains=args.merge_domains)
     domain = rules.domain(args.domain)
     if domain is None:
         print(f"domain {args.domain!r} is not configured: every descriptor is allowed")
@@ -163,6 +192,7 @@ def _explain_descriptor(
         f"{k} by {kind}" for (k, _), kind in zip(descriptor.entries, match.kinds, strict=True)
     )
     print(f"  matches {match.node.path} ({how})")
+    print(f"  stats {match.stat_key}")
     if the_plan.unlimited[index]:
         print("  unlimited")
     for check in (c for c in the_plan.checks if c.index == index):

@@ -135,3 +135,38 @@ def test_console_script_and_module_entry_points(fixtures: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert "ok: domain 'extended'" in done.stdout
+
+
+MERGE = REPO / "tests" / "ratelimit_service" / "fixtures" / "reference_dialect" / "merge"
+
+
+def test_check_config_merges_domains_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(MERGE)]) == 2
+    assert "duplicate domain 'merged'" in capsys.readouterr().err
+    assert main(["check-config", "--merge-domains", str(MERGE)]) == 0
+    assert "ok: domain 'merged' from " in capsys.readouterr().out
+
+
+def test_a_settings_files_merge_domains_is_honoured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "service.yaml"
+    settings.write_text(f"rules: {MERGE}\nstore: {{type: memory}}\nmerge_domains: true\n")
+    assert main(["check-config", str(settings)]) == 0
+    assert "ok: domain 'merged'" in capsys.readouterr().out
+    args = ["explain", "--config", str(settings), "--domain", "merged", "--descriptor", "w=abc"]
+    assert main(args) == 0
+    assert "stats merged.w_a*" in capsys.readouterr().out
+
+
+def test_explain_shows_quota_mode_and_the_stats_key(
+    fixtures: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = str(fixtures / "reference_dialect" / "storefront.yaml")
+    base = ["explain", "--config", rules, "--domain", "storefront"]
+    assert main([*base, "--descriptor", "quota=images"]) == 0
+    out = capsys.readouterr().out
+    assert "quota mode (denies only when every quota descriptor of the request is over)" in out
+    assert "stats storefront.quota_images" in out
+    assert main([*base, "--descriptor", "client_ip=192.0.2.10"]) == 0
+    assert "stats storefront.client_ip_192_0_2_10" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 
 from ratelimit_service.limits.config import load_rule_file
 from ratelimit_service.limits.planner import DescriptorRequest, Override, Request, cost_of, plan
-from ratelimit_service.limits.rules import Domain, Pattern
+from ratelimit_service.limits.rules import Domain, Pattern, override_stat_key, sanitize_stat_name
 
 RULES = """
 domain: d
@@ -149,3 +149,49 @@ def test_a_request_override_limit_is_used(domain: Domain) -> None:
     assert (check.limit.requests_per_unit, check.limit.unit) == (42, "minute")
     unknown = DescriptorRequest((("anything", "x"),), override=Override(42, ""))
     assert plan(domain, request(unknown), prefix="rl:", hash_tags=False).checks == ()
+
+
+def test_a_limit_sent_by_envoy_is_counted_under_its_entries() -> None:
+    # The reference's descriptorKey: `key_value`, or `key` alone for an empty value.
+    assert override_stat_key("d", (("a", "1"), ("b", ""))) == "d.a_1.b"
+    assert override_stat_key("d", (("remote_address", "198.51.100.7"),)) == (
+        "d.remote_address_198_51_100_7"
+    )
+    assert override_stat_key("d", ()) == "d."
+
+
+def test_stat_names_are_sanitized_as_the_reference_does() -> None:
+    assert sanitize_stat_name("d.k_a:b|c") == "d.k_a_b_c"
+    assert sanitize_stat_name("d.ip_10.0.0.1.port") == "d.ip_10_0_0_1.port"
+    # four dot-separated runs of 1-3 digits anywhere, even inside a longer number (234.5.6.7)
+    assert sanitize_stat_name("d.v_1234.5.6.7") == "d.v_1234_5_6_7"
+    assert sanitize_stat_name("d.v_1.2.3") == "d.v_1.2.3"
+    arabic_indic = "\u0661.\u0662.\u0663.\u0664"  # not digits to Go's `\d`, nor to ours
+    assert sanitize_stat_name(f"d.v_{arabic_indic}") == f"d.v_{arabic_indic}"
+
+
+def test_stat_keys_of_plain_and_nested_matches(domain: Domain) -> None:
+    exact = domain.match((("path", "/api/exact"),))
+    assert exact is not None
+    assert (exact.stat_key, exact.stat_base_key) == ("d.path_/api/exact", "d.path_/api/exact")
+    nested = domain.match((("org", "example"), ("user", "alice"), ("action", "delete")))
+    assert nested is not None
+    assert nested.stat_key == nested.stat_base_key == "d.org_example.user.action_delete"
+    middle = domain.match((("path", "/v2/users/42/photo"),))
+    assert middle is not None
+    assert middle.stat_key == "d.path_/v*/users/*/photo"
+
+
+def test_a_wildcard_matches_the_composite_key_as_the_reference_does(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "domain: q\ndescriptors:\n"
+        "  - {key: svc, value: '*', rate_limit: {unit: second, requests_per_unit: 1}}\n"
+    )
+    # "svc_extra_x" matches "svc_*": the reference's quirk for keys that contain `_`.
+    found = load_rule_file(path).match((("svc_extra", "x"),))
+    assert found is not None
+    assert found.kinds == ("wildcard",)
+    # GetLimit trims "svc_extra_" off "svc_*", which it does not start with.
+    assert found.stat_key == "q.svc_extra_svc_*"
+    assert found.stat_base_key == "q.svc_*"
