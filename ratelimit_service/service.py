@@ -1,75 +1,53 @@
-"""The decision: from a plain request to a plain answer.
+"""The rate-limit service: from a plain request to a plain answer, with its one store
+round trip.
 
 Synchronous and without I/O (`decide_now`), like h11: a request that needs the store
 yields a `StoreRound` (its calls) instead of waiting; the caller makes the round trip
-(awaited on the event loop, or handed to it from a worker thread of the `sync` stack) and
-hands the outcomes to `finish`. `should_rate_limit` does both for an asyncio caller.
+(awaited on the event loop, or from a worker thread of the `sync` stack) and hands the
+outcomes to `finish`. `should_rate_limit` does both for an asyncio caller.
 
-Per request: plan the bucket checks (rules, replaces, hits_addend, keys); answer what can
-be answered locally (rules that block everything, costs above the burst, buckets the
-empty-bucket cache knows are empty); otherwise ask the store once, all-or-nothing, through
-the guard (timeout, breaker, cap on calls in flight). When the guard has no answer, the
-configured failure mode answers. Then one status per descriptor, the overall code, the
-retry-after, the denying rule, and a (rate-limited) log line for denials.
+Per request: the plan (rules, replaces, hits_addend, keys; cached per request); the local
+answers (a rule that refuses everything, a cost above the burst, a bucket the empty-bucket
+cache knows is empty); when they do not already deny the request, one all-or-nothing
+store round trip for the other checks, through the guard (timeout, breakers, cap on calls
+in flight). Every check then has a result, and `decision.decide` (pure) makes the answer;
+the failure mode stands in for a bucket the store could not answer for. Then counters, the
+reference's per-descriptor stats, and a (rate-limited) log line for denials.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING
 
+from ratelimit_service.decision import (
+    NO_LIMIT,
+    CheckResult,
+    Code,
+    Decision,
+    FailureMode,
+    decide,
+    failed,
+    in_shadow,
+    request_denied,
+)
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
 from ratelimit_service.guarded_store import GuardedStore
-from ratelimit_service.limits.bucket import BucketSpec, Outcome, retry_after_us
-from ratelimit_service.limits.planner import (
-    MAX_UINT32,
-    Check,
-    Direct,
-    Plan,
-    Planner,
-    Request,
-    store_calls,
-)
-from ratelimit_service.limits.rules import Limit, RuleSet
+from ratelimit_service.limits.bucket import BucketSpec, CallMode, Outcome, retry_after_us
+from ratelimit_service.limits.planner import Check, Plan, Planner, Request, store_calls
+from ratelimit_service.limits.rules import RuleSet
 from ratelimit_service.store import BucketCall
 
-FailureMode = Literal["fail_open", "fail_closed"]
+if TYPE_CHECKING:
+    from ratelimit_service.descriptor_stats import DescriptorStats
 
-
-class Code(IntEnum):
-    """Same numbers as envoy.service.ratelimit.v3.RateLimitResponse.Code."""
-
-    OK = 1
-    OVER_LIMIT = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """One descriptor's answer: the limit closest to (or over) its edge."""
-
-    code: Code
-    limit: Limit | None = None
-    remaining: int = 0
-    reset_us: int = 0
-
-
-NO_LIMIT = Status(Code.OK)
-UNLIMITED = Status(Code.OK, None, MAX_UINT32, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    code: Code
-    statuses: tuple[Status, ...]
-    retry_after_s: int = 0  # set on OVER_LIMIT
-    rule: str = ""  # the denying rule, or the would-be denying one under shadow mode
-    reason: str = "ok"  # ok | over_limit | shadow_over_limit | store_failure
-    metadata: Mapping[str, Any] | None = None
+# What the guard answers for one round trip: None when the store gave no answer at all;
+# else one entry per call, None where that call's node failed (Redis Cluster).
+StoreAnswer = Sequence[Outcome | None] | None
 
 
 @dataclass
@@ -78,6 +56,8 @@ class Stats:
     over_limit: int = 0
     shadow_over_limit: int = 0
     cache_hits: int = 0
+    quota_over_limit: int = 0
+    global_shadow_mode: int = 0  # OVER_LIMIT answered OK by the global shadow mode
     over_limit_by_rule: Counter[str] = field(default_factory=Counter)
     shadow_by_rule: Counter[str] = field(default_factory=Counter)
 
@@ -85,27 +65,15 @@ class Stats:
 @dataclass(frozen=True, slots=True)
 class StoreRound:
     """A decision waiting for its one store round trip: `calls`, all-or-nothing, through
-    the guard; `RateLimitService.finish` takes their outcomes. Either the plan's direct
-    path (`direct`), or the general one (`results` known locally, `needs` pairing each
-    check still open with its call)."""
+    the guard; `RateLimitService.finish` takes their outcomes. `local` holds the checks
+    answered without the store; `call_of` pairs every other check with its call."""
 
     calls: Sequence[BucketCall]
     request: Request
     plan: Plan
-    direct: Direct | None
-    results: list[_Result | None] | None = None
-    needs: tuple[tuple[int, int], ...] = ()
-
-
-@dataclass(slots=True)
-class _Result:
-    check: Check
-    outcome: Outcome
-    retry_us: float = 0.0
-
-    @property
-    def denied(self) -> bool:
-        return not self.outcome.allowed
+    local: tuple[CheckResult, ...]
+    asked: tuple[Check, ...]
+    call_of: tuple[int, ...]
 
 
 class RateLimitService:
@@ -118,17 +86,28 @@ class RateLimitService:
         failure_mode: FailureMode = "fail_open",
         key_prefix: str = "rl:",
         cache: EmptyBucketCache | None = None,
+        descriptor_stats: DescriptorStats | None = None,
+        global_shadow_mode: bool = False,
+        global_quota_mode: bool = False,
     ) -> None:
         self.guard = guard
         self._decisions = decisions
-        self._failure_mode = failure_mode
+        self._failure_mode: FailureMode = failure_mode
         self._key_prefix = key_prefix
         self._cache = cache
+        self._descriptor_stats = descriptor_stats
+        self._global_shadow = global_shadow_mode
+        self._global_quota = global_quota_mode
         self._planner = self._planner_for(rules)
         self.stats = Stats()
 
     def _planner_for(self, rules: RuleSet) -> Planner:
-        return Planner(rules, prefix=self._key_prefix, hash_tags=self.guard.store.hash_tags)
+        return Planner(
+            rules,
+            prefix=self._key_prefix,
+            hash_tags=self.guard.store.hash_tags,
+            all_quota=self._global_quota,
+        )
 
     @property
     def rules(self) -> RuleSet:
@@ -159,85 +138,70 @@ class RateLimitService:
         self.stats.requests += 1
         the_plan = self._planner.plan(request)
         if the_plan is None:  # no rules for the domain
+            if self._descriptor_stats is not None:
+                self._descriptor_stats.domain_not_found(request.domain)
             return Decision(Code.OK, (NO_LIMIT,) * len(request.descriptors))
-        direct = the_plan.direct
-        if direct is not None and (self._cache is None or not self._cache.knows_any(direct.keys)):
-            # The common case, the work precomputed in the plan: the store is asked at once.
-            return StoreRound(direct.calls, request, the_plan, direct)
-        if not the_plan.checks:
-            return self._decide(request, the_plan, [])
-        results: list[_Result | None] = [self._local(check) for check in the_plan.checks]
-        if any(r is not None and r.denied and not r.check.limit.shadow for r in results):
-            # All-or-nothing: nothing will be taken, so the store need not be asked. A
-            # bucket not asked gets no status of its own (no current_limit): reporting it
-            # with 0 remaining would make Envoy's x-ratelimit-* headers name it, not the
-            # limit that denied.
-            known = [r for r in results if r is not None]
-            return self._decide(request, the_plan, known)
-        calls, needs = store_calls(the_plan.checks, [r is None for r in results])
-        if not calls:
-            return self._decide(request, the_plan, [r for r in results if r is not None])
-        # A list, not a tuple: the Redis store remembers packed commands of tuples (plans).
-        return StoreRound(calls, request, the_plan, None, results, tuple(needs))
-
-    def finish(self, step: StoreRound, outcomes: Sequence[Outcome] | None) -> Decision:
-        """The decision from the store's outcomes for `step.calls` (None: the store gave
-        no answer, and the failure mode answers)."""
-        if outcomes is None:
-            return self._failure_decision(step.request, step.plan)
-        if step.direct is not None:
-            return self._direct(step.request, step.plan, step.direct, outcomes)
-        results = step.results
-        assert results is not None  # a StoreRound is either direct or carries results
-        for result_index, call_index in step.needs:
-            results[result_index] = self._stored(
-                step.plan.checks[result_index], outcomes[call_index]
-            )
-        return self._decide(step.request, step.plan, [r for r in results if r is not None])
-
-    def _direct(
-        self, request: Request, the_plan: Plan, direct: Direct, outcomes: Sequence[Outcome]
-    ) -> Decision:
-        """The common case: when every bucket admits the request the statuses come
-        straight from the outcomes. Same decision as the general path (a test compares
-        them); any denial goes through the general path's `_decide`."""
         checks = the_plan.checks
-        call_of = direct.call_of
-        for outcome in outcomes:
-            if not outcome.allowed:
-                results = [self._stored(c, outcomes[call_of[i]]) for i, c in enumerate(checks)]
-                return self._decide(request, the_plan, results)
-        if self._cache is not None:
-            for call, outcome in zip(direct.calls, outcomes, strict=True):
-                self._remember_if_empty(call.key, call.spec, outcome)
-        statuses: list[Status] = []
-        for index, mine in enumerate(direct.checks_of):
-            if not mine:
-                statuses.append(UNLIMITED if the_plan.unlimited[index] else NO_LIMIT)
-                continue
-            best = mine[0]
-            closest = outcomes[call_of[best]]
-            for other in mine[1:]:
-                outcome = outcomes[call_of[other]]
-                if outcome.remaining < closest.remaining:
-                    best, closest = other, outcome
-            statuses.append(
-                Status(Code.OK, checks[best].limit, closest.remaining, closest.reset_us)
-            )
-        return Decision(Code.OK, tuple(statuses), metadata=direct.ok_metadata)
+        if not checks:
+            return self._decided(request, the_plan, ())
+        cache = self._cache
+        if the_plan.store_ready and (cache is None or not cache.knows_any(the_plan.keys)):
+            # The common case: every check asks the store, with the plan's own calls.
+            return StoreRound(the_plan.calls, request, the_plan, (), checks, the_plan.call_of)
+        local: list[CheckResult] = []
+        asked: list[Check] = []
+        for check in checks:
+            result = self._local(check)
+            if result is None:
+                asked.append(check)
+            else:
+                local.append(result)
+        # The checks still to ask count as admitting: only a denial that holds whatever
+        # they answer spares the store.
+        if not asked or request_denied([*local, *(CheckResult(c, None) for c in asked)]):
+            # All-or-nothing: a request the local answers deny takes nothing, so the store
+            # is not asked. A check not asked gets no status of its own (reporting it with
+            # 0 remaining would make Envoy's x-ratelimit-* headers name it, not the limit
+            # that denied).
+            return self._decided(request, the_plan, local)
+        calls, call_of = store_calls(asked)
+        return StoreRound(calls, request, the_plan, tuple(local), tuple(asked), tuple(call_of))
 
-    def _local(self, check: Check) -> _Result | None:
+    def finish(self, step: StoreRound, outcomes: StoreAnswer) -> Decision:
+        """The decision from the store's outcomes for `step.calls` (None, or a None entry:
+        no answer, and the failure mode answers for those buckets)."""
+        results = list(step.local)
+        if outcomes is None:
+            results += [failed(check, self._failure_mode) for check in step.asked]
+            return self._decided(step.request, step.plan, results)
+        if self._cache is not None:
+            for call, outcome in zip(step.calls, outcomes, strict=True):
+                if outcome is not None:
+                    self._remember_if_empty(call.key, call.spec, outcome)
+        for check, at in zip(step.asked, step.call_of, strict=True):
+            outcome = outcomes[at]
+            if outcome is None:
+                results.append(failed(check, self._failure_mode))
+            elif outcome.allowed:
+                results.append(CheckResult(check, outcome))
+            else:
+                need = max(check.cost, 1)
+                retry = retry_after_us(check.limit.spec, reset_now_us=outcome.reset_us, need=need)
+                results.append(CheckResult(check, outcome, retry))
+        return self._decided(step.request, step.plan, results)
+
+    def _local(self, check: Check) -> CheckResult | None:
         limit = check.limit
-        window_us = limit.window_seconds * 1_000_000
-        if limit.blocks_all or check.cost > limit.burst:
-            return _Result(check, Outcome(False, 0, 0), float(window_us))
+        if check.answered_locally:
+            window_us = limit.window_seconds * 1_000_000
+            return CheckResult(check, Outcome(False, 0, 0), float(window_us))
         if self._cache is not None:
             token_in, full_in = self._cache.empty_for(check.key)
             if token_in > 0:
                 self.stats.cache_hits += 1
                 reset = math.ceil(full_in * 1e6)
                 retry = retry_after_us(limit.spec, reset_now_us=reset, need=max(check.cost, 1))
-                return _Result(check, Outcome(False, 0, reset), retry)
+                return CheckResult(check, Outcome(False, 0, reset), retry, local=True)
         return None
 
     def _remember_if_empty(self, key: str, spec: BucketSpec, outcome: Outcome) -> None:
@@ -248,73 +212,62 @@ class RateLimitService:
         if token_in > 0:
             self._cache.mark(key, token_in=token_in / 1e6, full_in=outcome.reset_us / 1e6)
 
-    def _stored(self, check: Check, outcome: Outcome) -> _Result:
-        spec = check.limit.spec
-        if self._cache is not None:
-            self._remember_if_empty(check.key, spec, outcome)
-        if outcome.allowed:
-            return _Result(check, outcome)
-        retry = retry_after_us(spec, reset_now_us=outcome.reset_us, need=max(check.cost, 1))
-        return _Result(check, outcome, retry)
+    def _decided(
+        self, request: Request, the_plan: Plan, results: Sequence[CheckResult]
+    ) -> Decision:
+        """`decide`, then the global shadow mode, counters, stats and log lines."""
+        decision = decide(len(request.descriptors), the_plan, results)
+        if decision.code is Code.OVER_LIMIT and self._global_shadow:
+            self.stats.global_shadow_mode += 1
+            decision = in_shadow(decision)
+        if self._descriptor_stats is not None:
+            self._record(self._descriptor_stats, results)
+        self._count(request, decision)
+        return decision
 
-    def _failure_decision(self, request: Request, the_plan: Plan) -> Decision:
-        n = len(request.descriptors)
-        if self._failure_mode == "fail_open":
-            statuses = tuple(UNLIMITED if the_plan.unlimited[i] else NO_LIMIT for i in range(n))
-            return Decision(Code.OK, statuses, reason="store_failure")
-        first: dict[int, Limit] = {}
-        for check in the_plan.checks:
-            first.setdefault(check.index, check.limit)
-        statuses = tuple(
-            Status(Code.OVER_LIMIT, first[i]) if i in first else NO_LIMIT for i in range(n)
-        )
-        return Decision(Code.OVER_LIMIT, statuses, retry_after_s=1, reason="store_failure")
+    def _count(self, request: Request, decision: Decision) -> None:
+        stats = self.stats
+        for shadowed in decision.shadowed:
+            stats.shadow_by_rule[shadowed.check.limit.rule_id] += 1
+            self._log_denial(request, shadowed, shadow=True)
+        reason = decision.reason
+        if reason == "over_limit":
+            stats.over_limit += 1
+            stats.over_limit_by_rule[decision.rule] += 1
+            if decision.denied_by is not None:
+                self._log_denial(
+                    request,
+                    decision.denied_by,
+                    shadow=False,
+                    retry_after_s=decision.retry_after_s,
+                )
+        elif reason == "shadow_over_limit":
+            stats.shadow_over_limit += 1
+        elif reason == "quota_over_limit":
+            stats.quota_over_limit += 1
 
-    def _decide(self, request: Request, the_plan: Plan, results: Sequence[_Result]) -> Decision:
-        by_descriptor: dict[int, list[_Result]] = {}
+    @staticmethod
+    def _record(into: DescriptorStats, results: Sequence[CheckResult]) -> None:
+        """The reference's per-descriptor counters, for every check the store or a local
+        answer decided (a bucket the store could not answer for is not counted)."""
         for result in results:
-            by_descriptor.setdefault(result.check.index, []).append(result)
-        statuses = []
-        for i in range(len(request.descriptors)):
-            mine = by_descriptor.get(i)
-            if mine is None:
-                statuses.append(UNLIMITED if the_plan.unlimited[i] else NO_LIMIT)
-            else:
-                statuses.append(_status(mine))
-        denied = [r for r in results if r.denied and not r.check.limit.shadow]
-        shadowed = [r for r in results if r.denied and r.check.limit.shadow]
-        for r in shadowed:
-            self.stats.shadow_by_rule[r.check.limit.rule_id] += 1
-            self._log_denial(request, r, shadow=True)
-        metadata = _metadata(the_plan, statuses)
-        if denied:
-            self.stats.over_limit += 1
-            self.stats.over_limit_by_rule[denied[0].check.limit.rule_id] += 1
-            retry = max(max(math.ceil(r.retry_us / 1e6) for r in denied), 1)
-            for r in denied[:1]:
-                self._log_denial(request, r, shadow=False, retry_after_s=retry)
-            return Decision(
-                Code.OVER_LIMIT,
-                tuple(statuses),
-                retry,
-                denied[0].check.limit.rule_id,
-                "over_limit",
-                metadata,
+            outcome = result.outcome
+            if outcome is None or result.failed:
+                continue
+            check = result.check
+            into.record(
+                check.stat_key,
+                check.stat_base_key,
+                hits=check.cost,
+                capacity=check.limit.burst,
+                remaining=outcome.remaining,
+                allowed=outcome.allowed,
+                shadow=check.mode is CallMode.SHADOW,
+                local=result.local,
             )
-        if shadowed:
-            self.stats.shadow_over_limit += 1
-            return Decision(
-                Code.OK,
-                tuple(statuses),
-                0,
-                shadowed[0].check.limit.rule_id,
-                "shadow_over_limit",
-                metadata,
-            )
-        return Decision(Code.OK, tuple(statuses), metadata=metadata)
 
     def _log_denial(
-        self, request: Request, result: _Result, *, shadow: bool, retry_after_s: int = 0
+        self, request: Request, result: CheckResult, *, shadow: bool, retry_after_s: int = 0
     ) -> None:
         self._decisions.over_limit(
             domain=request.domain,
@@ -324,19 +277,3 @@ class RateLimitService:
             cost=result.check.cost,
             retry_after_s=retry_after_s,
         )
-
-
-def _status(results: Sequence[_Result]) -> Status:
-    for r in results:
-        if r.denied and not r.check.limit.shadow:
-            return Status(Code.OVER_LIMIT, r.check.limit, r.outcome.remaining, r.outcome.reset_us)
-    closest = min(results, key=lambda r: r.outcome.remaining)
-    return Status(Code.OK, closest.check.limit, closest.outcome.remaining, closest.outcome.reset_us)
-
-
-def _metadata(the_plan: Plan, statuses: Sequence[Status]) -> Mapping[str, Any] | None:
-    merged: dict[str, Any] = {}
-    for match, status in zip(the_plan.matches, statuses, strict=True):
-        if match is not None and match.node.metadata and status.code is Code.OK:
-            merged.update(match.node.metadata)
-    return merged or None

@@ -18,19 +18,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from typing import Any, cast
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.message import DecodeError
 
+from ratelimit_service.decision import Code, Decision
 from ratelimit_service.decision_log import Correlation, current_call
 from ratelimit_service.errors import InvalidRequestError
-from ratelimit_service.limits.bucket import Outcome
 from ratelimit_service.limits.planner import MAX_UINT32, DescriptorRequest, Override, Request
 from ratelimit_service.limits.rules import Limit
-from ratelimit_service.service import Code, Decision, RateLimitService, StoreRound
+from ratelimit_service.service import RateLimitService, StoreAnswer, StoreRound
 from ratelimit_service.telemetry import RateLimitTelemetry
 from sidecar_runtime.correlation import DecisionContext
 from sidecar_runtime.ids import DecisionIds
@@ -175,7 +175,7 @@ def to_response(decision: Decision, domain: str, decision_id: str = "") -> Any:
     return response
 
 
-Answer = Generator[StoreRound, Sequence[Outcome] | None, bytes]
+Answer = Generator[StoreRound, StoreAnswer, bytes]
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
@@ -264,7 +264,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
 
     def _traced(
         self, plain: Request, carrier: dict[str, str], started: float
-    ) -> Generator[StoreRound, Sequence[Outcome] | None, tuple[Decision, Correlation]]:
+    ) -> Generator[StoreRound, StoreAnswer, tuple[Decision, Correlation]]:
         parent = parse_trace_context(carrier.get("traceparent"))
         context_in = parent_context(carrier) if parent is not None else None
         with self._t.server_span(context_in) as span:
@@ -278,7 +278,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
 
     def _decide(
         self, plain: Request, call: Correlation
-    ) -> Generator[StoreRound, Sequence[Outcome] | None, Decision]:
+    ) -> Generator[StoreRound, StoreAnswer, Decision]:
         """The decision; the store round trip it needs, if any, is yielded (the span and
         the call's correlation stay current meanwhile, for the store's child span)."""
         token = current_call.set(call)

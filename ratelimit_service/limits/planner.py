@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
 
+from ratelimit_service.limits.bucket import CallMode
 from ratelimit_service.limits.bucket_keys import bucket_key
-from ratelimit_service.limits.rules import UNIT_SECONDS, Domain, Limit, Match, RuleSet, make_limit
+from ratelimit_service.limits.rules import (
+    UNIT_SECONDS,
+    Domain,
+    Limit,
+    Match,
+    RuleSet,
+    make_limit,
+    override_stat_key,
+)
 from ratelimit_service.store import BucketCall
 
 MAX_UINT32 = 2**32 - 1
@@ -63,33 +70,37 @@ class Check:
     limit: Limit
     key: str
     cost: int
+    mode: CallMode = CallMode.ENFORCE  # how a denial weighs (limits.bucket.must_commit)
+    # The reference's counter key for this descriptor, and the same from the config alone
+    # (they differ when request values are in it: detailed_metric, value_to_metric).
+    stat_key: str = ""
+    stat_base_key: str = ""
+
+    @property
+    def answered_locally(self) -> bool:
+        """Denied without asking the store: the limit refuses everything (0 per unit), or
+        the cost is more than the bucket can ever hold."""
+        return self.limit.blocks_all or self.cost > self.limit.burst
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """What a request needs, worked out once (and cached) so that a repeated request
+    costs no planning: its checks, and the store calls for all of them (one per distinct
+    bucket, costs added up; `call_of` gives each check's call). `store_ready` is False when
+    some check is answered locally; then the calls are worked out per request."""
+
     matches: tuple[Match | None, ...]  # per descriptor (None: no rule, or an override)
     unlimited: tuple[bool, ...]  # per descriptor
     checks: tuple[Check, ...]
     replaced: tuple[Limit, ...]  # switched off by another limit's `replaces`
-    # Worked out once per plan for the common case, so a cached plan costs the hot path
-    # no per-request planning (see `Direct`).
-    direct: Direct | None = None
+    calls: tuple[BucketCall, ...] = ()
+    call_of: tuple[int, ...] = ()
+    store_ready: bool = True
 
-
-@dataclass(frozen=True, slots=True)
-class Direct:
-    """What a plan needs when nothing about it can be answered without the store: every
-    limit enforced (no shadow), none refusing everything, every cost within its burst.
-
-    `calls` are the store calls (one per distinct bucket, costs added up), `call_of` the
-    call each check reads, `checks_of` each descriptor's checks (by index), and
-    `ok_metadata` the descriptors' metadata merged, as it is returned when all pass."""
-
-    calls: tuple[BucketCall, ...]
-    keys: tuple[str, ...]  # of `calls`, for the empty-bucket cache
-    call_of: tuple[int, ...]
-    checks_of: tuple[tuple[int, ...], ...]
-    ok_metadata: Mapping[str, Any] | None
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(call.key for call in self.calls)
 
 
 def cost_of(request: Request, descriptor: DescriptorRequest) -> int:
@@ -111,93 +122,96 @@ def override_limit(domain: str, override: Override) -> Limit | None:
     )
 
 
-def plan(domain: Domain, request: Request, *, prefix: str, hash_tags: bool) -> Plan:
-    """The checks a request needs, before any store is asked."""
+def plan(
+    domain: Domain, request: Request, *, prefix: str, hash_tags: bool, all_quota: bool = False
+) -> Plan:
+    """The checks a request needs, before any store is asked. `all_quota`: every limit in
+    quota mode (the global quota mode)."""
     matches: list[Match | None] = []
-    found: list[tuple[int, tuple[tuple[str, str], ...], tuple[Limit, ...]]] = []
+    found: list[_Found] = []
     for index, descriptor in enumerate(request.descriptors):
         match: Match | None = None
         if descriptor.override is not None:
             limit = override_limit(domain.name, descriptor.override)
+            stat_key = override_stat_key(domain.name, descriptor.entries)
             limits: tuple[Limit, ...] = (limit,) if limit is not None else ()
-            entries = descriptor.entries
-        else:
-            match = domain.match(descriptor.entries)
-            limits = match.node.limits if match is not None else ()
-            entries = match.bucket_entries if match is not None else ()
+            found.append(_Found(index, descriptor.entries, limits, stat_key, stat_key))
+        elif (match := domain.match(descriptor.entries)) is not None:
+            found.append(
+                _Found(
+                    index,
+                    match.bucket_entries,
+                    match.node.limits,
+                    match.stat_key,
+                    match.stat_base_key,
+                )
+            )
         matches.append(match)
-        found.append((index, entries, limits))
-    replacing = {name for _, _, limits in found for limit in limits for name in limit.replaces}
+    replacing = {name for f in found for limit in f.limits for name in limit.replaces}
     checks: list[Check] = []
     replaced: list[Limit] = []
     unlimited = [False] * len(request.descriptors)
-    for index, entries, limits in found:
-        cost = cost_of(request, request.descriptors[index])
-        for limit in limits:
+    for f in found:
+        cost = cost_of(request, request.descriptors[f.index])
+        for limit in f.limits:
             if limit.name and limit.name in replacing:
                 replaced.append(limit)
             elif limit.unlimited:
-                unlimited[index] = True
+                unlimited[f.index] = True
             else:
-                key = bucket_key(prefix, domain.name, entries, limit.tag, hash_tag=hash_tags)
-                checks.append(Check(index, limit, key, cost))
+                key = bucket_key(prefix, domain.name, f.entries, limit.tag, hash_tag=hash_tags)
+                mode = _mode(limit, all_quota=all_quota)
+                checks.append(Check(f.index, limit, key, cost, mode, f.stat_key, f.stat_base_key))
+    store_ready = not any(check.answered_locally for check in checks)
+    calls, call_of = store_calls(checks) if store_ready else ((), ())
     return Plan(
         tuple(matches),
         tuple(unlimited),
         tuple(checks),
         tuple(replaced),
-        _direct(matches, checks),
-    )
-
-
-def _direct(matches: list[Match | None], checks: list[Check]) -> Direct | None:
-    if not checks:
-        return None
-    for check in checks:
-        limit = check.limit
-        if limit.shadow or limit.blocks_all or check.cost > limit.burst:
-            return None
-    calls, needs = store_calls(checks, [True] * len(checks))
-    call_of = [call_index for _, call_index in needs]
-    checks_of = tuple(
-        tuple(i for i, check in enumerate(checks) if check.index == d) for d in range(len(matches))
-    )
-    merged: dict[str, Any] = {}
-    for match in matches:
-        if match is not None and match.node.metadata:
-            merged.update(match.node.metadata)
-    return Direct(
         tuple(calls),
-        tuple(call.key for call in calls),
         tuple(call_of),
-        checks_of,
-        MappingProxyType(merged) if merged else None,
+        store_ready,
     )
 
 
-def store_calls(
-    checks: Sequence[Check], asks_store: Sequence[bool]
-) -> tuple[list[BucketCall], list[tuple[int, int]]]:
-    """The store calls for the checks that ask the store: one per distinct bucket, costs
-    added up (a shadow limit's call does not enforce); and, per such check, (its index,
-    its call's index)."""
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A descriptor's limits, before `replaces` is applied."""
+
+    index: int
+    entries: tuple[tuple[str, str], ...]  # what the bucket keys are built from
+    limits: tuple[Limit, ...]
+    stat_key: str
+    stat_base_key: str
+
+
+def _mode(limit: Limit, *, all_quota: bool) -> CallMode:
+    # Shadow mode wins: the reference answers a shadow limit OK before quota mode counts it.
+    if limit.shadow:
+        return CallMode.SHADOW
+    if limit.quota or all_quota:
+        return CallMode.QUOTA
+    return CallMode.ENFORCE
+
+
+def store_calls(checks: Sequence[Check]) -> tuple[list[BucketCall], list[int]]:
+    """The store calls for `checks`: one per distinct bucket, costs added up (checks of
+    one bucket share its mode: the limit that made the key sets it); and, per check, the
+    index of its call."""
     calls: list[BucketCall] = []
     slot: dict[str, int] = {}  # bucket key -> index in calls
-    needs: list[tuple[int, int]] = []
-    for index, check in enumerate(checks):
-        if not asks_store[index]:
-            continue
+    call_of: list[int] = []
+    for check in checks:
         at = slot.get(check.key)
         if at is None:
             at = slot[check.key] = len(calls)
-            calls.append(
-                BucketCall(check.key, check.limit.spec, check.cost, not check.limit.shadow)
-            )
+            calls.append(BucketCall(check.key, check.limit.spec, check.cost, check.mode))
         else:
             prior = calls[at]
-            calls[at] = BucketCall(prior.key, prior.spec, prior.cost + check.cost, prior.enforce)
-        needs.append((index, at))
-    return calls, needs
+            calls[at] = BucketCall(prior.key, prior.spec, prior.cost + check.cost, prior.mode)
+        call_of.append(at)
+    return calls, call_of
 
 
 # A cached plan is kept only for requests this small, so the cache's memory is bounded by
@@ -218,11 +232,18 @@ class Planner:
     """
 
     def __init__(
-        self, rules: RuleSet, *, prefix: str, hash_tags: bool, max_plans: int = MAX_PLANS
+        self,
+        rules: RuleSet,
+        *,
+        prefix: str,
+        hash_tags: bool,
+        all_quota: bool = False,
+        max_plans: int = MAX_PLANS,
     ) -> None:
         self.rules = rules
         self._prefix = prefix
         self._hash_tags = hash_tags
+        self._all_quota = all_quota
         self._max_plans = max_plans
         self._plans: OrderedDict[Request, Plan] = OrderedDict()
 
@@ -242,7 +263,13 @@ class Planner:
         domain = self.rules.domain(request.domain)
         if domain is None:
             return None
-        fresh = plan(domain, request, prefix=self._prefix, hash_tags=self._hash_tags)
+        fresh = plan(
+            domain,
+            request,
+            prefix=self._prefix,
+            hash_tags=self._hash_tags,
+            all_quota=self._all_quota,
+        )
         if _cacheable(request):
             plans[request] = fresh
             if len(plans) > self._max_plans:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -14,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from ratelimit_service.circuit_breaker import CircuitBreaker
+from ratelimit_service.decision import Code, Decision, FailureMode
 from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.empty_buckets import EmptyBucketCache
 from ratelimit_service.errors import StoreError
 from ratelimit_service.guarded_store import GuardedStore
 from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.limits.config import load_rule_file
-from ratelimit_service.limits.planner import DescriptorRequest, Plan, Planner, Request
+from ratelimit_service.limits.planner import DescriptorRequest, Request
 from ratelimit_service.limits.rules import RuleSet
-from ratelimit_service.service import Code, Decision, FailureMode, RateLimitService, StoreRound
+from ratelimit_service.service import RateLimitService, StoreRound
 from ratelimit_service.store import Acquired, BucketCall, BucketStore
 from ratelimit_service.stores.memory import MemoryStore
 from sidecar_runtime.clock import ManualClock
@@ -373,88 +372,155 @@ async def test_swapping_rules_swaps_the_plan_cache(tmp_path: Path) -> None:
     assert h.service.rules.domain("edge") is not None
 
 
-class GeneralOnly:
-    """The service's planner with the precomputed direct path taken off every plan."""
-
-    def __init__(self, inner: Planner) -> None:
-        self.inner = inner
-        self.rules = inner.rules
-
-    def plan(self, request: Request) -> Plan | None:
-        planned = self.inner.plan(request)
-        return None if planned is None else dataclasses.replace(planned, direct=None)
-
-
-_CHOICES: tuple[tuple[str, str], ...] = (
-    ("remote_address", "192.0.2.1"),
-    ("remote_address", "192.0.2.2"),
-    ("subject", "alice"),
-    ("subject", "bob"),
-    ("trial", "t"),
-    ("blocked", "b"),
-    ("internal", "i"),
-    ("tier", "gold"),
-    ("tier", "silver"),
-    ("nobody", "n"),
-)
-
-
-@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
-async def test_the_direct_path_decides_as_the_general_path_does(
-    tmp_path: Path, cache: bool
-) -> None:
-    """The same random traffic (repeated descriptors, hits_addend, time passing, drained
-    buckets) through two services, one of them without the precomputed direct path:
-    every decision, every bucket, the counters and the denial lines must agree."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    fast = Harness(tmp_path / "a", cache=cache)
-    general = Harness(tmp_path / "b", cache=cache)
-    general.service._planner = GeneralOnly(general.service._planner)  # type: ignore[assignment]
-    rng = random.Random(20261122)
-    direct_taken = 0
-    keys: set[str] = set()
-    for _ in range(1500):
-        descriptors = tuple(
-            DescriptorRequest(
-                (rng.choice(_CHOICES),),
-                hits_addend=rng.choice([None, None, None, 0, 1, 3, 50]),
-            )
-            for _ in range(rng.randint(1, 3))
-        )
-        request = Request("edge", descriptors, rng.choice([0, 0, 1, 2]))
-        planned = fast.service._planner.plan(request)
-        direct_taken += planned is not None and planned.direct is not None
-        keys.update(check.key for check in planned.checks) if planned else None
-        assert await fast.service.should_rate_limit(request) == (
-            await general.service.should_rate_limit(request)
-        ), request
-        step = rng.choice([0.0, 0.0, 0.01, 0.2, 2.0])
-        fast.clock.advance(step)
-        general.clock.advance(step)
-    assert direct_taken > 500  # the path under test was taken, and often
-    assert isinstance(fast.store, CountingStore)
-    assert isinstance(general.store, CountingStore)
-    assert fast.store.calls == general.store.calls
-    fast_buckets, general_buckets = fast.store.inner, general.store.inner
-    assert isinstance(fast_buckets, MemoryStore)
-    assert isinstance(general_buckets, MemoryStore)
-    assert len(keys) > 5
-    assert [fast_buckets.state(k) for k in sorted(keys)] == [
-        general_buckets.state(k) for k in sorted(keys)
-    ]
-    assert fast.service.stats == general.service.stats
-
-
-async def test_the_direct_path_answers_with_the_failure_mode(tmp_path: Path) -> None:
+async def test_a_store_failure_answers_with_the_failure_mode(tmp_path: Path) -> None:
     clock = ManualClock()
     h = Harness(tmp_path, store=BrokenStore(clock), clock=clock, failure_mode="fail_closed")
-    request = Request("edge", (DescriptorRequest(ADDRESS),))
-    planned = h.service._planner.plan(request)
-    assert planned is not None
-    assert planned.direct is not None
-    answer = await h.service.should_rate_limit(request)
-    assert (answer.code, answer.reason) == (Code.OVER_LIMIT, "store_failure")
+    answer = await h.ask(ADDRESS)
+    assert (answer.code, answer.reason, answer.retry_after_s) == (
+        Code.OVER_LIMIT,
+        "store_failure",
+        1,
+    )
+    assert answer.statuses[0].code is Code.OVER_LIMIT
+
+
+QUOTA_RULES = """
+domain: edge
+descriptors:
+  - key: service
+    value: one
+    quota_mode: true
+    metadata: {quota: one}
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: service
+    value: two
+    quota_mode: true
+    metadata: {quota: two}
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: subject
+    rate_limit: {unit: minute, requests_per_unit: 10}
+"""
+
+QUOTA = ((("service", "one"),), (("service", "two"),))
+
+
+def quota_harness(tmp_path: Path, **options: object) -> Harness:
+    h = Harness(tmp_path, **options)  # type: ignore[arg-type]
+    path = tmp_path / "quota.yaml"
+    path.write_text(QUOTA_RULES)
+    h.service.swap_rules(RuleSet({"edge": load_rule_file(path)}))
+    return h
+
+
+async def test_quota_mode_denies_only_when_every_quota_descriptor_is_over(
+    tmp_path: Path,
+) -> None:
+    """The reference's quota mode (its integration script's three requests): one quota
+    descriptor over its budget marks its status, the request passes on the other's; when
+    both are over, the request is denied and takes nothing."""
+    h = quota_harness(tmp_path)
+    first = await h.ask(*QUOTA)
+    assert (first.code, first.reason, first.metadata) == (
+        Code.OK,
+        "ok",
+        {"quota": "two"},  # merged in order: "one" then "two" overwrites the key
+    )
+    second = await h.ask(*QUOTA)
+    assert (second.code, second.reason) == (Code.OK, "quota_over_limit")
+    assert [s.code for s in second.statuses] == [Code.OVER_LIMIT, Code.OK]
+    assert second.metadata == {"quota": "two"}  # only descriptors that passed
+    third = await h.ask(*QUOTA)
+    assert (third.code, third.reason) == (Code.OVER_LIMIT, "over_limit")
+    assert third.retry_after_s >= 1
+    assert h.service.stats.quota_over_limit == 1
+
+
+async def test_a_quota_descriptor_does_not_spare_an_enforced_one(tmp_path: Path) -> None:
+    h = quota_harness(tmp_path)
+    subject = (("subject", "alice"),)
+    assert [(await h.ask(subject, hits=10)).code] == [Code.OK]
+    denied = await h.ask(QUOTA[1], subject)  # the quota descriptor has room
+    assert (denied.code, denied.reason) == (Code.OVER_LIMIT, "over_limit")
+    after = await h.ask(QUOTA[1])
+    assert after.statuses[0].remaining == 1  # the denied request took nothing from it
+
+
+async def test_global_quota_mode_makes_every_limit_a_quota(tmp_path: Path) -> None:
+    path = tmp_path / "quota.yaml"
+    path.write_text(QUOTA_RULES)
+    h = Harness(tmp_path)
+    h.service = RateLimitService(
+        RuleSet({"edge": load_rule_file(path)}),
+        h.guard,
+        decisions=h.decisions,
+        global_quota_mode=True,
+    )
+    subject = (("subject", "alice"),)
+    await h.ask(subject, hits=10)
+    passed = await h.ask(QUOTA[1], subject)  # the subject's limit is a quota now
+    assert (passed.code, passed.reason) == (Code.OK, "quota_over_limit")
+
+
+async def test_global_shadow_mode_answers_ok_and_counts(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.service = RateLimitService(
+        h.service.rules, h.guard, decisions=h.decisions, global_shadow_mode=True
+    )
+    blocked = await h.ask((("blocked", "b"),))
+    assert (blocked.code, blocked.reason, blocked.rule) == (
+        Code.OK,
+        "shadow_over_limit",
+        "blocked",
+    )
+    assert blocked.statuses[0].code is Code.OVER_LIMIT  # the status still says so
+    assert h.service.stats.global_shadow_mode == 1
+
+
+class HalfBrokenStore:
+    """Answers for every bucket but the ones whose key holds "down" (a failed node of a
+    Redis Cluster): the guard's per-call None."""
+
+    name = "half"
+    hash_tags = False
+    remote = False
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.memory = MemoryStore(clock)
+
+    async def acquire(self, calls: Sequence[BucketCall]) -> Acquired:
+        up = [c for c in calls if "down" not in c.key]
+        got = iter((await self.memory.acquire(up)).outcomes)
+        outcomes = tuple(None if "down" in c.key else next(got) for c in calls)
+        return Acquired(True, outcomes)  # type: ignore[arg-type]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("failure_mode", "code", "reason"),
+    [("fail_open", Code.OK, "store_failure"), ("fail_closed", Code.OVER_LIMIT, "store_failure")],
+)
+async def test_a_bucket_without_an_answer_gets_the_failure_mode_alone(
+    tmp_path: Path, failure_mode: FailureMode, code: Code, reason: str
+) -> None:
+    clock = ManualClock()
+    h = Harness(tmp_path, store=HalfBrokenStore(clock), clock=clock, failure_mode=failure_mode)
+    request = Request(
+        "edge",
+        (DescriptorRequest(ADDRESS), DescriptorRequest((("remote_address", "down"),))),
+    )
+    step = h.service.decide_now(request)
+    assert isinstance(step, StoreRound)
+    outcomes = (await h.store.acquire(step.calls)).outcomes
+    decision = h.service.finish(step, outcomes)
+    assert (decision.code, decision.reason) == (code, reason)
+    assert decision.statuses[0].remaining == 39  # a real answer for the bucket that had one
+    down = decision.statuses[1]
+    assert down.code is (Code.OK if failure_mode == "fail_open" else Code.OVER_LIMIT)
 
 
 # -- the synchronous core and the way in from a worker thread (the sync stack) --------------

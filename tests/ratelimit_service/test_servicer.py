@@ -9,10 +9,10 @@ import grpc
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 
+from ratelimit_service.decision import NO_LIMIT, UNLIMITED, Code, Decision, Status
 from ratelimit_service.errors import InvalidRequestError
 from ratelimit_service.limits.planner import MAX_UINT32
 from ratelimit_service.limits.rules import UNIT_SECONDS, make_limit
-from ratelimit_service.service import NO_LIMIT, UNLIMITED, Code, Decision, Status
 from ratelimit_service.servicer import (
     ENUM_BY_UNIT,
     RequestReader,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ratelimit_service.limits.bucket import CallMode
 from ratelimit_service.limits.config import load_rule_file
 from ratelimit_service.limits.planner import (
     MAX_CACHED_CHARS,
@@ -105,35 +106,26 @@ def test_a_new_rule_set_starts_with_an_empty_cache(tmp_path: Path, planner: Plan
     assert (old.checks[0].limit.burst, new.checks[0].limit.burst) == (40, 45)
 
 
-# The service tests' rules: shadow, blocking, unlimited, several limits, metadata; with
-# metadata on the unlimited descriptor too (it must be merged although it has no check).
-DIRECT_RULES = SERVICE_RULES.replace(
-    "rate_limit: {unlimited: true}", "metadata: {internal: true}\n    rate_limit: {unlimited: true}"
-)
-
-
-def direct_planner(tmp_path: Path) -> Planner:
-    return Planner(rules(tmp_path, DIRECT_RULES), prefix="rl:", hash_tags=False)
-
-
-def test_a_plan_that_only_needs_the_store_carries_its_calls(tmp_path: Path) -> None:
-    planned = direct_planner(tmp_path).plan(
-        ask(("subject", "alice"), ("internal", "x"), ("tier", "gold"), hits=2)
+def test_a_plan_carries_the_store_calls_of_all_its_checks(tmp_path: Path) -> None:
+    planned = Planner(rules(tmp_path, SERVICE_RULES), prefix="rl:", hash_tags=False).plan(
+        ask(("subject", "alice"), ("internal", "x"), ("trial", "t"))
     )
     assert planned is not None
-    direct = planned.direct
-    assert direct is not None
-    keys = [check.key for check in planned.checks]  # subject-rate, subject-daily, tier
-    assert direct.keys == tuple(keys)
-    assert [(c.key, c.cost, c.enforce) for c in direct.calls] == [(k, 2, True) for k in keys]
-    assert [c.spec for c in direct.calls] == [check.limit.spec for check in planned.checks]
-    assert direct.call_of == (0, 1, 2)
-    assert direct.checks_of == ((0, 1), (), (2,))  # the unlimited descriptor has no check
-    assert direct.ok_metadata == {"internal": True, "tier": "gold"}
+    assert planned.store_ready
+    keys = [check.key for check in planned.checks]  # subject-rate, subject-daily, trial
+    assert planned.keys == tuple(keys)
+    calls = [(c.key, c.cost, c.mode) for c in planned.calls]
+    assert calls == [
+        (keys[0], 1, CallMode.ENFORCE),
+        (keys[1], 1, CallMode.ENFORCE),
+        (keys[2], 1, CallMode.SHADOW),  # a shadow limit's denial vetoes nothing
+    ]
+    assert [c.spec for c in planned.calls] == [check.limit.spec for check in planned.checks]
+    assert planned.call_of == (0, 1, 2)
 
 
 def test_the_same_bucket_twice_is_one_call_with_the_costs_added(tmp_path: Path) -> None:
-    planned = direct_planner(tmp_path).plan(
+    planned = Planner(rules(tmp_path, SERVICE_RULES), prefix="rl:", hash_tags=False).plan(
         Request(
             "edge",
             (
@@ -143,28 +135,59 @@ def test_the_same_bucket_twice_is_one_call_with_the_costs_added(tmp_path: Path) 
         )
     )
     assert planned is not None
-    assert planned.direct is not None
-    [call] = planned.direct.calls
+    [call] = planned.calls
     assert call.cost == 7
-    assert planned.direct.call_of == (0, 0)
-    assert planned.direct.checks_of == ((0,), (1,))
-    assert planned.direct.ok_metadata is None
+    assert planned.call_of == (0, 0)
 
 
 @pytest.mark.parametrize(
     "request_",
     [
-        ask(("subject", "alice"), ("trial", "t")),  # a shadow limit: its denial is no veto
         ask(("subject", "alice"), ("blocked", "b")),  # refused without asking the store
         ask(("remote_address", "192.0.2.1"), hits=41),  # a cost above the burst
-        ask(("internal", "x")),  # nothing to ask the store at all
-        ask(("nobody", "x")),
     ],
-    ids=["shadow", "blocks-all", "over-burst", "unlimited-only", "no-rule"],
+    ids=["blocks-all", "over-burst"],
 )
-def test_plans_with_anything_to_answer_locally_take_the_general_path(
+def test_plans_with_a_check_answered_locally_carry_no_calls(
     tmp_path: Path, request_: Request
 ) -> None:
-    planned = direct_planner(tmp_path).plan(request_)
+    planned = Planner(rules(tmp_path, SERVICE_RULES), prefix="rl:", hash_tags=False).plan(request_)
     assert planned is not None
-    assert planned.direct is None
+    assert not planned.store_ready
+    assert planned.calls == ()
+    assert any(check.answered_locally for check in planned.checks)
+
+
+QUOTA_RULES = """
+domain: edge
+descriptors:
+  - key: service
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: trial
+    quota_mode: true
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: subject
+    rate_limit: {unit: minute, requests_per_unit: 2}
+"""
+
+
+@pytest.mark.parametrize(
+    ("all_quota", "modes"),
+    [
+        (False, [CallMode.QUOTA, CallMode.SHADOW, CallMode.ENFORCE]),
+        (True, [CallMode.QUOTA, CallMode.SHADOW, CallMode.QUOTA]),
+    ],
+    ids=["per-descriptor", "global-quota-mode"],
+)
+def test_quota_mode_reaches_the_calls_and_shadow_mode_wins(
+    tmp_path: Path, all_quota: bool, modes: list[CallMode]
+) -> None:
+    planner = Planner(
+        rules(tmp_path, QUOTA_RULES), prefix="rl:", hash_tags=False, all_quota=all_quota
+    )
+    planned = planner.plan(ask(("service", "s1"), ("trial", "t"), ("subject", "alice")))
+    assert planned is not None
+    assert [check.mode for check in planned.checks] == modes
+    assert [call.mode for call in planned.calls] == modes
