@@ -1,4 +1,5 @@
-"""Wiring: settings -> store, service, gRPC server, health probe and rule reload."""
+"""Wiring: settings -> store, service, gRPC server, health probe, rule reload, the
+reference's per-descriptor stats and the debug listener."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import contextlib
 import logging
 
 from ratelimit_service.circuit_breaker import CircuitBreaker
+from ratelimit_service.debug_http import DebugListener, DebugSources, servicer_call
 from ratelimit_service.decision_log import DecisionLog
+from ratelimit_service.descriptor_stats import DescriptorStats
 from ratelimit_service.empty_buckets import EmptyBucketCache
 from ratelimit_service.guarded_store import GuardedStore, HealthCallback
 from ratelimit_service.instruments import RateLimitSnapshot
@@ -15,7 +18,7 @@ from ratelimit_service.limits.config import load_rules
 from ratelimit_service.limits.rules import RuleSet
 from ratelimit_service.service import RateLimitService
 from ratelimit_service.servicer import RateLimitServicer, binding
-from ratelimit_service.settings import ServiceSettings, StoreSettings
+from ratelimit_service.settings import ServiceSettings, StatsSettings, StoreSettings, host_port
 from ratelimit_service.store import BucketStore
 from ratelimit_service.stores.memory import MemoryStore
 from ratelimit_service.stores.redis_store import FailureMode, open_redis_store
@@ -58,6 +61,7 @@ def build_service(
     on_health: HealthCallback | None = None,
     telemetry: RateLimitTelemetry | None = None,
     sink: AuditSink | None = None,
+    descriptor_stats: DescriptorStats | None = None,
 ) -> RateLimitService:
     decisions = DecisionLog.from_env(
         lines_per_second=settings.log.max_lines_per_second,
@@ -93,7 +97,28 @@ def build_service(
         cache=EmptyBucketCache(max_entries=cache.max_entries, clock=clock)
         if cache.enabled
         else None,
+        descriptor_stats=descriptor_stats,
+        global_shadow_mode=settings.global_shadow_mode,
+        global_quota_mode=settings.global_quota_mode,
     )
+
+
+def build_descriptor_stats(settings: StatsSettings) -> DescriptorStats | None:
+    """The reference's per-descriptor counters, or None when `stats.enabled` is false
+    (then nothing is recorded at all)."""
+    if not settings.enabled:
+        return None
+    return DescriptorStats(
+        near_limit_ratio=settings.near_limit_ratio, max_detailed_keys=settings.max_detailed_keys
+    )
+
+
+def debug_listen(listen: str, worker: int) -> str:
+    """Worker i of `workers: N` listens on PORT + i, as the Prometheus endpoint does, so
+    each worker's rules and counters can be read."""
+    host, port = host_port(listen)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port + worker}"
 
 
 class App:
@@ -115,6 +140,7 @@ class App:
         self.store = store or build_store(settings.store, clock)
         self.telemetry = telemetry or RateLimitTelemetry()
         self.decision_sink = decision_sink
+        self.descriptor_stats = build_descriptor_stats(settings.stats)
         self.service = build_service(
             settings,
             rules,
@@ -123,13 +149,16 @@ class App:
             on_health=self._health,
             telemetry=self.telemetry,
             sink=decision_sink,
+            descriptor_stats=self.descriptor_stats,
         )
-        self.telemetry.attach(self.snapshot)
+        stats_source = self.descriptor_stats.snapshot if self.descriptor_stats else None
+        self.telemetry.attach(self.snapshot, stats_source)
         # On the sync stack, handlers on worker threads reach the store through this
         # process's event loop; `start` binds it.
         self.bridge = LoopBridge()
         servicer = RateLimitServicer(self.service, self.telemetry, bridge=self.bridge)
         self.server = SidecarServer(settings.server, [binding(servicer)], reuse_port=reuse_port)
+        self.debug = self._debug_listener(servicer)
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: FileWatcher | None = None
         self.reloads_ok = 0
@@ -146,7 +175,26 @@ class App:
             shadow_by_rule=dict(stats.shadow_by_rule),
             reloads_ok=self.reloads_ok,
             reloads_failed=self.reloads_failed,
+            global_shadow_mode=stats.global_shadow_mode,
         )
+
+    def _debug_listener(self, servicer: RateLimitServicer) -> DebugListener | None:
+        """The loopback debug listener, if `debug.listen` is set; /json calls `servicer`
+        through the entry point of this process's server stack."""
+        listen = self.settings.debug.listen
+        if listen is None:
+            return None
+        stats = self.descriptor_stats
+        sources = DebugSources(
+            rules=lambda: self.service.rules,
+            should_rate_limit=servicer_call(
+                servicer, aio=self.settings.server.stack != "sync", bridge=self.bridge
+            ),
+            stats=stats.snapshot if stats is not None else None,
+            global_shadow_mode=self.settings.global_shadow_mode,
+            global_quota_mode=self.settings.global_quota_mode,
+        )
+        return DebugListener(debug_listen(listen, worker_index() or 0), sources)
 
     async def _health(self, serving: bool) -> None:
         await self.server.set_serving(serving)
@@ -168,6 +216,8 @@ class App:
                 interval=self.settings.reload.interval_seconds,
             )
             self._watcher.start()
+        if self.debug is not None:
+            self.debug.start()
         log.info(
             "serving",
             extra={
@@ -212,6 +262,9 @@ class App:
 
     async def close(self, *, stop_server: bool = True) -> None:
         """Stop everything this app started."""
+        if self.debug is not None:
+            # Off the loop: a /json call being served may be waiting on it.
+            await asyncio.to_thread(self.debug.stop)
         if self._watcher is not None:
             await self._watcher.stop()
         for task in self._tasks:

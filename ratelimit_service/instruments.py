@@ -2,8 +2,10 @@
 
 The service owns plain counters; the telemetry adapter (ratelimit_service.telemetry, the
 only module here that imports OpenTelemetry) reads them through a `SnapshotSource` handed
-to it at wiring time. The guard reports store calls through `StoreTelemetry`, whose
-default does nothing. Nothing here imports the adapter, so no cycle runs through it.
+to it at wiring time, and the reference's per-descriptor counters
+(ratelimit_service.descriptor_stats) through a `StatsSource`. The guard reports store
+calls through `StoreTelemetry`, whose default does nothing. Nothing here imports the
+adapter, so no cycle runs through it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from ratelimit_service.descriptor_stats import StatsSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +29,11 @@ class RateLimitSnapshot:
     shadow_by_rule: Mapping[str, int] = field(default_factory=dict)
     reloads_ok: int = 0
     reloads_failed: int = 0
+    global_shadow_mode: int = 0  # OVER_LIMIT answers the global shadow mode turned OK
 
 
 SnapshotSource = Callable[[], RateLimitSnapshot]
+StatsSource = Callable[[], StatsSnapshot]
 
 
 class StoreTelemetry(Protocol):

@@ -10,29 +10,49 @@
     ratelimit.shadow_over_limit  counter   {rule}               shadow-mode would-be denials
     ratelimit.config.reloads     counter   {outcome}            ok | rejected
 
+and, under envoyproxy/ratelimit's own names (so dashboards built on it keep working; the
+mapping to its Prometheus names is in docs/ratelimit.md):
+
+    ratelimit.service.rate_limit.<stat>     {domain, key1, key2}   per stat key, <stat> one of
+        total_hits, over_limit, near_limit, over_limit_with_local_cache, within_limit,
+        shadow_mode (ratelimit_service.descriptor_stats)
+    ratelimit.service.rate_limit.domain_not_found      {domain}
+    ratelimit.service.rate_limit.detailed_keys_folded            checks past max_detailed_keys
+    ratelimit.service.config_load_success / config_load_error
+    ratelimit.service.should_rate_limit.error          {err_type="redis_error"}
+    ratelimit.service.global_shadow_mode
+
+The labels are those of the reference's Prometheus mapper: the stat key's first three
+dot-separated parts (domain, key1, key2); deeper parts are dropped and the series that
+then share labels are summed, as its statsd exporter sums them.
+
 Counters are plain ints in the core, read by observable callbacks at export time; the
 two histograms are the SDK's own instruments. The decisions counter and the histograms
 are updated per call only when metrics are enabled. With telemetry off (the default) a
 call makes no span and reads no trace context.
 
 The service's counters are read through the `SnapshotSource` given to `attach`
-(`App.snapshot`), and the guard reports its store calls through the `StoreTelemetry`
-port (ratelimit_service.instruments): no core module imports this one or OpenTelemetry.
+(`App.snapshot`), the per-descriptor ones through its `StatsSource`, and the guard
+reports its store calls through the `StoreTelemetry` port (ratelimit_service.instruments):
+no core module imports this one or OpenTelemetry.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_span
 
+from ratelimit_service.descriptor_stats import STAT_NAMES, StatsSnapshot
 from ratelimit_service.errors import StoreError
-from ratelimit_service.instruments import SnapshotSource
+from ratelimit_service.instruments import SnapshotSource, StatsSource
+from ratelimit_service.limits.rules import sanitize_stat_name
 from sidecar_runtime.telemetry import (
     DISABLED,
     Telemetry,
@@ -78,10 +98,31 @@ class RateLimitTelemetry:
         meter.create_observable_counter("ratelimit.over_limit", [self._observe_over_limit])
         meter.create_observable_counter("ratelimit.shadow_over_limit", [self._observe_shadow])
         meter.create_observable_counter("ratelimit.config.reloads", [self._observe_reloads])
+        self._series = ReferenceSeries()
+        self._reference_instruments(meter)
 
-    def attach(self, snapshot: SnapshotSource) -> None:
-        """Where the service's counters come from (`App.snapshot`), read at export."""
+    def _reference_instruments(self, meter: Meter) -> None:
+        """The reference's counters, under its names (see the module docstring)."""
+        for index, stat in enumerate(STAT_NAMES):
+            observe = functools.partial(self._observe_stat, index)
+            meter.create_observable_counter(f"{RATE_LIMIT}.{stat}", [observe])
+        counters: dict[str, Callable[[CallbackOptions], Iterable[Observation]]] = {
+            f"{RATE_LIMIT}.domain_not_found": self._observe_domains,
+            f"{RATE_LIMIT}.detailed_keys_folded": self._observe_folded,
+            f"{SERVICE}.config_load_success": self._observe_loads,
+            f"{SERVICE}.config_load_error": self._observe_load_errors,
+            f"{SERVICE}.should_rate_limit.error": self._observe_redis_errors,
+            f"{SERVICE}.global_shadow_mode": self._observe_global_shadow,
+        }
+        for name, callback in counters.items():
+            meter.create_observable_counter(name, [callback])
+
+    def attach(self, snapshot: SnapshotSource, stats: StatsSource | None = None) -> None:
+        """Where the service's counters come from (`App.snapshot`), and the
+        per-descriptor ones (`DescriptorStats.snapshot`; None when they are off), read at
+        export."""
         self._snapshot = snapshot
+        self._series = ReferenceSeries(stats)
 
     def server_span(self, parent: Any) -> AbstractContextManager[Span]:
         """ShouldRateLimit's server span, child of `parent` (an OTel context) if given."""
@@ -152,3 +193,98 @@ class RateLimitTelemetry:
             snapshot = self._snapshot()
             yield Observation(snapshot.reloads_ok, {"outcome": "ok"})
             yield Observation(snapshot.reloads_failed, {"outcome": "rejected"})
+
+    def _observe_stat(self, index: int, _options: CallbackOptions) -> Iterable[Observation]:
+        for labels, counts in self._series.current().values():
+            yield Observation(counts[index], labels)
+
+    def _observe_domains(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for domain, count in self._series.snapshot().domains_not_found:
+            yield Observation(count, {"domain": domain})
+
+    def _observe_folded(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._series.enabled:
+            yield Observation(self._series.snapshot().folded)
+
+    def _observe_loads(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is not None:  # the first load (at start) is one too
+            yield Observation(self._snapshot().reloads_ok + 1)
+
+    def _observe_load_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is not None:
+            yield Observation(self._snapshot().reloads_failed)
+
+    def _observe_redis_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is not None:
+            yield Observation(self._snapshot().store_errors, {"err_type": "redis_error"})
+
+    def _observe_global_shadow(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is not None:
+            yield Observation(self._snapshot().global_shadow_mode)
+
+
+RATE_LIMIT = "ratelimit.service.rate_limit"
+SERVICE = "ratelimit.service"
+# The callbacks of one collection run back to back: they share one snapshot taken at
+# most this long ago, so an export's figures are of one moment and it copies them once.
+_SNAPSHOT_REUSE_S = 1.0
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@functools.lru_cache(maxsize=65_536)
+def reference_labels(stat_key: str) -> Labels:
+    """The labels the reference's Prometheus mapper gives a stat key: its first three
+    dot-separated parts, as `domain`, `key1` and (if there is one) `key2`. The rules
+    sanitize the keys already (an IPv4 address is one part); doing it again is free of
+    effect on those, and keeps a key made elsewhere from splitting inside an address."""
+    parts = sanitize_stat_name(stat_key).split(".", 3)
+    labels = [("domain", parts[0]), ("key1", parts[1] if len(parts) > 1 else "")]
+    if len(parts) > 2:
+        labels.append(("key2", parts[2]))
+    return tuple(labels)
+
+
+class ReferenceSeries:
+    """The per-descriptor counters as the reference's Prometheus series, summed per label
+    set, from one snapshot per export (`_SNAPSHOT_REUSE_S`)."""
+
+    def __init__(
+        self, source: StatsSource | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.enabled = source is not None
+        self._source = source
+        self._clock = clock
+        self._taken_at = -_SNAPSHOT_REUSE_S
+        self._snapshot = StatsSnapshot()
+        self._series: dict[Labels, tuple[dict[str, str], list[int]]] = {}
+
+    def snapshot(self) -> StatsSnapshot:
+        """The counters, taken afresh unless a snapshot was taken moments ago."""
+        now = self._clock()
+        if self._source is not None and now - self._taken_at >= _SNAPSHOT_REUSE_S:
+            self._snapshot = self._source()
+            self._series = {}
+            self._taken_at = now
+        return self._snapshot
+
+    def current(self) -> dict[Labels, tuple[dict[str, str], list[int]]]:
+        """Label set -> (labels, the six counters summed over the keys that share it)."""
+        snapshot = self.snapshot()
+        if not self._series and snapshot.rows:
+            self._series = _summed(snapshot)
+        return self._series
+
+
+def _summed(snapshot: StatsSnapshot) -> dict[Labels, tuple[dict[str, str], list[int]]]:
+    series: dict[Labels, tuple[dict[str, str], list[int]]] = {}
+    for key, counts in snapshot.rows:
+        labels = reference_labels(key)
+        found = series.get(labels)
+        if found is None:
+            series[labels] = (dict(labels), list(counts))
+        else:
+            totals = found[1]
+            for index, count in enumerate(counts):
+                totals[index] += count
+    return series

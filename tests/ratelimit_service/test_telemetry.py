@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from ratelimit_service.app import App
 from ratelimit_service.limits.bucket import BucketSpec
@@ -26,6 +30,7 @@ from sidecar_runtime.settings import Stack
 from sidecar_runtime.telemetry import TelemetrySettings, setup_telemetry
 from tests.ratelimit_service.test_grpc import make_settings
 from tests.support.grpc_clients import channel
+from tests.support.processes import free_port
 from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.grpc
@@ -111,7 +116,7 @@ async def test_span_is_child_of_envoys_call_and_names_keys_not_values(
     assert f"{span.parent.span_id:016x}" == PARENT
     attrs = dict(span.attributes or {})
     assert attrs["ratelimit.domain"] == "edge"
-    assert tuple(attrs["ratelimit.descriptor_keys"]) == ("subject",)
+    assert attrs["ratelimit.descriptor_keys"] == ("subject",)  # the SDK keeps tuples
     assert attrs["ratelimit.code"] == "OK"
     assert "alice@example.com" not in span.to_json()
 
@@ -270,3 +275,120 @@ async def test_an_unsampled_parent_gets_no_span_but_the_decision_line_keeps_its_
     memory_app.sink.flush()
     [line] = [json.loads(x) for x in memory_app.decisions_file.read_text().splitlines()]
     assert (line["request_id"], line["trace_id"]) == ("req-78", TRACE_ID)
+
+
+# -- the reference's names, scraped from a real Prometheus endpoint ----------------------
+
+EXPORT_RULES = """
+domain: edge
+descriptors:
+  - key: subject
+    rate_limit: {name: per-subject, unit: second, requests_per_unit: 10}
+  - key: remote_address
+    detailed_metric: true
+    rate_limit: {unit: second, requests_per_unit: 5}
+  - key: path
+    descriptors:
+      - key: method
+        rate_limit: {unit: second, requests_per_unit: 100}
+"""
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _exporting_settings(tmp_path: Path, **extra: Any) -> ServiceSettings:
+    rules = tmp_path / "export-rules.yaml"
+    rules.write_text(EXPORT_RULES)
+    base = make_settings(tmp_path).model_dump(mode="json")
+    return ServiceSettings.model_validate({**base, "rules": str(rules), **extra})
+
+
+@asynccontextmanager
+async def _prometheus_app(settings: ServiceSettings) -> AsyncIterator[tuple[App, int, int]]:
+    """An App whose metrics are served on a real Prometheus endpoint (prometheus_client's
+    server, as `telemetry.prometheus_listen` starts it) on a free loopback port; yields
+    the app, its gRPC port and the endpoint's port."""
+    port = free_port()
+    telemetry = RateLimitTelemetry(
+        setup_telemetry("ratelimit", TelemetrySettings(prometheus_listen=f"127.0.0.1:{port}"))
+    )
+    app = App(settings, telemetry=telemetry, clock=ManualClock())
+    grpc_port = await app.start()
+    try:
+        yield app, grpc_port, port
+    finally:
+        await app.close()  # shuts the endpoint down and unregisters the reader
+
+
+def _scrape(port: int) -> tuple[str, Samples]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = frozenset(
+                (k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope")
+            )
+            samples[(sample.name, labels)] = sample.value
+    return text, samples
+
+
+def _series(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return name, frozenset(labels.items())
+
+
+def _entries(*pairs: tuple[str, str], domain: str = "edge") -> Any:
+    request = rls_pb2.RateLimitRequest(domain=domain)
+    entries = request.descriptors.add().entries
+    for key, value in pairs:
+        entries.add(key=key, value=value)
+    return request
+
+
+async def test_the_reference_counters_are_scraped_under_its_prometheus_names(
+    tmp_path: Path,
+) -> None:
+    settings = _exporting_settings(tmp_path, stats={"max_detailed_keys": 1})
+    async with _prometheus_app(settings) as (_app, grpc_port, metrics_port):
+        address = f"127.0.0.1:{grpc_port}"
+        for _ in range(12):  # capacity 10, near from 8: 2 near, 2 over (the local cache)
+            await _call(address, _request("subject", "alice"))
+        await _call(address, _request("remote_address", "192.0.2.1"))  # a detailed key
+        await _call(address, _request("remote_address", "192.0.2.2"))  # folded: bound 1
+        await _call(address, _entries(("path", "/x"), ("method", "GET")))
+        await _call(address, _entries(("subject", "x"), domain="nope"))
+        text, samples = await asyncio.to_thread(_scrape, metrics_port)
+    prefix = "ratelimit_service_rate_limit"
+    subject = {"domain": "edge", "key1": "subject", "key2": ""}
+    assert samples[_series(f"{prefix}_total_hits_total", **subject)] == 12
+    assert samples[_series(f"{prefix}_within_limit_total", **subject)] == 10
+    assert samples[_series(f"{prefix}_near_limit_total", **subject)] == 2
+    assert samples[_series(f"{prefix}_over_limit_total", **subject)] == 2
+    assert samples[_series(f"{prefix}_over_limit_with_local_cache_total", **subject)] == 2
+    assert samples[_series(f"{prefix}_shadow_mode_total", **subject)] == 0
+    detailed = {"domain": "edge", "key1": "remote_address_192_0_2_1", "key2": ""}
+    assert samples[_series(f"{prefix}_total_hits_total", **detailed)] == 1
+    base = {"domain": "edge", "key1": "remote_address", "key2": ""}
+    assert samples[_series(f"{prefix}_total_hits_total", **base)] == 1
+    assert samples[_series(f"{prefix}_detailed_keys_folded_total")] == 1
+    nested = {"domain": "edge", "key1": "path", "key2": "method"}
+    assert samples[_series(f"{prefix}_total_hits_total", **nested)] == 1
+    assert samples[_series(f"{prefix}_domain_not_found_total", domain="nope")] == 1
+    assert samples[_series("ratelimit_service_config_load_success_total")] == 1
+    assert samples[_series("ratelimit_service_config_load_error_total")] == 0
+    redis_error = _series("ratelimit_service_should_rate_limit_error_total", err_type="redis_error")
+    assert samples[redis_error] == 0
+    assert samples[_series("ratelimit_service_global_shadow_mode_total")] == 0
+    assert f"# TYPE {prefix}_total_hits_total counter" in text
+    assert "alice" not in text  # a value only shows in a detailed_metric key
+
+
+async def test_with_stats_off_nothing_is_recorded_or_exported(tmp_path: Path) -> None:
+    settings = _exporting_settings(tmp_path, stats={"enabled": False})
+    async with _prometheus_app(settings) as (app, grpc_port, metrics_port):
+        assert app.descriptor_stats is None
+        await _call(f"127.0.0.1:{grpc_port}", _request("subject", "alice"))
+        _, samples = await asyncio.to_thread(_scrape, metrics_port)
+    names = {name for name, _ in samples}
+    assert not any(name.startswith("ratelimit_service_rate_limit_") for name in names)
+    assert "ratelimit_service_config_load_success_total" in names
