@@ -92,7 +92,11 @@ def servicer_call(
         def on_loop(body: bytes) -> bytes:
             context: Any = HttpCallContext()
             future = bridge.submit(servicer.ShouldRateLimit(body, context))
-            return future.result(timeout=_ANSWER_TIMEOUT_S)
+            try:
+                return future.result(timeout=_ANSWER_TIMEOUT_S)
+            except FutureTimeout:
+                future.cancel()  # nobody waits for it any more
+                raise
 
         return on_loop
 

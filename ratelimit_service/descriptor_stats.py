@@ -17,8 +17,8 @@ and `<domain>.domain_not_found` per request to a domain with no rules.
 requests_per_unit and `near = floor(limit * ratio)`, an admitted request
 (`after <= limit`) adds `hits` to within_limit and, when `after > near`, the part past
 `near` (`hits` if `before >= near`, else `after - near`) to near_limit. Its denials still
-add to the window, and split: the part up to the limit to near_limit, the rest to
-over_limit. Here, per bucket check:
+add to the window and split: the hits past the limit go to over_limit, and those under it
+but past `near` to near_limit. Here, per bucket check:
 
 - `limit` is the bucket's capacity (`burst`), what can be taken at once;
 - `after` is what an allowed take leaves used, `capacity - remaining` (`remaining` whole

@@ -19,11 +19,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from ratelimit_service.app import App
+from ratelimit_service.descriptor_stats import DescriptorStats
 from ratelimit_service.limits.bucket import BucketSpec
 from ratelimit_service.servicer import RateLimitServicer
 from ratelimit_service.settings import ServiceSettings
 from ratelimit_service.store import BucketCall
-from ratelimit_service.telemetry import RateLimitTelemetry
+from ratelimit_service.telemetry import RateLimitTelemetry, ReferenceSeries, reference_labels
 from sidecar_runtime.audit import AuditSink
 from sidecar_runtime.clock import ManualClock
 from sidecar_runtime.settings import Stack
@@ -392,3 +393,40 @@ async def test_with_stats_off_nothing_is_recorded_or_exported(tmp_path: Path) ->
     names = {name for name, _ in samples}
     assert not any(name.startswith("ratelimit_service_rate_limit_") for name in names)
     assert "ratelimit_service_config_load_success_total" in names
+
+
+@pytest.mark.parametrize(
+    ("stat_key", "labels"),
+    [
+        ("edge.remote_address", {"domain": "edge", "key1": "remote_address"}),
+        ("d.k1_v1.k2", {"domain": "d", "key1": "k1_v1", "key2": "k2"}),
+        ("d.a.b.c.e", {"domain": "d", "key1": "a", "key2": "b"}),  # the mapper drops c.e
+        ("edge.remote_address_192.0.2.1", {"domain": "edge", "key1": "remote_address_192_0_2_1"}),
+        ("edge.path_a:b|c", {"domain": "edge", "key1": "path_a_b_c"}),
+    ],
+)
+def test_stat_keys_get_the_labels_of_the_reference_mapper(
+    stat_key: str, labels: dict[str, str]
+) -> None:
+    assert dict(reference_labels(stat_key)) == labels
+
+
+def test_series_that_share_labels_are_summed_from_one_snapshot() -> None:
+    stats = DescriptorStats()
+    for key in ("d.a.b.c", "d.a.b.e", "d.a"):
+        stats.record(
+            key, key, hits=2, capacity=10, remaining=5, allowed=True, shadow=False, local=False
+        )
+    now = [0.0]
+    series = ReferenceSeries(stats.snapshot, clock=lambda: now[0])
+    current = series.current()
+    assert {labels: counts[0] for labels, (_, counts) in current.items()} == {
+        (("domain", "d"), ("key1", "a"), ("key2", "b")): 4,
+        (("domain", "d"), ("key1", "a")): 2,
+    }
+    stats.record(
+        "d.a", "d.a", hits=1, capacity=10, remaining=4, allowed=True, shadow=False, local=False
+    )
+    assert series.current() is current  # the same export: the same snapshot
+    now[0] = 5.0
+    assert series.current()[(("domain", "d"), ("key1", "a"))][1][0] == 3
