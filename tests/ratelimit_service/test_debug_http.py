@@ -304,3 +304,34 @@ def test_settings_take_a_loopback_listener(tmp_path: Path, listen: str) -> None:
 )
 def test_each_worker_listens_on_its_own_port(listen: str, worker: int, expected: str) -> None:
     assert debug_listen(listen, worker) == expected
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_an_ipv6_loopback_listener_answers(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, debug={"listen": f"[::1]:{free_port()}"})
+    app = App(settings, clock=ManualClock())
+    await app.start()
+    try:
+        assert app.debug is not None
+        port = app.debug.port
+
+        def get_root() -> int:
+            connection = http.client.HTTPConnection("::1", port, timeout=10)
+            try:
+                connection.request("GET", "/")
+                return connection.getresponse().status
+            finally:
+                connection.close()
+
+        assert await asyncio.to_thread(get_root) == 200
+    finally:
+        await app.close()
