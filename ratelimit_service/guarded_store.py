@@ -190,10 +190,12 @@ class GuardedStore:
         for node in refused:
             self.stats.short_circuited += 1
             self._answered_by_failure_mode(f"{node}: circuit open")
+        for reason in acquired.unsettled:
+            self._answered_by_failure_mode(reason)
         if changed:
             await self._report_health()
         outcomes = acquired.outcomes
-        if acquired.failed_nodes or refused:
+        if acquired.failed_nodes or refused or acquired.unsettled:
             if all(outcome is None for outcome in outcomes):
                 return None
             self.stats.partial_answers += 1

@@ -48,13 +48,15 @@ class BucketCall:
 class Acquired:
     """A store's answer. `outcomes` has one entry per call, in order; an entry is None
     only from a `PartitionedStore`, for a call whose node failed (`failed_nodes`: node ->
-    reason) or was skipped because its breaker is open. `answered_nodes` are the nodes
-    that answered (a partitioned store's; empty otherwise)."""
+    reason) or was skipped because its breaker is open, or whose slot was being migrated
+    (`unsettled`: the reasons; no node's fault, so no breaker counts it). `answered_nodes`
+    are the nodes that answered (a partitioned store's; empty otherwise)."""
 
     committed: bool  # True when the commit rule held and the tokens were taken
     outcomes: tuple[Outcome | None, ...]
     failed_nodes: Mapping[str, str] = field(default_factory=lambda: _NO_FAILURES)
     answered_nodes: tuple[str, ...] = ()
+    unsettled: tuple[str, ...] = ()
 
 
 class BucketStore(Protocol):

@@ -38,7 +38,7 @@ from ratelimit_service.errors import StoreError
 from ratelimit_service.limits.bucket import CallMode, Outcome, must_commit
 from ratelimit_service.store import Acquired, BucketCall, refund_outcome
 from ratelimit_service.stores.redis_script import ScriptRunner, evalsha_args, parse_reply
-from ratelimit_service.stores.redis_transports import ClusterTransport
+from ratelimit_service.stores.redis_transports import ClusterTransport, SlotMovingError
 
 _MAP_TIMEOUT_S = 5.0  # reading the slot map, when a call has no deadline of its own
 
@@ -64,6 +64,7 @@ class _Slot:
     committed: bool = False
     outcomes: list[Outcome] | None = None  # None: not answered
     error: str | None = None  # set when the node was called and failed
+    moving: str | None = None  # set when the slot was being migrated (no node's fault)
 
 
 def group_by_slot(keys: Sequence[str], slot_of: Callable[[str], int]) -> list[list[int]]:
@@ -153,7 +154,8 @@ class ClusterRedisStore:
             await self._refund([s for s in slots if s.committed], calls, outcomes, timeout_s)
         failed = {s.node: s.error for s in slots if s.error is not None}
         answered = tuple(dict.fromkeys(s.node for s in slots if s.outcomes is not None))
-        return Acquired(committed, tuple(outcomes), failed, answered)
+        moving = tuple(s.moving for s in slots if s.moving is not None)
+        return Acquired(committed, tuple(outcomes), failed, answered, moving)
 
     async def _take(
         self,
@@ -173,6 +175,8 @@ class ClusterRedisStore:
             slot.committed, slot.outcomes = parse_reply(reply, len(sent))
         except TimeoutError:
             slot.error = "timeout"
+        except SlotMovingError as exc:
+            slot.moving = f"slot of {calls[slot.indexes[0]].key!r}: {exc}"
         except StoreError as exc:
             slot.error = str(exc) or type(exc).__name__
 
@@ -209,7 +213,7 @@ class ClusterRedisStore:
         """PING every primary of the slot map and load the script where it is missing:
         node -> None, or why not. StoreError when the slot map cannot be read."""
         transport = self.transport
-        await transport.refresh(timeout_s=timeout_s)
+        await transport.refresh(timeout_s=timeout_s, force=True)
         nodes = transport.primaries()
         errors = await asyncio.gather(*(self._ping_node(node, timeout_s) for node in nodes))
         return dict(zip(nodes, errors, strict=True))

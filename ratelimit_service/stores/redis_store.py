@@ -174,10 +174,6 @@ def redis_py_store(
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(*host_port(a)) for a in settings.cluster.addresses],
             max_connections=pool_size,
-            # A MOVED patches the one slot in the client's map. The default re-reads the
-            # whole map every 5th MOVED by closing every node's connections, which fails
-            # the calls in flight on healthy nodes too (redis-py 8.1 asyncio/cluster.py).
-            reinitialize_steps=0,
             **common,
         )
         return ClusterRedisStore(ClusterTransport(cluster), failure_mode=failure_mode)

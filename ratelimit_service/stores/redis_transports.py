@@ -21,8 +21,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from ratelimit_service.errors import StoreError, StoreReplyError
 from ratelimit_service.stores.redis_blocking import ThreadRedis
@@ -115,26 +124,92 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class ClusterTransport:
-    """A Redis Cluster over redis-py's cluster client; servers are primaries' host:port.
+class SlotMovingError(StoreError):
+    """A call met its slot in the middle of a migration (TRYAGAIN: its keys are split
+    between the two nodes, or too many redirections): no fault of the node's."""
 
-    The slot map is (re)read by one shared task, shielded from the callers' deadlines:
-    redis-py closes every node's connections when a map read is cancelled, which would
-    fail the calls in flight on healthy nodes. It is re-read after a call fails other
-    than by an error reply (a dead or unreachable node: a failover may follow).
+
+_MAX_REDIRECTIONS = 5
+_TRYAGAIN_FIRST_WAIT_S = 0.001  # doubled after each TRYAGAIN, within the call's deadline
+
+
+class ClusterTransport:
+    """A Redis Cluster through redis-py's slot map and node connection pools; servers are
+    primaries' host:port.
+
+    Routing is done here, on redis-py's map, not by `RedisCluster.execute_command`:
+    redis-py 8.1 (asyncio/cluster.py, `_execute_command`) follows ASK by sending ASKING
+    and then the command as two pool checkouts, which on a node with several free
+    connections land on different connections; the target then answers MOVED back to
+    the source, and the call loops until "TTL exhausted" for as long as the slot is
+    migrating. Here: MOVED patches the map (`NodesManager.move_slot`, as redis-py does)
+    and goes to the new owner; ASK sends ASKING and the call together on one
+    connection of the target; TRYAGAIN (a multi-key call whose keys are half migrated)
+    is retried after 1, 2, 4 ... ms within the call's deadline, and if the deadline comes
+    first it is a `SlotMovingError`, not a node failure.
+
+    The slot map is read before the first call (the callers wait), and read again in the
+    background after a call fails other than by an error reply (a dead or unreachable
+    node: a failover may follow, which no MOVED would tell) and on every health probe
+    (`refresh(force=True)`). A read is one shared task, never cancelled by a caller's
+    deadline: redis-py closes every node's connections when a map read is cancelled.
     """
 
     def __init__(self, client: RedisCluster) -> None:
         self.client = client
-        self._stale = True  # no map read yet
+        self._has_map = False
+        self._stale = True
         self._reading: asyncio.Task[Any] | None = None
 
     async def execute(self, args: Sequence[Arg], *, timeout_s: float | None) -> Any:
+        """Send an EVALSHA to the owner of its keys' slot (they share one)."""
+        key = args[3]  # EVALSHA sha numkeys key ...
+        moving: list[str] = []
         try:
             async with asyncio.timeout(timeout_s):
-                return await self.client.execute_command(*args)
+                return await self._routed(str(key), args, moving)
+        except TimeoutError:
+            if moving:
+                raise SlotMovingError(f"{moving[-1]} until the deadline") from None
+            self._stale = True
+            raise
         except _REDIS_PY_ERRORS as exc:
             raise self._failed(exc) from exc
+
+    async def _routed(self, key: str, args: Sequence[Arg], moving: list[str]) -> Any:
+        node = self._node_of(key)
+        asking = False
+        wait_s = _TRYAGAIN_FIRST_WAIT_S
+        for _ in range(_MAX_REDIRECTIONS):
+            try:
+                if asking:
+                    return await _asking(node, args)
+                return await node.execute_command(*args)
+            except MovedError as moved:  # before AskError: it is a subclass
+                await self.client.nodes_manager.move_slot(moved)
+                node, asking = self._node_of(key), False
+            except AskError as ask:
+                node, asking = self._node_at(ask.host, ask.port), True
+            except TryAgainError:
+                moving.append("TRYAGAIN: the slot is being migrated")
+                await asyncio.sleep(wait_s)
+                wait_s *= 2
+                asking = False
+                node = self._node_of(key)
+        raise SlotMovingError(f"{_MAX_REDIRECTIONS} redirections for one call")
+
+    def _node_of(self, key: str) -> ClusterNode:
+        node = self.client.get_node_from_key(key)
+        if node is None:
+            raise StoreError(f"no node serves the slot of {key!r}")
+        return node
+
+    def _node_at(self, host: str, port: int) -> ClusterNode:
+        node = self.client.get_node(host=host, port=port)
+        if node is None:  # a node the map does not know yet: read it again
+            self._stale = True
+            raise StoreError(f"redirected to {host}:{port}, not in the slot map")
+        return node
 
     async def execute_on(self, server: str, args: Sequence[Arg], *, timeout_s: float) -> Any:
         node = self.client.get_node(node_name=server)
@@ -142,7 +217,10 @@ class ClusterTransport:
             raise StoreError(f"{server} is no longer a cluster node")
         try:
             async with asyncio.timeout(timeout_s):
-                return await self.client.execute_command(*args, target_nodes=node)
+                return await node.execute_command(*args)
+        except TimeoutError:
+            self._stale = True
+            raise
         except _REDIS_PY_ERRORS as exc:
             raise self._failed(exc) from exc
 
@@ -152,23 +230,29 @@ class ClusterTransport:
             self._stale = True
         return error
 
-    async def refresh(self, *, timeout_s: float) -> None:
-        """Have a slot map: read it (one shared read) when there is none yet or the last
-        call failed; StoreError when it cannot be read, TimeoutError when not in time."""
-        if not self._stale:
+    async def refresh(self, *, timeout_s: float, force: bool = False) -> None:
+        """Have a slot map: wait for the first read (StoreError when it fails,
+        TimeoutError when not in time); later, start a background read when the last
+        call failed or `force`, and go on with the map there is."""
+        if not (self._stale or force):
             return
         reading = self._reading
         if reading is None or reading.done():
             reading = self._reading = asyncio.ensure_future(self._read_map())
-            # Callers that timed out never see its error: retrieve it here (no warning).
+            # Callers that do not wait never see its error: retrieve it here.
             reading.add_done_callback(_retrieved)
-        async with asyncio.timeout(timeout_s):
-            await asyncio.shield(reading)
+        if not self._has_map:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(reading)
 
     async def _read_map(self) -> None:
         self._stale = False  # a failure from now on asks for another read
         try:
-            await self.client.initialize()
+            if self._has_map:
+                await self.client.nodes_manager.initialize()
+            else:
+                await self.client.initialize()  # the map, and the client's set-up
+            self._has_map = True
         except _REDIS_PY_ERRORS as exc:
             self._stale = True
             raise translated(exc) from exc
@@ -177,10 +261,7 @@ class ClusterTransport:
             raise
 
     def server_of(self, key: str) -> str:
-        node = self.client.get_node_from_key(key)
-        if node is None:
-            raise StoreError(f"no node serves the slot of {key!r}")
-        return str(node.name)
+        return str(self._node_of(key).name)
 
     def slot_of(self, key: str) -> int:
         return int(self.client.keyslot(key))
@@ -190,3 +271,22 @@ class ClusterTransport:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+async def _asking(node: ClusterNode, args: Sequence[Arg]) -> Any:
+    """ASKING and the command written together on one connection of `node` (an ASK
+    allows the one next command of the connection that sent ASKING)."""
+    connection = node.acquire_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands([("ASKING",), args]))
+        replies = []
+        for _ in range(2):  # read both, so the connection stays in step
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    finally:
+        node.release(connection)
+    if isinstance(replies[1], ResponseError):
+        raise replies[1]
+    return replies[1]

@@ -11,6 +11,10 @@
     cluster = RedisCluster.start(tmp_path, masters=3)
     cluster.addresses                             # ["127.0.0.1:PORT", ...]
     cluster.stop()
+    cluster = RedisCluster.start(tmp_path, masters=3, replicas=1, node_timeout_ms=1000)
+    cluster.owner(slot); cluster.migrate_slot(slot, to=node)   # IMPORTING/MIGRATING, MIGRATE
+    cluster.kill(node); cluster.wait_for_failover(node)   # SIGKILL by pid; a replica takes over
+    cluster.misplaced_keys()                      # keys on a master that does not own their slot
 
     sentinel = RedisSentinel.start(tmp_path, server, master_name="mymaster")
     sentinel.address                              # 127.0.0.1:PORT of the sentinel
@@ -27,9 +31,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -207,6 +212,13 @@ class RedisServer:
             process.kill()
             process.wait(timeout=5)
 
+    def kill(self) -> None:
+        """SIGKILL by pid, as a crash: no shutdown, no reply to anything in flight."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+
     def restart(self) -> None:
         """Start again on the same port (the data is gone: no persistence)."""
         self.stop()
@@ -260,15 +272,20 @@ class RedisServer:
 
 @dataclass
 class RedisCluster:
-    """A Redis Cluster of `masters` primaries (no replicas) with the slots split evenly."""
+    """A Redis Cluster of `masters` primaries with the slots split evenly, and `replicas`
+    replicas per primary (the nodes after the masters). `cluster-require-full-coverage
+    no`: the slots of a dead master fail alone, the others keep serving."""
 
     nodes: list[RedisServer]
+    masters: int = 3
 
     @classmethod
-    def start(cls, tmp: Path, *, masters: int = 3) -> RedisCluster:
+    def start(
+        cls, tmp: Path, *, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000
+    ) -> RedisCluster:
         nodes: list[RedisServer] = []
         try:
-            for _ in range(masters):
+            for _ in range(masters * (1 + replicas)):
                 bus = free_port()
                 nodes.append(
                     RedisServer.start(
@@ -277,11 +294,15 @@ class RedisCluster:
                             "--cluster-enabled", "yes",
                             "--cluster-port", str(bus),
                             "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", "2000",
+                            "--cluster-node-timeout", str(node_timeout_ms),
+                            "--cluster-require-full-coverage", "no",
+                            # A replica's first sync at once, not after 5 s: one that
+                            # never synced is too stale to take over.
+                            "--repl-diskless-sync-delay", "0",
                         ),
                     )
                 )  # fmt: skip
-            cluster = cls(nodes)
+            cluster = cls(nodes, masters)
             cluster._form()
             return cluster
         except BaseException:
@@ -294,56 +315,177 @@ class RedisCluster:
         return [node.address for node in self.nodes]
 
     def _form(self) -> None:
-        per = CLUSTER_SLOTS // len(self.nodes)
-        for index, node in enumerate(self.nodes):
+        primaries = self.nodes[: self.masters]
+        per = CLUSTER_SLOTS // len(primaries)
+        for index, node in enumerate(primaries):
             low = index * per
-            high = CLUSTER_SLOTS - 1 if index == len(self.nodes) - 1 else low + per - 1
-            client = node.client()
-            try:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
-            finally:
-                client.close()
+            high = CLUSTER_SLOTS - 1 if index == len(primaries) - 1 else low + per - 1
+            _command(node, "CLUSTER", "ADDSLOTSRANGE", low, high)
         # Every node meets every other: a full mesh at once instead of waiting for gossip.
         for node in self.nodes:
-            client = node.client()
-            try:
-                for other in self.nodes:
-                    if other is not node:
-                        client.execute_command(
-                            "CLUSTER", "MEET", other.host, other.port, other.bus_port
-                        )
-            finally:
-                client.close()
-        self._wait_converged()
+            for other in self.nodes:
+                if other is not node:
+                    _command(node, "CLUSTER", "MEET", other.host, other.port, other.bus_port)
+        self._wait(lambda: all(self._knows_all(node) for node in self.nodes), "meet")
+        for index, replica in enumerate(self.nodes[self.masters :]):
+            master = primaries[index % self.masters]
+            _command(replica, "CLUSTER", "REPLICATE", self.node_id(master))
+        self._wait(lambda: all(self._node_sees_whole_cluster(n) for n in self.nodes), "form")
+        self._wait(lambda: all(_synced(replica) for replica in self.nodes[self.masters :]), "sync")
 
-    def _wait_converged(self) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT_S
+    def _wait(self, done: Callable[[], bool], what: str, within: float = _START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if all(self._node_sees_whole_cluster(node) for node in self.nodes):
-                return
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                if done():
+                    return
             time.sleep(0.05)
-        raise RedisStartError("cluster did not converge")
+        raise RedisStartError(f"cluster: {what} not done in {within} s")
+
+    def _knows_all(self, node: RedisServer) -> bool:
+        text = _text(_command(node, "CLUSTER", "NODES"))
+        return len(text.strip().splitlines()) == len(self.nodes) and "handshake" not in text
 
     def _node_sees_whole_cluster(self, node: RedisServer) -> bool:
-        client = node.client()
-        try:
-            info = client.execute_command("CLUSTER", "INFO")
-            text = info.decode() if isinstance(info, bytes) else str(info)
-            slots = client.execute_command("CLUSTER", "SLOTS")
-        finally:
-            client.close()
-        return "cluster_state:ok" in text and len(slots) == len(self.nodes)
+        # CLUSTER NODES, not CLUSTER SLOTS: redis 7.0 caches the latter, and a replica
+        # learnt by gossip may be missing from it for a long while.
+        info = _text(_command(node, "CLUSTER", "INFO"))
+        lines = _cluster_nodes(node)
+        replicas = [line for line in lines if "slave" in line[2]]
+        owners = {port for port, _ in _slot_ranges(lines)}
+        return (
+            "cluster_state:ok" in info
+            and len(replicas) == len(self.nodes) - self.masters
+            and len(owners) == self.masters
+        )
+
+    def node_id(self, node: RedisServer) -> str:
+        return _text(_command(node, "CLUSTER", "MYID"))
+
+    def live(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def primaries(self) -> list[RedisServer]:
+        """The live nodes that are masters now."""
+        return [n for n in self.live() if _text(_command(n, "ROLE")[0]) == "master"]
+
+    def owner(self, slot: int, *, ask: RedisServer | None = None) -> RedisServer:
+        """The master that serves `slot`, as `ask` (default: any live master) sees it."""
+        port = _owner_port(ask or self.primaries()[0], slot)
+        if port is None:
+            raise AssertionError(f"no master serves slot {slot}")
+        return next(node for node in self.nodes if node.port == port)
+
+    def migrate_slot(self, slot: int, *, to: RedisServer, pause_s: float = 0.0) -> int:
+        """Move `slot` and its keys to master `to`, as `redis-cli --cluster reshard` does:
+        SETSLOT IMPORTING on the target, MIGRATING on the source, MIGRATE the keys in
+        batches, then SETSLOT NODE on the target, the source and every other master.
+        With `pause_s`, one key per MIGRATE and a pause after each step (a long
+        migration: clients meet ASK and TRYAGAIN). Returns how many keys moved."""
+        source = self.owner(slot)
+        source_id, target_id = self.node_id(source), self.node_id(to)
+        _command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        _command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        time.sleep(pause_s)
+        moved = 0
+        batch = 1 if pause_s else 100
+        while keys := _command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch):
+            _command(source, "MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause_s)
+        _command(to, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        _command(source, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for node in self.primaries():
+            if node is not to and node is not source:
+                _command(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
+    def misplaced_keys(self) -> list[tuple[str, str]]:
+        """(node, key) for each key held by a master that does not own the key's slot."""
+        wrong = []
+        for node in self.primaries():
+            for key in _command(node, "KEYS", "*"):
+                slot = int(_command(node, "CLUSTER", "KEYSLOT", key))
+                if self.owner(slot, ask=node) is not node:
+                    wrong.append((node.address, _text(key)))
+        return wrong
+
+    def kill(self, node: RedisServer) -> None:
+        node.kill()
+
+    def wait_for_failover(self, dead: RedisServer, within: float = 15.0) -> RedisServer:
+        """Until a replica serves the dead master's slots; returns the new master."""
+        slot = next(
+            low
+            for port, (low, _) in _slot_ranges(_cluster_nodes(self.primaries()[0]))
+            if port == dead.port
+        )
+
+        def moved() -> bool:
+            owners = {_owner_port(node, slot) for node in self.primaries()}
+            return None not in owners and dead.port not in owners
+
+        self._wait(moved, "failover", within)
+        return self.owner(slot)
 
     def reset(self) -> None:
-        for node in self.nodes:
+        for node in self.primaries():
             node.reset()
 
     def command_calls(self, name: str) -> int:
-        return sum(node.command_calls(name) for node in self.nodes)
+        return sum(node.command_calls(name) for node in self.live())
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _command(node: RedisServer, *args: object) -> Any:
+    client = node.client()
+    try:
+        return client.execute_command(*args)
+    finally:
+        client.close()
+
+
+def _cluster_nodes(node: RedisServer) -> list[list[str]]:
+    """CLUSTER NODES as `node` sees it, one split line per node."""
+    return [line.split() for line in _text(_command(node, "CLUSTER", "NODES")).splitlines()]
+
+
+def _slot_ranges(lines: list[list[str]]) -> list[tuple[int, tuple[int, int]]]:
+    """(port, (first, last slot)) of every master's slot range, from CLUSTER NODES (the
+    `[slot->-id]` entries of a migration in progress are not ranges it serves)."""
+    ranges = []
+    for fields in lines:
+        if "master" not in fields[2] or "fail" in fields[2]:
+            continue
+        port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        for entry in fields[8:]:
+            if entry.startswith("["):
+                continue
+            low, _, high = entry.partition("-")
+            ranges.append((port, (int(low), int(high or low))))
+    return ranges
+
+
+def _synced(replica: RedisServer) -> bool:
+    client = replica.client()
+    try:
+        return client.info("replication").get("master_link_status") == "up"
+    finally:
+        client.close()
+
+
+def _owner_port(node: RedisServer, slot: int) -> int | None:
+    for port, (low, high) in _slot_ranges(_cluster_nodes(node)):
+        if low <= slot <= high:
+            return port
+    return None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
