@@ -199,7 +199,10 @@ class ClusterTransport:
         raise SlotMovingError(f"{_MAX_REDIRECTIONS} redirections for one call")
 
     def _node_of(self, key: str) -> ClusterNode:
-        node = self.client.get_node_from_key(key)
+        try:
+            node = self.client.get_node_from_key(key)
+        except _REDIS_PY_ERRORS as exc:  # SlotNotCoveredError: read the map again
+            raise self._failed(exc) from exc
         if node is None:
             raise StoreError(f"no node serves the slot of {key!r}")
         return node

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ratelimit_service.circuit_breaker import BreakerState, CircuitBreaker
+from ratelimit_service.circuit_breaker import BreakerState, CircuitBreaker, NodeBreakers
 from sidecar_runtime.clock import ManualClock
 
 
@@ -83,3 +83,48 @@ def test_trip_opens_at_once() -> None:
     assert breaker.trip()
     assert not breaker.trip()
     assert not breaker.is_closed
+
+
+def test_node_breakers_open_one_node_and_leave_the_others() -> None:
+    clock = ManualClock()
+    nodes = NodeBreakers(CircuitBreaker(failure_threshold=2, open_seconds=1.0, clock=clock))
+    assert nodes.allow("a")
+    assert not nodes.record_failure("a")
+    assert nodes.record_failure("a")  # a's second failure opens a's breaker only
+    assert not nodes.allow("a")
+    assert nodes.allow("b")
+    assert nodes.record_success("b") is False  # b was closed: no change
+    assert nodes.open_nodes() == ("a",)
+    assert not nodes.all_open()
+    clock.advance(1.0)
+    assert nodes.allow("a")  # a's trial
+    assert nodes.record_success("a")
+    assert nodes.open_nodes() == ()
+
+
+def test_node_breakers_are_made_like_the_template() -> None:
+    clock = ManualClock()
+    template = CircuitBreaker(
+        failure_threshold=3, failure_span_seconds=0.2, open_seconds=5.0, clock=clock
+    )
+    nodes = NodeBreakers(template)
+    for _ in range(3):
+        nodes.record_failure("a")
+    assert nodes.open_nodes() == ()  # three at one instant do not span 0.2 s
+    clock.advance(0.3)
+    assert nodes.record_failure("a")
+    clock.advance(4.9)
+    assert not nodes.allow("a")  # open for the template's 5 s
+    assert template.is_closed  # the template itself is untouched
+
+
+def test_all_open_and_forgetting_former_masters() -> None:
+    nodes = NodeBreakers(CircuitBreaker(failure_threshold=1, open_seconds=1.0, clock=ManualClock()))
+    assert not nodes.all_open()  # no node known: nothing says the store is down
+    nodes.trip("a")
+    nodes.trip("b")
+    assert nodes.all_open()
+    nodes.record_success("c")
+    assert not nodes.all_open()
+    assert nodes.retain(["c", "d"])  # a and b are gone (a failover): open ones forgotten
+    assert nodes.open_nodes() == ()

@@ -382,23 +382,39 @@ class RedisCluster:
         batches, then SETSLOT NODE on the target, the source and every other master.
         With `pause_s`, one key per MIGRATE and a pause after each step (a long
         migration: clients meet ASK and TRYAGAIN). Returns how many keys moved."""
-        source = self.owner(slot)
-        source_id, target_id = self.node_id(source), self.node_id(to)
-        _command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        _command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        source = self.begin_migration(slot, to=to)
         time.sleep(pause_s)
+        moved = self.move_keys(slot, source=source, to=to, pause_s=pause_s)
+        self.end_migration(slot, source=source, to=to)
+        return moved
+
+    def begin_migration(self, slot: int, *, to: RedisServer) -> RedisServer:
+        """SETSLOT IMPORTING on `to`, MIGRATING on the owner; returns the owner."""
+        source = self.owner(slot)
+        _command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        _command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(to))
+        return source
+
+    def move_keys(
+        self, slot: int, *, source: RedisServer, to: RedisServer, pause_s: float = 0.0
+    ) -> int:
+        """MIGRATE the slot's keys (one at a time, with a pause after each, if `pause_s`)."""
         moved = 0
         batch = 1 if pause_s else 100
         while keys := _command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch):
             _command(source, "MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
             time.sleep(pause_s)
+        return moved
+
+    def end_migration(self, slot: int, *, source: RedisServer, to: RedisServer) -> None:
+        """SETSLOT NODE on the target, the source, then every other master."""
+        target_id = self.node_id(to)
         _command(to, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
         _command(source, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
         for node in self.primaries():
             if node is not to and node is not source:
                 _command(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
-        return moved
 
     def misplaced_keys(self) -> list[tuple[str, str]]:
         """(node, key) for each key held by a master that does not own the key's slot."""

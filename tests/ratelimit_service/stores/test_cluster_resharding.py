@@ -189,6 +189,35 @@ async def test_bucket_state_survives_a_migration(
     assert after[0].remaining <= CAPACITY - 6 + 2  # at most the refill of the last moments
 
 
+async def test_calls_follow_ask_while_the_slot_is_half_moved(
+    cluster: RedisCluster, guard: GuardedStore
+) -> None:
+    # Many connections to every node first: redis-py's own ASK handling fails when the
+    # target has several free connections (its ASKING goes on another one).
+    warm = [BucketCall(bucket(f"warm-{i}"), SPEC, 1) for i in range(40)]
+    await asyncio.gather(*(guard.acquire([c]) for c in warm))
+    moved_key, fresh_key = bucket("carol"), bucket("carol", "burst")  # one slot
+    slot = int(cluster.primaries()[0].client().cluster("keyslot", moved_key))
+    first = await guard.acquire([BucketCall(moved_key, SPEC, 3)])
+    assert first is not None
+    target = next(n for n in cluster.primaries() if n is not cluster.owner(slot))
+    source = cluster.begin_migration(slot, to=target)
+    try:
+        assert cluster.move_keys(slot, source=source, to=target) == 1
+        # The key is on the target, the slot still the source's: the source answers ASK.
+        answers = await asyncio.gather(
+            *(guard.acquire([BucketCall(moved_key, SPEC, 0)]) for _ in range(20)),
+            *(guard.acquire([BucketCall(fresh_key, SPEC, 1)]) for _ in range(5)),
+        )
+    finally:
+        cluster.end_migration(slot, source=source, to=target)
+    assert all(a is not None and a[0] is not None for a in answers)
+    checked = [a[0] for a in answers[:20] if a is not None]
+    assert all(o is not None and o.remaining <= CAPACITY - 3 + 1 for o in checked)
+    assert int(target.client().exists(moved_key, fresh_key)) == 2  # written on the target
+    assert cluster.misplaced_keys() == []
+
+
 @pytest.fixture
 def fast_failover_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     started = RedisCluster.start(tmp_path, masters=3, replicas=1, node_timeout_ms=1000)
