@@ -1,12 +1,14 @@
 """The Redis Cluster bucket store: one script call per hash slot, all slots in parallel.
 
-Routing. Every call declares its keys (KEYS), so redis-py's cluster client sends it to
-the slot's owner from its slot map, follows MOVED (and patches the map: a migrated slot
-is served again from the next call on, with no restart), follows ASK during a migration
-(ASKING, then the call), and retries TRYAGAIN (a multi-key call whose keys are half
-migrated) a few times. Redis refuses declared keys of several slots in one call, so a
-request's calls are grouped by slot; bucket keys carry a hash tag of their descriptor
-(bucket_keys), so the limits of one descriptor share a slot and one call.
+Routing (redis_transports.ClusterTransport). Every call declares its keys (KEYS) and goes
+to its slot's master from redis-py's slot map; MOVED patches the map and the call goes to
+the new owner (a migrated slot is served again from the next call on, with no restart),
+ASK is followed with ASKING on the same connection, TRYAGAIN (a multi-key call whose keys
+are half migrated) is retried for the rest of the call's deadline. Redis refuses declared
+keys of several slots in one call, so a request's calls are grouped by slot; bucket keys
+carry a hash tag of their descriptor (bucket_keys), so the limits of one descriptor share
+a slot and one call. A request's other descriptors are other slots: one call each, all
+in parallel, so one round trip of wall time in the normal case.
 
 All-or-nothing across slots. Each slot's call is all-or-nothing for its own keys. The
 store then applies the commit rule (limits.bucket.must_commit) to every call's outcome
@@ -17,7 +19,9 @@ between a charge and its refund (one round trip, at most the call timeout) those
 hold up to `cost` tokens too few, so a concurrent request on them may be denied that
 would have been admitted; nothing is ever admitted beyond the limit by the store. A
 refund that fails or times out leaves those tokens spent until the bucket refills. A
-slot migration moves each key with its state and TTL (MIGRATE), so it adds no error.
+slot migration moves each key with its state and TTL (MIGRATE), so it adds no error; the
+calls that meet a slot's keys split between two nodes (TRYAGAIN until the deadline) get
+the failure mode, like any failed call, without counting against the node's breaker.
 
 Failure isolation. A slot's call that fails (error, timeout, or its node's breaker open,
 `node_allowed`) gives None outcomes for its calls and names its node in `failed_nodes`;

@@ -3,11 +3,11 @@
 - `PipeTransport`: the pipelined client (redis_pipe), a standalone URL's hot path.
 - `ThreadTransport`: the sync stack's per-thread blocking client (redis_blocking).
 - `RedisPyTransport`: redis.asyncio for Sentinel and for URLs with query options.
-- `ClusterTransport`: redis.asyncio's RedisCluster. A command carries its keys (EVALSHA
-  with KEYS), so the client routes it by slot, follows MOVED (patching its slot map) and
-  ASK (ASKING first), and retries TRYAGAIN; a connection error makes it re-read the slot
-  map before its next command. Calls are never retried on a connection error: a retried
-  take could charge twice.
+- `ClusterTransport`: redis.asyncio's RedisCluster for the slot map and the node
+  connection pools, with the MOVED / ASK / TRYAGAIN handling of its own (see the class).
+
+A call is never retried after a connection error or a timeout: a retried take could
+charge twice (a redirection is safe: the node that redirects did not run the script).
 
 redis-py's errors are translated here, where they enter: an error reply becomes
 StoreReplyError with the Redis code first (redis-py strips NOSCRIPT from the text), any
