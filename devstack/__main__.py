@@ -1,4 +1,4 @@
-"""`python -m devstack run | token | envoy-config`.
+"""`python -m devstack run | token | init | render-configs | kubernetes-secrets | ...`.
 
 run            the whole local stack in the foreground (what `make run` calls);
                --stage0 global: the per-address limit before authentication in the
@@ -6,6 +6,13 @@ run            the whole local stack in the foreground (what `make run` calls);
                --authz-config FILE: another policy (Envoy's body routes follow it)
 token          mint a dev access token, e.g.
                token --sub alice --scope "users:read" --roles admin --alg EdDSA
+render-configs the generated deployment files: deploy/compose/ and deploy/kubernetes/
+               (compose-configs and kubernetes-manifests: one of the two)
+kubernetes-secrets
+               the Kubernetes dev overlay's Secrets from --dev-dir, on stdout or --out
+with-secret-env NAME=FILE... -- COMMAND...
+               run COMMAND with each NAME set to FILE's first line (docker-compose
+               hands the sidecars the Redis password so)
 """
 
 from __future__ import annotations
@@ -15,17 +22,20 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from devstack.configs import AUTHZ_DEMO, write_compose_files
+from devstack.configs import AUTHZ_DEMO, compose_files, write_files
 from devstack.envoy_config import STAGE0_PROFILES
 from devstack.http_thread import BackgroundHttpServer
 from devstack.idp_keys import ED25519_ALGS, ensure_idp_keys, mint_token
 from devstack.idp_server import IdpServer
+from devstack.kubernetes import kubernetes_files
+from devstack.kubernetes_secrets import render_secrets, write_secrets
 from devstack.peppers import ensure_pepper
 from devstack.pki import ensure_pki
+from devstack.redis_auth import ensure_redis_password, exec_with_secrets, parse_assignments
 from devstack.stack import REPO, Ports, Stack, StackOptions, env_options
 from devstack.upstream import DemoUpstream
 
@@ -57,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     upstream = sub.add_parser("upstream", help="serve the demo API")
     upstream.add_argument("--listen", default=f"127.0.0.1:{Ports().upstream}")
     sub.add_parser("compose-configs", help="regenerate deploy/compose/*.yaml")
+    sub.add_parser("kubernetes-manifests", help="regenerate deploy/kubernetes/")
+    sub.add_parser("render-configs", help="regenerate deploy/compose/ and deploy/kubernetes/")
+    secrets = sub.add_parser(
+        "kubernetes-secrets", help="the Kubernetes dev overlay's Secrets (never commit them)"
+    )
+    secrets.add_argument("--dev-dir", type=Path, default=REPO / ".dev")
+    secrets.add_argument("--out", type=Path, help="write here (0600) instead of stdout")
+    secret_env = sub.add_parser(
+        "with-secret-env", help="run a command with secret files as environment variables"
+    )
+    secret_env.add_argument(
+        "words", nargs=argparse.REMAINDER, metavar="NAME=FILE... -- COMMAND ARGS..."
+    )
     token = sub.add_parser("token", help="mint a dev access token (printed on stdout)")
     token.add_argument("--sub", required=True, help="subject (user id in the demo paths)")
     token.add_argument("--scope", default="", help='space-separated, e.g. "users:read"')
@@ -78,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pki = ensure_pki(args.dev_dir / "pki")
         keys = ensure_idp_keys(args.dev_dir / "idp")
         pepper = ensure_pepper(args.dev_dir)
+        redis = ensure_redis_password(args.dev_dir)
         print(f"dev PKI in {pki.root}, IdP keys in {keys.root}, API-key pepper {pepper}")
+        print(f"Redis password {redis}")
         return 0
     if args.command == "idp":
         host, _, port = args.listen.rpartition(":")
@@ -87,10 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "upstream":
         host, _, port = args.listen.rpartition(":")
         return _serve_forever(DemoUpstream(host=host, port=int(port)))
-    if args.command == "compose-configs":
-        for path in write_compose_files():
+    if args.command in _RENDERERS:
+        for path in write_files(_RENDERERS[args.command]()):
             print(f"wrote {path.relative_to(REPO)}")
         return 0
+    if args.command == "kubernetes-secrets":
+        return _kubernetes_secrets(args.dev_dir, args.out)
+    if args.command == "with-secret-env":
+        return _with_secret_env(args.words)
     options = env_options(
         dev_dir=args.dev_dir,
         port_offset=args.port_offset,
@@ -98,6 +127,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         authz_config=args.authz_config.resolve(),
     )
     return _run(options)
+
+
+_RENDERERS: dict[str, Callable[[], dict[Path, str]]] = {
+    "compose-configs": compose_files,
+    "kubernetes-manifests": kubernetes_files,
+    "render-configs": lambda: {**compose_files(), **kubernetes_files()},
+}
+
+
+def _kubernetes_secrets(dev_dir: Path, out: Path | None) -> int:
+    if out is None:
+        sys.stdout.write(render_secrets(dev_dir))
+    else:
+        print(f"wrote {write_secrets(dev_dir, out)} (private keys: never commit it)")
+    return 0
+
+
+def _with_secret_env(words: list[str]) -> int:
+    if "--" not in words or words[-1] == "--":
+        print("with-secret-env: NAME=FILE... -- COMMAND ARGS...", file=sys.stderr)
+        return 2
+    split = words.index("--")
+    try:
+        exec_with_secrets(parse_assignments(words[:split]), words[split + 1 :])
+    except (ValueError, OSError) as exc:
+        print(f"with-secret-env: {exc}", file=sys.stderr)
+        return 2
+    return 0  # not reached: exec replaced this process
 
 
 def _serve_forever(server: BackgroundHttpServer) -> int:

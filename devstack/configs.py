@@ -21,6 +21,7 @@ from authz_service.policy.settings import ANY_METHOD, RouteSettings
 from authz_service.policy.template import SegmentKind, parse_template
 from authz_service.settings import AuthzSettings
 from devstack.peppers import PEPPER_FILE
+from devstack.redis_auth import PASSWORD_ENV
 from sidecar_runtime.config import read_yaml, validate_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,12 +46,14 @@ def authz_config(
     issuer: str,
     source: Path = AUTHZ_DEMO,
     redis_url: str | None = None,
+    redis_password_env: str | None = None,
     pepper_file: str | None = None,
 ) -> dict[str, Any]:
     """The authz config `source` (the demo's by default) with this deployment's listener,
-    certificates and issuer. Its API keys and revocation list use `redis_url` (and the
-    API keys `pepper_file`); without a Redis both sections are left out, since neither
-    can work from memory (the stack says so when it starts)."""
+    certificates and issuer. Its API keys and revocation list use `redis_url` (with the
+    password in the environment variable `redis_password_env`, if given; the API keys
+    with `pepper_file`); without a Redis both sections are left out, since neither can
+    work from memory (the stack says so when it starts)."""
     data: dict[str, Any] = yaml.safe_load(source.read_text())
     data["server"]["listen"] = listen
     data["server"]["tls"] = mtls(pki_dir)
@@ -62,6 +65,8 @@ def authz_config(
             del data[section]
         else:
             data[section]["redis_url"] = redis_url
+            if redis_password_env is not None:
+                data[section]["password_env"] = redis_password_env
     if "api_keys" in data and pepper_file is not None:
         data["api_keys"]["peppers"] = [{"id": "dev-1", "file": pepper_file}]
     return data
@@ -77,9 +82,11 @@ def ratelimit_config(
     pki_dir: str,
     rules: str,
     redis_url: str | None,
+    redis_password_env: str | None = None,
     failure_mode: str = "fail_open",
 ) -> dict[str, Any]:
-    """The demo rate-limit settings with this deployment's listener, certificates and store."""
+    """The demo rate-limit settings with this deployment's listener, certificates and store
+    (its password, if any, in the environment variable `redis_password_env`)."""
     data: dict[str, Any] = yaml.safe_load(RATELIMIT_DEMO.read_text())
     data["server"]["listen"] = listen
     data["server"]["tls"] = mtls(pki_dir)
@@ -89,6 +96,8 @@ def ratelimit_config(
         data["store"] = {"type": "memory"}
     else:
         data["store"]["url"] = redis_url
+        if redis_password_env is not None:
+            data["store"]["password_env"] = redis_password_env
     return data
 
 
@@ -99,7 +108,9 @@ def dump(data: dict[str, Any], source: Path) -> str:
 
 
 # docker-compose: service DNS names, certificates and keys from the `secrets` volume that
-# the one-shot `init` service fills at first start (nothing secret is in the image).
+# the one-shot `init` service fills at first start (nothing secret is in the image). Redis
+# asks for a password: the sidecars get it as REDIS_PASSWORD from that volume's file
+# (docker-compose.yml, devstack.redis_auth).
 COMPOSE_DEV_DIR = "/etc/edgeguard"
 COMPOSE_PKI = f"{COMPOSE_DEV_DIR}/pki"
 COMPOSE_REDIS = "redis://redis:6379/0"
@@ -113,6 +124,7 @@ def compose_files() -> dict[Path, str]:
         pki_dir=COMPOSE_PKI,
         issuer=COMPOSE_ISSUER,
         redis_url=COMPOSE_REDIS,
+        redis_password_env=PASSWORD_ENV,
         pepper_file=f"{COMPOSE_DEV_DIR}/{PEPPER_FILE}",
     )
     # The dev IdP is reached by its service name over the compose network in plain http,
@@ -123,6 +135,7 @@ def compose_files() -> dict[Path, str]:
         pki_dir=COMPOSE_PKI,
         rules="/app/config/ratelimit/rules",
         redis_url=COMPOSE_REDIS,
+        redis_password_env=PASSWORD_ENV,
     )
     return {
         REPO / "deploy" / "compose" / "authz.yaml": dump(authz, AUTHZ_DEMO),
@@ -130,9 +143,10 @@ def compose_files() -> dict[Path, str]:
     }
 
 
-def write_compose_files() -> list[Path]:
+def write_files(files: dict[Path, str]) -> list[Path]:
+    """Write each rendered file (making its directory); the paths written, in order."""
     written = []
-    for path, text in compose_files().items():
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         written.append(path)

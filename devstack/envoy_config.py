@@ -2,8 +2,9 @@
 
 `build(params)` is a pure function from `EnvoyParams` to Envoy's v3 bootstrap as a dict;
 `render(params)` is the same as YAML. The checked-in `envoy/envoy.local.yaml` and
-`envoy/envoy.compose.yaml` are renders of the two profiles, and a test fails when they are
-stale. Regenerate them with:
+`envoy/envoy.compose.yaml` are renders of two profiles, and a test fails when they are
+stale (the `kubernetes` profile is checked in inside deploy/kubernetes's ConfigMap, by
+devstack.kubernetes). Regenerate them with:
 
     python -m devstack.envoy_config --profile local --out envoy/envoy.local.yaml
     python -m devstack.envoy_config --profile compose --out envoy/envoy.compose.yaml
@@ -162,12 +163,15 @@ class EnvoyParams:
     listener_key: str = ".dev/pki/envoy-key.pem"
     listener_client_ca: str | None = ".dev/pki/ca.pem"
     require_client_certificate: bool = False
-    # Envoy's client certificate for mTLS to the sidecars, the CA that verifies theirs, and
-    # the name their certificate must carry (the dev PKI's SANs: localhost, 127.0.0.1, ::1).
+    # Envoy's client certificate for mTLS to the sidecars and the CA that verifies theirs.
     sidecar_client_cert: str = ".dev/pki/client.pem"
     sidecar_client_key: str = ".dev/pki/client-key.pem"
     sidecar_ca: str = ".dev/pki/ca.pem"
-    sidecar_server_name: str = "localhost"
+    # The name each sidecar's certificate must carry, sent as SNI when it is a DNS name.
+    # None: the name Envoy reaches it by (`sidecar_server_name`): its host, or `localhost`
+    # for a loopback address, as the dev PKI issues them (devstack.pki.SIDECAR_NAMES).
+    authz_server_name: str | None = None
+    ratelimit_server_name: str | None = None
 
     # Stage 0, the per-client-address limit before authentication: "local" in this Envoy
     # (local_ratelimit, no sidecar call: two calls per request) or "global" in the rate-limit
@@ -365,11 +369,9 @@ def local_profile(*, pki_dir: str = ".dev/pki", authz_config: Path = AUTHZ_DEMO)
 def compose_profile(
     *, pki_dir: str = "/etc/edgeguard/pki", authz_config: Path = AUTHZ_DEMO
 ) -> EnvoyParams:
-    """docker-compose: the listener on every interface, sidecars by service DNS name.
-
-    The sidecars' certificate carries only localhost/127.0.0.1/::1, so SNI and the SAN
-    check stay `localhost`; a real deployment issues certificates for the service names.
-    """
+    """docker-compose: the listener on every interface, sidecars by service DNS name,
+    each verified by that name (the dev PKI's sidecar certificate carries `authz` and
+    `ratelimit`; devstack.pki.SIDECAR_NAMES)."""
     params = EnvoyParams(
         listener_address="0.0.0.0",  # noqa: S104 - inside the container's network namespace
         authz_host="authz",
@@ -382,11 +384,35 @@ def compose_profile(
     return _with_pki(params, pki_dir)
 
 
+# Kubernetes: the Service in front of the API the edge protects (deploy/kubernetes), and
+# Envoy's heap cap, under its container's memory limit (512Mi, devstack.kubernetes_objects)
+# so the overload manager acts before the kernel's OOM killer does.
+KUBERNETES_UPSTREAM_HOST = "upstream"
+KUBERNETES_MAX_HEAP_BYTES = 384 << 20
+
+
+def kubernetes_profile(
+    *, pki_dir: str = "/etc/edgeguard/pki", authz_config: Path = AUTHZ_DEMO
+) -> EnvoyParams:
+    """Kubernetes (deploy/kubernetes): Envoy and both sidecars in one pod, so the sidecars
+    stay on the pod's loopback, on the local stack's ports, and are verified as
+    `localhost`; the listener on the pod's address; the upstream API by Service name."""
+    params = EnvoyParams(
+        listener_address="0.0.0.0",  # noqa: S104 - the pod's own network namespace
+        upstream_host=KUBERNETES_UPSTREAM_HOST,
+        grpc_upstream=None,
+        max_heap_bytes=KUBERNETES_MAX_HEAP_BYTES,
+        body_routes=policy_body_routes(authz_config),
+    )
+    return _with_pki(params, pki_dir)
+
+
 LOCAL = local_profile()
 COMPOSE = compose_profile()
 PROFILES: dict[str, Callable[..., EnvoyParams]] = {
     "local": local_profile,
     "compose": compose_profile,
+    "kubernetes": kubernetes_profile,
 }
 
 
@@ -1201,12 +1227,29 @@ def _circuit_breakers(max_requests: int, max_pending: int) -> Config:
     }
 
 
-def _sidecar_tls(p: EnvoyParams) -> Config:
+def sidecar_server_name(host: str, override: str | None = None) -> str:
+    """The name a sidecar reached at `host` must prove: `override`, else the host itself,
+    except that a loopback address is `localhost` (one name for 127.0.0.1 and ::1, the
+    one the containers' own health checks ask for too)."""
+    if override is not None:
+        return override
+    return "localhost" if _is_loopback(host) else host
+
+
+def _san_matcher(name: str) -> Config:
+    san_type = "IP_ADDRESS" if _is_ip(name) else "DNS"
+    return {"san_type": san_type, "matcher": {"exact": name}}
+
+
+def _sidecar_tls(p: EnvoyParams, server_name: str) -> Config:
+    # RFC 6066 section 3: SNI carries host names only, never an address; an IP_ADDRESS
+    # SAN is still checked without it.
+    sni = {} if _is_ip(server_name) else {"sni": server_name}
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": _typed(
             "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            sni=p.sidecar_server_name,
+            **sni,
             common_tls_context={
                 # Both ends are ours: no reason to speak anything older.
                 "tls_params": {
@@ -1222,16 +1265,18 @@ def _sidecar_tls(p: EnvoyParams) -> Config:
                 ],
                 "validation_context": {
                     "trusted_ca": {"filename": p.sidecar_ca},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "DNS", "matcher": {"exact": p.sidecar_server_name}}
-                    ],
+                    # Only the certificate issued for this sidecar's name: the CA also
+                    # signs Envoy's listener and client certificates.
+                    "match_typed_subject_alt_names": [_san_matcher(server_name)],
                 },
             },
         ),
     }
 
 
-def _sidecar_cluster(p: EnvoyParams, name: str, host: str, port: int) -> Config:
+def _sidecar_cluster(
+    p: EnvoyParams, name: str, host: str, port: int, server_name: str | None
+) -> Config:
     interval = _duration(p.sidecar_health_interval_ms)
     cluster = _endpoint_cluster(name, host, port, p.sidecar_connect_timeout_ms)
     # A probe must end before the next one starts.
@@ -1247,7 +1292,7 @@ def _sidecar_cluster(p: EnvoyParams, name: str, host: str, port: int) -> Config:
                     }
                 }
             ),
-            "transport_socket": _sidecar_tls(p),
+            "transport_socket": _sidecar_tls(p, sidecar_server_name(host, server_name)),
             "circuit_breakers": _circuit_breakers(
                 p.sidecar_max_requests, p.sidecar_max_pending_requests
             ),
@@ -1344,8 +1389,10 @@ def _tracing_cluster(p: EnvoyParams) -> Config | None:
 
 def _clusters(p: EnvoyParams) -> list[Config]:
     clusters = [
-        _sidecar_cluster(p, AUTHZ_CLUSTER, p.authz_host, p.authz_port),
-        _sidecar_cluster(p, RATELIMIT_CLUSTER, p.ratelimit_host, p.ratelimit_port),
+        _sidecar_cluster(p, AUTHZ_CLUSTER, p.authz_host, p.authz_port, p.authz_server_name),
+        _sidecar_cluster(
+            p, RATELIMIT_CLUSTER, p.ratelimit_host, p.ratelimit_port, p.ratelimit_server_name
+        ),
         *_upstream_clusters(p),
     ]
     optional = (_grpc_upstream_cluster(p), _tracing_cluster(p))
@@ -1430,12 +1477,30 @@ def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str_presenter)
 
 
+class _UnaliasedDumper(_Dumper):
+    """A value used twice written out twice: no &anchors (Kubernetes manifests)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(data: Any, *, anchors: bool = True) -> str:
+    """`data` as block YAML in its own key order, multi-line strings as literal blocks;
+    `anchors=False` repeats a value used twice instead of writing an &anchor."""
+    dumper = _Dumper if anchors else _UnaliasedDumper
+    return yaml.dump(
+        data,
+        Dumper=dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=100,
+        allow_unicode=True,
+    )
+
+
 def render(params: EnvoyParams) -> str:
     """`build(params)` as YAML, under the 'generated' header."""
-    body = yaml.dump(
-        build(params), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100
-    )
-    return HEADER + body
+    return HEADER + dump_yaml(build(params))
 
 
 # --- CLI ------------------------------------------------------------------------------------

@@ -5,7 +5,13 @@ Envoy's listener (an mTLS identity of the demo policy). Made at run time, never 
 Files (ARCHITECTURE.md section 4): ca.pem (+ ca-key.pem), envoy.pem/envoy-key.pem,
 sidecar.pem/sidecar-key.pem, client.pem/client-key.pem, service.pem/service-key.pem
 (SPIFFE ID `SERVICE_SPIFFE_ID`). Private keys are written 0600. Idempotent: existing,
-still-valid files are kept.
+still-valid files are kept; a set whose sidecar certificate lacks a name of
+`SIDECAR_NAMES` (one made before those names) is made again.
+
+The sidecar certificate carries every name a sidecar is reached by in each topology, and
+Envoy checks the one it dials (devstack.envoy_config.sidecar_server_name): the loopback
+(`localhost`: the local stack, and Kubernetes, where Envoy shares the sidecars' pod) and
+the docker-compose service names.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALID_DAYS = 365
 _SANS = ("localhost", "127.0.0.1", "::1")
+# Compose service names (docker-compose.yml) after the loopback names.
+SIDECAR_NAMES = (*_SANS, "authz", "ratelimit")
 # The demo service that calls the API with its certificate (config/authz/demo.yaml, mtls).
 SERVICE_SPIFFE_ID = "spiffe://edgeguard.dev/ns/demo/sa/reports-job"
 
@@ -75,10 +83,11 @@ def issue_certificate(
     common_name: str,
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...],
     sans: tuple[str, ...],
     uri: str | None = None,
 ) -> tuple[bytes, bytes]:
+    usages = usage if isinstance(usage, tuple) else (usage,)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     names = list(_san(sans))
@@ -94,7 +103,7 @@ def issue_certificate(
         .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
@@ -151,7 +160,15 @@ def _still_valid(pki: Pki) -> bool:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
         if cert.not_valid_after_utc < soon:
             return False
-    return True
+    return set(SIDECAR_NAMES) <= set(certificate_names(pki.sidecar_cert))
+
+
+def certificate_names(cert_file: Path) -> list[str]:
+    """The DNS and IP subject alternative names of the certificate in `cert_file`."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    addresses = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    return [*sans.get_values_for_type(x509.DNSName), *addresses]
 
 
 def ensure_pki(root: Path) -> Pki:
@@ -166,14 +183,22 @@ def ensure_pki(root: Path) -> Pki:
     _write_private(root / "ca-key.pem", _key_pem(ca_key))
     server = ExtendedKeyUsageOID.SERVER_AUTH
     client = ExtendedKeyUsageOID.CLIENT_AUTH
-    for cert_path, key_path, cn, usage, uri in (
-        (pki.envoy_cert, pki.envoy_key, "localhost", server, None),
-        (pki.sidecar_cert, pki.sidecar_key, "edgeguard-sidecar", server, None),
-        (pki.client_cert, pki.client_key, "envoy", client, "spiffe://edgeguard.dev/envoy"),
-        (pki.service_cert, pki.service_key, "reports-job", client, SERVICE_SPIFFE_ID),
-    ):
+    for cert_path, key_path, cn, usage, sans, uri in (
+        (pki.envoy_cert, pki.envoy_key, "localhost", server, _SANS, None),
+        # clientAuth too: a sidecar's own health probe (a Kubernetes exec probe) proves
+        # itself to its mTLS listener with the certificate the container already holds.
+        (
+            pki.sidecar_cert,
+            pki.sidecar_key,
+            "edgeguard-sidecar",
+            (server, client),
+            SIDECAR_NAMES,
+            None,
+        ),
+        (pki.client_cert, pki.client_key, "envoy", client, _SANS, "spiffe://edgeguard.dev/envoy"),
         # A SPIFFE X.509-SVID carries its ID as its only URI SAN and no DNS names.
-        sans = () if pki.service_cert == cert_path else _SANS
+        (pki.service_cert, pki.service_key, "reports-job", client, (), SERVICE_SPIFFE_ID),
+    ):
         cert_pem, key_pem = issue_certificate(
             common_name=cn, ca_cert=ca_cert, ca_key=ca_key, usage=usage, sans=sans, uri=uri
         )

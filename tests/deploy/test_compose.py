@@ -18,6 +18,7 @@ import yaml
 from devstack.configs import COMPOSE_DEV_DIR, COMPOSE_PKI, compose_files
 from devstack.peppers import ensure_pepper
 from devstack.pki import Pki, ensure_pki
+from devstack.redis_auth import CONF_FILE, PASSWORD_ENV, PASSWORD_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -59,8 +60,41 @@ def test_envoy_starts_after_healthy_sidecars() -> None:
 
 def test_secrets_come_from_a_volume_mounted_read_only() -> None:
     assert SERVICES["init"]["volumes"] == ["secrets:/etc/edgeguard"]
-    for name in ("authz", "ratelimit", "envoy", "idp"):
+    for name in ("authz", "ratelimit", "envoy", "idp", "redis"):
         assert "secrets:/etc/edgeguard:ro" in SERVICES[name]["volumes"]
+    # `init` fills the volume first (Envoy waits for the sidecars, which wait for it).
+    for name in ("authz", "ratelimit", "idp", "redis"):
+        assert SERVICES[name]["depends_on"]["init"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_redis_requires_the_password_init_makes() -> None:
+    redis = SERVICES["redis"]
+    conf = f"{COMPOSE_DEV_DIR}/{CONF_FILE}"
+    # A config file, not --requirepass: the password never shows on a command line.
+    assert redis["command"][:2] == ["redis-server", conf]
+    # Its own user, in the group of `init`, which writes the file group-readable.
+    init_group = SERVICES["init"]["user"].split(":")[1]
+    assert redis["user"] == f"999:{init_group}"
+    probe = " ".join(redis["healthcheck"]["test"])
+    assert f"{COMPOSE_DEV_DIR}/{PASSWORD_FILE}" in probe
+    assert "REDISCLI_AUTH" in probe
+
+
+@pytest.mark.parametrize("name", ["authz", "ratelimit"])
+def test_sidecars_get_the_redis_password_as_their_configs_say(name: str) -> None:
+    command = SERVICES[name]["command"]
+    split = command.index("--")
+    assert command[:4] == ["python", "-m", "devstack", "with-secret-env"]
+    assert command[4:split] == [f"{PASSWORD_ENV}={COMPOSE_DEV_DIR}/{PASSWORD_FILE}"]
+    config = yaml.safe_load(_app_path(command[-1]).read_text())
+    envs = (
+        [config["store"]["password_env"]]
+        if name == "ratelimit"
+        else [config[section]["password_env"] for section in ("api_keys", "revocation")]
+    )
+    assert set(envs) == {PASSWORD_ENV}
 
 
 def test_dockerfile_is_slim_non_root_and_bakes_no_secrets() -> None:
@@ -85,7 +119,7 @@ def test_referenced_configs_exist_and_are_generated_fresh() -> None:
     assert {p.name for p in files} == {"authz.yaml", "ratelimit.yaml", "envoy.compose.yaml"}
     assert all(p.is_file() for p in files)
     for path, text in compose_files().items():
-        assert path.read_text() == text, f"{path} is stale: run python -m devstack compose-configs"
+        assert path.read_text() == text, f"{path} is stale: run python -m devstack render-configs"
 
 
 @pytest.fixture(scope="module")
