@@ -407,8 +407,8 @@ def kubernetes_profile(
     return _with_pki(params, pki_dir)
 
 
-LOCAL = local_profile()
-COMPOSE = compose_profile()
+# Profiles are functions, called when needed: each reads the policy file, which an
+# installed package (the container image) does not carry next to its modules.
 PROFILES: dict[str, Callable[..., EnvoyParams]] = {
     "local": local_profile,
     "compose": compose_profile,

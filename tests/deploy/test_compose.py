@@ -5,6 +5,7 @@ Docker itself does not run on this machine; these tests check what a reviewer wo
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -169,3 +170,20 @@ def test_compose_envoy_config_validates(compose_pki: Pki, tmp_path: Path) -> Non
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_devstack_commands_run_from_an_installed_package(tmp_path: Path) -> None:
+    """The image installs devstack into site-packages, without config/ next to it: the
+    commands compose runs (init, with-secret-env) must not read the demo policy at
+    import."""
+    shutil.copytree(REPO / "devstack", tmp_path / "devstack")
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "devstack", "with-secret-env", f"{PASSWORD_ENV}={secret}", "--",
+         sys.executable, "-c", f"import os; print(os.environ[{PASSWORD_ENV!r}])"],
+        capture_output=True, text=True, check=False, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "pw\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,13 +21,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from devstack.envoy_config import PROFILES, build, sidecar_server_name
 from devstack.kubernetes import envoy_config_text
-from devstack.pki import SIDECAR_NAMES, certificate_names, ensure_pki, issue_certificate
+from devstack.pki import SIDECAR_NAMES, Pki, certificate_names, ensure_pki, issue_certificate
 from devstack.redis_auth import (
     CONF_FILE,
     ensure_redis_password,
     parse_assignments,
     secret_environment,
 )
+from tests.envoy.envoy_process import free_port_params, running_envoy
+from tests.envoy.fakes import FakeAuthz, FakeRateLimit
+from tests.support.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 # What each topology's Envoy dials the sidecars by, and must verify.
@@ -161,3 +165,37 @@ def test_with_secret_env_execs_the_command_with_the_variable(tmp_path: Path) -> 
         capture_output=True, text=True, check=False, timeout=60, cwd=REPO,
     )  # fmt: skip
     assert refused.returncode == 2
+
+
+# --- the real Envoy: a certificate of the same CA without the name is refused -------------
+
+
+@pytest.mark.e2e
+def test_envoy_refuses_a_sidecar_certificate_without_the_expected_name(tmp_path: Path) -> None:
+    """Compose's names on loopback: the authz fake shows the dev sidecar certificate
+    (it carries `authz`); the rate-limit fake shows the listener's (same CA, no
+    `ratelimit`), which Envoy must refuse for its SAN."""
+    pki = ensure_pki(tmp_path / "pki")
+    impostor = Pki(tmp_path / "impostor")
+    impostor.root.mkdir()
+    shutil.copy(pki.ca, impostor.ca)
+    shutil.copy(pki.envoy_cert, impostor.sidecar_cert)
+    shutil.copy(pki.envoy_key, impostor.sidecar_key)
+    params = free_port_params(pki, authz_server_name="authz", ratelimit_server_name="ratelimit")
+    authz = FakeAuthz(pki, params.authz_port)
+    ratelimit = FakeRateLimit(impostor, params.ratelimit_port)
+    authz.start()
+    ratelimit.start()
+    try:
+        with running_envoy(params, pki, tmp_path) as envoy:
+            refused = wait_until(
+                lambda: envoy.stat("cluster.ratelimit.ssl.fail_verify_san") > 0, timeout=15
+            )
+            assert refused, envoy.log_text()
+            assert wait_until(lambda: envoy.stat("cluster.authz.membership_healthy") == 1)
+            assert envoy.stat("cluster.authz.ssl.fail_verify_san") == 0
+            assert envoy.stat("cluster.ratelimit.membership_healthy") == 0
+            assert envoy.request("/healthz").status == 503
+    finally:
+        authz.stop()
+        ratelimit.stop()
