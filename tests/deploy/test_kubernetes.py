@@ -42,6 +42,8 @@ from devstack.kubernetes_objects import (
 from devstack.kubernetes_secrets import dev_secrets, render_secrets
 from devstack.peppers import ensure_pepper
 from devstack.pki import Pki, ensure_pki
+from tests.envoy.fakes import FakeAuthz
+from tests.support.processes import free_port
 
 # The newest release whose schemas kubernetes-validate ships.
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -413,3 +415,27 @@ def test_cert_manager_makes_the_tls_secrets_production_reads() -> None:
     # Envoy checks `localhost` on the loopback; the probes present this certificate.
     assert "localhost" in sidecar["dnsNames"]
     assert {"server auth", "client auth"} <= set(sidecar["usages"])
+
+
+@pytest.mark.e2e
+def test_the_sidecar_readiness_probe_passes_against_an_mtls_sidecar(
+    edge: Obj, local_pki: Pki
+) -> None:
+    """The probe's command, run as the kubelet would (paths moved to a local PKI),
+    against a gRPC server that requires a client certificate from the CA, as the
+    sidecars do: the sidecar's own certificate is accepted as the client's."""
+    port = free_port()
+    sidecar = FakeAuthz(local_pki, port)
+    sidecar.start()
+    try:
+        command = _containers(edge)["authz"]["readinessProbe"]["exec"]["command"]
+        argv = [_localised(arg, local_pki) for arg in command]
+        argv[0:1] = [sys.executable]
+        argv[3] = f"127.0.0.1:{port}"
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        sidecar.set_serving(False)
+        not_ready = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        assert not_ready.returncode == 1
+    finally:
+        sidecar.stop()
