@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -29,21 +29,34 @@ from tests.support.https import Reply
 SERVER_NAME = "localhost"
 
 
-def _tls(port: int, ca: Path) -> ssl.SSLSocket:
-    context = ssl.create_default_context(cafile=str(ca))
+class Listener(Protocol):
+    """Where the edge listens (conftest.EdgeClient is one): the address to connect to, the
+    CA, the TLS server name; `pace` waits for the client's own buckets (external stacks)."""
+
+    host: str
+    port: int
+    ca: Path
+    server_name: str
+
+    def pace(self) -> None: ...
+
+
+def _tls(listener: Listener) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(listener.ca))
     context.set_alpn_protocols(["http/1.1"])
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return context.wrap_socket(sock, server_hostname=SERVER_NAME)
+    sock = socket.create_connection((listener.host, listener.port), timeout=10)
+    return context.wrap_socket(sock, server_hostname=listener.server_name)
 
 
 def _answered(tls: ssl.SSLSocket) -> bool:
     return bool(tls.pending()) or bool(select.select([tls], [], [], 0)[0])
 
 
-def h1_exchange(port: int, ca: Path, head: bytes, body: bytes = b"", *, step: int = 16384) -> Reply:
+def h1_exchange(listener: Listener, head: bytes, body: bytes = b"", *, step: int = 16384) -> Reply:
     """Send `head` then `body` (as given: framing is the caller's) on a fresh TLS
     connection, stopping early if Envoy answers; the first response on the connection."""
-    with _tls(port, ca) as tls:
+    listener.pace()
+    with _tls(listener) as tls:
         tls.sendall(head)
         for start in range(0, len(body), step):
             if _answered(tls):
@@ -116,7 +129,7 @@ _RECV_HEADER = re.compile(r"^\[\s*[\d.]+\] recv \(stream_id=\d+\) ([^:\s][^:]*|:
 
 
 def h2_request(
-    port: int,
+    listener: Listener,
     path: str,
     *,
     method: str = "GET",
@@ -125,7 +138,8 @@ def h2_request(
     content_length: bool = True,
 ) -> H2Reply:
     """One HTTP/2 request through nghttp (`body` a file; without a content-length if
-    `content_length` is False: the HTTP/2 twin of a chunked body)."""
+    `content_length` is False: the HTTP/2 twin of a chunked body). nghttp connects by
+    the server name, so that name must lead to the listener (localhost does, on loopback)."""
     nghttp = shutil.which("nghttp")
     if nghttp is None:
         pytest.fail("nghttp is missing: apt-get install nghttp2-client (.ci/run does)")
@@ -136,7 +150,8 @@ def h2_request(
         args += ["-d", str(body)]
         if not content_length:
             args.append("--no-content-length")
-    args.append(f"https://{SERVER_NAME}:{port}{path}")
+    args.append(f"https://{listener.server_name}:{listener.port}{path}")
+    listener.pace()
     out = subprocess.run(args, capture_output=True, timeout=60, check=False).stdout
     return _parse_nghttp(out)
 

@@ -16,7 +16,10 @@ import pytest
 from tests.e2e.conftest import Edge, assert_denial, identity_at_upstream
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.own_stack("mints and revokes with the CLI against the stack's config and Redis"),
+]
 
 INTERNAL = "/api/v1/internal/reports"
 

@@ -63,11 +63,6 @@ def _unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def _upstream_untouched(edge: Edge, before: int) -> None:
-    # Counters are live in the admin API; a request that reached the upstream moved it.
-    assert edge.upstream_requests() == before
-
-
 # --- allowed: RS256 and Ed25519 ----------------------------------------------------------------
 
 
@@ -83,13 +78,15 @@ def test_valid_token_is_allowed_with_identity_at_the_upstream(edge: Edge, alg: s
     assert reply.json()["user_id"] == subject
     assert identity == {
         "x-auth-subject": subject,
-        "x-auth-issuer": edge.stack.issuer,
+        "x-auth-issuer": edge.issuer,
         "x-auth-scopes": ["profile", "users:read"],
         "x-auth-roles": ["auditor", "support"],
     }
     assert_hardened(reply)
-    entry = edge.access_log_entry(reply.request_id or "")
-    assert (entry["status"], entry["subject"], entry["authz_rule"]) == (200, subject, "get-user")
+    if edge.own_stack:  # Envoy's access log is a file of the stack
+        entry = edge.access_log_entry(reply.request_id or "")
+        assert (entry["status"], entry["subject"]) == (200, subject)
+        assert entry["authz_rule"] == "get-user"
 
 
 def test_public_route_needs_no_token_and_carries_no_identity(edge: Edge) -> None:
@@ -103,11 +100,11 @@ def test_public_route_needs_no_token_and_carries_no_identity(edge: Edge) -> None
 
 
 def test_no_token_is_401_with_the_bearer_challenge(edge: Edge) -> None:
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
     reply = edge.client.request("/api/v1/users/alice")
     assert_denial(reply, 401, "unauthorized")
     assert reply.header("www-authenticate") == REALM
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 def test_token_only_in_the_query_string_counts_as_no_credentials(edge: Edge) -> None:
@@ -134,7 +131,7 @@ def _tampered_signature(edge: Edge) -> str:
 def _claims(edge: Edge) -> dict[str, Any]:
     now = int(time.time())
     return {
-        "iss": edge.stack.issuer,
+        "iss": edge.issuer,
         "sub": "alice",
         "aud": "api://demo",
         "iat": now,
@@ -152,8 +149,7 @@ def _alg_none(edge: Edge) -> str:
 
 def _hs256_with_the_rsa_public_key(edge: Edge) -> str:
     # The classic algorithm confusion: HMAC keyed with the issuer's public key.
-    assert edge.stack.idp_keys is not None
-    rsa = edge.stack.idp_keys.rs256
+    rsa = edge.idp_keys.rs256
     secret = rsa.as_pem(private=False)
     header = {"alg": "HS256", "typ": "JWT", "kid": rsa.thumbprint()}
     signing_input = (
@@ -168,9 +164,7 @@ INVALID_TOKENS: dict[str, Callable[[Edge], str]] = {
     "not-yet-valid": lambda e: e.mint("alice", scope="users:read", now=time.time() + 3600),
     "wrong-audience": lambda e: e.mint("alice", scope="users:read", audience="api://other"),
     "wrong-issuer": lambda e: e.mint("alice", scope="users:read", issuer="http://127.0.0.1:9"),
-    "issuer-trailing-slash": lambda e: e.mint(
-        "alice", scope="users:read", issuer=e.stack.issuer + "/"
-    ),
+    "issuer-trailing-slash": lambda e: e.mint("alice", scope="users:read", issuer=e.issuer + "/"),
     "unknown-kid": lambda e: e.mint("alice", scope="users:read", header={"kid": "no-such-key"}),
     "tampered-payload": _tampered_payload,
     "tampered-signature": _tampered_signature,
@@ -184,13 +178,13 @@ INVALID_TOKENS: dict[str, Callable[[Edge], str]] = {
 def test_invalid_token_is_401_invalid_token_with_one_generic_answer(edge: Edge, case: str) -> None:
     token = INVALID_TOKENS[case](edge)
     edge.tokens.append(token)
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     reply = edge.client.request("/api/v1/users/alice", token=token)
 
     assert_denial(reply, 401, "invalid_token")
     assert reply.header("www-authenticate") == INVALID_TOKEN  # the same text for every reason
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 # --- 403: scopes, ownership (IDOR), roles, the allow-list -------------------------------------
@@ -198,7 +192,7 @@ def test_invalid_token_is_401_invalid_token_with_one_generic_answer(edge: Edge, 
 
 def test_missing_scope_is_403_insufficient_scope_naming_the_scope(edge: Edge) -> None:
     token = edge.mint("alice", scope="users:read")
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     reply = edge.client.request("/api/v1/users/alice", method="PUT", token=token)
 
@@ -206,7 +200,7 @@ def test_missing_scope_is_403_insufficient_scope_naming_the_scope(edge: Edge) ->
     assert reply.header("www-authenticate") == (
         f'{REALM}, error="insufficient_scope", scope="users:write"'
     )
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 def test_token_without_any_scope_is_403_insufficient_scope(edge: Edge) -> None:
@@ -219,7 +213,7 @@ def test_token_without_any_scope_is_403_insufficient_scope(edge: Edge) -> None:
 
 def test_idor_user_cannot_read_or_write_another_users_resource(edge: Edge) -> None:
     token = edge.mint("alice", scope="users:read users:write")
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     read = edge.client.request("/api/v1/users/bob", token=token)
     # A valid body, so the ownership condition decides (the schema is checked before it).
@@ -231,7 +225,7 @@ def test_idor_user_cannot_read_or_write_another_users_resource(edge: Edge) -> No
     for reply in (read, write, forged):
         assert_denial(reply, 403, "forbidden")
         assert reply.header("www-authenticate") is None
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
     # ...while the owner is served.
     assert identity_at_upstream(edge.client.request("/api/v1/users/alice", token=token))
 
@@ -251,13 +245,13 @@ def test_admin_may_act_on_any_user(edge: Edge) -> None:
 def test_admin_only_routes_are_403_for_other_users(edge: Edge) -> None:
     user = edge.mint("alice", scope="users:read users:write")
     admin = edge.mint("root", roles=["admin"])
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     assert_denial(edge.client.request("/api/v1/admin/stats", token=user), 403, "forbidden")
     assert_denial(
         edge.client.request("/api/v1/users/alice", method="DELETE", token=user), 403, "forbidden"
     )
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
     assert identity_at_upstream(edge.client.request("/api/v1/admin/stats", token=admin))
 
 
@@ -274,12 +268,12 @@ def test_admin_only_routes_are_403_for_other_users(edge: Edge) -> None:
 )
 def test_unmatched_route_is_403(edge: Edge, method: str, path: str, with_token: bool) -> None:
     token = edge.mint("alice", scope="users:read users:write", roles=["admin"])
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     reply = edge.client.request(path, method=method, token=token if with_token else None)
 
     assert_denial(reply, 403, "forbidden")
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 # --- 400: ambiguous requests -------------------------------------------------------------------
@@ -288,7 +282,7 @@ def test_unmatched_route_is_403(edge: Edge, method: str, path: str, with_token: 
 def test_two_authorization_headers_are_400(edge: Edge) -> None:
     alice = edge.mint("alice", scope="users:read")
     admin = edge.mint("root", scope="users:read", roles=["admin"])
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     for headers in (
         [("authorization", f"Bearer {alice}"), ("authorization", f"Bearer {admin}")],
@@ -297,7 +291,7 @@ def test_two_authorization_headers_are_400(edge: Edge) -> None:
         reply = edge.client.request("/api/v1/users/bob", headers=headers)
         assert_denial(reply, 400, "invalid_request")
         assert reply.header("www-authenticate") == f'{REALM}, error="invalid_request"'
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 @pytest.mark.parametrize("where", ["query", "cookie"])
@@ -309,10 +303,10 @@ def test_header_token_plus_a_second_token_elsewhere_is_400(edge: Edge, where: st
         path += f"?access_token={admin}"
     else:
         headers.append(("cookie", f"access_token={admin}"))
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     assert_denial(edge.client.request(path, headers=headers), 400, "invalid_request")
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 @pytest.mark.parametrize(
@@ -326,7 +320,7 @@ def test_header_token_plus_a_second_token_elsewhere_is_400(edge: Edge, where: st
 )
 def test_escaped_slashes_and_nul_in_the_path_are_400(edge: Edge, path: str) -> None:
     token = edge.mint("alice", scope="users:read")
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     reply = edge.client.request(path, token=token)
 
@@ -336,32 +330,32 @@ def test_escaped_slashes_and_nul_in_the_path_are_400(edge: Edge, path: str) -> N
     assert reply.header("content-type") == "application/json"
     assert reply.json() == {"error": "invalid_request", "request_id": None}
     assert_hardened(reply)
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 def test_ambiguous_framing_is_a_json_400_from_envoy(edge: Edge) -> None:
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
     head = (
         b"POST /api/v1/public/ping HTTP/1.1\r\nhost: localhost\r\n"
         b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
     )
 
-    reply = h1_exchange(edge.client.port, edge.client.ca, head, b"0\r\n\r\n")
+    reply = h1_exchange(edge.client, head, b"0\r\n\r\n")
 
     assert reply.status == 400
     assert reply.header("content-type") == "application/json"
     assert reply.json()["error"] == "invalid_request"
     assert b"chunked" not in reply.body.lower()  # nothing of Envoy's codec text
     assert_hardened(reply)
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 @pytest.mark.parametrize("path", ["/api/v1/users/alice;role=admin", "/api/v1/users/alice%zz"])
 def test_undecodable_or_parameterised_path_is_400(edge: Edge, path: str) -> None:
     token = edge.mint("alice", scope="users:read")
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
     assert_denial(edge.client.request(path, token=token), 400, "invalid_request")
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 def test_dot_segments_are_resolved_before_the_policy_sees_the_path(edge: Edge) -> None:
@@ -384,7 +378,7 @@ def test_client_sent_identity_headers_never_reach_the_upstream(edge: Edge) -> No
     # Exactly what authz derived from the token: forged values neither overwrite nor add.
     assert identity_at_upstream(reply) == {
         "x-auth-subject": "alice",
-        "x-auth-issuer": edge.stack.issuer,
+        "x-auth-issuer": edge.issuer,
         "x-auth-scopes": ["users:read"],
     }
 
@@ -396,11 +390,11 @@ def test_client_sent_identity_headers_are_stripped_on_public_routes(edge: Edge) 
 
 def test_identity_header_spelled_with_underscores_is_400(edge: Edge) -> None:
     # Some upstream frameworks read x_auth_subject as x-auth-subject; Envoy refuses it.
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
     reply = edge.client.request("/api/v1/public/ping", headers=[("x_auth_subject", "mallory")])
     assert reply.status == 400
     assert_hardened(reply)
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 # --- security response headers ----------------------------------------------------------------
@@ -422,11 +416,11 @@ def test_security_headers_on_200_400_401_403_and_no_server_header(edge: Edge) ->
 
 
 def test_healthz_is_answered_by_envoy_with_security_headers(edge: Edge) -> None:
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
     reply = edge.client.request("/healthz")
     assert reply.status == 200
     assert_hardened(reply)
-    _upstream_untouched(edge, before)
+    edge.assert_upstream_untouched(before)
 
 
 # --- request ids ---------------------------------------------------------------------------
@@ -443,6 +437,7 @@ def _audit_lines(edge: Edge) -> list[dict[str, Any]]:
     return lines
 
 
+@pytest.mark.own_stack("reads Envoy's access log and the authz audit log")
 def test_request_id_in_denial_body_header_access_log_and_audit_agree(edge: Edge) -> None:
     token = edge.mint("alice", scope="users:read")
     reply = edge.client.request("/api/v1/users/bob", token=token)
@@ -464,7 +459,8 @@ def test_request_id_of_an_allowed_request_reaches_the_upstream(edge: Edge) -> No
     assert reply.status == 200
     assert reply.request_id
     assert reply.json()["request_id"] == reply.request_id
-    assert edge.access_log_entry(reply.request_id)["status"] == 200
+    if edge.own_stack:  # Envoy's access log is a file of the stack
+        assert edge.access_log_entry(reply.request_id)["status"] == 200
 
 
 # A client's x-request-id never survives: Envoy's early header mutation drops it and no
@@ -482,7 +478,10 @@ def test_client_chosen_request_id_is_replaced_by_envoys_own(edge: Edge, path: st
 # --- TLS ---------------------------------------------------------------------------------------
 
 
-def _ssl_connection_errors(edge: Edge) -> int:
+def _ssl_connection_errors(edge: Edge) -> int | None:
+    """Envoy's count of failed handshakes (None without its admin API)."""
+    if not edge.own_stack:
+        return None
     return edge.counter(f"listener.127.0.0.1_{edge.ports.envoy}.ssl.connection_error")
 
 
@@ -501,7 +500,8 @@ def test_tls12_and_tls13_are_accepted(edge: Edge, version: ssl.TLSVersion, name:
     assert edge.client.handshake(context)[0] == name
     reply = edge.client.request("/api/v1/public/ping", context=context)
     assert reply.status == 200
-    assert edge.access_log_entry(reply.request_id or "")["tls_version"] == name
+    if edge.own_stack:  # Envoy's access log is a file of the stack
+        assert edge.access_log_entry(reply.request_id or "")["tls_version"] == name
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
@@ -525,7 +525,10 @@ def test_tls11_and_older_are_refused_by_envoy(edge: Edge, version: ssl.TLSVersio
     with pytest.raises(ssl.SSLError, match=r"PROTOCOL_VERSION|protocol version"):
         edge.client.handshake(old)
 
-    assert _ssl_connection_errors(edge) == before + 1  # refused by Envoy, not by the client
+    # Refused by Envoy, not by the client. (Without the admin API, the protocol_version
+    # alert matched above, which is the server's answer, is the evidence.)
+    if before is not None:
+        assert _ssl_connection_errors(edge) == before + 1
 
 
 # --- the sidecars' health over mTLS -----------------------------------------------------------
@@ -541,29 +544,27 @@ def test_tls11_and_older_are_refused_by_envoy(edge: Edge, version: ssl.TLSVersio
     ],
 )
 def test_grpcurl_health_through_mtls_is_serving(edge: Edge, sidecar: str, service: str) -> None:
-    port = getattr(edge.ports, sidecar)
     out = grpcurl(
-        f"127.0.0.1:{port}",
+        edge.sidecar(sidecar),
         "grpc.health.v1.Health/Check",
-        pki=edge.stack.pki,
+        pki=edge.pki,
         data={"service": service},
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"status": "SERVING"}
 
 
-def _health_check(edge: Edge, port: int, *, client_cert: bool) -> str:
+def _health_check(edge: Edge, address: str, *, client_cert: bool) -> str:
     """grpc.health.v1 Check over TLS with the stack's CA, with or without Envoy's client
     certificate; the status name, or the gRPC error code's name."""
-    pki = edge.stack.pki
-    assert pki is not None
+    pki = edge.pki
     creds = grpc.ssl_channel_credentials(
         root_certificates=pki.ca.read_bytes(),
         private_key=pki.client_key.read_bytes() if client_cert else None,
         certificate_chain=pki.client_cert.read_bytes() if client_cert else None,
     )
     options = [("grpc.ssl_target_name_override", "localhost")]
-    with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
+    with grpc.secure_channel(address, creds, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=3)
@@ -574,14 +575,15 @@ def _health_check(edge: Edge, port: int, *, client_cert: bool) -> str:
 
 @pytest.mark.parametrize("sidecar", ["authz", "ratelimit"])
 def test_sidecars_refuse_a_client_without_a_certificate(edge: Edge, sidecar: str) -> None:
-    port = getattr(edge.ports, sidecar)
-    assert _health_check(edge, port, client_cert=True) == "SERVING"
-    assert _health_check(edge, port, client_cert=False) == "UNAVAILABLE"
+    address = edge.sidecar(sidecar)
+    assert _health_check(edge, address, client_cert=True) == "SERVING"
+    assert _health_check(edge, address, client_cert=False) == "UNAVAILABLE"
 
 
 # --- logs (keep last: it scans what the module's requests left behind) -------------------------
 
 
+@pytest.mark.own_stack("scans the log files of every process of the stack")
 def test_tokens_never_appear_in_any_log(edge: Edge) -> None:
     planted = edge.mint(_unique("planted"), scope="users:read")
     subject = _segment(planted, 1)["sub"]

@@ -26,7 +26,10 @@ from tests.support.grpcurl import grpcurl
 from tests.support.https import Reply
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.own_stack("stops and restarts the stack's processes, reads its logs"),
+]
 STAGE0_PROFILES = ("local", "global")
 
 RATELIMIT_SERVICE = "envoy.service.ratelimit.v3.RateLimitService"

@@ -23,7 +23,6 @@ import http_sf
 import pytest
 
 from tests.e2e.conftest import (
-    SERVER_NAME,
     Edge,
     assert_denial,
     identity_at_upstream,
@@ -86,7 +85,7 @@ def test_every_claim_value_reaches_the_upstream_exactly(edge: Edge, subject: str
         assert value.isprintable()
     expected = {
         "x-auth-subject": subject,
-        "x-auth-issuer": edge.stack.issuer,
+        "x-auth-issuer": edge.issuer,
         "x-auth-client-id": "cli\u00e9nt, 2",
         "x-auth-scopes": sorted(TRICKY_SCOPES),
         "x-auth-roles": sorted(TRICKY_ROLES),
@@ -94,8 +93,8 @@ def test_every_claim_value_reaches_the_upstream_exactly(edge: Edge, subject: str
     assert identity_at_upstream(reply) == expected
     assert _decoded_by_http_sf(raw) == expected
     # The rate limiter keyed stage 1 on the raw subject (Envoy's access log shows it).
-    entry = edge.access_log_entry(reply.request_id or "")
-    assert entry["subject"] == subject
+    if edge.own_stack:  # Envoy's access log is a file of the stack
+        assert edge.access_log_entry(reply.request_id or "")["subject"] == subject
 
 
 def test_values_that_used_to_collide_arrive_as_different_headers(edge: Edge) -> None:
@@ -124,7 +123,8 @@ def _curl_h2(edge: Edge, tmp_path: Path, path: str, headers: Sequence[tuple[str,
     header_file = tmp_path / "headers"
     header_file.write_text("".join(f"{name}: {value}\n" for name, value in headers))
     body = tmp_path / "body"
-    port = edge.ports.envoy
+    port = edge.client.port
+    edge.client.pace()
     done = subprocess.run(
         [
             curl,
@@ -133,15 +133,15 @@ def _curl_h2(edge: Edge, tmp_path: Path, path: str, headers: Sequence[tuple[str,
             "--http2",
             "--cacert",
             str(edge.client.ca),
-            "--resolve",
-            f"{SERVER_NAME}:{port}:127.0.0.1",
+            "--connect-to",  # the server name, at the listener's address
+            f"{edge.client.server_name}:{port}:{edge.client.host}:{port}",
             "--header",
             f"@{header_file}",
             "--output",
             str(body),
             "--write-out",
             "%{http_version} %{http_code}",
-            f"https://{SERVER_NAME}:{port}{path}",
+            f"https://{edge.client.server_name}:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -166,7 +166,7 @@ def test_a_token_cookie_in_a_second_cookie_header_is_400(
     admin = edge.mint("root", scope="users:read", roles=["admin"])
     send = _h1 if protocol == "http/1.1" else lambda e, p, h: _curl_h2(e, tmp_path, p, h)
     auth = ("authorization", f"Bearer {alice}")
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     denied = send(
         edge,
@@ -175,7 +175,7 @@ def test_a_token_cookie_in_a_second_cookie_header_is_400(
     )
     assert denied.status == 400, denied.body
     assert denied.json()["error"] == "invalid_request"
-    assert edge.upstream_requests() == before
+    edge.assert_upstream_untouched(before)
 
     # Two Cookie headers without a token cookie are fine: the 400 is the token's.
     served = send(
@@ -203,12 +203,12 @@ def test_a_token_in_any_reading_of_the_query_next_to_the_header_is_400(
 ) -> None:
     alice = edge.mint("alice", scope="users:read")
     admin = edge.mint("root", scope="users:read", roles=["admin"])
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     reply = edge.client.request(f"/api/v1/users/bob?{query.format(t=admin)}", token=alice)
 
     assert_denial(reply, 400, "invalid_request")
-    assert edge.upstream_requests() == before
+    edge.assert_upstream_untouched(before)
 
 
 def test_a_query_that_only_mentions_the_name_is_served(edge: Edge) -> None:
@@ -234,7 +234,7 @@ def test_two_credentials_in_authorization_are_400(
     alice = edge.mint("alice", scope="users:read")
     admin = edge.mint("root", scope="users:read", roles=["admin"])
     headers = [("authorization", v.format(a=alice, b=admin)) for v in values]
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
 
     if protocol == "h2":
         reply = _curl_h2(edge, tmp_path, "/api/v1/users/bob", headers)
@@ -243,14 +243,14 @@ def test_two_credentials_in_authorization_are_400(
 
     assert reply.status == 400, reply.body
     assert reply.json()["error"] == "invalid_request"
-    assert edge.upstream_requests() == before
+    edge.assert_upstream_untouched(before)
 
 
 def test_a_fragment_never_reaches_ext_authz(edge: Edge) -> None:
     # Envoy 1.40 refuses a "#" in the request target itself (measured): nothing for a
     # second reading of the query to find.
     alice = edge.mint("alice", scope="users:read")
-    before = edge.upstream_requests()
+    before = edge.upstream_mark()
     reply = edge.client.request("/api/v1/users/alice?a=1#access_token=x", token=alice)
     assert reply.status == 400
-    assert edge.upstream_requests() == before
+    edge.assert_upstream_untouched(before)

@@ -20,7 +20,10 @@ from tests.support.oidc_provider import (
     running_provider,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.own_stack("starts a stack of its own beside an OpenID provider"),
+]
 
 ORDERS = "/api/v1/orders/42"
 

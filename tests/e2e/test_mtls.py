@@ -28,8 +28,7 @@ def _context_with(edge: Edge, cert: Path, key: Path):  # type: ignore[no-untyped
 
 
 def test_the_demo_service_s_certificate_gets_in(edge: Edge) -> None:
-    pki = edge.stack.pki
-    assert pki is not None
+    pki = edge.pki
     reply = edge.client.request(
         INTERNAL, context=_context_with(edge, pki.service_cert, pki.service_key)
     )
@@ -51,8 +50,7 @@ def test_a_token_is_not_a_credential_on_an_mtls_route(edge: Edge) -> None:
 
 def test_a_certificate_no_identity_names_is_403(edge: Edge, tmp_path: Path) -> None:
     # Signed by the very CA the listener trusts, with a SPIFFE ID outside the demo's.
-    pki = edge.stack.pki
-    assert pki is not None
+    pki = edge.pki
     ca_cert = load_pem_x509_certificate(pki.ca.read_bytes())
     ca_key = serialization.load_pem_private_key((pki.root / "ca-key.pem").read_bytes(), None)
     cert_pem, key_pem = issue_certificate(

@@ -12,6 +12,9 @@ per profile (module-scoped `stack`), and the `edge` fixture gives every test ful
 Counting bounds: a bucket that starts full admits at least `burst` requests, and during a
 flood that lasts `elapsed` seconds at most `burst + rate * elapsed` (+1 for rounding) --
 unless a failure mode admitted some (a timeout on a loaded machine), which `Flood` detects.
+Against an external stack it cannot (no admin API, no sidecar log), so only the lower
+bound is checked there; and each test's buckets are full because the `edge` fixture waits
+until they have refilled (conftest's docstring).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ ROUTE_RATE, ROUTE_BURST = 5, 10
 class Flood:
     replies: list[Reply]
     elapsed: float
-    limiter_failed: bool  # some answer came from a failure mode, not from a bucket
+    limiter_failed: bool  # some answer came (or may have come) from a failure mode
 
     @property
     def statuses(self) -> list[int]:
@@ -65,11 +68,13 @@ class Flood:
 
 
 def _flood(edge: Edge, send: Callable[[], list[Reply]]) -> Flood:
-    failures = edge.limiter_failures()
+    failures = edge.limiter_failures() if edge.own_stack else None
     started = time.monotonic()
     replies = send()
     elapsed = time.monotonic() - started
-    return Flood(replies, elapsed, edge.limiter_failures() != failures)
+    # An external stack's failure modes cannot be seen: as if one had admitted some.
+    failed = failures is None or edge.limiter_failures() != failures
+    return Flood(replies, elapsed, failed)
 
 
 def _assert_429(reply: Reply) -> None:
@@ -121,6 +126,7 @@ def _audit_request_ids(edge: Edge) -> set[str]:
     return set(re.findall(r'"request_id":"([^"]+)"', text))
 
 
+@pytest.mark.own_stack("reads Envoy's access log, the authz audit log and Envoy's counters")
 def test_unauthenticated_flood_gets_429_before_any_authz_work(edge: Edge) -> None:
     before = edge.upstream_requests()
     flood = _flood(edge, lambda: edge.client.burst(60, "/api/v1/users/alice"))
@@ -189,8 +195,9 @@ def test_spoofed_forwarding_headers_do_not_change_the_rate_limit_key(edge: Edge)
     for reply in flood.replies:
         if reply.status == 429:
             _assert_address_limited(edge, reply)
-    entry = edge.access_log_entry(flood.replies[-1].request_id or "")
-    assert entry["client_address"] == edge.client.source
+    if edge.own_stack:  # Envoy's access log is a file of the stack
+        entry = edge.access_log_entry(flood.replies[-1].request_id or "")
+        assert entry["client_address"] == edge.client.source
 
 
 def test_per_subject_limit_stops_one_subject_and_not_another(edge: Edge) -> None:
@@ -212,7 +219,8 @@ def test_per_subject_limit_stops_one_subject_and_not_another(edge: Edge) -> None
         else:
             assert identity_at_upstream(reply)["x-auth-subject"] == busy
     last = [r for r in flood.replies if r.status == 429][-1]
-    assert _denied_by(edge, last) == "per-subject"
+    if edge.own_stack:  # Envoy's access log is a file of the stack
+        assert _denied_by(edge, last) == "per-subject"
     # Another subject from the same address is still served: the limit is per subject.
     other = edge.client.request(f"/api/v1/users/{quiet}", token=quiet_token)
     assert identity_at_upstream(other)["x-auth-subject"] == quiet
@@ -221,6 +229,7 @@ def test_per_subject_limit_stops_one_subject_and_not_another(edge: Edge) -> None
 
 
 def test_the_address_limit_is_per_address(edge: Edge) -> None:
+    edge.need_fresh_sources()
     replies = edge.client.burst(50, "/api/v1/users/alice")
     assert 429 in [r.status for r in replies]
     edge.client.new_source()
@@ -248,7 +257,8 @@ def test_per_route_limit_is_shared_by_every_client_of_the_route(edge: Edge) -> N
         if reply.status == 429:
             _assert_rate_limited(reply, "admin-stats-route", ROUTE_RATE)
     last = [r for r in flood.replies if r.status == 429][-1]
-    assert _denied_by(edge, last) == "admin-stats-route"
+    if edge.own_stack:  # Envoy's access log is a file of the stack
+        assert _denied_by(edge, last) == "admin-stats-route"
     # Another route of the same subjects is not limited by it.
     users = edge.client.request(f"/api/v1/users/{uuid.uuid4().hex[:6]}", headers=alternate(0))
     assert users.status == 200, users.body
@@ -270,5 +280,6 @@ def test_authenticated_requests_carry_every_limit_in_their_one_answer(edge: Edge
         assert 'name="per-authenticated-address"' not in policies
 
 
+@pytest.mark.own_stack("scans the log files of every process of the stack")
 def test_tokens_never_appear_in_any_log(edge: Edge) -> None:
     assert_no_tokens_logged(edge)
