@@ -181,21 +181,22 @@ class GuardedStore:
         finally:
             self._done(started)
         changed = self._breaker.record_success()
-        for node in acquired.answered_nodes:
+        report = acquired.nodes
+        for node in report.answered:
             changed = self._nodes.record_success(node) or changed
-        for node, error in acquired.failed_nodes.items():
+        for node, error in report.failed:
             self.stats.store_errors += 1
             self._answered_by_failure_mode(f"{node}: {error}")
             changed = self._nodes.record_failure(node) or changed
         for node in refused:
             self.stats.short_circuited += 1
             self._answered_by_failure_mode(f"{node}: circuit open")
-        for reason in acquired.unsettled:
+        for reason in report.unsettled:
             self._answered_by_failure_mode(reason)
         if changed:
             await self._report_health()
         outcomes = acquired.outcomes
-        if acquired.failed_nodes or refused or acquired.unsettled:
+        if report.failed or refused or report.unsettled:
             if all(outcome is None for outcome in outcomes):
                 return None
             self.stats.partial_answers += 1

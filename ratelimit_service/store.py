@@ -14,8 +14,7 @@ keeps a circuit breaker per node and only that node's buckets get the failure mo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ratelimit_service.limits.bucket import BucketSpec, CallMode, Outcome
@@ -27,11 +26,10 @@ __all__ = [
     "BucketStore",
     "CallMode",
     "DeadlineStore",
+    "NodeReport",
     "PartitionedStore",
     "refund_outcome",
 ]
-
-_NO_FAILURES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +43,28 @@ class BucketCall:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeReport:
+    """What became of a partitioned store's nodes in one `acquire`."""
+
+    answered: tuple[str, ...] = ()  # nodes that answered
+    failed: tuple[tuple[str, str], ...] = ()  # (node, reason): called, and failed
+    unsettled: tuple[str, ...] = ()  # reasons of calls no node is to blame for (migration)
+
+
+NO_NODES = NodeReport()
+
+
+@dataclass(frozen=True, slots=True)
 class Acquired:
     """A store's answer. `outcomes` has one entry per call, in order; an entry is None
-    only from a `PartitionedStore`, for a call whose node failed (`failed_nodes`: node ->
-    reason) or was skipped because its breaker is open, or whose slot was being migrated
-    (`unsettled`: the reasons; no node's fault, so no breaker counts it). `answered_nodes`
-    are the nodes that answered (a partitioned store's; empty otherwise)."""
+    only from a `PartitionedStore`, for a call whose node failed or was not called (its
+    breaker open), or whose slot was being migrated (see `nodes`)."""
 
     committed: bool  # True when the commit rule held and the tokens were taken
     outcomes: tuple[Outcome | None, ...]
-    failed_nodes: Mapping[str, str] = field(default_factory=lambda: _NO_FAILURES)
-    answered_nodes: tuple[str, ...] = ()
-    unsettled: tuple[str, ...] = ()
+    # One field for a partitioned store's extras: each field of a frozen dataclass costs
+    # every Acquired on the hot path about 0.1 us to set.
+    nodes: NodeReport = NO_NODES
 
 
 class BucketStore(Protocol):
@@ -122,7 +130,7 @@ class PartitionedStore(Protocol):
         node_allowed: Callable[[str], bool],
     ) -> Acquired:
         """`acquire` with a deadline per node: a node that errs, times out, or is not
-        allowed gives None outcomes for its calls and appears in `failed_nodes`. Raises
+        allowed gives None outcomes for its calls and appears in `nodes.failed`. Raises
         StoreError only when the store as a whole cannot be used (no slot map)."""
         ...
 

@@ -24,7 +24,7 @@ calls that meet a slot's keys split between two nodes (TRYAGAIN until the deadli
 the failure mode, like any failed call, without counting against the node's breaker.
 
 Failure isolation. A slot's call that fails (error, timeout, or its node's breaker open,
-`node_allowed`) gives None outcomes for its calls and names its node in `failed_nodes`;
+`node_allowed`) gives None outcomes for its calls and names its node in `nodes.failed`;
 the other slots' answers stand. For the commit rule, a failed call counts as admitting
 under fail_open (the others keep their charges) and as an ENFORCE denial under
 fail_closed (the others are refunded). Only if the slot map cannot be had at all does the
@@ -40,7 +40,7 @@ from typing import Literal
 
 from ratelimit_service.errors import StoreError
 from ratelimit_service.limits.bucket import CallMode, Outcome, must_commit
-from ratelimit_service.store import Acquired, BucketCall, refund_outcome
+from ratelimit_service.store import Acquired, BucketCall, NodeReport, refund_outcome
 from ratelimit_service.stores.redis_script import ScriptRunner, evalsha_args, parse_reply
 from ratelimit_service.stores.redis_transports import ClusterTransport, SlotMovingError
 
@@ -156,10 +156,10 @@ class ClusterRedisStore:
         committed = global_commit(calls, outcomes, fail_open=fail_open)
         if not committed:
             await self._refund([s for s in slots if s.committed], calls, outcomes, timeout_s)
-        failed = {s.node: s.error for s in slots if s.error is not None}
+        failed = tuple((s.node, s.error) for s in slots if s.error is not None)
         answered = tuple(dict.fromkeys(s.node for s in slots if s.outcomes is not None))
         moving = tuple(s.moving for s in slots if s.moving is not None)
-        return Acquired(committed, tuple(outcomes), failed, answered, moving)
+        return Acquired(committed, tuple(outcomes), NodeReport(answered, failed, moving))
 
     async def _take(
         self,

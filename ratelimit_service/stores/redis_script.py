@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
@@ -69,7 +69,7 @@ class Transport(Protocol):
     reply is StoreReplyError (its first word the Redis code: NOSCRIPT ...), a failed
     connection StoreError, no answer within `timeout_s` TimeoutError."""
 
-    async def execute(self, args: Sequence[Arg], *, timeout_s: float | None) -> Any:
+    def execute(self, args: Sequence[Arg], *, timeout_s: float | None) -> Awaitable[Any]:
         """Send one command to the server its keys belong to; its reply."""
         ...
 

@@ -17,7 +17,7 @@ other failure StoreError.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -47,8 +47,9 @@ class PipeTransport:
     def __init__(self, pipe: RedisPipe) -> None:
         self.pipe = pipe
 
-    async def execute(self, args: Sequence[Arg], *, timeout_s: float | None) -> Any:
-        return await self.pipe.execute(pack(*args), timeout_s=timeout_s)
+    def execute(self, args: Sequence[Arg], *, timeout_s: float | None) -> Awaitable[Any]:
+        # A plain function handing back the pipe's coroutine: one frame fewer per call.
+        return self.pipe.execute(pack(*args), timeout_s=timeout_s)
 
     async def execute_on(self, server: str, args: Sequence[Arg], *, timeout_s: float) -> Any:
         return await self.pipe.execute(pack(*args), timeout_s=timeout_s)

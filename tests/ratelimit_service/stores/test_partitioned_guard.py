@@ -14,7 +14,7 @@ from ratelimit_service.decision_log import DecisionLog
 from ratelimit_service.errors import StoreError
 from ratelimit_service.guarded_store import GuardedStore
 from ratelimit_service.limits.bucket import BucketSpec, Outcome
-from ratelimit_service.store import Acquired, BucketCall, PartitionedStore
+from ratelimit_service.store import Acquired, BucketCall, NodeReport, PartitionedStore
 from sidecar_runtime.clock import ManualClock
 
 SPEC = BucketSpec(interval_us=1_000_000, capacity=10)
@@ -63,7 +63,8 @@ class TwoNodes:
             else:
                 answered.append(node)
                 outcomes.append(Outcome(True, 9, 1_000_000))
-        return Acquired(True, tuple(outcomes), failed, tuple(dict.fromkeys(answered)))
+        report = NodeReport(tuple(dict.fromkeys(answered)), tuple(failed.items()))
+        return Acquired(True, tuple(outcomes), report)
 
     async def ping_nodes(self, *, timeout_s: float) -> Mapping[str, str | None]:
         if self.map_lost:
