@@ -23,6 +23,7 @@ from devstack.envoy_config import (
     local_profile,
     main,
     render,
+    sidecar_server_name,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -430,7 +431,10 @@ def test_sidecar_clusters_http2_mtls_health_checked_and_bounded(
     assert http2["max_concurrent_streams"] == 16
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["@type"].endswith("UpstreamTlsContext")
-    assert tls["sni"] == "localhost"
+    [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    # The name Envoy dials the sidecar by: localhost on loopback, the service name in compose.
+    expected = sidecar_server_name(endpoint["endpoint"]["address"]["socket_address"]["address"])
+    assert tls["sni"] == expected
     context = tls["common_tls_context"]
     [cert] = context["tls_certificates"]
     assert cert["certificate_chain"]["filename"].endswith("/client.pem")
@@ -438,7 +442,7 @@ def test_sidecar_clusters_http2_mtls_health_checked_and_bounded(
     validation = context["validation_context"]
     assert validation["trusted_ca"]["filename"].endswith("/ca.pem")
     assert validation["match_typed_subject_alt_names"] == [
-        {"san_type": "DNS", "matcher": {"exact": "localhost"}}
+        {"san_type": "DNS", "matcher": {"exact": expected}}
     ]
     assert cluster["connect_timeout"] == "0.25s"
     [thresholds] = cluster["circuit_breakers"]["thresholds"]
