@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-fast lint format typecheck proto proto-check bench check clean
+.PHONY: venv run test test-fast compose-test lint format typecheck proto proto-check bench check clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,13 @@ test: venv $(PROVIDER_STAMP)
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not redis and not cluster and not e2e and not slow"
+
+# The e2e suite against the docker-compose stack: up, test, down (docs/testing.md). Where
+# no Docker engine or base image is to be had it prints "compose-test: SKIPPED: ..." and
+# exits 0 (3 with COMPOSE_TEST_REQUIRE_DOCKER=1); 1 if the suite fails, 2 if the stack
+# does not come up.
+compose-test: venv
+	scripts/compose-test
 
 lint: venv
 	$(BIN)/ruff check .
