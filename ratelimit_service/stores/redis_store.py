@@ -35,7 +35,6 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from ratelimit_service.errors import StoreError
 from ratelimit_service.settings import StoreSettings, host_port
 from ratelimit_service.store import Acquired, BucketCall
 from ratelimit_service.stores.redis_blocking import ThreadRedis
@@ -57,7 +56,15 @@ from ratelimit_service.stores.redis_transports import (
     ThreadTransport,
 )
 
-__all__ = ["SCRIPT", "SCRIPT_SHA", "ClusterRedisStore", "RedisStore", "open_redis_store"]
+__all__ = [
+    "SCRIPT",
+    "SCRIPT_SHA",
+    "ClusterRedisStore",
+    "RedisStore",
+    "StandaloneRedisStore",
+    "open_redis_store",
+    "redis_py_store",
+]
 
 FailureMode = Literal["fail_open", "fail_closed"]
 _TAKE = "take"
@@ -72,21 +79,13 @@ class ServerTransport(Transport, Protocol):
 
 
 class RedisStore:
-    """Buckets in one Redis server (standalone or Sentinel's master), over one transport;
-    `acquire_blocking` (the sync stack) over the thread's own connection, when given."""
+    """Buckets in one Redis server (standalone or Sentinel's master), over one transport."""
 
     hash_tags = False
     remote = True
 
-    def __init__(
-        self,
-        transport: ServerTransport,
-        *,
-        threads: ThreadTransport | None = None,
-        name: str = "redis",
-    ) -> None:
+    def __init__(self, transport: ServerTransport, *, name: str = "redis") -> None:
         self.transport = transport
-        self.threads = threads
         self.name = name
         self._runner = ScriptRunner(transport)
 
@@ -99,16 +98,6 @@ class RedisStore:
         """Like `acquire`; TimeoutError when no answer came within `timeout_s` of sending."""
         reply = await self._runner.run(
             evalsha_args(_TAKE, calls), server=SINGLE, timeout_s=timeout_s
-        )
-        committed, outcomes = parse_reply(reply, len(calls))
-        return Acquired(committed, tuple(outcomes))
-
-    def acquire_blocking(self, calls: Sequence[BucketCall], *, timeout_s: float) -> Acquired:
-        """`acquire_within` on the calling thread's own connection (see redis_blocking)."""
-        if self.threads is None:
-            raise StoreError(f"{self.name}: no blocking client")
-        reply = ScriptRunner.run_blocking(
-            self.threads, evalsha_args(_TAKE, calls), timeout_s=timeout_s
         )
         committed, outcomes = parse_reply(reply, len(calls))
         return Acquired(committed, tuple(outcomes))
@@ -129,8 +118,27 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.transport.close()
-        if self.threads is not None:
-            self.threads.close()
+
+
+class StandaloneRedisStore(RedisStore):
+    """A standalone server on the pipelined client, and (`acquire_blocking`, a
+    `BlockingStore`: the sync stack's worker threads) on a connection per thread."""
+
+    def __init__(self, transport: PipeTransport, threads: ThreadTransport) -> None:
+        super().__init__(transport)
+        self.threads = threads
+
+    def acquire_blocking(self, calls: Sequence[BucketCall], *, timeout_s: float) -> Acquired:
+        """`acquire_within` on the calling thread's own connection (see redis_blocking)."""
+        reply = ScriptRunner.run_blocking(
+            self.threads, evalsha_args(_TAKE, calls), timeout_s=timeout_s
+        )
+        committed, outcomes = parse_reply(reply, len(calls))
+        return Acquired(committed, tuple(outcomes))
+
+    async def close(self) -> None:
+        await super().close()
+        self.threads.close()
 
 
 def open_redis_store(
@@ -158,7 +166,7 @@ def open_redis_store(
             threads = ThreadRedis(
                 endpoint, connect_timeout_s=connect_timeout_s, stale_after_s=stale_after_s, tls=tls
             )
-            return RedisStore(PipeTransport(pipe), threads=ThreadTransport(threads))
+            return StandaloneRedisStore(PipeTransport(pipe), ThreadTransport(threads))
     return redis_py_store(settings, failure_mode=failure_mode)
 
 

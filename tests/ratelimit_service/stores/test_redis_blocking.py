@@ -16,10 +16,11 @@ import redis
 
 from devstack.pki import Pki
 from ratelimit_service.errors import StoreError, StoreReplyError
-from ratelimit_service.settings import RedisTlsSettings
+from ratelimit_service.settings import RedisTlsSettings, StoreSettings
+from ratelimit_service.store import BlockingStore
 from ratelimit_service.stores.redis_blocking import ThreadRedis
 from ratelimit_service.stores.redis_pipe import Endpoint, RedisPipe, endpoint_from_url, pack
-from ratelimit_service.stores.redis_store import RedisStore
+from ratelimit_service.stores.redis_store import RedisStore, open_redis_store
 from tests.ratelimit_service.stores.test_redis_pipe import call, clients, standalone
 from tests.support.redis_servers import RedisServer
 
@@ -238,3 +239,17 @@ async def test_a_wrong_ca_on_a_worker_thread_is_a_clear_store_error(
 def test_a_tls_context_for_a_plain_endpoint_is_refused(client: Any) -> None:
     with pytest.raises(ValueError, match="not rediss://"):
         client(Endpoint(), tls=ssl.create_default_context())
+
+
+async def test_only_the_pipelined_store_is_called_from_worker_threads() -> None:
+    # A redis-py store lives on the event loop: the sync stack hands its calls to the loop.
+    pipelined = open_redis_store(StoreSettings(type="redis", url="redis://127.0.0.1:1/0"))
+    redis_py = open_redis_store(
+        StoreSettings(type="redis", url="redis://h:1/0?health_check_interval=2")
+    )
+    cluster = open_redis_store(StoreSettings(type="redis", cluster={"addresses": ["127.0.0.1:1"]}))
+    assert isinstance(pipelined, BlockingStore)
+    assert not isinstance(redis_py, BlockingStore)
+    assert not isinstance(cluster, BlockingStore)
+    for store in (pipelined, redis_py, cluster):
+        await store.close()
