@@ -361,6 +361,11 @@ class Edge:
         if not self.client.fresh_sources:
             pytest.skip("needs fresh client addresses: EDGEGUARD_E2E_FRESH_SOURCES=1")
 
+    def need_grpc_demo(self) -> None:
+        """Skip unless Envoy routes gRPC to the demo Greeter (compose has none)."""
+        if self.target is not None and not self.target.grpc_demo:
+            pytest.skip("the stack serves no demo gRPC Greeter: EDGEGUARD_E2E_GRPC_DEMO=0")
+
     def sidecar(self, name: str) -> str:
         """HOST:PORT of the `name` sidecar (authz, ratelimit), for gRPC with `pki`."""
         if self.target is None:

@@ -99,6 +99,7 @@ class ExternalTarget:
     sidecars: Mapping[str, str]  # "authz" / "ratelimit" -> HOST:PORT, where reachable
     stage0: str
     fresh_sources: bool  # the listener sees the client's own loopback source address
+    grpc_demo: bool  # Envoy routes gRPC to the demo Greeter (the local stack does)
 
     @property
     def url(self) -> str:
@@ -139,6 +140,7 @@ def from_environ(env: Mapping[str, str] = os.environ) -> ExternalTarget | None:
         },
         stage0=_choice(f"{PREFIX}STAGE0", env.get(f"{PREFIX}STAGE0") or "local", STAGE0_PROFILES),
         fresh_sources=fresh_sources,
+        grpc_demo=_flag(f"{PREFIX}GRPC_DEMO", env.get(f"{PREFIX}GRPC_DEMO", "1")),
     )
 
 
