@@ -17,13 +17,15 @@ import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.crc import key_slot
 
 from ratelimit_service.app import App
+from ratelimit_service.limits.bucket_keys import bucket_key
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings
 from sidecar_runtime.settings import Stack
 from tests.support.grpc_clients import channel
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisCluster, RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.grpc]
 
@@ -38,7 +40,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def settings(
-    tmp_path: Path, redis: RedisServer, failure_mode: str, stack: Stack = "aio"
+    tmp_path: Path, redis: RedisServer | RedisCluster, failure_mode: str, stack: Stack = "aio"
 ) -> ServiceSettings:
     rules = tmp_path / "rules.yaml"
     rules.write_text(
@@ -49,7 +51,15 @@ def settings(
         {
             "server": {"listen": "127.0.0.1:0", "stack": stack},
             "rules": str(rules),
-            "store": {"type": "redis", "url": redis.url, "timeouts": {"call_ms": CALL_TIMEOUT_MS}},
+            "store": {
+                "type": "redis",
+                **(
+                    {"cluster": {"addresses": redis.addresses}}
+                    if isinstance(redis, RedisCluster)
+                    else {"url": redis.url}
+                ),
+                "timeouts": {"call_ms": CALL_TIMEOUT_MS},
+            },
             "failure_mode": failure_mode,
             "circuit_breaker": {
                 "failure_threshold": 2,
@@ -67,8 +77,8 @@ class Client:
         self._rls = rls_pb2_grpc.RateLimitServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    async def ask(self) -> tuple[Any, float]:
-        entry = ratelimit_pb2.RateLimitDescriptor.Entry(key="remote_address", value="203.0.113.9")
+    async def ask(self, address: str = "203.0.113.9") -> tuple[Any, float]:
+        entry = ratelimit_pb2.RateLimitDescriptor.Entry(key="remote_address", value=address)
         request = rls_pb2.RateLimitRequest(
             domain="edge", descriptors=[ratelimit_pb2.RateLimitDescriptor(entries=[entry])]
         )
@@ -163,3 +173,52 @@ async def test_redis_frozen_is_answered_within_the_timeout(
     reply, _ = await client.ask()
     assert reply.overall_code == Response.OK
     assert app.service.healthy
+
+
+def failure_mode_answer(answer: tuple[Any, float]) -> bool:
+    return dict(answer[0].dynamic_metadata).get("decision") == "store_failure"
+
+
+def master_of(cluster: RedisCluster, address: str) -> RedisServer:
+    """The master of the bucket of `address` (the hash tag covers the descriptor only)."""
+    key = bucket_key("", "edge", [("remote_address", address)], "any", hash_tag=True)
+    return cluster.owner(key_slot(key.encode()))
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_a_dead_cluster_master_costs_only_its_own_buckets(tmp_path: Path) -> None:
+    cluster = RedisCluster.start(tmp_path, masters=3, replicas=1, node_timeout_ms=1000)
+    app = App(settings(tmp_path, cluster, "fail_open"))
+    try:
+        port = await app.start()
+        client = Client(f"127.0.0.1:{port}")
+        owner = {f"192.0.2.{i}": master_of(cluster, f"192.0.2.{i}") for i in range(1, 40)}
+        victim_address, victim = next(iter(owner.items()))
+        other = next(a for a, node in owner.items() if node is not victim)
+        assert not failure_mode_answer(await client.ask(victim_address))
+        cluster.kill(victim)
+        started = time.monotonic()
+        victim_failed = other_failed = 0
+        healed = False
+        while time.monotonic() - started < 12.0 and not healed:  # bounded
+            victim_answer = await client.ask(victim_address)
+            other_failed += failure_mode_answer(await client.ask(other))
+            assert await client.health() == SERVING  # degraded, not down
+            if failure_mode_answer(victim_answer):
+                victim_failed += 1
+            elif victim_failed:
+                healed = True  # real answers again after the failover, no restart
+            await asyncio.sleep(0.05)
+        print(
+            f"\ndead master through the service: {victim_failed} failure-mode answers for its "
+            f"bucket, {other_failed} for another master's; healed after "
+            f"{time.monotonic() - started:.2f} s"
+        )
+        assert victim_failed > 0
+        assert other_failed == 0
+        assert healed
+        await client.close()
+    finally:
+        await app.close()
+        cluster.stop()
