@@ -137,10 +137,9 @@ class GuardedStore:
             return None
         started = time.perf_counter()
         timeout = self._call_timeout_s if timeout_s is None else timeout_s
-        if self._partitioned is not None:
-            return await self._acquire_partitioned(self._partitioned, calls, timeout, started)
+        refused: list[str] = []  # nodes whose breaker kept them out (partitioned store)
         try:
-            acquired = await self._call_store(calls, timeout)
+            acquired = await self._call_store(calls, timeout, refused)
         except TimeoutError:
             await self._failed("timeout")
             return None
@@ -149,38 +148,18 @@ class GuardedStore:
             return None
         finally:
             self._done(started)
+        if self._partitioned is not None:
+            return await self._per_node(acquired, refused)
         if self._breaker.record_success():
             await self._health_changed(True)
         return acquired.outcomes
 
-    async def _acquire_partitioned(
-        self,
-        store: PartitionedStore,
-        calls: Sequence[BucketCall],
-        timeout_s: float,
-        started: float,
+    async def _per_node(
+        self, acquired: Acquired, refused: list[str]
     ) -> Sequence[Outcome | None] | None:
-        refused: list[str] = []
-
-        def node_allowed(node: str) -> bool:
-            if self._nodes.allow(node):
-                return True
-            refused.append(node)
-            return False
-
-        try:
-            acquired = await store.acquire_partitioned(
-                calls, timeout_s=timeout_s, node_allowed=node_allowed
-            )
-        except TimeoutError:
-            await self._failed("timeout")
-            return None
-        except StoreError as exc:
-            await self._failed(str(exc))
-            return None
-        finally:
-            self._done(started)
-        changed = self._breaker.record_success()
+        """A partitioned store's answer: each node's breaker told, the failed calls
+        counted and logged; None when no call was answered."""
+        changed = self._breaker.record_success()  # the store as a whole worked
         report = acquired.nodes
         for node in report.answered:
             changed = self._nodes.record_success(node) or changed
@@ -331,19 +310,32 @@ class GuardedStore:
         return await self.acquire(calls, timeout_s=left)
 
     def _call_store(
-        self, calls: Sequence[BucketCall], timeout_s: float
+        self, calls: Sequence[BucketCall], timeout_s: float, refused: list[str]
     ) -> Coroutine[Any, Any, Acquired]:
         store = self.store
         if not store.remote:  # in-process: cannot hang, and a timer per call costs ~10 us
             return store.acquire(calls)
+        call = self._bounded(calls, timeout_s, refused)
         # A child span only under a recording parent: an unsampled call costs no span.
         if self._telemetry.tracing and self._telemetry.span_recording():
-            return self._traced(calls, timeout_s)
-        return self._bounded(calls, timeout_s)
+            return self._traced(call, len(calls))
+        return call
 
     def _bounded(
-        self, calls: Sequence[BucketCall], timeout_s: float
+        self, calls: Sequence[BucketCall], timeout_s: float, refused: list[str]
     ) -> Coroutine[Any, Any, Acquired]:
+        if self._partitioned is not None:
+            nodes = self._nodes
+
+            def node_allowed(node: str) -> bool:
+                if nodes.allow(node):
+                    return True
+                refused.append(node)
+                return False
+
+            return self._partitioned.acquire_partitioned(
+                calls, timeout_s=timeout_s, node_allowed=node_allowed
+            )
         if self._timed is not None:
             return self._timed.acquire_within(calls, timeout_s=timeout_s)
         return self._under_timeout(calls, timeout_s)
@@ -352,9 +344,9 @@ class GuardedStore:
         async with asyncio.timeout(timeout_s):
             return await self.store.acquire(calls)
 
-    async def _traced(self, calls: Sequence[BucketCall], timeout_s: float) -> Acquired:
-        with self._telemetry.store_span(system=self.store.name, buckets=len(calls)):
-            return await self._bounded(calls, timeout_s)
+    async def _traced(self, call: Coroutine[Any, Any, Acquired], buckets: int) -> Acquired:
+        with self._telemetry.store_span(system=self.store.name, buckets=buckets):
+            return await call
 
     async def probe(self) -> None:
         """One health probe of the store; drives the breakers and gRPC health."""

@@ -217,7 +217,7 @@ class ClusterRedisStore:
         """PING every primary of the slot map and load the script where it is missing:
         node -> None, or why not. StoreError when the slot map cannot be read."""
         transport = self.transport
-        await transport.refresh(timeout_s=timeout_s, force=True)
+        await transport.refresh(timeout_s=timeout_s)
         nodes = transport.primaries()
         errors = await asyncio.gather(*(self._ping_node(node, timeout_s) for node in nodes))
         return dict(zip(nodes, errors, strict=True))

@@ -150,10 +150,11 @@ class ClusterTransport:
     first it is a `SlotMovingError`, not a node failure.
 
     The slot map is read before the first call (the callers wait), and read again in the
-    background after a call fails other than by an error reply (a dead or unreachable
-    node: a failover may follow, which no MOVED would tell) and on every health probe
-    (`refresh(force=True)`). A read is one shared task, never cancelled by a caller's
-    deadline: redis-py closes every node's connections when a map read is cancelled.
+    background after a call or a probe fails other than by an error reply (a dead or
+    unreachable node: a failover may follow, which no MOVED would tell), not on a timer:
+    redis-py marks every connection for a reconnect on each read. A read is one shared
+    task, never cancelled by a caller's deadline: redis-py closes every node's
+    connections when a map read is cancelled.
     """
 
     def __init__(self, client: RedisCluster) -> None:
@@ -234,11 +235,11 @@ class ClusterTransport:
             self._stale = True
         return error
 
-    async def refresh(self, *, timeout_s: float, force: bool = False) -> None:
+    async def refresh(self, *, timeout_s: float) -> None:
         """Have a slot map: wait for the first read (StoreError when it fails,
         TimeoutError when not in time); later, start a background read when the last
-        call failed or `force`, and go on with the map there is."""
-        if not (self._stale or force):
+        call failed, and go on with the map there is."""
+        if not self._stale:
             return
         reading = self._reading
         if reading is None or reading.done():
