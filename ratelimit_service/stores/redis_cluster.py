@@ -146,7 +146,10 @@ class ClusterRedisStore:
         jobs = [
             self._take(slot, calls, modes, timeout_s) for slot in slots if node_allowed(slot.node)
         ]
-        await asyncio.gather(*jobs)
+        if len(jobs) == 1:
+            await jobs[0]  # one slot (the usual single descriptor): no task to create
+        else:
+            await asyncio.gather(*jobs)
         outcomes: list[Outcome | None] = [None] * len(calls)
         for slot in slots:
             if slot.outcomes is not None:
