@@ -94,15 +94,16 @@ def global_commit(
 ) -> bool:
     """The commit rule over every slot's outcomes; a failed call (None) admits under
     fail_open and is an ENFORCE denial under fail_closed."""
-    votes = [
-        _Vote(o.allowed, c.mode)
-        if o is not None
-        else _Vote(True, c.mode)
-        if fail_open
-        else _Vote(False, CallMode.ENFORCE)
-        for c, o in zip(calls, outcomes, strict=True)
-    ]
+    votes = [_vote(c, o, fail_open=fail_open) for c, o in zip(calls, outcomes, strict=True)]
     return must_commit(votes, votes)
+
+
+def _vote(call: BucketCall, outcome: Outcome | None, *, fail_open: bool) -> _Vote:
+    if outcome is not None:
+        return _Vote(outcome.allowed, call.mode)
+    if fail_open:
+        return _Vote(True, call.mode)
+    return _Vote(False, CallMode.ENFORCE)
 
 
 class ClusterRedisStore:
