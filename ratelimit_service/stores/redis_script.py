@@ -118,10 +118,6 @@ class ScriptRunner:
         if server not in self._generation:
             await self._load(server, None, timeout_s)
 
-    def forget(self, server: str) -> None:
-        """`server` may have lost its scripts (a failover): load before its next call."""
-        self._generation.pop(server, None)
-
     async def _load(self, server: str, seen: int | None, timeout_s: float | None) -> None:
         """SCRIPT LOAD once: callers that found the same generation share one load."""
         lock = self._locks.setdefault(server, asyncio.Lock())
