@@ -9,7 +9,9 @@ without a Docker engine. Only the real images and network are not exercised.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -198,8 +200,12 @@ def _compose_test(
     docker = bin_dir / "docker"
     docker.write_text(FAKE_DOCKER)
     docker.chmod(0o755)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(e2e_target.PREFIX)}
-    return subprocess.run(
+    # Nothing of an outer run's: its settings, a stand-in of its own, the script's knobs.
+    outer = (e2e_target.PREFIX, "FAKE_DOCKER_", "FAKE_DEV_", "FAKE_LISTENER", "COMPOSE_TEST_")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(outer)}
+    # A session of its own: on a timeout every process of it goes (the script's `timeout`
+    # puts pytest in a process group of its own, so a group kill would leave it running).
+    with subprocess.Popen(
         [str(SCRIPT), *args],
         env={
             **clean,
@@ -208,12 +214,33 @@ def _compose_test(
             "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
             **env,
         },
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
         cwd=REPO,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc.pid)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILL every process of the session the script leads (read from /proc, Linux)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # state, ppid, pgrp, session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def test_compose_test_without_a_docker_engine_says_skipped(tmp_path: Path) -> None:
