@@ -137,7 +137,7 @@ class App:
         self.settings = settings
         clock = clock or SystemClock()
         rules = load_rules(settings.rules, merge_domains=settings.merge_domains)
-        self.store = store or build_store(settings.store, clock)
+        self.store = store or build_store(settings.store, clock, failure_mode=settings.failure_mode)
         self.telemetry = telemetry or RateLimitTelemetry()
         self.decision_sink = decision_sink
         self.descriptor_stats = build_descriptor_stats(settings.stats)

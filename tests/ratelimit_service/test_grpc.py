@@ -282,3 +282,24 @@ async def test_one_evalsha_per_call_through_the_servicer(
         assert redis_server.command_calls("eval") == 0
     finally:
         await app.close()
+
+
+@pytest.mark.parametrize("failure_mode", ["fail_open", "fail_closed"])
+async def test_a_cluster_store_is_built_for_the_service_s_failure_mode(
+    tmp_path: Path, failure_mode: str
+) -> None:
+    """A Cluster store counts a failed master by the failure mode in its all-or-nothing
+    rule, so the app must build it with the service's (nothing connects yet)."""
+    base = make_settings(tmp_path).model_dump(mode="json")
+    settings = ServiceSettings.model_validate(
+        {
+            **base,
+            "failure_mode": failure_mode,
+            "store": {"type": "redis", "cluster": {"addresses": ["127.0.0.1:1"]}},
+        }
+    )
+    app = App(settings, clock=ManualClock())
+    try:
+        assert app.store.name == "redis-cluster"
+    finally:
+        await app.close(stop_server=False)
