@@ -171,6 +171,7 @@ class App:
             store_errors=guard.stats.store_errors,
             failure_mode_answers=guard.stats.failure_mode_answers,
             circuit_closed=guard.healthy,
+            open_nodes=guard.stats.open_nodes,
             over_limit_by_rule=dict(stats.over_limit_by_rule),
             shadow_by_rule=dict(stats.shadow_by_rule),
             reloads_ok=self.reloads_ok,

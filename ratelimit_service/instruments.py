@@ -25,6 +25,7 @@ class RateLimitSnapshot:
     store_errors: int = 0
     failure_mode_answers: int = 0
     circuit_closed: bool = True
+    open_nodes: tuple[str, ...] = ()  # Redis Cluster masters whose breaker is open
     over_limit_by_rule: Mapping[str, int] = field(default_factory=dict)
     shadow_by_rule: Mapping[str, int] = field(default_factory=dict)
     reloads_ok: int = 0

@@ -6,6 +6,8 @@
     ratelimit.store.errors       counter                        failed or timed-out calls
     ratelimit.failure_mode       counter                        answers by the failure mode
     ratelimit.circuit.closed     gauge                          1 closed (healthy), 0 open
+    ratelimit.store.node_open    gauge     {node}               1 per Cluster master whose
+                                                                breaker is open (degraded)
     ratelimit.over_limit         counter   {rule}               enforced denials
     ratelimit.shadow_over_limit  counter   {rule}               shadow-mode would-be denials
     ratelimit.config.reloads     counter   {outcome}            ok | rejected
@@ -95,6 +97,7 @@ class RateLimitTelemetry:
         meter.create_observable_counter("ratelimit.store.errors", [self._observe_store_errors])
         meter.create_observable_counter("ratelimit.failure_mode", [self._observe_failure_mode])
         meter.create_observable_gauge("ratelimit.circuit.closed", [self._observe_circuit])
+        meter.create_observable_gauge("ratelimit.store.node_open", [self._observe_open_nodes])
         meter.create_observable_counter("ratelimit.over_limit", [self._observe_over_limit])
         meter.create_observable_counter("ratelimit.shadow_over_limit", [self._observe_shadow])
         meter.create_observable_counter("ratelimit.config.reloads", [self._observe_reloads])
@@ -177,6 +180,11 @@ class RateLimitTelemetry:
     def _observe_circuit(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self._snapshot is not None:
             yield Observation(1 if self._snapshot().circuit_closed else 0)
+
+    def _observe_open_nodes(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is not None:
+            for node in self._snapshot().open_nodes:
+                yield Observation(1, {"node": node})
 
     def _observe_over_limit(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self._snapshot is not None:

@@ -187,6 +187,14 @@ async def test_metrics_move_with_decisions(memory_app: Observed) -> None:
     assert reloads == {"ok": 0, "rejected": 0}
 
 
+async def test_a_degraded_cluster_names_its_open_masters(memory_app: Observed) -> None:
+    assert "ratelimit.store.node_open" not in _points(memory_app.metrics)  # none open
+    # What the guard's per-node breakers report for a Redis Cluster with one master down.
+    memory_app.app.service.guard.stats.open_nodes = ("10.0.0.2:7000",)
+    [node] = _points(memory_app.metrics)["ratelimit.store.node_open"]
+    assert (node.attributes["node"], node.value) == ("10.0.0.2:7000", 1)
+
+
 async def _direct_call(servicer: RateLimitServicer, request: Any, context: Any) -> Any:
     """The servicer's handler called in-process, with bytes as the server hands them."""
     answer = await servicer.ShouldRateLimit(request.SerializeToString(), context)
