@@ -64,6 +64,8 @@ CORE = (
     "authz_service.tokens.refetch",
     "authz_service.tokens.verifier",
     "ratelimit_service.circuit_breaker",
+    "ratelimit_service.decision",
+    "ratelimit_service.descriptor_stats",
     "ratelimit_service.empty_buckets",
     "ratelimit_service.instruments",
     "ratelimit_service.limits",
@@ -92,6 +94,7 @@ CORE = (
 #   ratelimit_service.errors        carries grpc status codes (imports grpc)
 #   ratelimit_service.{guarded_store, service}: await the store under asyncio timeouts
 #   ratelimit_service.decision_log  writes decision lines through sidecar_runtime.audit
+#   ratelimit_service.debug_http    an HTTP listener
 #   ratelimit_service.stores (all of it), ratelimit_service.{app, servicer, cli,
 #   settings, telemetry}:           Redis, gRPC,
 #                                   files, OpenTelemetry
