@@ -162,7 +162,7 @@ class EdgeClient:
         self.pacer = pacer
         self.last_429 = 0.0  # monotonic time of the last 429 seen (see the module docstring)
         self.last_burst = 0.0  # ... and of the last unpaced burst's end
-        self.last_request = 0.0  # ... and of the last answer
+        self.last_request = 0.0  # ... and of the last request sent or answered
         self.settled_at = 0.0  # ... and of the last Edge.reset_limits (external stacks)
         self._lock = threading.Lock()
 
@@ -185,6 +185,7 @@ class EdgeClient:
         if path.split("?")[0] == LIMITED_ROUTE:
             keys["route"] = ROUTE_RULE
         self.pacer.acquire(keys)
+        self.last_request = time.monotonic()  # the raw clients' too (Edge._settle)
 
     def context(
         self,
@@ -495,10 +496,11 @@ class Edge:
         client = self.client
         resettable = target.fresh_sources and target.redis_url is not None
         drained = max(client.last_429, client.last_burst) >= client.settled_at
-        if resettable:
+        last = max(client.last_request, client.last_429, client.last_burst)
+        if resettable:  # as for a self-started stack
             wait = client.last_429 + EMPTY_CACHE_WAIT_S - time.monotonic()
         elif drained:
-            wait = client.last_request + full_refill_seconds() - time.monotonic()
+            wait = last + full_refill_seconds() - time.monotonic()
         else:
             wait = 0.0
         if wait > 0:
@@ -507,8 +509,10 @@ class Edge:
             client.new_source()
         if target.redis_url is not None:
             self._flush()
-        if (resettable or drained) and client.pacer is not None:
-            client.pacer.refill()  # the edge's buckets are full: so are the client's
+        if drained and not resettable and client.pacer is not None:
+            # Waited out: the edge's buckets are all full, so the client's may be too.
+            # (Resettable stacks refill some only, never the raw clients' 127.0.0.1 one.)
+            client.pacer.refill()
         client.settled_at = time.monotonic()
 
     def healthz(self) -> int:
