@@ -37,15 +37,32 @@ PUT_USER = "/api/v1/users/alice"
 NOTES = "/api/v1/users/alice/notes"
 
 
+@dataclass(frozen=True)
+class LoopbackListener:
+    """The raw clients' view of this module's Envoy (no buckets to pace on)."""
+
+    port: int
+    ca: Path
+    host: str = "127.0.0.1"
+    server_name: str = "localhost"
+
+    def pace(self) -> None:
+        return None
+
+
 @dataclass
 class BodyStack:
     envoy: RunningEnvoy
     authz: FakeAuthz
     upstream: EchoUpstream
 
+    @property
+    def listener(self) -> LoopbackListener:
+        return LoopbackListener(self.envoy.params.listener_port, self.envoy.pki.ca)
+
     def send(self, method: str, path: str, body: bytes, *headers: str) -> Reply:
         head = content_length_head(method, path, len(body), "connection: close", *headers)
-        return h1_exchange(self.envoy.params.listener_port, self.envoy.pki.ca, head, body)
+        return h1_exchange(self.listener, head, body)
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +176,11 @@ def test_over_the_rules_limit_envoy_answers_413_before_the_sidecar_sees_it(
 def test_a_chunked_body_reaches_the_sidecar_whole(edge: BodyStack) -> None:
     body = b'{"display_name": "' + b"c" * 3000 + b'", "email": "c@example.com"}'
     head, framed = chunked("PUT", PUT_USER, body, ALLOW, "connection: close")
-    reply = h1_exchange(edge.envoy.params.listener_port, edge.envoy.pki.ca, head, framed)
+    reply = h1_exchange(edge.listener, head, framed)
     assert reply.status == 200, reply.body
     assert _one_check(edge)[0] == body
     over_head, over_framed = chunked("PUT", PUT_USER, b"y" * 5000, ALLOW, "connection: close")
-    over = h1_exchange(edge.envoy.params.listener_port, edge.envoy.pki.ca, over_head, over_framed)
+    over = h1_exchange(edge.listener, over_head, over_framed)
     assert over.status == 413
 
 
@@ -175,7 +192,7 @@ def test_an_http2_body_reaches_the_sidecar_whole(
     data = tmp_path / "body.json"
     data.write_bytes(body)
     reply = h2_request(
-        edge.envoy.params.listener_port,
+        edge.listener,
         PUT_USER,
         method="PUT",
         headers=[("x-test-subject", "alice"), ("content-type", "application/json")],
