@@ -15,6 +15,12 @@ Shutdown (SIGTERM or SIGINT), in three steps, so a rolling restart costs no fail
 3. exit 0.
 A second SIGTERM/SIGINT during the drain ends the drain at once (step 2 follows, with
 its grace period); during step 2 it changes nothing. SIGKILL is the way to stop at once.
+
+Health names: "" (the server) and each service's full name say whether calls are worth
+sending (readiness: a sidecar sets them from its dependencies); `liveness` says only that
+the process serves, SERVING from start until the drain. With `server.health_listen` set,
+a second, plaintext server answers the same health, and nothing else, for probes that
+cannot speak mTLS (Kubernetes' native gRPC probe); both start and stop together here.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# The health name of the process itself: no dependency (Redis, an IdP's keys) moves it,
+# so a liveness probe on it never restarts a sidecar that a restart would not cure.
+LIVENESS = "liveness"
 
 
 @dataclass(frozen=True)
@@ -122,17 +131,28 @@ class SidecarServer:
         if settings.reflection:
             names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
             self._grpc.add_reflection(names)
+        self._health_grpc = _health_server(settings, self._grpc, reuse_port=reuse_port)
         self.port = 0
+        self.health_port: int | None = None  # bound by `start` when health_listen is set
+
+    def _servers(self) -> list[GrpcServer]:
+        """The main server, then the health-only one if there is one."""
+        return [self._grpc] if self._health_grpc is None else [self._grpc, self._health_grpc]
 
     async def start(self, *, serving: bool = True) -> int:
-        """Bind and start; returns the bound port (useful with `listen: 127.0.0.1:0`).
+        """Bind both listeners, start both servers; returns the main one's bound port
+        (useful with `listen: 127.0.0.1:0`; the health listener's is `health_port`).
 
-        `serving=False` starts with health NOT_SERVING, for a sidecar that must check a
-        dependency first (the rate limiter's Redis)."""
-        self.port = self._grpc.add_port(self.settings.listen, server_credentials(self.settings.tls))
-        if self.port == 0:
-            raise OSError(f"cannot bind {self.settings.listen}")
-        await self._grpc.start()
+        `serving=False` starts with "" and the services NOT_SERVING, for a sidecar that
+        must check a dependency first (the rate limiter's Redis); `liveness` is SERVING
+        either way."""
+        self.port = _bind(self._grpc, self.settings.listen, server_credentials(self.settings.tls))
+        if self._health_grpc is not None and self.settings.health_listen is not None:
+            # Plaintext by design: the kubelet's probe has no TLS (docs/operations.md).
+            self.health_port = _bind(self._health_grpc, self.settings.health_listen, None)
+        for server in self._servers():
+            await server.start()
+        await self._grpc.set_health(LIVENESS, SERVING)
         await self.set_serving(serving)
         return self.port
 
@@ -171,11 +191,12 @@ class SidecarServer:
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, end health Watch streams, refuse new calls, and let calls in
         flight finish within `grace` (default: the settings' grace period)."""
-        await self._grpc.close_watches()
-        await self._grpc.stop(self.settings.grace_period_seconds if grace is None else grace)
+        await self._grpc.close_watches()  # the health listener's too: one servicer
+        grace = self.settings.grace_period_seconds if grace is None else grace
+        await asyncio.gather(*(server.stop(grace) for server in self._servers()))
 
     async def wait_for_termination(self) -> None:
-        await self._grpc.wait_for_termination()
+        await asyncio.gather(*(server.wait_for_termination() for server in self._servers()))
 
 
 def _grpc_server(settings: ServerSettings, *, reuse_port: bool) -> GrpcServer:
@@ -185,6 +206,26 @@ def _grpc_server(settings: ServerSettings, *, reuse_port: bool) -> GrpcServer:
             options, threads=settings.threads, max_concurrent_rpcs=settings.max_concurrent_rpcs
         )
     return AioGrpc(options)  # aio and uvloop: the loop is the process's (sidecar_runtime.loops)
+
+
+def _health_server(
+    settings: ServerSettings, main: GrpcServer, *, reuse_port: bool
+) -> GrpcServer | None:
+    """The health-only server of `health_listen`, on `main`'s health servicer, or None.
+
+    It binds with SO_REUSEPORT exactly when `listen` does: with `workers: N` every worker
+    binds the one health port, and each probe's connection reaches one of them (any
+    worker's answer is the pod's: workers share their config and dependencies)."""
+    if settings.health_listen is None:
+        return None
+    return main.health_only(grpc_options(settings, reuse_port=reuse_port))
+
+
+def _bind(server: GrpcServer, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    port = server.add_port(listen, credentials)
+    if port == 0:
+        raise OSError(f"cannot bind {listen}")
+    return port
 
 
 async def serve_until_signalled(

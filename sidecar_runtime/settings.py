@@ -63,6 +63,13 @@ Stack = Literal["aio", "uvloop", "sync"]
 
 class ServerSettings(Frozen):
     listen: str = "127.0.0.1:9001"
+    # A second, plaintext listener that serves grpc.health.v1 only (the same statuses and
+    # drain as `listen`'s, plus `liveness`), for Kubernetes' native gRPC probe: the kubelet
+    # dials the pod's IP with no TLS and no client certificate (docs/operations.md,
+    # "Health"). It answers health and nothing else, so it exposes no decision and takes
+    # no request of the sidecar's. Null (the default): no such listener. With `workers`,
+    # every worker binds it with SO_REUSEPORT, like `listen`.
+    health_listen: str | None = None
     stack: Stack = "uvloop"
     # sync only: the worker threads that run handlers. One interpreter lock serves them
     # all, so more threads buy overlap with waiting (Redis, a JWKS fetch), not more CPU.
@@ -98,9 +105,28 @@ class ServerSettings(Frozen):
             raise ValueError(f"is below threads ({threads}): some threads would never get a call")
         return value
 
+    @field_validator("health_listen")
+    @classmethod
+    def _health_listen_has_its_own_port(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        port = _port_of("health_listen", value)
+        listen_port = str(info.data.get("listen", "")).rpartition(":")[2]
+        # With SO_REUSEPORT (workers) both servers could bind one port, and the kernel
+        # would hand some of Envoy's mTLS connections to the plaintext health server.
+        if port != 0 and listen_port.isdigit() and int(listen_port) == port:
+            raise ValueError(f"health_listen {value!r} must not share listen's port")
+        return value
+
     @model_validator(mode="after")
     def _listen_has_port(self) -> ServerSettings:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen {self.listen!r} must be HOST:PORT")
+        _port_of("listen", self.listen)
         return self
+
+
+def _port_of(key: str, address: str) -> int:
+    """The port of a HOST:PORT `address`, or a ValueError that names `key`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{key} {address!r} must be HOST:PORT")
+    return int(port)

@@ -2,7 +2,8 @@
 health NOT_SERVING at once while calls are still served for the drain period, then new
 calls refused, an open health Watch stream ended (not waited for through the grace
 period), and exit code 0. A second signal cuts the drain short. Before the signal, each
-answers its call, health, and grpcurl through reflection.
+answers its call, health, and grpcurl through reflection. Each also runs its plaintext
+health listener (`server.health_listen`), which follows the same drain.
 
 Drain periods here are short; every bound is generous (a slow, busy machine must pass).
 """
@@ -139,10 +140,10 @@ SIDECARS = [
 STACKS: tuple[Stack, ...] = ("aio", "uvloop", "sync")
 
 
-async def _health(address: str) -> int:
+async def _health(address: str, service: str = "") -> int:
     async with channel(address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         return int(reply.status)
 
 
@@ -174,9 +175,18 @@ async def _refused(sidecar: Sidecar, address: str, within: float = 10.0) -> grpc
 async def test_sigterm_drains_then_stops_and_exits_0(
     sidecar: Sidecar, stack: Stack, tmp_path: Path
 ) -> None:
-    server = {"drain_period_seconds": DRAIN_S, "grace_period_seconds": GRACE_S, "stack": stack}
+    health_listener = f"127.0.0.1:{free_port()}"
+    server = {
+        "drain_period_seconds": DRAIN_S,
+        "grace_period_seconds": GRACE_S,
+        "stack": stack,
+        "health_listen": health_listener,
+    }
     with sidecar.start(tmp_path, server) as proc:
         await _until_serving(proc.address)
+        assert await _health(health_listener) == SERVING
+        assert await _health(health_listener, sidecar.service) == SERVING
+        assert await _health(health_listener, "liveness") == SERVING
         listed = await asyncio.to_thread(grpcurl, proc.address, "list")
         assert listed.returncode == 0, listed.stderr
         assert sidecar.service in listed.stdout.split()  # reflection
@@ -191,6 +201,7 @@ async def test_sigterm_drains_then_stops_and_exits_0(
             await proc.wait_for("draining")
             # The drain window: health says NOT_SERVING, every call is still answered.
             assert await _health(proc.address) == NOT_SERVING
+            assert await _health(health_listener, "liveness") == NOT_SERVING
             await sidecar.call(before)
             async with channel(proc.address) as fresh:
                 await sidecar.call(fresh)
@@ -198,6 +209,8 @@ async def test_sigterm_drains_then_stops_and_exits_0(
         await until(lambda: NOT_SERVING in seen)
         await proc.wait_for("drained")
         assert await _refused(sidecar, proc.address) == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _health(health_listener, "liveness")  # stopped with the main listener
         code = await asyncio.to_thread(proc.process.wait, DRAIN_S + EXIT_MARGIN_S)
         elapsed = time.monotonic() - signalled
         assert code == 0, proc.log.read_text()

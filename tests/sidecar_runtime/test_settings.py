@@ -42,6 +42,13 @@ def test_each_stack_is_accepted(stack: str) -> None:
             "below threads (16)",
         ),
         ({"stack": "sync", "thread": 4}, "thread", "unknown key"),
+        ({"health_listen": "9101"}, "health_listen", "'9101' must be HOST:PORT"),
+        ({"health_listen": "0.0.0.0:http"}, "health_listen", "must be HOST:PORT"),
+        (
+            {"listen": "127.0.0.1:9001", "health_listen": "0.0.0.0:9001"},
+            "health_listen",
+            "must not share listen's port",
+        ),
     ],
 )
 def test_bad_values_name_file_key_and_reason(
@@ -52,3 +59,12 @@ def test_bad_values_name_file_key_and_reason(
     assert err.value.file == str(CONFIG)
     assert err.value.key == key
     assert reason in err.value.reason
+
+
+def test_health_listen_is_off_by_default_and_takes_host_port() -> None:
+    assert ServerSettings().health_listen is None
+    data = {"listen": "127.0.0.1:9002", "health_listen": "0.0.0.0:9102"}
+    assert validate_model(ServerSettings, data, CONFIG).health_listen == "0.0.0.0:9102"
+    # Port 0 (a test's "any free port") on both is no collision.
+    both_any = {"listen": "127.0.0.1:0", "health_listen": "127.0.0.1:0"}
+    assert validate_model(ServerSettings, both_any, CONFIG).health_listen == "127.0.0.1:0"
