@@ -37,6 +37,7 @@ from devstack.kubernetes_network import (
 from devstack.kubernetes_objects import (
     AUTHZ_ADDRESS,
     ENVOY_CONFIGMAP,
+    HEALTH_PORTS,
     PEPPER_PATH,
     PKI_DIR,
     RATELIMIT_ADDRESS,
@@ -115,7 +116,11 @@ def _base() -> dict[str, list[Document]]:
         "policies.yaml": [
             Document(disruption_budget()),
             Document(autoscaler(), "An example: CPU over the pod's requests (edge.yaml)."),
-            Document(edge_policy(upstream_port)),
+            Document(
+                edge_policy(upstream_port),
+                "In: Envoy's listener only. The kubelet's probes of the sidecars' health\n"
+                "ports come from the pod's node, which NetworkPolicy lets in (docs/deployment.md).",
+            ),
         ],
     }
 
@@ -131,8 +136,16 @@ def _sidecar_configs(authz: dict[str, Any], ratelimit: dict[str, Any]) -> Docume
     return Document(config_map(SIDECARS_CONFIGMAP, data))
 
 
+def _with_health_listener(config: dict[str, Any], sidecar: str) -> dict[str, Any]:
+    """`config` with the plaintext health listener the kubelet's gRPC probes dial: on
+    every address of the pod, since the kubelet dials the pod's IP (the mTLS listener
+    stays on the loopback)."""
+    config["server"]["health_listen"] = f"0.0.0.0:{HEALTH_PORTS[sidecar]}"
+    return config
+
+
 def _authz(issuer: str, redis_url: str) -> dict[str, Any]:
-    return authz_config(
+    config = authz_config(
         listen=AUTHZ_ADDRESS,
         pki_dir=PKI_DIR,
         issuer=issuer,
@@ -140,16 +153,18 @@ def _authz(issuer: str, redis_url: str) -> dict[str, Any]:
         redis_password_env=PASSWORD_ENV,
         pepper_file=PEPPER_PATH,
     )
+    return _with_health_listener(config, "authz")
 
 
 def _ratelimit(redis_url: str) -> dict[str, Any]:
-    return ratelimit_config(
+    config = ratelimit_config(
         listen=RATELIMIT_ADDRESS,
         pki_dir=PKI_DIR,
         rules=RULES_DIR,
         redis_url=redis_url,
         redis_password_env=PASSWORD_ENV,
     )
+    return _with_health_listener(config, "ratelimit")
 
 
 def dev_sidecar_configs() -> Document:

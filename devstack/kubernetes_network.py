@@ -40,7 +40,13 @@ def _policy(name: str, selector: dict[str, str], types: list[str], **rules: obje
 
 def edge_policy(upstream_port: int) -> Manifest:
     """Into the edge pod: the listener only (the sidecars are on its loopback). Out: DNS
-    and the upstream API."""
+    and the upstream API.
+
+    The sidecars' health ports (kubernetes_objects.HEALTH_PORTS) are not let in: no other
+    pod needs them. The kubelet's probes still are, because they come from the pod's own
+    node: NetworkPolicySpec's `ingress` reference says traffic is allowed to a pod "if the
+    traffic source is the pod's local node", and the Network Policies page lists blocking
+    "access from their resident node" as something policies cannot do."""
     dns = {"to": [DNS_PEER], "ports": [{"protocol": "UDP", "port": 53}, tcp(53)]}
     return _policy(
         NAME,

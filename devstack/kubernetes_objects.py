@@ -19,6 +19,7 @@ from typing import Any
 
 from devstack.peppers import PEPPER_FILE
 from devstack.redis_auth import PASSWORD_ENV
+from sidecar_runtime.server import LIVENESS
 
 Manifest = dict[str, Any]
 
@@ -42,6 +43,11 @@ TMP = "/tmp"  # noqa: S108 - an emptyDir of the pod's own
 LISTENER_PORT = 8443
 AUTHZ_ADDRESS = "127.0.0.1:9001"
 RATELIMIT_ADDRESS = "127.0.0.1:9002"
+# The sidecars' plaintext health listeners (server.health_listen), on every address of the
+# pod: the kubelet's native gRPC probe dials the pod's IP, without TLS. They answer
+# grpc.health.v1 and nothing else; the NetworkPolicy does not let other pods reach them
+# (devstack.kubernetes_network).
+HEALTH_PORTS = {"authz": 9101, "ratelimit": 9102}
 
 ENVOY_CONFIGMAP = "edgeguard-envoy"
 RULES_CONFIGMAP = "edgeguard-ratelimit-rules"
@@ -67,11 +73,10 @@ SECRET_MODE = 0o440
 #
 # CPU requests are computed from `make bench`'s CPU per request (docs/benchmarks.md, the
 # latest table, edgeguard-uvloop, default profile: us per request per process) at
-# DESIGN_RATE req/s per pod, plus the sidecars' exec probes (a Python start, ~80 ms of
-# CPU, every 10 s: ~10m), rounded up to 10m. SIZING spells the arithmetic out above the
-# Deployment.
+# DESIGN_RATE req/s per pod, rounded up to 10m. The probes add nothing worth counting:
+# the kubelet makes them (its CPU, not the pod's), and a sidecar answers each with one
+# health Check from memory. SIZING spells the arithmetic out above the Deployment.
 BENCH_CPU_US = {"envoy": 777, "authz": 594, "ratelimit": 514}  # Redis: 103, elsewhere
-PROBE_MILLICORES = {"envoy": 0, "authz": 10, "ratelimit": 10}
 DESIGN_RATE = 250
 HPA_CPU_PERCENT = 70
 ENVOY_CONCURRENCY = 2
@@ -79,7 +84,7 @@ MEMORY = {"envoy": ("128Mi", "512Mi"), "authz": ("128Mi", "256Mi"), "ratelimit":
 
 
 def cpu_request_millicores(name: str) -> int:
-    exact = DESIGN_RATE * BENCH_CPU_US[name] / 1000 + PROBE_MILLICORES[name]
+    exact = DESIGN_RATE * BENCH_CPU_US[name] / 1000
     return -(-int(exact * 100) // 1000) * 10  # up to a multiple of 10m
 
 
@@ -96,18 +101,16 @@ def resources(name: str) -> Manifest:
 
 def _sizing_line(name: str) -> str:
     exact = DESIGN_RATE * BENCH_CPU_US[name] / 1000
-    probes = f" + {PROBE_MILLICORES[name]}m probes" if PROBE_MILLICORES[name] else ""
-    formula = f"{DESIGN_RATE}/s x {BENCH_CPU_US[name]} us = {exact:g}m{probes}"
+    formula = f"{DESIGN_RATE}/s x {BENCH_CPU_US[name]} us = {exact:g}m"
     return f"  {name:<10} {formula:<38} -> {cpu_request_millicores(name)}m"
 
 
 SIZING = "\n".join(
     [
         "Resources, from `make bench` (docs/benchmarks.md, edgeguard-uvloop, default profile):",
-        "CPU per request per process, at an assumed "
-        f"{DESIGN_RATE} req/s per pod, plus the sidecars'",
-        "exec probes (~80 ms of CPU every 10 s); the HPA adds pods at "
-        f"{HPA_CPU_PERCENT} % of these requests:",
+        f"CPU per request per process, at an assumed {DESIGN_RATE} req/s per pod (the probes",
+        "cost the kubelet's CPU, and a sidecar one health Check each); the HPA adds pods",
+        f"at {HPA_CPU_PERCENT} % of these requests:",
         *(_sizing_line(name) for name in BENCH_CPU_US),
         "Limits: one core each (one sidecar worker process; Envoy --concurrency "
         f"{ENVOY_CONCURRENCY}). At the",
@@ -176,12 +179,13 @@ def secret_env(name: str, secret: str, key: str) -> Manifest:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def exec_probe(command: list[str], *, period: int, timeout: int = 5) -> Manifest:
+def grpc_probe(port: int, service: str, *, period: int, failures: int) -> Manifest:
+    """The kubelet's own grpc.health.v1 Check of `service`, in plaintext on the pod's IP."""
     return {
-        "exec": {"command": command},
+        "grpc": {"port": port, "service": service},
         "periodSeconds": period,
-        "timeoutSeconds": timeout,
-        "failureThreshold": 3,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
     }
 
 
@@ -230,30 +234,25 @@ def _envoy_container() -> Manifest:
     }
 
 
-def _health_command(address: str) -> list[str]:
-    """grpc.health.v1 over the sidecar's own mTLS: kubelet's native gRPC probe cannot
-    present a client certificate and dials the pod's address, not its loopback."""
-    return [
-        "python",
-        "-m",
-        "sidecar_runtime.healthcheck",
-        address,
-        "--ca",
-        f"{PKI_DIR}/ca.pem",
-        "--cert",
-        f"{PKI_DIR}/sidecar.pem",
-        "--key",
-        f"{PKI_DIR}/sidecar-key.pem",
-    ]
+def sidecar_probes(name: str) -> Manifest:
+    """Native gRPC probes on the sidecar's health listener (server.health_listen).
+
+    Started: `liveness` answers (the process serves), within 60 s; until then the other
+    probes wait. Ready: "" is SERVING, which the sidecar sets from its own dependencies
+    (authz: its issuers have keys, per health.require_all_issuers, and the revocation
+    list, if any, is read; ratelimit: Redis answers, whatever the failure mode). Alive:
+    `liveness` is SERVING, which no dependency moves, so a Redis or IdP outage never
+    restarts a sidecar. It turns NOT_SERVING only at the drain; the third failure, 20 s
+    after the first, would come after the drain and grace (10 s) have ended."""
+    port = HEALTH_PORTS[name]
+    return {
+        "startupProbe": grpc_probe(port, LIVENESS, period=2, failures=30),
+        "readinessProbe": grpc_probe(port, "", period=5, failures=2),
+        "livenessProbe": grpc_probe(port, LIVENESS, period=10, failures=3),
+    }
 
 
-def _accepts_command(address: str) -> list[str]:
-    host, _, port = address.rpartition(":")
-    code = f"import socket; socket.create_connection(({host!r}, {port}), 2).close()"
-    return ["python", "-c", code]
-
-
-def _sidecar_container(name: str, command: list[str], address: str) -> Manifest:
+def _sidecar_container(name: str, command: list[str]) -> Manifest:
     mounts = [
         mount("sidecars-config", f"{ETC}/sidecars"),
         mount("sidecar-pki", PKI_DIR),
@@ -266,11 +265,7 @@ def _sidecar_container(name: str, command: list[str], address: str) -> Manifest:
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "env": [secret_env(PASSWORD_ENV, REDIS_SECRET, "password")],
-        # Ready: SERVING (authz: every issuer has keys; ratelimit: Redis answers). Alive:
-        # the listener accepts; NOT_SERVING alone never restarts a sidecar.
-        "readinessProbe": exec_probe(_health_command(address), period=10),
-        "livenessProbe": exec_probe(_accepts_command(address), period=20),
-        "startupProbe": {**exec_probe(_accepts_command(address), period=2), "failureThreshold": 30},
+        **sidecar_probes(name),
         "lifecycle": sleep_before_stop(),
         "resources": resources(name),
         "securityContext": container_security(),
@@ -279,18 +274,14 @@ def _sidecar_container(name: str, command: list[str], address: str) -> Manifest:
 
 
 def _authz_container() -> Manifest:
-    container = _sidecar_container(
-        "authz", ["authz-service", "serve", "--config", AUTHZ_CONFIG], AUTHZ_ADDRESS
-    )
+    container = _sidecar_container("authz", ["authz-service", "serve", "--config", AUTHZ_CONFIG])
     container["volumeMounts"].insert(2, mount("apikey-pepper", f"{ETC}/secrets"))
     return container
 
 
 def _ratelimit_container() -> Manifest:
     container = _sidecar_container(
-        "ratelimit",
-        ["ratelimit-service", "serve", "--settings", RATELIMIT_CONFIG],
-        RATELIMIT_ADDRESS,
+        "ratelimit", ["ratelimit-service", "serve", "--settings", RATELIMIT_CONFIG]
     )
     container["volumeMounts"].insert(1, mount("ratelimit-rules", RULES_DIR))
     return container

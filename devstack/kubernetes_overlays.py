@@ -174,8 +174,9 @@ def cert_manager() -> list[Manifest]:
             issuer=selfsigned,
         ),
         _issuer(CA_ISSUER, {"ca": {"secretName": CA_ISSUER}}),
-        # Envoy dials the sidecars on the pod's loopback and checks `localhost`; client
-        # auth too, for the sidecars' own health probes.
+        # Envoy dials the sidecars on the pod's loopback and checks `localhost`. Server
+        # auth only: the probes ask the plaintext health listeners, so nothing in the pod
+        # presents this certificate as a client.
         _certificate(
             "edgeguard-sidecar",
             {
@@ -183,7 +184,7 @@ def cert_manager() -> list[Manifest]:
                 "commonName": "edgeguard-sidecar",
                 "dnsNames": ["localhost"],
                 "ipAddresses": ["127.0.0.1", "::1"],
-                "usages": ["digital signature", "server auth", "client auth"],
+                "usages": ["digital signature", "server auth"],
             },
         ),
         _certificate(

@@ -8,6 +8,7 @@ that with what devstack.kubernetes says each overlay is.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import shutil
@@ -33,16 +34,18 @@ from devstack.kubernetes import (
 from devstack.kubernetes_objects import (
     BENCH_CPU_US,
     DESIGN_RATE,
+    HEALTH_PORTS,
     LISTENER_PORT,
     PKI_DIR,
-    PROBE_MILLICORES,
     REDIS_TLS_SECRET,
     RULES_DIR,
 )
 from devstack.kubernetes_secrets import dev_secrets, render_secrets
 from devstack.peppers import ensure_pepper
 from devstack.pki import Pki, ensure_pki
-from tests.envoy.fakes import FakeAuthz
+from sidecar_runtime.healthcheck import check
+from sidecar_runtime.server import LIVENESS, SidecarServer
+from sidecar_runtime.settings import ServerSettings
 from tests.support.processes import free_port
 
 # The newest release whose schemas kubernetes-validate ships.
@@ -50,6 +53,8 @@ K8S_VERSION = kubernetes_validate.latest_version()
 CERT_MANAGER_KINDS = {"Issuer", "Certificate"}
 EDGE = {"app.kubernetes.io/name": "edgeguard", "app.kubernetes.io/component": "edge"}
 SIDECAR_ADDRESSES = {"authz": "127.0.0.1:9001", "ratelimit": "127.0.0.1:9002"}
+SIDECAR_CONFIGS = {"authz": "authz.yaml", "ratelimit": "ratelimit.yaml"}
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 Obj = dict[str, Any]
 
@@ -201,7 +206,7 @@ def test_only_envoy_declares_a_port_and_the_service_exposes_only_it(edge: Obj) -
         assert others == [service], "no other Service selects the edge pods"
 
 
-def test_probes_envoy_healthz_and_sidecar_health_over_mtls(edge: Obj) -> None:
+def test_probes_envoy_healthz_and_sidecar_health_natively_in_grpc(edge: Obj) -> None:
     containers = _containers(edge)
     envoy = containers["envoy"]
     assert envoy["readinessProbe"]["httpGet"] == {
@@ -210,26 +215,30 @@ def test_probes_envoy_healthz_and_sidecar_health_over_mtls(edge: Obj) -> None:
         "scheme": "HTTPS",
     }
     assert envoy["livenessProbe"]["tcpSocket"] == {"port": LISTENER_PORT}
-    for name, address in SIDECAR_ADDRESSES.items():
+    for name in SIDECAR_ADDRESSES:
         container = containers[name]
-        # Native `grpc:` probes cannot present a client certificate (the sidecars require
-        # one) and dial the pod's address (the sidecars listen on its loopback only).
-        assert all("grpc" not in container[p] for p in ("readinessProbe", "livenessProbe"))
-        command = container["readinessProbe"]["exec"]["command"]
-        assert command[:4] == ["python", "-m", "sidecar_runtime.healthcheck", address]
-        assert command[4:] == [
-            "--ca", f"{PKI_DIR}/ca.pem",
-            "--cert", f"{PKI_DIR}/sidecar.pem",
-            "--key", f"{PKI_DIR}/sidecar-key.pem",
-        ]  # fmt: skip
-        assert address.replace(":", "', ") in container["livenessProbe"]["exec"]["command"][2]
-        assert container["startupProbe"]["failureThreshold"] > 1
+        grpc_checks = {probe: container[probe]["grpc"] for probe in PROBES}
+        port = HEALTH_PORTS[name]
+        # Ready follows the sidecar's dependencies (""); started and alive only say the
+        # process serves (`liveness`), so a Redis or IdP outage never restarts it.
+        assert grpc_checks == {
+            "startupProbe": {"port": port, "service": LIVENESS},
+            "readinessProbe": {"port": port, "service": ""},
+            "livenessProbe": {"port": port, "service": LIVENESS},
+        }
+        assert all(set(container[p]) & {"exec", "tcpSocket", "httpGet"} == set() for p in PROBES)
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+        # The drain turns `liveness` NOT_SERVING: the kubelet must not restart the sidecar
+        # for it before drain + grace (10 s) are over.
+        liveness = container["livenessProbe"]
+        assert liveness["periodSeconds"] * (liveness["failureThreshold"] - 1) > 10
 
 
 def test_cpu_requests_follow_the_bench_figures(edge: Obj) -> None:
     for name, container in _containers(edge).items():
         request = int(container["resources"]["requests"]["cpu"].removesuffix("m"))
-        needed = DESIGN_RATE * BENCH_CPU_US[name] / 1000 + PROBE_MILLICORES[name]
+        needed = DESIGN_RATE * BENCH_CPU_US[name] / 1000
         assert needed <= request < needed + 10, name
     limit_mib = int(_containers(edge)["envoy"]["resources"]["limits"]["memory"][:-2])
     heap_mib = KUBERNETES_MAX_HEAP_BYTES >> 20
@@ -260,6 +269,8 @@ def _selects_edge(policy: Obj) -> bool:
 def test_only_the_listener_port_is_let_in(overlay: str) -> None:
     policies = [p for p in _objects(overlay, "NetworkPolicy") if _selects_edge(p)]
     ingress = [rule for p in policies for rule in p["spec"].get("ingress", [])]
+    # From any source, 8443 only: the sidecars' health ports stay closed to other pods
+    # (the kubelet's probes come from the node, which policies do not block).
     assert ingress == [{"ports": [{"protocol": "TCP", "port": LISTENER_PORT}]}]
     assert any("Ingress" in p["spec"]["policyTypes"] for p in policies)
     egress_ports = {
@@ -350,6 +361,9 @@ def test_sidecars_listen_on_the_pod_loopback_and_read_the_redis_password() -> No
         authz, ratelimit = (yaml.safe_load(data[k]) for k in ("authz.yaml", "ratelimit.yaml"))
         assert authz["server"]["listen"] == SIDECAR_ADDRESSES["authz"]
         assert ratelimit["server"]["listen"] == SIDECAR_ADDRESSES["ratelimit"]
+        # The health listeners on the pod's IP, where the kubelet's probes dial them.
+        assert authz["server"]["health_listen"] == f"0.0.0.0:{HEALTH_PORTS['authz']}"
+        assert ratelimit["server"]["health_listen"] == f"0.0.0.0:{HEALTH_PORTS['ratelimit']}"
         assert ratelimit["store"]["password_env"] == "REDIS_PASSWORD"
         assert authz["api_keys"]["password_env"] == authz["revocation"]["password_env"]
         assert authz["revocation"]["password_env"] == "REDIS_PASSWORD"
@@ -412,30 +426,51 @@ def test_cert_manager_makes_the_tls_secrets_production_reads() -> None:
         ref = spec["issuerRef"]
         assert ref["kind"] == "ClusterIssuer" or ref["name"] in issuers
     sidecar = certificates["edgeguard-sidecar-tls"]
-    # Envoy checks `localhost` on the loopback; the probes present this certificate.
+    # Envoy checks `localhost` on the loopback; no probe presents this certificate.
     assert "localhost" in sidecar["dnsNames"]
-    assert {"server auth", "client auth"} <= set(sidecar["usages"])
+    assert "server auth" in sidecar["usages"]
+    assert "client auth" not in sidecar["usages"]
 
 
-@pytest.mark.e2e
-def test_the_sidecar_readiness_probe_passes_against_an_mtls_sidecar(
-    edge: Obj, local_pki: Pki
+def _rendered_server(overlay: str, sidecar: str, pki: Pki) -> ServerSettings:
+    """The `server:` section of an overlay's sidecar config (mTLS files moved to a local
+    PKI), on free loopback ports instead of the pod's."""
+    text = _one(overlay, "ConfigMap", "edgeguard-sidecars")["data"][SIDECAR_CONFIGS[sidecar]]
+    server = yaml.safe_load(_localised(text, pki))["server"]
+    assert server["tls"]["mode"] == "mtls"
+    ports = {"listen": f"127.0.0.1:{free_port()}", "health_listen": f"127.0.0.1:{free_port()}"}
+    return ServerSettings.model_validate({**server, **ports})
+
+
+async def _probe(port: int, container: Obj, probe: str) -> bool:
+    """The probe as the kubelet makes it: a plaintext Check of its service, SERVING or not."""
+    service = container[probe]["grpc"]["service"]
+    timeout = container[probe]["timeoutSeconds"]
+    return await asyncio.to_thread(check, f"127.0.0.1:{port}", service=service, timeout=timeout)
+
+
+@pytest.mark.grpc
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("sidecar", sorted(SIDECAR_CONFIGS))
+async def test_the_probes_pass_against_the_rendered_server_settings(
+    overlay: str, sidecar: str, edge: Obj, local_pki: Pki
 ) -> None:
-    """The probe's command, run as the kubelet would (paths moved to a local PKI),
-    against a gRPC server that requires a client certificate from the CA, as the
-    sidecars do: the sidecar's own certificate is accepted as the client's."""
-    port = free_port()
-    sidecar = FakeAuthz(local_pki, port)
-    sidecar.start()
+    """Each probe of the pod, made as the kubelet makes it, against a server with the
+    overlay's `server:` settings: started and alive while the process serves, ready only
+    while the sidecar says so, and nothing alive once it drains."""
+    container = _containers(edge)[sidecar]
+    server = SidecarServer(_rendered_server(overlay, sidecar, local_pki), [])
+    await server.start(serving=False)  # a dependency not checked yet
+    assert server.health_port is not None
     try:
-        command = _containers(edge)["authz"]["readinessProbe"]["exec"]["command"]
-        argv = [_localised(arg, local_pki) for arg in command]
-        argv[0:1] = [sys.executable]
-        argv[3] = f"127.0.0.1:{port}"
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-        sidecar.set_serving(False)
-        not_ready = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-        assert not_ready.returncode == 1
+        assert await _probe(server.health_port, container, "startupProbe")
+        assert not await _probe(server.health_port, container, "readinessProbe")
+        await server.set_serving(True)
+        assert all([await _probe(server.health_port, container, p) for p in PROBES])
+        await server.set_serving(False)  # Redis or the IdP lost: unready, still alive
+        assert not await _probe(server.health_port, container, "readinessProbe")
+        assert await _probe(server.health_port, container, "livenessProbe")
+        await server.drain(0)
+        assert not any([await _probe(server.health_port, container, p) for p in PROBES])
     finally:
-        sidecar.stop()
+        await server.stop(0)
