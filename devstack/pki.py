@@ -185,8 +185,8 @@ def ensure_pki(root: Path) -> Pki:
     client = ExtendedKeyUsageOID.CLIENT_AUTH
     for cert_path, key_path, cn, usage, sans, uri in (
         (pki.envoy_cert, pki.envoy_key, "localhost", server, _SANS, None),
-        # clientAuth too: a sidecar's own health probe (a Kubernetes exec probe) proves
-        # itself to its mTLS listener with the certificate the container already holds.
+        # clientAuth too: `python -m sidecar_runtime.healthcheck` run inside a container
+        # (compose's healthcheck) proves itself to its mTLS listener with this certificate.
         (
             pki.sidecar_cert,
             pki.sidecar_key,

@@ -1,7 +1,8 @@
 """`python -m sidecar_runtime.healthcheck ADDRESS [--service NAME] [--ca F --cert F --key F]`
 
 Exits 0 when the sidecar's grpc.health.v1 answers SERVING, 1 otherwise: a container
-HEALTHCHECK or Kubernetes exec probe that needs no grpcurl in the image.
+HEALTHCHECK (compose) that needs no grpcurl in the image; Kubernetes uses its native gRPC
+probes on `server.health_listen` instead.
 """
 
 from __future__ import annotations
