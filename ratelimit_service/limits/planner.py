@@ -97,10 +97,7 @@ class Plan:
     calls: tuple[BucketCall, ...] = ()
     call_of: tuple[int, ...] = ()
     store_ready: bool = True
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(call.key for call in self.calls)
+    keys: tuple[str, ...] = ()  # of `calls`, for the empty-bucket cache
 
 
 def cost_of(request: Request, descriptor: DescriptorRequest) -> int:
@@ -172,6 +169,7 @@ def plan(
         tuple(calls),
         tuple(call_of),
         store_ready,
+        tuple(call.key for call in calls),
     )
 
 
