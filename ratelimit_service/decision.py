@@ -119,6 +119,10 @@ def decide(request_size: int, plan: Plan, results: Sequence[CheckResult]) -> Dec
     default)."""
     statuses = _statuses(request_size, plan, results)
     metadata = _metadata(plan, statuses)
+    if all(r.outcome is None or r.outcome.allowed for r in results) and not any(
+        r.failed for r in results
+    ):
+        return Decision(Code.OK, statuses, metadata=metadata)  # the common answer
     shadowed = tuple(r for r in results if r.denied and r.check.mode is CallMode.SHADOW)
     if request_denied(results):
         binding = [r for r in results if r.denied and r.check.mode is not CallMode.SHADOW]
@@ -162,28 +166,32 @@ def in_shadow(decision: Decision) -> Decision:
 
 
 def _statuses(request_size: int, plan: Plan, results: Sequence[CheckResult]) -> tuple[Status, ...]:
-    by_descriptor: list[list[CheckResult]] = [[] for _ in range(request_size)]
-    for result in results:
-        if result.outcome is not None:
-            by_descriptor[result.check.index].append(result)
+    """Per descriptor: the first of its checks that denied (shadow mode aside), else the
+    one with the fewest tokens left (the first of equals); the default without one."""
+    chosen: list[CheckResult | None] = [None] * request_size
+    over = [False] * request_size
+    fewest = [0] * request_size  # tokens left at the chosen check
+    for r in results:
+        outcome = r.outcome
+        index = r.check.index
+        if outcome is None or over[index]:
+            continue
+        if not outcome.allowed and r.check.mode is not CallMode.SHADOW:
+            chosen[index], over[index] = r, True
+            continue
+        if chosen[index] is None or outcome.remaining < fewest[index]:
+            chosen[index], fewest[index] = r, outcome.remaining
     return tuple(
-        _status(mine) if mine else (UNLIMITED if plan.unlimited[i] else NO_LIMIT)
-        for i, mine in enumerate(by_descriptor)
+        _status(r, over[i]) if r is not None else (UNLIMITED if plan.unlimited[i] else NO_LIMIT)
+        for i, r in enumerate(chosen)
     )
 
 
-def _status(results: Sequence[CheckResult]) -> Status:
-    best: tuple[Limit, Outcome] | None = None
-    for r in results:
-        outcome = r.outcome
-        assert outcome is not None  # only answered checks get here
-        if not outcome.allowed and r.check.mode is not CallMode.SHADOW:
-            return Status(Code.OVER_LIMIT, r.check.limit, outcome.remaining, outcome.reset_us)
-        if best is None or outcome.remaining < best[1].remaining:
-            best = (r.check.limit, outcome)
-    assert best is not None
-    limit, outcome = best
-    return Status(Code.OK, limit, outcome.remaining, outcome.reset_us)
+def _status(result: CheckResult, over: bool) -> Status:
+    outcome = result.outcome
+    assert outcome is not None  # only answered checks are chosen
+    code = Code.OVER_LIMIT if over else Code.OK
+    return Status(code, result.check.limit, outcome.remaining, outcome.reset_us)
 
 
 def _metadata(plan: Plan, statuses: Sequence[Status]) -> Mapping[str, Any] | None:
