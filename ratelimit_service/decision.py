@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any, Literal
 
-from ratelimit_service.limits.bucket import CallMode, Outcome
+from ratelimit_service.limits.bucket import CallMode, Outcome, Vote, failed_vote, must_commit
 from ratelimit_service.limits.planner import MAX_UINT32, Check, Plan
 from ratelimit_service.limits.rules import Limit
 
@@ -93,24 +93,23 @@ class Decision:
 
 
 def failed(check: Check, failure_mode: FailureMode) -> CheckResult:
-    """The result of a check whose bucket the store could not answer for."""
-    if failure_mode == "fail_open":
+    """The result of a check whose bucket the store could not answer for: nothing under
+    fail_open; under fail_closed a denial with the mode the stores' commit rule gives it
+    (limits.bucket.failed_vote: enforced, even for a shadow or quota limit)."""
+    vote = failed_vote(check.mode, fail_open=failure_mode == "fail_open")
+    if vote.allowed:
         return CheckResult(check, None, failed=True)
+    if vote.mode is not check.mode:
+        check = replace(check, mode=vote.mode)
     return CheckResult(check, Outcome(False, 0, 0), FAILURE_RETRY_US, failed=True)
 
 
 def request_denied(results: Sequence[CheckResult]) -> bool:
-    """The commit rule (limits.bucket.must_commit), over results: an enforced check denied,
-    or every quota check did. A check with no outcome counts as admitting."""
-    quota_checks = quota_denials = 0
-    for result in results:
-        mode = result.check.mode
-        if mode is CallMode.QUOTA:
-            quota_checks += 1
-            quota_denials += result.denied
-        elif mode is CallMode.ENFORCE and result.denied:
-            return True
-    return quota_checks > 0 and quota_checks == quota_denials
+    """The stores' commit rule (limits.bucket.must_commit), negated, over results: an
+    enforced check denied, or every quota check did. A check with no outcome (not asked
+    yet, or failed under fail_open) counts as admitting."""
+    votes = [Vote(r.outcome is None or r.outcome.allowed, r.check.mode) for r in results]
+    return not must_commit(votes, votes)
 
 
 def decide(request_size: int, plan: Plan, results: Sequence[CheckResult]) -> Decision:

@@ -122,6 +122,21 @@ class Moded(Protocol):
     def mode(self) -> CallMode: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One bucket as the commit rule sees it (`must_commit(votes, votes)`)."""
+
+    allowed: bool
+    mode: CallMode
+
+
+def failed_vote(mode: CallMode, *, fail_open: bool) -> Vote:
+    """A bucket the store could not answer for: it admits under fail_open and, under
+    fail_closed, denies as an enforced bucket would, whatever its own mode (a failing
+    store refuses the request, as when the whole store is down)."""
+    return Vote(True, mode) if fail_open else Vote(False, CallMode.ENFORCE)
+
+
 def must_commit(verdicts: Sequence[Allowed], calls: Sequence[Moded]) -> bool:
     """All-or-nothing: commit iff no ENFORCE bucket denied, and not every QUOTA bucket
     denied (when there is at least one). SHADOW and QUOTA denials alone veto nothing; a

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ratelimit_service.errors import StoreError
-from ratelimit_service.limits.bucket import CallMode, Outcome, must_commit
+from ratelimit_service.limits.bucket import CallMode, Outcome, Vote, failed_vote, must_commit
 from ratelimit_service.store import Acquired, BucketCall, NodeReport, refund_outcome
 from ratelimit_service.stores.redis_script import ScriptRunner, evalsha_args, parse_reply
 from ratelimit_service.stores.redis_transports import ClusterTransport, SlotMovingError
@@ -49,14 +49,6 @@ _MAP_TIMEOUT_S = 5.0  # reading the slot map, when a call has no deadline of its
 
 def _any_node(node: str) -> bool:
     return True
-
-
-@dataclass(frozen=True, slots=True)
-class _Vote:
-    """One call as the commit rule sees it."""
-
-    allowed: bool
-    mode: CallMode
 
 
 @dataclass(slots=True)
@@ -98,12 +90,10 @@ def global_commit(
     return must_commit(votes, votes)
 
 
-def _vote(call: BucketCall, outcome: Outcome | None, *, fail_open: bool) -> _Vote:
+def _vote(call: BucketCall, outcome: Outcome | None, *, fail_open: bool) -> Vote:
     if outcome is not None:
-        return _Vote(outcome.allowed, call.mode)
-    if fail_open:
-        return _Vote(True, call.mode)
-    return _Vote(False, CallMode.ENFORCE)
+        return Vote(outcome.allowed, call.mode)
+    return failed_vote(call.mode, fail_open=fail_open)
 
 
 class ClusterRedisStore:

@@ -17,6 +17,8 @@ from ratelimit_service.decision import (
 from ratelimit_service.limits.bucket import CallMode, Outcome
 from ratelimit_service.limits.planner import Check, Plan
 from ratelimit_service.limits.rules import Limit, make_limit
+from ratelimit_service.store import BucketCall
+from ratelimit_service.stores.redis_cluster import global_commit
 
 PER_SECOND = make_limit(
     rule_id="per-second", name="per-second", requests_per_unit=10, unit="second"
@@ -124,6 +126,23 @@ def test_failing_closed_denies_without_a_rule_and_retries_after_a_second() -> No
         1,
     )
     assert decision.denied_by is None
+
+
+@pytest.mark.parametrize("mode", [CallMode.SHADOW, CallMode.QUOTA])
+def test_failing_closed_denies_whatever_the_limit_s_mode_as_the_stores_commit(
+    mode: CallMode,
+) -> None:
+    """The Cluster store counts a failed call as an enforced denial under fail_closed
+    (limits.bucket.failed_vote) and refunds the other slots; the decision must agree, or
+    an admitted request would have had its tokens given back."""
+    decision = decide(
+        2, plan(2), [CheckResult(check(0), ok(3)), failed(check(1, mode), "fail_closed")]
+    )
+    assert (decision.code, decision.reason) == (Code.OVER_LIMIT, "store_failure")
+    assert decision.statuses[1].code is Code.OVER_LIMIT
+    answered = Outcome(True, 3, 1)
+    calls = [BucketCall("a", PER_SECOND.spec, 1), BucketCall("b", PER_SECOND.spec, 1, mode)]
+    assert not global_commit(calls, [answered, None], fail_open=False)
 
 
 def test_a_real_denial_is_named_before_a_failed_bucket() -> None:
