@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.pki import Pki
 from ratelimit_service.app import App
+from ratelimit_service.limits.planner import DescriptorRequest, Request
 from ratelimit_service.servicer import SERVICE_NAME
 from ratelimit_service.settings import ServiceSettings
 from sidecar_runtime.clock import ManualClock
@@ -301,5 +302,57 @@ async def test_a_cluster_store_is_built_for_the_service_s_failure_mode(
     app = App(settings, clock=ManualClock())
     try:
         assert app.store.name == "redis-cluster"
+    finally:
+        await app.close(stop_server=False)
+
+
+def _with(tmp_path: Path, **extra: Any) -> ServiceSettings:
+    return ServiceSettings.model_validate(
+        {**make_settings(tmp_path).model_dump(mode="json"), **extra}
+    )
+
+
+async def _ask_subject(app: App, times: int) -> list[Any]:
+    request = Request(
+        "edge",
+        (
+            DescriptorRequest((("subject", "alice"),)),
+            DescriptorRequest((("remote_address", "192.0.2.7"),)),
+        ),
+    )
+    return [await app.service.should_rate_limit(request) for _ in range(times)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("global_shadow_mode", "shadow_over_limit"), ("global_quota_mode", "quota_over_limit")],
+)
+async def test_the_settings_global_modes_reach_the_service(
+    tmp_path: Path, mode: str, reason: str
+) -> None:
+    """The subject's burst is 20, the address's 40: the 21st call is over on the subject
+    only. Either global mode answers it OK (the quota mode: the address still has room)."""
+    app = App(_with(tmp_path, **{mode: True}), clock=ManualClock())
+    try:
+        last = (await _ask_subject(app, 21))[-1]
+        assert (last.code.name, last.reason) == ("OK", reason)
+    finally:
+        await app.close(stop_server=False)
+
+
+async def test_the_settings_merge_domains_reaches_the_loader(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yaml").write_text(RULES)
+    (rules / "b.yaml").write_text(
+        "domain: edge\ndescriptors:\n  - key: tenant\n"
+        "    rate_limit: {unit: second, requests_per_unit: 1}\n"
+    )
+    app = App(_with(tmp_path, rules=str(rules), merge_domains=True), clock=ManualClock())
+    try:
+        edge = app.service.rules.domain("edge")
+        assert edge is not None
+        assert edge.match((("tenant", "t1"),)) is not None  # from b.yaml
+        assert edge.match((("subject", "alice"),)) is not None  # from a.yaml
     finally:
         await app.close(stop_server=False)
